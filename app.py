@@ -1,0 +1,23 @@
+"""ChronoPrice entry point: `python app.py [flags]` serves the dashboard; gunicorn uses `server`."""
+
+import argparse
+import os
+import sys
+
+from chronoprice.config import add_settings_arguments, settings_from, settings_from_args
+from chronoprice.server import create_app, serve
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="Serve the ChronoPrice dashboard.")
+    add_settings_arguments(parser)
+    serve(settings_from_args(parser.parse_args(argv), os.environ))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+else:
+    # Under gunicorn, settings come from the environment only; building the app does no I/O.
+    app = create_app(settings_from({}, os.environ))
+    server = app.server

@@ -1,0 +1,5 @@
+import sys
+
+from chronoprice.cli import main
+
+sys.exit(main())

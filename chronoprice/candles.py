@@ -1,0 +1,118 @@
+"""Candle rules, pure: validation, de-duplication, ordering and gaps.
+
+A candles DataFrame has the columns of COLUMNS: `ts` (int64, UTC epoch milliseconds of the
+candle's open time) and float64 open, high, low, close, volume, sorted by `ts`, one row per ts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+
+COLUMNS = ["ts", "open", "high", "low", "close", "volume"]
+PRICE_COLUMNS = ["open", "high", "low", "close"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Rejection:
+    """One input row that did not become a candle: its position in the input, ts if known, why."""
+
+    position: int
+    ts: int | None
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class CleanCandles:
+    candles: pd.DataFrame
+    rejected: list[Rejection]
+
+
+def empty_candles() -> pd.DataFrame:
+    frame = pd.DataFrame({column: pd.Series(dtype="float64") for column in COLUMNS})
+    return frame.astype({"ts": "int64"})
+
+
+def _row_problem(ts: float, values: np.ndarray, timeframe_ms: int) -> str | None:
+    open_, high, low, close, volume = values
+    if not np.isfinite(ts):
+        return "timestamp is missing or not a number"
+    if int(ts) % timeframe_ms != 0:
+        return f"timestamp {int(ts)} is not aligned to the {timeframe_ms} ms timeframe"
+    if not np.all(np.isfinite(values)):
+        return "a price or the volume is missing or not a number"
+    if min(open_, high, low, close) <= 0:
+        return "prices must be positive"
+    if volume < 0:
+        return "volume must not be negative"
+    if high < low:
+        return f"high {high} is below low {low}"
+    if high < max(open_, close) or low > min(open_, close):
+        return "open and close must lie between low and high"
+    return None
+
+
+def _as_numeric_frame(rows) -> pd.DataFrame:
+    frame = pd.DataFrame(rows).reindex(columns=range(len(COLUMNS)))
+    frame.columns = COLUMNS
+    return frame.apply(pd.to_numeric, errors="coerce").astype("float64")
+
+
+def clean_candles(rows, timeframe_ms: int) -> CleanCandles:
+    """Validate raw [ts, open, high, low, close, volume] rows into a sorted candles DataFrame.
+
+    Rows with a bad value are rejected with a reason. Exact duplicates collapse to one row;
+    two different rows for one ts are both rejected, since neither can be trusted.
+    """
+    if len(rows) == 0:
+        return CleanCandles(empty_candles(), [])
+    try:
+        frame = _as_numeric_frame(rows)
+    except (TypeError, ValueError) as error:
+        return CleanCandles(empty_candles(), [Rejection(0, None, f"reply is not a list of candles: {error}")])
+    rejected = []
+    values = frame[PRICE_COLUMNS + ["volume"]].to_numpy()
+    keep = np.ones(len(frame), dtype=bool)
+    for position, ts in enumerate(frame["ts"].to_numpy()):
+        problem = _row_problem(ts, values[position], timeframe_ms)
+        if problem:
+            keep[position] = False
+            rejected.append(Rejection(position, int(ts) if np.isfinite(ts) else None, problem))
+    valid = frame[keep].drop_duplicates()
+    conflicting = valid["ts"].duplicated(keep=False)
+    for position, ts in valid.loc[conflicting, "ts"].items():
+        rejected.append(Rejection(int(position), int(ts), "two different candles for the same timestamp"))
+    candles = valid[~conflicting].astype({"ts": "int64"}).sort_values("ts").reset_index(drop=True)
+    return CleanCandles(candles, sorted(rejected, key=lambda rejection: rejection.position))
+
+
+def trusted_prefix(result: CleanCandles) -> pd.DataFrame:
+    """The candles that are safe to store from a reply that had rejected rows.
+
+    Storing past a rejected row would leave a hole that catch-up (which resumes after the newest
+    stored candle) never refills, so only candles before the earliest rejected timestamp are
+    kept; a rejected row with no readable timestamp taints the whole reply.
+    """
+    if not result.rejected:
+        return result.candles
+    if any(rejection.ts is None for rejection in result.rejected):
+        return result.candles.iloc[:0]
+    first_bad = min(rejection.ts for rejection in result.rejected)
+    return result.candles[result.candles["ts"] < first_bad].reset_index(drop=True)
+
+
+def find_gaps(ts: np.ndarray, timeframe_ms: int) -> pd.DataFrame:
+    """Missing candles between consecutive timestamps (sorted, ms).
+
+    Returns a DataFrame with one row per gap: `after_ts` (last candle before the gap),
+    `before_ts` (first candle after it) and `missing` (number of absent candles).
+    """
+    ts = np.asarray(ts, dtype="int64")
+    steps = np.diff(ts) // timeframe_ms
+    where = np.nonzero(steps > 1)[0]
+    return pd.DataFrame(
+        {"after_ts": ts[where], "before_ts": ts[where + 1], "missing": (steps[where] - 1).astype("int64")}
+    )
+

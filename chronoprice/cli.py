@@ -1,0 +1,141 @@
+"""`python -m chronoprice serve|train|evaluate|bench|backfill`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from chronoprice.config import DEFAULT_MODEL, SettingsError, add_settings_arguments, settings_from_args
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be a whole number of at least 1")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m chronoprice", description="ChronoPrice: live crypto forecasts with an honest scoreboard.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="serve the dashboard (same as python app.py)")
+    add_settings_arguments(serve)
+
+    train = commands.add_parser("train", help="train the LSTM on a candle CSV and write the model artifact")
+    train.add_argument("--csv", type=Path, required=True, help="1-minute candle CSV (Binance Data Vision or headed OHLCV)")
+    train.add_argument("--epochs", type=_positive_int, default=30, help="most epochs; training stops early (default 30)")
+    train.add_argument("--loss", choices=["mse", "huber", "mae"], default="huber", help="training loss (default huber: robust to fat-tailed minutes)")
+    train.add_argument("--out", type=Path, default=DEFAULT_MODEL, help="artifact path without extension (default models/chronoprice-lstm)")
+
+    evaluate = commands.add_parser("evaluate", help="walk-forward accuracy of a model against the naive baseline")
+    evaluate.add_argument("--csv", type=Path, required=True, help="1-minute candle CSV")
+    evaluate.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="model artifact (default: the shipped model)")
+    evaluate.add_argument("--engine", choices=["keras", "litert"], default="keras", help="forecast engine (default keras, batched)")
+    evaluate.add_argument("--level", type=float, default=0.9, choices=[0.8, 0.9, 0.95], help="interval level (default 0.9)")
+    evaluate.add_argument("--include-training-data", action="store_true", help="also score origins the model was trained or calibrated on")
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+
+    bench = commands.add_parser("bench", help="time the forecast engines and a full tick, in one run")
+    bench.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="model artifact (default: the shipped model)")
+    bench.add_argument("--repeats", type=_positive_int, default=200, help="timed forecasts per engine (default 200)")
+    bench.add_argument("--ticks", type=_positive_int, default=40, help="timed ticks against the local exchange (default 40)")
+    bench.add_argument("--json", action="store_true", help="print one JSON object")
+
+    backfill = commands.add_parser("backfill", help="fetch and store candle history, then forecast from it")
+    add_settings_arguments(backfill)
+    backfill.add_argument("--hours", type=float, default=24.0, help="hours of history to fetch (default 24)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (SettingsError, ValueError, RuntimeError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from chronoprice.server import serve
+
+    serve(settings_from_args(args, os.environ))
+    return 0
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from chronoprice.artifact import artifact_at
+    from chronoprice.model import train_artifact
+    from chronoprice.sources import read_candle_csv
+
+    loaded = read_candle_csv(args.csv)
+    for line, reason in loaded.bad_rows[:10]:
+        print(f"{args.csv}:{line}: skipped: {reason}", file=sys.stderr)
+    description = f"{args.csv.name}: {len(loaded.candles)} candles"
+    metadata = train_artifact(loaded.candles, artifact_at(args.out), args.epochs, description, loss=args.loss)
+    print(f"wrote {args.out}.keras, .tflite and .json (version {metadata['version']})")
+    print(format_step_table(metadata["holdout"], "holdout (last 15 %, never trained on)"))
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from chronoprice.evaluation import step_metrics, walk_forward
+    from chronoprice.forecast import load_forecaster
+    from chronoprice.sources import read_candle_csv
+
+    forecaster = load_forecaster(args.model, args.engine, args.level)
+    candles = read_candle_csv(args.csv).candles
+    first_origin = 0
+    if not args.include_training_data:
+        trained_until = forecaster.metadata.get("training", {}).get("trained_until_ts")
+        if trained_until is not None:
+            first_origin = int((candles["ts"] < trained_until).sum())
+    start = max(0, first_origin - forecaster.window + 1)
+    closes = candles["close"].to_numpy()[start:]
+    result = walk_forward(forecaster, closes, forecaster.window, forecaster.horizon)
+    metrics = step_metrics(result, args.level)
+    origins = len(result["actual"])
+    if args.json:
+        report = {"origins": origins, "model_version": forecaster.version, "skipped_training_origins": first_origin,
+                  "steps": metrics.to_dict("records")}
+        print(json.dumps(report))
+    else:
+        print(f"{origins} origins, model {forecaster.version}, {first_origin} earlier candles skipped (seen in training)")
+        print(format_step_table(metrics.to_dict("records"), f"walk-forward on {args.csv.name}"))
+    return 0
+
+
+def format_step_table(rows: list[dict], title: str) -> str:
+    lines = [title, "step  MAE model  MAE naive  ratio   RMSE model  RMSE naive  MAPE % model  MAPE % naive  direction  coverage"]
+    for row in rows:
+        lines.append(
+            f"{row['step']:>4}  {row['mae_model']:9.3f}  {row['mae_naive']:9.3f}  {row['mae_ratio']:.4f}  "
+            f"{row['rmse_model']:10.3f}  {row['rmse_naive']:10.3f}  {row['mape_model']:12.4f}  {row['mape_naive']:12.4f}  "
+            f"{row['direction_accuracy']:9.3f}  {row['coverage']:8.3f}"
+        )
+    return "\n".join(lines)
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from chronoprice.bench import format_bench, run_benchmark
+
+    report = run_benchmark(args.model, repeats=args.repeats, ticks=args.ticks)
+    print(json.dumps(report) if args.json else format_bench(report))
+    return 0
+
+
+def run_backfill(args: argparse.Namespace) -> int:
+    from chronoprice.pipeline import build_pipeline
+
+    settings = settings_from_args(args, os.environ)
+    pipeline = build_pipeline(settings)
+    status = pipeline.backfill(settings.symbol, hours=args.hours, progress=sys.stderr)
+    print(status.summary())
+    return 0 if status.error is None else 1
+
+
+COMMANDS = {"serve": run_serve, "train": run_train, "evaluate": run_evaluate, "bench": run_bench, "backfill": run_backfill}

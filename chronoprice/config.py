@@ -1,0 +1,179 @@
+"""Settings: one frozen dataclass built once from CLI flags and CHRONOPRICE_* env vars.
+
+Precedence is flag, then environment variable, then default. Every value is checked here, so
+the rest of the program can trust it; a bad value raises SettingsError naming the setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+from typing import Callable, Mapping
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL = PROJECT_ROOT / "models" / "chronoprice-lstm"
+SOURCES = ("auto", "live", "replay", "demo")
+ENGINES = ("auto", "keras", "litert")
+# The shipped model is trained on 1-minute candles; other timeframes would need their own model.
+TIMEFRAME_MS = {"1m": 60_000}
+
+
+class SettingsError(ValueError):
+    """A setting has a value the program cannot use; the message names it and what is allowed."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    source: str = "auto"
+    exchange: str = "binance"
+    exchange_url: str | None = None
+    fallback_exchanges: tuple[str, ...] = ("kraken", "coinbase")
+    symbol: str = "BTC/USDT"
+    timeframe: str = "1m"
+    db: Path = Path("chronoprice.db")
+    model: Path = DEFAULT_MODEL
+    engine: str = "auto"
+    refresh_seconds: float = 10.0
+    replay: Path | None = None
+    replay_speed: float = 1.0
+    host: str = "127.0.0.1"
+    port: int = 8050
+    debug: bool = False
+
+    @property
+    def timeframe_ms(self) -> int:
+        return TIMEFRAME_MS[self.timeframe]
+
+
+def _choice(allowed: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = text.strip().lower()
+        if value not in allowed:
+            raise ValueError(f"must be one of {', '.join(allowed)}")
+        return value
+
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise ValueError("must be a positive number")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 65535:
+        raise ValueError("must be a whole number from 1 to 65535")
+    return value
+
+
+def _boolean(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("must be true or false (1/0, yes/no, on/off)")
+
+
+def _symbol(text: str) -> str:
+    value = text.strip().upper()
+    base, slash, quote = value.partition("/")
+    if not (slash and base and quote and base.isalnum() and quote.isalnum()):
+        raise ValueError("must look like BASE/QUOTE, for example BTC/USDT")
+    return value
+
+
+def _exchange_id(text: str) -> str:
+    value = text.strip().lower()
+    if not value or not value.replace("_", "").isalnum():
+        raise ValueError("must be a ccxt exchange id such as binance, kraken or coinbase")
+    return value
+
+
+def _url(text: str) -> str:
+    value = text.strip().rstrip("/")
+    if not value.startswith(("http://", "https://")):
+        raise ValueError("must start with http:// or https://")
+    return value
+
+
+def _exchange_list(text: str) -> tuple[str, ...]:
+    """Parse 'kraken,coinbase' or 'binanceus=http://host:port' entries (an entry may carry its URL)."""
+    entries = []
+    for entry in filter(None, (part.strip() for part in text.split(","))):
+        exchange_id, equals, url = entry.partition("=")
+        entries.append(_exchange_id(exchange_id) + (f"={_url(url)}" if equals else ""))
+    return tuple(entries)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Option:
+    name: str
+    parse: Callable[[str], object]
+    help: str
+
+
+_OPTIONS = (
+    _Option("source", _choice(SOURCES), "where candles come from: auto (live, demo if offline), live, replay, demo"),
+    _Option("exchange", _exchange_id, "ccxt exchange id for the live source (default binance)"),
+    _Option("exchange_url", _url, "rewrite scheme and host of every REST endpoint of the exchange to this base URL"),
+    _Option("fallback_exchanges", _exchange_list, "comma-separated exchanges to fail over to (default kraken,coinbase); an entry may be id=URL"),
+    _Option("symbol", _symbol, "market symbol (default BTC/USDT)"),
+    _Option("timeframe", _choice(tuple(TIMEFRAME_MS)), "candle timeframe (default 1m)"),
+    _Option("db", Path, "SQLite database file (default chronoprice.db in the working directory)"),
+    _Option("model", Path, "model artifact path without extension (default: the shipped model in models/)"),
+    _Option("engine", _choice(ENGINES), "forecast engine: auto (litert if available), keras, litert"),
+    _Option("refresh_seconds", _positive_float, "seconds between ticks (default 10)"),
+    _Option("replay", Path, "CSV of 1-minute candles for the replay source"),
+    _Option("replay_speed", _positive_float, "replayed candles per second (default 1)"),
+    _Option("host", str, "address to bind (default 127.0.0.1; 0.0.0.0 when PORT is set)"),
+    _Option("port", _port, "port to listen on (default 8050, or $PORT)"),
+    _Option("debug", _boolean, "Dash debug mode (default off)"),
+)
+
+
+def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one --flag per setting; each defaults to None so the environment can fill it in."""
+    for option in _OPTIONS:
+        parser.add_argument(
+            "--" + option.name.replace("_", "-"),
+            dest=option.name,
+            default=None,
+            metavar=option.name.upper(),
+            help=f"{option.help} [env CHRONOPRICE_{option.name.upper()}]",
+        )
+
+
+def settings_from(flags: Mapping[str, str | None], env: Mapping[str, str]) -> Settings:
+    """Build Settings from raw flag strings (None where not given) and an environment mapping."""
+    values: dict[str, object] = {}
+    for option in _OPTIONS:
+        env_name = f"CHRONOPRICE_{option.name.upper()}"
+        raw, origin = flags.get(option.name), "--" + option.name.replace("_", "-")
+        if raw is None and env.get(env_name, "") != "":
+            raw, origin = env[env_name], env_name
+        if raw is None and option.name == "port" and env.get("PORT"):
+            raw, origin = env["PORT"], "PORT"
+        if raw is None:
+            continue
+        try:
+            values[option.name] = option.parse(raw)
+        except ValueError as error:
+            raise SettingsError(f"{origin}={raw!r}: {error}") from None
+    if "host" not in values and env.get("PORT"):
+        values["host"] = "0.0.0.0"
+    if "source" not in values and "replay" in values:
+        values["source"] = "replay"
+    settings = Settings(**values)
+    if settings.source == "replay" and settings.replay is None:
+        raise SettingsError("--source replay needs --replay PATH (or CHRONOPRICE_REPLAY)")
+    return settings
+
+
+def settings_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
+    flags = {option.name: getattr(args, option.name, None) for option in _OPTIONS}
+    return settings_from(flags, env)

@@ -1,0 +1,53 @@
+"""Model input and targets, pure: scale-free windows of closes.
+
+The model sees the last WINDOW closes as log prices relative to the newest close, divided by
+`scale` (the standard deviation of 1-minute log returns on the training split, saved with the
+model), and predicts the next close as a log return from the newest close in the same units.
+One model therefore serves any symbol and price level.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+WINDOW = 60
+HORIZON = 10
+
+
+def log_return_scale(closes: np.ndarray) -> float:
+    """Standard deviation of 1-step log returns: the unit the model works in."""
+    returns = np.diff(np.log(np.asarray(closes, dtype="float64")))
+    return float(returns.std())
+
+
+def relative_windows(windows: np.ndarray, scale: float) -> np.ndarray:
+    """[B, WINDOW] closes -> [B, WINDOW] float32 model input: log(close / newest close) / scale."""
+    windows = np.asarray(windows, dtype="float64")
+    return (np.log(windows / windows[:, -1:]) / scale).astype("float32")
+
+
+def training_pairs(closes: np.ndarray, scale: float, window: int = WINDOW) -> tuple[np.ndarray, np.ndarray]:
+    """Every (input window, next-step target) pair of a close series, in time order.
+
+    Returns X [N, window] float32 and y [N] float32 with N = len(closes) - window.
+    """
+    closes = np.asarray(closes, dtype="float64")
+    windows = sliding_window_view(closes[:-1], window)
+    targets = np.log(closes[window:] / closes[window - 1 : -1]) / scale
+    return relative_windows(windows, scale), targets.astype("float32")
+
+
+def walk_forward_windows(closes: np.ndarray, window: int = WINDOW, horizon: int = HORIZON) -> tuple[np.ndarray, np.ndarray]:
+    """Every origin that has a full window before it and `horizon` actual closes after it.
+
+    Returns windows [N, window] of closes and actuals [N, horizon] of the closes that followed,
+    with N = len(closes) - window - horizon + 1; origin i's newest close is closes[i + window - 1].
+    """
+    closes = np.asarray(closes, dtype="float64")
+    count = len(closes) - window - horizon + 1
+    if count <= 0:
+        return np.empty((0, window)), np.empty((0, horizon))
+    windows = sliding_window_view(closes, window)[:count]
+    actuals = sliding_window_view(closes[window:], horizon)[:count]
+    return windows, actuals

@@ -1,0 +1,164 @@
+"""Forecasters: the recursive LSTM on a choice of engine, and the naive baseline.
+
+Every forecaster has `forecast(windows) -> {"mean", "lower", "upper"}`: `windows` is [B, WINDOW]
+closes (or one window of WINDOW closes) and each returned array is [B, horizon] prices.
+This module imports neither TensorFlow nor LiteRT at import time; an engine loads its runtime
+when it is made, and the litert engine never imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Protocol
+
+import numpy as np
+
+from chronoprice.artifact import ModelArtifact, ModelUnavailable, artifact_at, read_metadata
+from chronoprice.features import relative_windows
+
+DEFAULT_LEVEL = 0.9
+EVALUATION_BATCH = 512
+
+
+class PathEngine(Protocol):
+    """Maps [B, window] scaled relative log closes to [B, horizon] scaled log returns from the origin."""
+
+    name: str
+
+    def path(self, relative: np.ndarray) -> np.ndarray: ...
+
+
+class KerasEngine:
+    """The Keras model with all steps inside one XLA-compiled tf.function."""
+
+    name = "keras"
+
+    def __init__(self, model, window: int, horizon: int):
+        from chronoprice.model import compiled_path_function
+
+        self.model = model
+        self._function = compiled_path_function(model, window, horizon)
+        self._lock = threading.Lock()
+
+    def path(self, relative: np.ndarray) -> np.ndarray:
+        # A fixed batch shape keeps XLA from compiling once per distinct batch size.
+        batch = 1 if len(relative) == 1 else EVALUATION_BATCH
+        parts = []
+        with self._lock:
+            for start in range(0, len(relative), batch):
+                chunk = relative[start : start + batch]
+                padded = np.zeros((batch, relative.shape[1]), dtype="float32")
+                padded[: len(chunk)] = chunk
+                parts.append(self._function(padded).numpy()[: len(chunk)])
+        return np.concatenate(parts)
+
+
+class LiteRTEngine:
+    """The exported recursive graph on the LiteRT interpreter (batch 1, one invoke per window)."""
+
+    name = "litert"
+
+    def __init__(self, artifact: ModelArtifact):
+        from ai_edge_litert.interpreter import Interpreter
+
+        try:
+            self._interpreter = Interpreter(model_path=str(artifact.tflite_path), num_threads=1)
+            self._interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as error:
+            raise ModelUnavailable(f"cannot load {artifact.tflite_path}: {error}; restore the file or retrain") from None
+        self._input = self._interpreter.get_input_details()[0]["index"]
+        self._output = self._interpreter.get_output_details()[0]["index"]
+        self._lock = threading.Lock()
+
+    def path(self, relative: np.ndarray) -> np.ndarray:
+        rows = []
+        with self._lock:
+            for row in relative:
+                self._interpreter.set_tensor(self._input, row[None, :].astype("float32"))
+                self._interpreter.invoke()
+                rows.append(self._interpreter.get_tensor(self._output)[0].copy())
+        return np.stack(rows)
+
+
+def litert_available() -> bool:
+    try:
+        import ai_edge_litert.interpreter  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def load_engine(kind: str, artifact: ModelArtifact, metadata: dict) -> PathEngine:
+    """Make the engine `kind` (auto, keras, litert); auto prefers LiteRT when it is installed."""
+    if kind == "auto":
+        kind = "litert" if litert_available() and artifact.tflite_path.exists() else "keras"
+    if kind == "litert":
+        if not artifact.tflite_path.exists():
+            raise ModelUnavailable(f"{artifact.tflite_path} not found; retrain or use --engine keras")
+        return LiteRTEngine(artifact)
+    if not artifact.keras_path.exists():
+        raise ModelUnavailable(f"{artifact.keras_path} not found; retrain or use --engine litert")
+    from chronoprice.model import load_keras_model
+
+    return KerasEngine(load_keras_model(artifact), metadata["window"], metadata["horizon"])
+
+
+def _as_batch(windows: np.ndarray) -> np.ndarray:
+    windows = np.asarray(windows, dtype="float64")
+    return windows[None, :] if windows.ndim == 1 else windows
+
+
+def interval_halfwidths(metadata: dict, level: float) -> np.ndarray:
+    """Per-step half-widths in log price for `level`, from the calibration saved with the model."""
+    table = metadata["intervals"]["halfwidth_log"]
+    key = f"{level:.2f}"
+    if key not in table:
+        raise ValueError(f"interval level {level} not calibrated; available: {', '.join(sorted(table))}")
+    return np.asarray(table[key], dtype="float64")
+
+
+class LSTMForecaster:
+    """The recursive LSTM forecast with split-conformal intervals."""
+
+    name = "lstm"
+
+    def __init__(self, engine: PathEngine, metadata: dict, level: float = DEFAULT_LEVEL):
+        self.engine, self.metadata, self.level = engine, metadata, level
+        self.version = metadata["version"]
+        self.window, self.horizon = metadata["window"], metadata["horizon"]
+        self._scale = float(metadata["feature"]["scale"])
+        self._halfwidths = interval_halfwidths(metadata, level)
+
+    def forecast(self, windows: np.ndarray) -> dict[str, np.ndarray]:
+        windows = _as_batch(windows)
+        if windows.shape[1] != self.window:
+            raise ValueError(f"a forecast needs windows of {self.window} closes, got {windows.shape[1]}")
+        log_path = self.engine.path(relative_windows(windows, self._scale)).astype("float64") * self._scale
+        origin = windows[:, -1:]
+        return {
+            "mean": origin * np.exp(log_path),
+            "lower": origin * np.exp(log_path - self._halfwidths),
+            "upper": origin * np.exp(log_path + self._halfwidths),
+        }
+
+
+class NaiveForecaster:
+    """The last close, repeated: the baseline every model must beat."""
+
+    name = "naive"
+
+    def __init__(self, horizon: int, halfwidths: np.ndarray | None = None):
+        self.horizon = horizon
+        self._halfwidths = np.zeros(horizon) if halfwidths is None else np.asarray(halfwidths)
+
+    def forecast(self, windows: np.ndarray) -> dict[str, np.ndarray]:
+        origin = _as_batch(windows)[:, -1:]
+        mean = np.repeat(origin, self.horizon, axis=1)
+        return {"mean": mean, "lower": mean * np.exp(-self._halfwidths), "upper": mean * np.exp(self._halfwidths)}
+
+
+def load_forecaster(model_path, engine: str = "auto", level: float = DEFAULT_LEVEL) -> LSTMForecaster:
+    """Read the artifact at `model_path` and make its forecaster; raises ModelUnavailable with the reason."""
+    artifact = artifact_at(model_path)
+    metadata = read_metadata(artifact)
+    return LSTMForecaster(load_engine(engine, artifact, metadata), metadata, level)

@@ -1,0 +1,209 @@
+"""The Keras LSTM: build, train, export to LiteRT, load. Imports TensorFlow; the LiteRT serving
+path never imports this module.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+import keras
+
+from chronoprice.artifact import ModelArtifact, ModelUnavailable
+from chronoprice.features import HORIZON, WINDOW
+
+DROPOUT = 0.2
+
+
+def build_model(window: int = WINDOW, batch_size: int | None = None, dropout: float = DROPOUT) -> keras.Model:
+    """LSTM(64, return_sequences) -> Dropout -> LSTM(32) -> Dense(16, relu) -> Dense(1).
+
+    Input [batch, window, 1] (scaled relative log closes); output [batch, 1], the next close as a
+    scaled log return from the newest close.
+    """
+    inputs = keras.Input((window, 1), batch_size=batch_size, name="relative_log_closes")
+    hidden = keras.layers.LSTM(64, return_sequences=True, name="lstm_64")(inputs)
+    hidden = keras.layers.Dropout(dropout, name="dropout")(hidden)
+    hidden = keras.layers.LSTM(32, name="lstm_32")(hidden)
+    hidden = keras.layers.Dense(16, activation="relu", name="dense_16")(hidden)
+    outputs = keras.layers.Dense(1, name="next_log_return")(hidden)
+    return keras.Model(inputs, outputs, name="chronoprice_lstm")
+
+
+def recursive_path(model: keras.Model, relative: tf.Tensor, horizon: int = HORIZON) -> tf.Tensor:
+    """Run the model `horizon` times, feeding each predicted close back into the window.
+
+    `relative` is [batch, window] scaled log closes relative to the newest close. Returns
+    [batch, horizon]: the predicted close of each step as a scaled log return from the origin.
+    Each step re-references the window to its new newest close, so the input keeps the form the
+    model was trained on.
+    """
+    steps = []
+    cumulative = tf.zeros_like(relative[:, :1])
+    for _ in range(horizon):
+        step = model(relative[:, :, None], training=False)
+        relative = tf.concat([relative[:, 1:], step], axis=1) - step
+        cumulative = cumulative + step
+        steps.append(cumulative)
+    return tf.concat(steps, axis=1)
+
+
+def compiled_path_function(model: keras.Model, window: int, horizon: int):
+    """All `horizon` steps in one XLA-compiled tf.function taking [batch, window] float32."""
+    return tf.function(
+        lambda relative: recursive_path(model, relative, horizon),
+        input_signature=[tf.TensorSpec([None, window], tf.float32)],
+        jit_compile=True,
+        reduce_retracing=True,
+    )
+
+
+def export_tflite(model: keras.Model, window: int, horizon: int) -> bytes:
+    """The whole recursive forecast as one LiteRT graph with frozen weights, batch size 1.
+
+    Frozen constants, because LiteRT cannot initialise Keras 3 resource variables; batch 1,
+    because the converter needs static shapes to lower the LSTM loops.
+    """
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    fixed = build_model(window, batch_size=1)
+    fixed.set_weights(model.get_weights())
+    concrete = tf.function(
+        lambda relative: recursive_path(fixed, relative, horizon),
+        input_signature=[tf.TensorSpec([1, window], tf.float32)],
+    ).get_concrete_function()
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([convert_variables_to_constants_v2(concrete)])
+    return converter.convert()
+
+
+def load_keras_model(artifact: ModelArtifact) -> keras.Model:
+    try:
+        return keras.models.load_model(artifact.keras_path, compile=False)
+    except (OSError, ValueError) as error:
+        raise ModelUnavailable(f"cannot load {artifact.keras_path}: {error}; restore the file or retrain") from None
+
+
+def fit_model(
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    epochs: int,
+    loss: str = "mse",
+    batch_size: int = 256,
+    patience: int = 3,
+    seed: int = 7,
+) -> tuple[keras.Model, dict]:
+    """Train on time-ordered windows; validation is the later split, and the best epoch is kept.
+
+    Batches are shuffled within the training split only, so no future window leaks into
+    training. Shows Keras's progress bar on a terminal and one line per epoch otherwise.
+    """
+    keras.utils.set_random_seed(seed)
+    model = build_model(x_train.shape[1])
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=loss)
+    stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True)
+    history = model.fit(
+        x_train[:, :, None],
+        y_train,
+        validation_data=(x_val[:, :, None], y_val),
+        epochs=epochs,
+        batch_size=batch_size,
+        shuffle=True,
+        callbacks=[stop],
+        verbose=1 if sys.stdout.isatty() else 2,
+    )
+    return model, {key: [float(value) for value in values] for key, values in history.history.items()}
+
+
+def save_keras_model(model: keras.Model, path: Path) -> None:
+    model.save(path)
+
+
+TRAIN_SHARE, VALIDATION_SHARE = 0.70, 0.15
+
+
+def split_by_time(count: int, window: int) -> dict[str, slice]:
+    """Train, validation and holdout slices of a series, in time order, never shuffled.
+
+    Validation and holdout slices start `window` candles early so their first target is the
+    first candle after the previous split: inputs may look back, targets never overlap.
+    """
+    train_end = int(count * TRAIN_SHARE)
+    validation_end = int(count * (TRAIN_SHARE + VALIDATION_SHARE))
+    return {
+        "train": slice(0, train_end),
+        "validation": slice(train_end - window, validation_end),
+        "holdout": slice(validation_end - window, count),
+    }
+
+
+def train_artifact(
+    candles,
+    out: ModelArtifact,
+    epochs: int,
+    data_description: str,
+    loss: str = "mse",
+    window: int = WINDOW,
+    horizon: int = HORIZON,
+) -> dict:
+    """Train on a candles DataFrame, calibrate intervals, score the holdout, write the artifact.
+
+    Returns the metadata written to `out.metadata_path`.
+    """
+    from chronoprice.artifact import content_version, write_metadata
+    from chronoprice.evaluation import conformal_halfwidths, step_metrics, walk_forward
+    from chronoprice.features import log_return_scale, training_pairs
+    from chronoprice.forecast import DEFAULT_LEVEL, KerasEngine, LSTMForecaster
+
+    closes = candles["close"].to_numpy(dtype="float64")
+    if len(closes) < 10 * (window + horizon):
+        raise ValueError(f"training needs at least {10 * (window + horizon)} candles, got {len(closes)}")
+    splits = split_by_time(len(closes), window)
+    scale = log_return_scale(closes[splits["train"]])
+    x_train, y_train = training_pairs(closes[splits["train"]], scale, window)
+    x_val, y_val = training_pairs(closes[splits["validation"]], scale, window)
+    model, history = fit_model(x_train, y_train, x_val, y_val, epochs, loss=loss)
+
+    metadata = {
+        "version": "unsaved",
+        "window": window,
+        "horizon": horizon,
+        "feature": {"definition": "log(close / newest close) / scale over the window", "scale": scale},
+        "intervals": {"method": "split-conformal on validation", "halfwidth_log": {f"{DEFAULT_LEVEL:.2f}": [0.0] * horizon}},
+    }
+    forecaster = LSTMForecaster(KerasEngine(model, window, horizon), metadata)
+    validation = walk_forward(forecaster, closes[splits["validation"]], window, horizon)
+    halfwidths = conformal_halfwidths(np.log(validation["actual"] / validation["mean"]))
+    metadata["intervals"]["halfwidth_log"] = halfwidths
+    forecaster = LSTMForecaster(forecaster.engine, metadata)
+    holdout = step_metrics(walk_forward(forecaster, closes[splits["holdout"]], window, horizon), DEFAULT_LEVEL)
+
+    out.base.parent.mkdir(parents=True, exist_ok=True)
+    save_keras_model(model, out.keras_path)
+    out.tflite_path.write_bytes(export_tflite(model, window, horizon))
+    ts = candles["ts"].to_numpy()
+    validation_end = splits["validation"].stop
+    metadata.update(
+        {
+            "version": content_version(out.keras_path, out.tflite_path),
+            "architecture": "LSTM(64, return_sequences) -> Dropout(0.2) -> LSTM(32) -> Dense(16, relu) -> Dense(1)",
+            "training": {
+                "data": data_description,
+                "candles": len(closes),
+                "first_ts": int(ts[0]),
+                "last_ts": int(ts[-1]),
+                "trained_until_ts": int(ts[validation_end - 1]),
+                "splits": {name: [int(part.start), int(part.stop)] for name, part in splits.items()},
+                "epochs_run": len(history["loss"]),
+                "epochs_max": epochs,
+                "loss": loss,
+                "history": history,
+            },
+            "holdout": holdout.round(8).to_dict("records"),
+        }
+    )
+    write_metadata(out, metadata)
+    return metadata

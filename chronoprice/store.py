@@ -1,0 +1,183 @@
+"""SQLite store on sqlite-utils: candles and forecasts, the schema of DESIGN.md.
+
+Functions take a `sqlite_utils.Database`; `open_store` makes one with WAL, a busy timeout and
+the schema migrated. Timestamps are UTC epoch milliseconds of a candle's open time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sqlite3
+import time
+from pathlib import Path
+
+import pandas as pd
+import sqlite_utils
+
+from chronoprice.candles import COLUMNS
+
+BUSY_TIMEOUT_MS = 5_000
+MARKET_KEY = ["exchange", "symbol", "timeframe"]
+CANDLE_KEY = MARKET_KEY + ["ts"]
+FORECAST_KEY = MARKET_KEY + ["origin_ts", "step", "model_version"]
+FORECAST_COLUMNS = ["origin_ts", "step", "target_ts", "predicted", "lower", "upper", "model_version", "created_at"]
+
+
+class StoreError(RuntimeError):
+    """The database file cannot be used; the message names the file and what to do."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Market:
+    exchange: str
+    symbol: str
+    timeframe: str = "1m"
+
+    def key(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _create_tables(db: sqlite_utils.Database) -> None:
+    db["candles"].create(
+        {"exchange": str, "symbol": str, "timeframe": str, "ts": int,
+         "open": float, "high": float, "low": float, "close": float, "volume": float},
+        pk=CANDLE_KEY,
+        not_null=set(CANDLE_KEY + COLUMNS),
+    )
+    db["forecasts"].create(
+        {"exchange": str, "symbol": str, "timeframe": str, "origin_ts": int, "step": int, "target_ts": int,
+         "predicted": float, "lower": float, "upper": float, "model_version": str, "created_at": int},
+        pk=FORECAST_KEY,
+        not_null=set(FORECAST_KEY + ["target_ts", "predicted", "lower", "upper"]),
+    )
+    db["forecasts"].create_index(MARKET_KEY + ["target_ts"], index_name="forecasts_by_target")
+
+
+# Each migration brings a file from version N to N + 1; an old file runs the ones it lacks.
+MIGRATIONS = [_create_tables]
+
+
+def migrate(db: sqlite_utils.Database) -> None:
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version > len(MIGRATIONS):
+        raise StoreError(
+            f"{db_path(db)} has schema version {version}, newer than this ChronoPrice ({len(MIGRATIONS)}); "
+            "upgrade ChronoPrice or point --db at another file"
+        )
+    for number in range(version, len(MIGRATIONS)):
+        with db.conn:
+            MIGRATIONS[number](db)
+            db.execute(f"PRAGMA user_version = {number + 1}")
+
+
+def db_path(db: sqlite_utils.Database) -> str:
+    row = db.execute("PRAGMA database_list").fetchone()
+    return row[2] or ":memory:"
+
+
+def open_store(path: Path | str) -> sqlite_utils.Database:
+    """Open (creating if needed) the database at `path`, in WAL mode with the schema up to date."""
+    try:
+        connection = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
+        db = sqlite_utils.Database(connection)
+        db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute("PRAGMA synchronous = NORMAL")
+        migrate(db)
+    except sqlite3.DatabaseError as error:
+        raise StoreError(
+            f"cannot use database {path}: {error}. If the file is damaged, move it aside "
+            "(candles are fetched again) or pass --db with another path"
+        ) from None
+    return db
+
+
+def upsert_candles(db: sqlite_utils.Database, market: Market, candles: pd.DataFrame) -> int:
+    """Insert or replace candles (a COLUMNS DataFrame) for `market`; returns how many rows were written."""
+    if candles.empty:
+        return 0
+    records = candles[COLUMNS].assign(**market.key()).to_dict("records")
+    with db.conn:
+        db["candles"].upsert_all(records, pk=CANDLE_KEY)
+    return len(records)
+
+
+def _market_where(market: Market) -> tuple[str, list]:
+    return "exchange = ? and symbol = ? and timeframe = ?", [market.exchange, market.symbol, market.timeframe]
+
+
+def newest_candle_ts(db: sqlite_utils.Database, market: Market) -> int | None:
+    where, params = _market_where(market)
+    return db.execute(f"select max(ts) from candles where {where}", params).fetchone()[0]
+
+
+def read_candles(
+    db: sqlite_utils.Database, market: Market, limit: int | None = None, start: int | None = None, end: int | None = None
+) -> pd.DataFrame:
+    """Candles of `market` with start <= ts <= end, the newest `limit` of them, oldest first."""
+    where, params = _market_where(market)
+    if start is not None:
+        where, params = where + " and ts >= ?", params + [int(start)]
+    if end is not None:
+        where, params = where + " and ts <= ?", params + [int(end)]
+    sql = f"select {', '.join(COLUMNS)} from candles where {where} order by ts desc"
+    if limit is not None:
+        sql, params = sql + " limit ?", params + [int(limit)]
+    frame = pd.DataFrame(db.execute(sql, params).fetchall(), columns=COLUMNS)
+    return frame.iloc[::-1].reset_index(drop=True).astype({"ts": "int64"})
+
+
+def write_forecast(
+    db: sqlite_utils.Database, market: Market, origin_ts: int, steps: pd.DataFrame, model_version: str
+) -> None:
+    """Store one forecast's steps (columns step, target_ts, predicted, lower, upper) in one transaction."""
+    created_at = int(time.time() * 1000)
+    records = (
+        steps[["step", "target_ts", "predicted", "lower", "upper"]]
+        .assign(origin_ts=int(origin_ts), model_version=model_version, created_at=created_at, **market.key())
+        .to_dict("records")
+    )
+    with db.conn:
+        db["forecasts"].upsert_all(records, pk=FORECAST_KEY)
+
+
+def has_forecast(db: sqlite_utils.Database, market: Market, origin_ts: int, model_version: str) -> bool:
+    where, params = _market_where(market)
+    sql = f"select 1 from forecasts where {where} and origin_ts = ? and model_version = ? limit 1"
+    return db.execute(sql, params + [int(origin_ts), model_version]).fetchone() is not None
+
+
+def read_latest_forecast(db: sqlite_utils.Database, market: Market) -> pd.DataFrame:
+    """The steps of the newest forecast of `market` (FORECAST_COLUMNS), step 1 first; empty if none."""
+    where, params = _market_where(market)
+    sql = (
+        f"select {', '.join(FORECAST_COLUMNS)} from forecasts where {where} and origin_ts = "
+        f"(select max(origin_ts) from forecasts where {where}) order by created_at desc, step"
+    )
+    frame = pd.DataFrame(db.execute(sql, params * 2).fetchall(), columns=FORECAST_COLUMNS)
+    if frame.empty:
+        return frame
+    newest_version = frame["model_version"].iloc[0]
+    return frame[frame["model_version"] == newest_version].sort_values("step").reset_index(drop=True)
+
+
+def read_matured_forecasts(db: sqlite_utils.Database, market: Market, since_target_ts: int | None = None) -> pd.DataFrame:
+    """Forecast steps whose target candle is stored, with the actual close and the origin close.
+
+    Columns: FORECAST_COLUMNS + actual (close at target_ts) + origin_close (close at origin_ts,
+    the naive baseline's forecast for every step).
+    """
+    where, params = _market_where(market)
+    where = " and ".join(f"f.{clause.strip()}" for clause in where.split(" and "))
+    if since_target_ts is not None:
+        where, params = where + " and f.target_ts >= ?", params + [int(since_target_ts)]
+    columns = ", ".join(f"f.{column}" for column in FORECAST_COLUMNS)
+    sql = (
+        f"select {columns}, actual.close, origin.close from forecasts f "
+        "join candles actual on actual.exchange = f.exchange and actual.symbol = f.symbol "
+        "and actual.timeframe = f.timeframe and actual.ts = f.target_ts "
+        "join candles origin on origin.exchange = f.exchange and origin.symbol = f.symbol "
+        "and origin.timeframe = f.timeframe and origin.ts = f.origin_ts "
+        f"where {where} order by f.target_ts, f.step"
+    )
+    return pd.DataFrame(db.execute(sql, params).fetchall(), columns=FORECAST_COLUMNS + ["actual", "origin_close"])

@@ -1,0 +1,73 @@
+"""Shared fixtures: synthetic candles, a local Binance-compatible exchange, temporary SQLite
+files and a tiny model trained for one epoch."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from chronoprice.exchange_sim import BinanceSimulator  # noqa: E402
+from chronoprice.sources import demo_candles  # noqa: E402
+from chronoprice.store import open_store  # noqa: E402
+
+SERIES_START_MS = 1_735_689_600_000  # 2025-01-01 00:00 UTC
+MINUTE_MS = 60_000
+SHARED_CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "btcusdt_1m_binanceus_2023-03-01_14.csv"
+SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "models" / "chronoprice-lstm"
+
+
+def make_candles(minutes: int, symbol: str = "BTC/USDT", start_ms: int = SERIES_START_MS):
+    """`minutes` consecutive synthetic 1-minute candles (the demo market), deterministic."""
+    return demo_candles(symbol, start_ms, start_ms + minutes * MINUTE_MS)
+
+
+@pytest.fixture(scope="session")
+def series():
+    return {"BTC/USDT": make_candles(4000), "ETH/USDT": make_candles(4000, "ETH/USDT")}
+
+
+@pytest.fixture
+def exchange(series):
+    """A Binance-compatible server on 127.0.0.1, its clock 30 s into candle 1200 (1199 closed)."""
+    now = SERIES_START_MS + 1200 * MINUTE_MS + 30_000
+    with BinanceSimulator(series, now_ms=now) as simulator:
+        yield simulator
+
+
+@pytest.fixture
+def db_path(tmp_path):
+    return tmp_path / "chronoprice.db"
+
+
+@pytest.fixture
+def db(db_path):
+    return open_store(db_path)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """A real artifact (.keras, .tflite, .json) trained for one epoch on 3000 synthetic candles."""
+    from chronoprice.artifact import artifact_at
+    from chronoprice.model import train_artifact
+
+    out = tmp_path_factory.mktemp("model") / "tiny"
+    train_artifact(make_candles(3000), artifact_at(out), epochs=1, data_description="synthetic demo candles", loss="huber")
+    return out
+
+
+@pytest.fixture(scope="session")
+def shared_csv():
+    if not SHARED_CSV.exists():
+        pytest.skip(f"shared test data not found at {SHARED_CSV} (it lives beside the checkout in ../shared/data)")
+    return SHARED_CSV
+
+
+@pytest.fixture(scope="session")
+def shipped_model():
+    if not SHIPPED_MODEL.with_suffix(".json").exists():
+        pytest.fail(f"the shipped model is missing at {SHIPPED_MODEL}.json")
+    return SHIPPED_MODEL

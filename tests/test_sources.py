@@ -1,0 +1,355 @@
+import dataclasses
+import socket
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from chronoprice.candles import clean_candles, find_gaps
+from chronoprice.exchange_sim import BinanceSimulator, Fault, kline_row
+from chronoprice.sources import (
+    AutoSource,
+    CsvFormatError,
+    DemoSource,
+    LiveSource,
+    MalformedReply,
+    RateLimited,
+    ReplaySource,
+    SourceUnavailable,
+    UnknownExchange,
+    UnknownSymbol,
+    demo_candles,
+    read_candle_csv,
+    rewrite_urls,
+)
+from tests.conftest import MINUTE_MS, SERIES_START_MS, make_candles
+
+SYMBOL = "BTC/USDT"
+
+
+def nothing_stored(exchange):
+    return None
+
+
+class FakeClock:
+    def __init__(self, seconds=1000.0):
+        self.seconds = seconds
+
+    def __call__(self):
+        return self.seconds
+
+
+def fast_live(url, **options):
+    return LiveSource("binance", url, (), backoff_seconds=0.01, sleep=lambda seconds: None, **options)
+
+
+# ------------------------------------------------------------------------ contract, every source
+
+
+@dataclasses.dataclass
+class Harness:
+    source: object
+    advance: object  # advance(minutes)
+
+
+def write_data_vision_csv(path, candles):
+    rows = [",".join(str(value) for value in kline_row(candle)) for candle in candles.to_dict("records")]
+    path.write_text("\n".join(rows) + "\n")
+
+
+@pytest.fixture(params=["live", "replay", "demo", "auto"])
+def harness(request, exchange, tmp_path, series):
+    if request.param in ("live", "auto"):
+        live = fast_live(exchange.url)
+        source = live if request.param == "live" else AutoSource(live, DemoSource())
+        return Harness(source, exchange.advance)
+    if request.param == "replay":
+        path = tmp_path / "BTCUSDT-1m.csv"
+        write_data_vision_csv(path, series[SYMBOL].head(1000))
+        clock = FakeClock()
+        source = ReplaySource(path, speed=2.0, history=500, clock=clock)
+
+        def advance(minutes):
+            clock.seconds += minutes / 2.0
+
+        return Harness(source, advance)
+    now = {"ms": SERIES_START_MS + 800 * MINUTE_MS + 12_000}
+
+    def advance(minutes):
+        now["ms"] += minutes * MINUTE_MS
+
+    return Harness(DemoSource(now_ms=lambda: now["ms"]), advance)
+
+
+def test_source_contract_closed_valid_candles_then_contiguous_catch_up(harness):
+    first = harness.source.fetch_closed(SYMBOL, nothing_stored)
+    candles = first.candles
+    assert len(candles) == 500
+    assert list(candles.columns) == ["ts", "open", "high", "low", "close", "volume"]
+    assert clean_candles(candles.to_numpy().tolist(), MINUTE_MS).rejected == []
+    assert candles["ts"].is_monotonic_increasing and candles["ts"].is_unique
+    assert find_gaps(candles["ts"].to_numpy(), MINUTE_MS).empty
+
+    newest = int(candles["ts"].iloc[-1])
+    harness.advance(5)
+    later = harness.source.fetch_closed(SYMBOL, lambda exchange: newest + MINUTE_MS)
+    assert later.exchange == first.exchange
+    assert later.candles["ts"].tolist() == [newest + step * MINUTE_MS for step in range(1, 6)]
+
+
+# ------------------------------------------------------------------------------- live (ccxt)
+
+
+def test_live_stores_exactly_the_exchanges_closed_candles_after_catch_up(exchange):
+    source = fast_live(exchange.url)
+    first = source.fetch_closed(SYMBOL, nothing_stored)
+    exchange.advance(2500)  # more than two pages of 1000: catch-up must paginate
+    newest = int(first.candles["ts"].iloc[-1])
+    later = source.fetch_closed(SYMBOL, lambda _: newest + MINUTE_MS)
+    stored = pd.concat([first.candles, later.candles], ignore_index=True)
+    closed = exchange.closed_candles(SYMBOL)
+    assert stored["ts"].iloc[-1] == closed["ts"].iloc[-1], "the newest closed candle is stored"
+    pd.testing.assert_frame_equal(stored, closed.tail(len(stored)).reset_index(drop=True))
+    assert find_gaps(stored["ts"].to_numpy(), MINUTE_MS).empty
+    assert exchange.requests["/api/v3/klines"] == 1 + 3
+
+
+def test_live_never_returns_the_in_progress_candle(exchange):
+    candles = fast_live(exchange.url).fetch_closed(SYMBOL, nothing_stored).candles
+    forming_ts = exchange.now_ms // MINUTE_MS * MINUTE_MS
+    assert candles["ts"].max() == forming_ts - MINUTE_MS
+    assert (candles["ts"] + MINUTE_MS <= exchange.now_ms).all()
+
+
+def test_live_ignores_the_local_clock_when_the_exchange_clock_is_hours_away(series):
+    hours_behind = SERIES_START_MS + 3000 * MINUTE_MS + 10_000
+    with BinanceSimulator(series, now_ms=hours_behind) as exchange:
+        candles = fast_live(exchange.url).fetch_closed(SYMBOL, nothing_stored).candles
+        assert candles["ts"].max() == hours_behind // MINUTE_MS * MINUTE_MS - MINUTE_MS
+
+
+def test_rewrite_urls_keeps_paths_and_nesting():
+    urls = {"public": "https://api.binance.com/api/v3", "nested": {"rest": "https://x.example/v2/"}, "name": "no url"}
+    assert rewrite_urls(urls, "http://127.0.0.1:9/proxy") == {
+        "public": "http://127.0.0.1:9/proxy/api/v3",
+        "nested": {"rest": "http://127.0.0.1:9/proxy/v2/"},
+        "name": "no url",
+    }
+
+
+def test_live_retries_server_errors_then_succeeds(exchange):
+    exchange.queue(Fault(status=503, times=2))
+    candles = fast_live(exchange.url).fetch_closed(SYMBOL, nothing_stored).candles
+    assert len(candles) == 500
+    assert exchange.requests["/api/v3/klines"] == 3
+
+
+def test_live_honours_retry_after_on_429(exchange):
+    sleeps = []
+    clock = FakeClock()
+    source = LiveSource("binance", exchange.url, (), backoff_seconds=0.01, sleep=sleeps.append, clock=clock)
+    exchange.queue(Fault(status=429, headers={"Retry-After": "2"}))
+    assert len(source.fetch_closed(SYMBOL, nothing_stored).candles) == 500
+    assert sleeps == [2.0]
+
+    exchange.queue(Fault(status=429, headers={"Retry-After": "120"}))
+    with pytest.raises(RateLimited, match="120 s"):
+        source.fetch_closed(SYMBOL, nothing_stored)
+    calls = exchange.requests["/api/v3/klines"]
+    clock.seconds += 60
+    with pytest.raises(RateLimited):
+        source.fetch_closed(SYMBOL, nothing_stored)
+    assert exchange.requests["/api/v3/klines"] == calls, "no request before Retry-After has passed"
+    clock.seconds += 61
+    assert len(source.fetch_closed(SYMBOL, nothing_stored).candles) == 500
+
+
+def test_live_fails_over_on_geo_block(exchange, series):
+    with BinanceSimulator(series, now_ms=exchange.now_ms) as mirror:
+        source = LiveSource("binance", exchange.url, (f"binanceus={mirror.url}",), backoff_seconds=0.01)
+        exchange.queue(Fault(path="/", status=451, body='{"code":0,"msg":"Service unavailable from a restricted location"}', times=10))
+        fetched = source.fetch_closed(SYMBOL, nothing_stored)
+        assert fetched.exchange == "binanceus"
+        assert "failed over from binance" in fetched.note
+        assert source.label == "live: binanceus"
+        assert len(fetched.candles) == 500
+
+
+def test_live_fails_over_after_persistent_unavailability(exchange, series):
+    with BinanceSimulator(series, now_ms=exchange.now_ms) as mirror:
+        source = LiveSource("binance", exchange.url, (f"binanceus={mirror.url}",), backoff_seconds=0.0,
+                            sleep=lambda s: None, failures_before_failover=2)
+        assert source.fetch_closed(SYMBOL, nothing_stored).exchange == "binance"
+        exchange.queue(Fault(path="/", status=503, times=100))
+        with pytest.raises(SourceUnavailable, match="binance unreachable"):
+            source.fetch_closed(SYMBOL, nothing_stored)
+        assert source.fetch_closed(SYMBOL, nothing_stored).exchange == "binanceus"
+
+
+def test_live_reports_unavailable_when_no_exchange_answers():
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    source = fast_live(url)
+    with pytest.raises(SourceUnavailable, match="no exchange answered"):
+        source.fetch_closed(SYMBOL, nothing_stored)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '[[1735689600000, "1.0", "2.0"',  # truncated JSON
+        "",  # empty reply
+        "<html>gateway error</html>",
+        '{"unexpected": "object"}',
+        '[[1735689600000, "x", "y", "z", "w", "v", 0, "0", 0, "0", "0", "0"]]',  # no number in it
+    ],
+)
+def test_live_malformed_replies_are_reported_and_store_nothing(exchange, body):
+    exchange.queue(Fault(status=200, body=body))
+    with pytest.raises(MalformedReply):
+        fast_live(exchange.url).fetch_closed(SYMBOL, nothing_stored)
+
+
+def test_live_keeps_only_candles_before_a_bad_row(exchange, series):
+    rows = [kline_row(candle) for candle in series[SYMBOL].iloc[100:110].to_dict("records")]
+    rows[6][2] = "0.5"  # high below low
+    rows[3], rows[4] = rows[4], rows[3]  # out of order
+    rows.insert(2, list(rows[2]))  # duplicated
+    exchange.queue(Fault(status=200, body=pd.Series([rows]).to_json(orient="values")[1:-1]))
+    fetched = fast_live(exchange.url).fetch_closed(SYMBOL, lambda _: int(series[SYMBOL]["ts"].iloc[100]))
+    expected = series[SYMBOL].iloc[100:105].reset_index(drop=True)
+    pd.testing.assert_frame_equal(fetched.candles, expected)  # 106 was bad; 105 is withheld as possibly forming
+    assert "malformed" in fetched.note
+
+
+def test_live_unknown_symbol_is_a_clear_error(exchange):
+    with pytest.raises(UnknownSymbol, match="does not list"):
+        fast_live(exchange.url).fetch_closed("DOGE/EUR", nothing_stored)
+
+
+def test_live_unknown_exchange_id_lists_close_matches():
+    with pytest.raises(UnknownExchange, match="did you mean binance"):
+        LiveSource("binanse")
+
+
+def test_live_lists_spot_symbols(exchange):
+    assert fast_live(exchange.url).symbols() == ["BTC/USDT", "ETH/USDT"]
+
+
+# ------------------------------------------------------------------------------------- auto
+
+
+def test_auto_falls_back_to_demo_then_returns_to_live(exchange):
+    exchange.queue(Fault(path="/", status=503))
+    live = LiveSource("binance", exchange.url, (), backoff_seconds=0.0, sleep=lambda s: None, attempts=1)
+    clock = FakeClock()
+    auto = AutoSource(live, DemoSource(), retry_seconds=60, clock=clock)
+    fetched = auto.fetch_closed(SYMBOL, nothing_stored)
+    assert fetched.exchange == "demo" and auto.label == "offline demo"
+    assert "live unreachable" in fetched.note
+    clock.seconds += 61
+    auto.fetch_closed(SYMBOL, nothing_stored)  # starts the background probe, which now succeeds
+    for _ in range(200):
+        if auto.label == "live: binance":
+            break
+        time.sleep(0.02)
+    assert auto.label == "live: binance"
+    assert auto.fetch_closed(SYMBOL, nothing_stored).exchange == "binance"
+
+
+# ------------------------------------------------------------------------------------- demo
+
+
+def test_demo_market_is_btc_like():
+    candles = demo_candles(SYMBOL, SERIES_START_MS, SERIES_START_MS + 20 * 1440 * MINUTE_MS)
+    returns = np.diff(np.log(candles["close"].to_numpy()))
+    assert 0.0005 <= returns.std() <= 0.001
+    kurtosis = ((returns - returns.mean()) ** 4).mean() / returns.var() ** 2
+    assert kurtosis > 5, "fat tails"
+    magnitude = np.abs(returns)
+    assert np.corrcoef(magnitude[:-30], magnitude[30:])[0, 1] > 0.05, "volatility clusters"
+    assert clean_candles(candles.to_numpy().tolist(), MINUTE_MS).rejected == []
+    assert (candles["open"].to_numpy()[1:] == candles["close"].to_numpy()[:-1]).all()
+
+
+def test_demo_market_is_deterministic_and_continuous_across_calls():
+    whole = demo_candles(SYMBOL, SERIES_START_MS, SERIES_START_MS + 3000 * MINUTE_MS)
+    parts = pd.concat(
+        [demo_candles(SYMBOL, SERIES_START_MS, SERIES_START_MS + 1700 * MINUTE_MS),
+         demo_candles(SYMBOL, SERIES_START_MS + 1700 * MINUTE_MS, SERIES_START_MS + 3000 * MINUTE_MS)],
+        ignore_index=True,
+    )
+    pd.testing.assert_frame_equal(whole, parts)
+    assert not demo_candles("ETH/USDT", SERIES_START_MS, SERIES_START_MS + 10 * MINUTE_MS).equals(whole.head(10))
+
+
+# ----------------------------------------------------------------------------------- replay
+
+
+def test_replay_reads_data_vision_microsecond_epochs(tmp_path, series):
+    path = tmp_path / "us.csv"
+    candles = series[SYMBOL].head(50)
+    rows = [kline_row(candle) for candle in candles.to_dict("records")]
+    path.write_text("\n".join(",".join(str(v) for v in [row[0] * 1000] + row[1:]) for row in rows))
+    pd.testing.assert_frame_equal(read_candle_csv(path).candles, candles)
+
+
+def test_replay_reads_headed_iso_and_epoch_csvs(tmp_path, series):
+    candles = series[SYMBOL].head(30)
+    iso = candles.assign(open_time=pd.to_datetime(candles["ts"], unit="ms", utc=True).astype(str))
+    iso[["open_time", "open", "high", "low", "close", "volume"]].to_csv(tmp_path / "iso.csv", index=False)
+    epoch = candles.assign(timestamp=candles["ts"] // 1000)
+    epoch[["timestamp", "open", "high", "low", "close", "volume"]].to_csv(tmp_path / "epoch.csv", index=False)
+    for name in ("iso.csv", "epoch.csv"):
+        loaded = read_candle_csv(tmp_path / name)
+        assert loaded.bad_rows == []
+        pd.testing.assert_frame_equal(loaded.candles, candles, check_exact=False, rtol=1e-12)
+
+
+def test_replay_reports_bad_rows_with_line_numbers_and_skips_them(tmp_path):
+    path = tmp_path / "bad.csv"
+    path.write_text(
+        "open_time,open,high,low,close,volume\n"
+        "2023-03-01 00:00:00+00:00,100,101,99,100.5,1\n"
+        "2023-03-01 00:01:00+00:00,100,101,99,not-a-price,1\n"
+        "2023-03-01 00:02:00+00:00,100,101\n"
+        "yesterday,100,101,99,100.5,1\n"
+        "2023-03-01 00:04:00+00:00,100,99,101,100.5,1\n"
+        "2023-03-01 00:05:00+00:00,100,101,99,100.5,1\n"
+    )
+    loaded = read_candle_csv(path)
+    assert len(loaded.candles) == 2
+    assert [line for line, _ in loaded.bad_rows] == [3, 4, 5, 6]
+    assert "fields" in loaded.bad_rows[1][1]
+    assert "timestamp" in loaded.bad_rows[2][1]
+    assert "below low" in loaded.bad_rows[3][1]
+
+
+def test_replay_rejects_a_file_it_cannot_use(tmp_path):
+    (tmp_path / "wrong.csv").write_text("when,price\n2023-03-01,100\n")
+    with pytest.raises(CsvFormatError, match="lacks"):
+        read_candle_csv(tmp_path / "wrong.csv")
+    with pytest.raises(CsvFormatError, match="cannot read"):
+        read_candle_csv(tmp_path / "absent.csv")
+
+
+def test_replay_shared_binance_us_file_loads_completely(shared_csv):
+    loaded = read_candle_csv(shared_csv)
+    assert len(loaded.candles) == 20_160 and loaded.bad_rows == []
+    assert find_gaps(loaded.candles["ts"].to_numpy(), MINUTE_MS).empty
+
+
+def test_replay_advances_at_its_speed_and_says_when_finished(tmp_path):
+    path = tmp_path / "short.csv"
+    write_data_vision_csv(path, make_candles(600))
+    clock = FakeClock()
+    source = ReplaySource(path, speed=10.0, history=500, clock=clock)
+    assert len(source.fetch_closed(SYMBOL, nothing_stored).candles) == 500
+    clock.seconds += 3
+    assert len(source.fetch_closed(SYMBOL, nothing_stored).candles) == 530
+    clock.seconds += 100
+    fetched = source.fetch_closed(SYMBOL, nothing_stored)
+    assert len(fetched.candles) == 600 and "replay finished" in fetched.note
+    assert source.label == "replay: short.csv"

@@ -1,0 +1,109 @@
+import sqlite3
+
+import pandas as pd
+import pytest
+
+from chronoprice.store import (
+    MIGRATIONS,
+    Market,
+    StoreError,
+    has_forecast,
+    newest_candle_ts,
+    open_store,
+    read_candles,
+    read_latest_forecast,
+    read_matured_forecasts,
+    upsert_candles,
+    write_forecast,
+)
+from tests.conftest import MINUTE_MS, make_candles
+
+MARKET = Market("binance", "BTC/USDT", "1m")
+
+
+def steps_from(origin_ts, closes):
+    return pd.DataFrame(
+        {
+            "step": range(1, len(closes) + 1),
+            "target_ts": [origin_ts + step * MINUTE_MS for step in range(1, len(closes) + 1)],
+            "predicted": closes,
+            "lower": [close - 10 for close in closes],
+            "upper": [close + 10 for close in closes],
+        }
+    )
+
+
+def test_store_file_has_design_schema_wal_and_busy_timeout(db_path):
+    db = open_store(db_path)
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert db.execute("PRAGMA busy_timeout").fetchone()[0] == 5000
+    assert db["candles"].pks == ["exchange", "symbol", "timeframe", "ts"]
+    assert db["forecasts"].pks == ["exchange", "symbol", "timeframe", "origin_ts", "step", "model_version"]
+    assert set(db["forecasts"].columns_dict) == {
+        "exchange", "symbol", "timeframe", "origin_ts", "step", "target_ts", "predicted", "lower", "upper", "model_version", "created_at"}
+    assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+
+
+def test_upsert_candles_is_idempotent_and_round_trips(db):
+    candles = make_candles(100)
+    upsert_candles(db, MARKET, candles)
+    upsert_candles(db, MARKET, candles.iloc[50:])
+    assert db["candles"].count == 100
+    pd.testing.assert_frame_equal(read_candles(db, MARKET), candles)
+    assert newest_candle_ts(db, MARKET) == candles["ts"].iloc[-1]
+    assert newest_candle_ts(db, Market("kraken", "BTC/USDT")) is None
+
+
+def test_read_candles_limit_and_range(db):
+    candles = make_candles(100)
+    upsert_candles(db, MARKET, candles)
+    assert read_candles(db, MARKET, limit=60)["ts"].tolist() == candles["ts"].iloc[40:].tolist()
+    start, end = candles["ts"].iloc[10], candles["ts"].iloc[19]
+    assert read_candles(db, MARKET, start=start, end=end)["ts"].tolist() == candles["ts"].iloc[10:20].tolist()
+
+
+def test_forecast_steps_are_written_together_and_the_newest_is_read(db):
+    write_forecast(db, MARKET, 0, steps_from(0, [1.0] * 10), "v1")
+    write_forecast(db, MARKET, MINUTE_MS, steps_from(MINUTE_MS, [2.0] * 10), "v1")
+    latest = read_latest_forecast(db, MARKET)
+    assert latest["origin_ts"].unique().tolist() == [MINUTE_MS]
+    assert latest["step"].tolist() == list(range(1, 11))
+    assert has_forecast(db, MARKET, 0, "v1") and not has_forecast(db, MARKET, 0, "v2")
+
+
+def test_a_failed_forecast_write_leaves_no_partial_forecast(db):
+    steps = steps_from(0, [1.0] * 10)
+    steps.loc[7, "predicted"] = None  # NOT NULL violation on the 8th step
+    with pytest.raises(sqlite3.IntegrityError):
+        write_forecast(db, MARKET, 0, steps, "v1")
+    assert db["forecasts"].count == 0
+
+
+def test_matured_forecasts_join_actual_and_origin_closes(db):
+    candles = make_candles(20)
+    upsert_candles(db, MARKET, candles)
+    origin = int(candles["ts"].iloc[14])
+    write_forecast(db, MARKET, origin, steps_from(origin, [100.0] * 10), "v1")
+    matured = read_matured_forecasts(db, MARKET)
+    assert matured["step"].tolist() == [1, 2, 3, 4, 5]
+    assert matured["actual"].tolist() == candles["close"].iloc[15:20].tolist()
+    assert set(matured["origin_close"]) == {candles["close"].iloc[14]}
+
+
+def test_store_refuses_a_newer_schema_with_a_clear_message(db_path):
+    open_store(db_path).execute(f"PRAGMA user_version = {len(MIGRATIONS) + 5}")
+    with pytest.raises(StoreError, match="newer than this ChronoPrice"):
+        open_store(db_path)
+
+
+def test_store_reopens_an_existing_file_without_losing_rows(db_path):
+    upsert_candles(open_store(db_path), MARKET, make_candles(10))
+    assert open_store(db_path)["candles"].count == 10
+
+
+def test_corrupt_database_file_names_the_file_and_what_to_do(tmp_path):
+    path = tmp_path / "broken.db"
+    path.write_bytes(b"this is not an sqlite file" * 100)
+    with pytest.raises(StoreError) as error:
+        open_store(path)
+    assert str(path) in str(error.value) and "move it aside" in str(error.value)
