@@ -85,6 +85,33 @@ def load_keras_model(artifact: ModelArtifact) -> keras.Model:
         raise ModelUnavailable(f"cannot load {artifact.keras_path}: {error}; restore the file or retrain") from None
 
 
+class TrainingProgress(keras.callbacks.Callback):
+    """A tqdm bar over every batch of every epoch, with the latest losses beside it."""
+
+    def __init__(self, epochs: int, batches_per_epoch: int):
+        super().__init__()
+        self._epochs, self._batches = epochs, batches_per_epoch
+        self._bar = None
+
+    def on_train_begin(self, logs=None):
+        from tqdm import tqdm
+
+        self._bar = tqdm(total=self._epochs * self._batches, desc="training", unit="batch", file=sys.stderr)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._bar.update(1)
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        self._bar.set_postfix(epoch=f"{epoch + 1}/{self._epochs}", loss=f"{logs.get('loss', 0):.4f}", val_loss=f"{logs.get('val_loss', 0):.4f}")
+
+    def on_train_end(self, logs=None):
+        self._bar.close()
+        epochs_run = len(self.model.history.epoch) if self.model.history else self._epochs
+        if epochs_run < self._epochs:
+            print(f"stopped early after {epochs_run} epochs: validation loss stopped improving", file=sys.stderr)
+
+
 def fit_model(
     x_train: np.ndarray,
     y_train: np.ndarray,
@@ -99,7 +126,7 @@ def fit_model(
     """Train on time-ordered windows; validation is the later split, and the best epoch is kept.
 
     Batches are shuffled within the training split only, so no future window leaks into
-    training. Shows Keras's progress bar on a terminal and one line per epoch otherwise.
+    training. A progress bar on stderr counts batches over all epochs.
     """
     keras.utils.set_random_seed(seed)
     model = build_model(x_train.shape[1])
@@ -112,8 +139,8 @@ def fit_model(
         epochs=epochs,
         batch_size=batch_size,
         shuffle=True,
-        callbacks=[stop],
-        verbose=1 if sys.stdout.isatty() else 2,
+        callbacks=[stop, TrainingProgress(epochs, -(-len(x_train) // batch_size))],
+        verbose=0,
     )
     return model, {key: [float(value) for value in values] for key, values in history.history.items()}
 

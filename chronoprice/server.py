@@ -37,12 +37,17 @@ def build_layout(settings: Settings) -> html.Div:
     )
 
 
+def refreshed_view(pipeline: Pipeline, symbol: str) -> tuple[str, list[html.Tr]]:
+    """Run the (deduplicated) tick and return the status line and the newest forecast's rows."""
+    status = pipeline.tick(symbol)
+    steps = read_latest_forecast(pipeline.db(), pipeline.market(symbol, status.exchange))
+    return status.summary(), forecast_table_rows(steps)
+
+
 def attach_callbacks(app: dash.Dash, pipeline: Pipeline, settings: Settings) -> None:
     @app.callback(Output("status", "children"), Output("forecast-rows", "children"), Input("refresh", "n_intervals"))
     def refresh(_):
-        status = pipeline.tick(settings.symbol)
-        steps = read_latest_forecast(pipeline.db(), pipeline.market(settings.symbol, status.exchange))
-        return status.summary(), forecast_table_rows(steps)
+        return refreshed_view(pipeline, settings.symbol)
 
 
 def create_app(settings: Settings, pipeline: Pipeline | None = None) -> dash.Dash:

@@ -1,0 +1,62 @@
+import importlib
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from chronoprice.config import settings_from
+from chronoprice.pipeline import build_pipeline
+from chronoprice.server import refreshed_view
+
+PROJECT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_app_module_exposes_a_flask_server_for_gunicorn(monkeypatch, tmp_path, tiny_model):
+    monkeypatch.setenv("CHRONOPRICE_SOURCE", "demo")
+    monkeypatch.setenv("CHRONOPRICE_DB", str(tmp_path / "app.db"))
+    monkeypatch.setenv("CHRONOPRICE_MODEL", str(tiny_model))
+    sys.modules.pop("app", None)
+    app_module = importlib.import_module("app")
+    client = app_module.server.test_client()
+    assert client.get("/").status_code == 200
+    assert b"forecast-rows" in client.get("/_dash-layout").data
+    assert not (tmp_path / "app.db").exists(), "importing the app does no I/O"
+
+
+def test_refreshed_view_shows_status_and_ten_forecast_rows(tmp_path, tiny_model):
+    settings = settings_from({"source": "demo", "db": str(tmp_path / "view.db"), "model": str(tiny_model)}, {})
+    status, rows = refreshed_view(build_pipeline(settings), "BTC/USDT")
+    assert status.startswith("offline demo BTC/USDT: newest candle")
+    assert len(rows) == 10
+
+
+def test_python_app_py_serves_the_offline_demo(tmp_path):
+    port = free_port()
+    env = {**os.environ, "CHRONOPRICE_DB": str(tmp_path / "run.db")}
+    process = subprocess.Popen(
+        [sys.executable, "app.py", "--source", "demo", "--port", str(port)],
+        cwd=PROJECT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as response:
+                    assert response.status == 200
+                    break
+            except OSError:
+                assert process.poll() is None, process.stdout.read()
+                assert time.monotonic() < deadline, "the app did not answer within 30 s"
+                time.sleep(0.3)
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

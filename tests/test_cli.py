@@ -1,0 +1,86 @@
+import json
+
+import pytest
+
+from chronoprice.artifact import artifact_at, read_metadata
+from chronoprice.cli import main
+from chronoprice.store import Market, open_store
+from tests.conftest import make_candles
+
+
+@pytest.fixture(scope="module")
+def synthetic_csv(tmp_path_factory):
+    candles = make_candles(1500)
+    path = tmp_path_factory.mktemp("csv") / "synthetic.csv"
+    candles.assign(timestamp=candles["ts"])[["timestamp", "open", "high", "low", "close", "volume"]].to_csv(path, index=False)
+    return path
+
+
+@pytest.mark.parametrize("command", ["serve", "train", "evaluate", "bench", "backfill"])
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0
+    assert "usage: python -m chronoprice " + command in capsys.readouterr().out
+
+
+def test_evaluate_json_follows_the_design_contract(tiny_model, synthetic_csv, capsys):
+    assert main(["evaluate", "--csv", str(synthetic_csv), "--model", str(tiny_model), "--json", "--include-training-data"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["origins"] == 1500 - 60 - 10 + 1
+    assert [step["step"] for step in report["steps"]] == list(range(1, 11))
+    for step in report["steps"]:
+        assert {"mae_model", "mae_naive", "mae_ratio", "direction_accuracy", "coverage", "interval_level"} <= set(step)
+        assert step["interval_level"] == 0.9
+        assert step["mae_ratio"] == pytest.approx(step["mae_model"] / step["mae_naive"])
+
+
+def test_evaluate_skips_what_the_model_was_trained_on(shipped_model, shared_csv, capsys):
+    assert main(["evaluate", "--csv", str(shared_csv), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    trained_until = read_metadata(artifact_at(shipped_model))["training"]["trained_until_ts"]
+    assert report["skipped_training_origins"] > 0
+    assert report["origins"] == 20_160 - report["skipped_training_origins"] - 10
+    assert trained_until > 0
+    for step in report["steps"]:
+        assert step["mae_ratio"] <= 1.01, f"step {step['step']}: model is worse than 1.01 x naive"
+        assert 0.4 < step["direction_accuracy"] < 0.6
+
+
+def test_train_command_writes_an_artifact(synthetic_csv, tmp_path, capsys):
+    out = tmp_path / "cli-model"
+    assert main(["train", "--csv", str(synthetic_csv), "--epochs", "1", "--out", str(out)]) == 0
+    printed = capsys.readouterr()
+    assert "training: 100%" in printed.err and "epoch=1/1" in printed.err
+    assert "holdout" in printed.out
+    assert read_metadata(artifact_at(out))["training"]["data"] == "synthetic.csv: 1500 candles"
+
+
+def test_bench_json_reports_every_engine_in_one_run(tiny_model, capsys):
+    assert main(["bench", "--model", str(tiny_model), "--repeats", "5", "--ticks", "3", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert set(report["forecast_ms"]) == {"keras", "litert", "predict_loop"}
+    for engine in ("keras", "litert"):
+        expected = report["forecast_ms"]["predict_loop"] / report["forecast_ms"][engine]
+        assert report["speedup_vs_predict_loop"][engine] == pytest.approx(expected, rel=0.01)
+    assert report["tick_ms_p95"] >= report["tick_ms_p50"] > 0
+    assert report["engines_path_relative_difference"] <= 1e-4
+
+
+def test_backfill_stores_history_and_forecasts_it(tiny_model, tmp_path, capsys):
+    db_path = tmp_path / "backfill.db"
+    code = main(["backfill", "--source", "demo", "--db", str(db_path), "--model", str(tiny_model), "--hours", "2"])
+    assert code == 0
+    db = open_store(db_path)
+    market = Market("demo", "BTC/USDT", "1m")
+    candles = db.execute("select count(*) from candles where exchange = ?", [market.exchange]).fetchone()[0]
+    assert 119 <= candles <= 120
+    origins = db.execute("select count(distinct origin_ts) from forecasts").fetchone()[0]
+    assert origins == candles - 59
+    assert "historical forecasts written" in capsys.readouterr().out
+
+
+def test_cli_errors_are_one_clear_line(capsys, tmp_path):
+    assert main(["evaluate", "--csv", str(tmp_path / "absent.csv")]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and "absent.csv" in error

@@ -1,0 +1,109 @@
+import threading
+
+import pandas as pd
+import pytest
+
+from chronoprice.candles import find_gaps
+from chronoprice.exchange_sim import Fault
+from chronoprice.forecast import load_forecaster
+from chronoprice.pipeline import Pipeline
+from chronoprice.sources import LiveSource
+from chronoprice.store import read_candles, read_latest_forecast
+from tests.conftest import MINUTE_MS
+
+SYMBOL = "BTC/USDT"
+
+
+class FakeClock:
+    def __init__(self):
+        self.seconds = 0.0
+
+    def __call__(self):
+        return self.seconds
+
+
+@pytest.fixture
+def pipeline(exchange, db_path, tiny_model):
+    source = LiveSource("binance", exchange.url, (), backoff_seconds=0.0, sleep=lambda s: None, attempts=2)
+    clock = FakeClock()
+    pipeline = Pipeline(source, db_path, lambda: load_forecaster(tiny_model, "litert"), refresh_seconds=10, clock=clock)
+    pipeline.test_clock = clock
+    return pipeline
+
+
+def test_tick_stores_the_exchanges_closed_candles_and_a_ten_step_forecast(pipeline, exchange):
+    status = pipeline.tick(SYMBOL)
+    assert status.error is None and status.exchange == "binance" and status.new_candles == 500
+    market = pipeline.market(SYMBOL, "binance")
+    exchange.advance(3)
+    pipeline.test_clock.seconds += 10
+    status = pipeline.tick(SYMBOL)
+    assert status.new_candles == 3
+    stored = read_candles(pipeline.db(), market)
+    closed = exchange.closed_candles(SYMBOL)
+    pd.testing.assert_frame_equal(stored, closed.tail(len(stored)).reset_index(drop=True))
+    assert find_gaps(stored["ts"].to_numpy(), MINUTE_MS).empty
+    forecast = read_latest_forecast(pipeline.db(), market)
+    assert forecast["origin_ts"].unique().tolist() == [stored["ts"].iloc[-1]] == [status.forecast_origin_ts]
+    assert forecast["step"].tolist() == list(range(1, 11))
+    assert (forecast["target_ts"] - forecast["origin_ts"]).tolist() == [step * MINUTE_MS for step in range(1, 11)]
+    assert (forecast["lower"] < forecast["predicted"]).all() and (forecast["predicted"] < forecast["upper"]).all()
+    assert status.model_version == forecast["model_version"].iloc[0]
+
+
+def test_ticks_run_at_most_once_per_refresh_interval(pipeline, exchange):
+    pipeline.tick(SYMBOL)
+    fetches = exchange.requests["/api/v3/klines"]
+    exchange.advance(1)
+    pipeline.test_clock.seconds += 5
+    assert pipeline.tick(SYMBOL).new_candles == 500, "within the interval: the stored state, no fetch"
+    assert exchange.requests["/api/v3/klines"] == fetches
+    pipeline.test_clock.seconds += 5
+    assert pipeline.tick(SYMBOL).new_candles == 1
+    assert exchange.requests["/api/v3/klines"] == fetches + 1
+
+
+def test_concurrent_callers_share_one_tick(pipeline, exchange):
+    exchange.queue(Fault(path="/klines", status=0, delay_seconds=0.5))  # a slow exchange
+    statuses = []
+    threads = [threading.Thread(target=lambda: statuses.append(pipeline.tick(SYMBOL))) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert exchange.requests["/api/v3/klines"] == 1
+    assert len(statuses) == 8
+    assert sum(status.new_candles == 500 for status in statuses) == 1, "one caller ran the tick"
+
+
+def test_a_failing_exchange_keeps_the_last_good_state_with_the_error(pipeline, exchange):
+    first = pipeline.tick(SYMBOL)
+    exchange.advance(2)
+    exchange.queue(Fault(path="/klines", status=503, times=2))  # both attempts of one tick
+    pipeline.test_clock.seconds += 10
+    status = pipeline.tick(SYMBOL)
+    assert "unreachable" in status.error
+    assert status.newest_ts == first.newest_ts
+    assert status.forecast_origin_ts == first.forecast_origin_ts
+    pipeline.test_clock.seconds += 10
+    recovered = pipeline.tick(SYMBOL)
+    assert recovered.error is None and recovered.new_candles == 2
+
+
+def test_missing_model_still_stores_candles_and_says_model_unavailable(exchange, db_path, tmp_path):
+    source = LiveSource("binance", exchange.url, ())
+    pipeline = Pipeline(source, db_path, lambda: load_forecaster(tmp_path / "no-model"))
+    status = pipeline.tick(SYMBOL)
+    assert status.new_candles == 500
+    assert status.error.startswith("model unavailable") and "not found" in status.error
+    assert read_latest_forecast(pipeline.db(), pipeline.market(SYMBOL, "binance")).empty
+
+
+def test_forecast_history_fills_every_origin_once(pipeline):
+    pipeline.tick(SYMBOL)
+    market = pipeline.market(SYMBOL, "binance")
+    stored = read_candles(pipeline.db(), market)
+    written = pipeline.forecast_history(market, int(stored["ts"].iloc[100]))
+    assert written == len(stored) - 100 - 1  # the newest origin was forecast by the tick
+    assert pipeline.forecast_history(market, int(stored["ts"].iloc[100])) == 0
+    assert pipeline.db()["forecasts"].count == 10 * (len(stored) - 100)
