@@ -17,7 +17,7 @@ import pandas as pd
 from chronoprice.artifact import ModelUnavailable
 from chronoprice.candles import find_gaps
 from chronoprice.config import Settings
-from chronoprice.sources import AutoSource, CandleSource, DemoSource, LiveSource, ReplaySource, SourceError
+from chronoprice.sources import AutoSource, CandleSource, DemoSource, LiveSource, ReplaySource, SourceError, UnknownSymbol
 from chronoprice.store import Market, has_forecast, newest_candle_ts, open_store, read_candles, upsert_candles, write_forecast
 
 
@@ -32,6 +32,7 @@ class TickStatus:
     model_version: str | None = None
     error: str | None = None
     note: str | None = None
+    symbol_unknown: bool = False
     fetch_ms: float = 0.0
     forecast_ms: float = 0.0
     total_ms: float = 0.0
@@ -116,8 +117,12 @@ class Pipeline:
                     self._forecaster_error = str(error)
             return self._forecaster
 
-    def last_status(self, symbol: str) -> TickStatus | None:
-        return self._state(symbol).status
+    def symbols(self) -> list[str]:
+        """Symbols the source offers, for the symbol picker; empty if it cannot say right now."""
+        try:
+            return self.source.symbols()
+        except SourceError:
+            return []
 
     def _state(self, symbol: str) -> _MarketState:
         with self._states_lock:
@@ -153,6 +158,9 @@ class Pipeline:
             fetched = self.source.fetch_closed(symbol, self._since_for(symbol))
             exchange, note = fetched.exchange, fetched.note
             new = upsert_candles(self.db(), self.market(symbol, exchange), fetched.candles)
+        except UnknownSymbol as failure:
+            return TickStatus(self.source.label, exchange, symbol, error=str(failure), symbol_unknown=True,
+                              finished_at_ms=int(time.time() * 1000))
         except SourceError as failure:
             error = str(failure)
         fetched_at = time.perf_counter()

@@ -398,6 +398,8 @@ class DemoSource:
         return sorted(f"{base}/USDT" for base in DEMO_START_PRICES)
 
     def fetch_closed(self, symbol: str, since_for: SinceFor) -> Fetched:
+        if symbol.split("/")[0] not in DEMO_START_PRICES:
+            raise UnknownSymbol(f"the offline demo has no {symbol}; it offers {', '.join(self.symbols())}")
         forming = self._now_ms() // 60_000 * 60_000
         since = since_for(self.exchange)
         oldest = forming - (self._history if since is None else self._max_catch_up) * 60_000

@@ -7,9 +7,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-from chronoprice.config import settings_from
-from chronoprice.pipeline import build_pipeline
-from chronoprice.server import refreshed_view
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -28,15 +25,8 @@ def test_app_module_exposes_a_flask_server_for_gunicorn(monkeypatch, tmp_path, t
     app_module = importlib.import_module("app")
     client = app_module.server.test_client()
     assert client.get("/").status_code == 200
-    assert b"forecast-rows" in client.get("/_dash-layout").data
+    assert b"price-chart" in client.get("/_dash-layout").data
     assert not (tmp_path / "app.db").exists(), "importing the app does no I/O"
-
-
-def test_refreshed_view_shows_status_and_ten_forecast_rows(tmp_path, tiny_model):
-    settings = settings_from({"source": "demo", "db": str(tmp_path / "view.db"), "model": str(tiny_model)}, {})
-    status, rows = refreshed_view(build_pipeline(settings), "BTC/USDT")
-    assert status.startswith("offline demo BTC/USDT: newest candle")
-    assert len(rows) == 10
 
 
 def test_python_app_py_serves_the_offline_demo(tmp_path):

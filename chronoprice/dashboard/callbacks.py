@@ -1,0 +1,147 @@
+"""Callbacks: read the store (after the deduplicated tick) and hand DataFrames to the pure
+builders; `render_view` turns what was read into every output of the page."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import dash
+import pandas as pd
+from dash import Input, Output, State
+
+from chronoprice.config import SettingsError, settings_from
+from chronoprice.dashboard.figures import SHOWN_CANDLES, error_figure, kpis, price_figure, step_error_figure
+from chronoprice.dashboard.layout import DEFAULT_SYMBOLS, symbol_options
+from chronoprice.pipeline import Pipeline, TickStatus
+from chronoprice.store import read_candles, read_latest_forecast, read_matured_forecasts
+
+INDICATOR_WARM_UP = 60  # extra candles read so EMA 50 is settled on the first shown candle
+ERROR_WINDOW_MS = 24 * 3_600_000
+
+
+@dataclasses.dataclass(frozen=True)
+class ViewData:
+    status: TickStatus
+    candles: pd.DataFrame
+    forecast: pd.DataFrame
+    matured: pd.DataFrame
+
+
+def load_view(pipeline: Pipeline, symbol: str) -> ViewData:
+    """Run the market's tick (or take its fresh state) and read what the page shows."""
+    status = pipeline.tick(symbol)
+    market = pipeline.market(symbol, status.exchange)
+    db = pipeline.db()
+    candles = read_candles(db, market, limit=SHOWN_CANDLES + INDICATOR_WARM_UP)
+    forecast = read_latest_forecast(db, market)
+    if not candles.empty and not forecast.empty and forecast["origin_ts"].iloc[0] != candles["ts"].iloc[-1]:
+        forecast = forecast.iloc[:0]  # a forecast from an older candle would overlap real ones
+    newest = int(candles["ts"].iloc[-1]) if not candles.empty else 0
+    matured = read_matured_forecasts(db, market, since_target_ts=newest - ERROR_WINDOW_MS)
+    return ViewData(status, candles, forecast, matured)
+
+
+def _utc(ts: int | None) -> str:
+    return pd.Timestamp(ts, unit="ms", tz="UTC").strftime("%H:%M UTC") if ts else "–"
+
+
+def _price(value: float | None) -> str:
+    return "–" if value is None else f"{value:,.2f}"
+
+
+def verdict(ratio: float | None, matured: int) -> str:
+    """One plain sentence on model vs naive, e.g. 'Forecasts are 0.2 % worse than the last close'."""
+    if ratio is None:
+        return "No forecast has matured yet: the first are scored 10 minutes after they are made."
+    difference = abs(ratio - 1) * 100
+    if difference < 0.05:
+        return f"Forecasts are as accurate as repeating the last close ({matured} matured forecast steps)."
+    word = "better" if ratio < 1 else "worse"
+    return f"Forecasts are {difference:.1f} % {word} than repeating the last close ({matured} matured forecast steps)."
+
+
+def render_view(view: ViewData, theme: str, overlays) -> dict:
+    """Every output of the refresh callback, keyed by component id, from data already read."""
+    status, numbers = view.status, kpis(view.candles, view.forecast, view.matured)
+    offline = status.source == "offline demo"
+    change = "" if numbers["change_pct"] is None else f"{numbers['change_pct']:+.3f} % vs last price"
+    problems = "; ".join(filter(None, [status.error, status.note if not offline else None]))
+    return {
+        "price-chart": price_figure(view.candles, view.forecast, theme, overlays, uirevision=status.symbol),
+        "error-chart": error_figure(view.matured, theme, uirevision=status.symbol),
+        "step-chart": step_error_figure(view.matured, theme, uirevision=status.symbol),
+        "price-title": f"{status.symbol}: last {SHOWN_CANDLES} candles and the next 10 forecast",
+        "kpi-last-price": _price(numbers["last_price"]),
+        "kpi-last-price-detail": f"close of the {_utc(status.newest_ts)} candle",
+        "kpi-forecast": _price(numbers["forecast"]),
+        "kpi-forecast-detail": change,
+        "kpi-mae-ratio": "–" if numbers["mae_ratio"] is None else f"{numbers['mae_ratio']:.3f}",
+        "kpi-mae-ratio-detail": "LSTM error ÷ naive error (below 1 beats it)",
+        "kpi-coverage": "–" if numbers["coverage"] is None else f"{100 * numbers['coverage']:.0f} %",
+        "kpi-coverage-detail": "of closes inside the 90 % band",
+        "verdict": verdict(numbers["mae_ratio"], numbers["matured"]),
+        "source-badge": status.source,
+        "model-badge": f"model {status.model_version}" if status.model_version else "model unavailable",
+        "newest-candle": f"newest candle {_utc(status.newest_ts)}",
+        "banner": (f"Offline demo: synthetic prices, not a real market. {status.note or ''}" if offline else ""),
+        "banner-hidden": not offline,
+        "status-message": problems and f"⚠ {problems}. Showing the last good data.",
+        "updated-at": status.finished_at_ms,
+    }
+
+
+REFRESH_OUTPUTS = [
+    ("price-chart", "figure"), ("error-chart", "figure"), ("step-chart", "figure"), ("price-title", "children"),
+    ("kpi-last-price", "children"), ("kpi-last-price-detail", "children"), ("kpi-forecast", "children"),
+    ("kpi-forecast-detail", "children"), ("kpi-mae-ratio", "children"), ("kpi-mae-ratio-detail", "children"),
+    ("kpi-coverage", "children"), ("kpi-coverage-detail", "children"), ("verdict", "children"),
+    ("source-badge", "children"), ("model-badge", "children"), ("newest-candle", "children"),
+    ("banner", "children"), ("banner", "hidden"), ("status-message", "children"), ("updated-at", "data"),
+]
+
+
+def check_symbol(pipeline: Pipeline, text: str | None, current: str) -> tuple[str, str]:
+    """(symbol to show, inline message) for what the user typed; a bad symbol keeps `current`."""
+    try:
+        symbol = settings_from({"symbol": text or ""}, {}).symbol
+    except SettingsError:
+        return current, f"“{text}” is not a symbol; use BASE/QUOTE, for example ETH/USDT."
+    status = pipeline.tick(symbol)
+    if status.symbol_unknown:
+        return current, f"{status.error}. Still showing {current}."
+    return symbol, ""
+
+
+def attach_callbacks(app: dash.Dash, pipeline: Pipeline) -> None:
+    @app.callback([Output(component, prop) for component, prop in REFRESH_OUTPUTS],
+                  Input("refresh", "n_intervals"), Input("active-symbol", "data"), Input("theme", "data"), Input("overlays", "value"))
+    def refresh(_, symbol, theme, overlays):
+        outputs = render_view(load_view(pipeline, symbol), theme or "dark", overlays or [])
+        return [outputs[component + ("-hidden" if prop == "hidden" else "")] for component, prop in REFRESH_OUTPUTS]
+
+    @app.callback(Output("active-symbol", "data"), Output("symbol-message", "children"),
+                  Input("symbol-input", "value"), State("active-symbol", "data"), prevent_initial_call=True)
+    def choose_symbol(text, current):
+        return check_symbol(pipeline, text, current)
+
+    @app.callback(Output("symbol-options", "children"), Input("symbols-once", "n_intervals"), prevent_initial_call=True)
+    def list_symbols(_):
+        return symbol_options(dict.fromkeys((*DEFAULT_SYMBOLS, *pipeline.symbols())))
+
+    @app.callback(Output("theme", "data"), Input("theme-toggle", "n_clicks"), State("theme", "data"), prevent_initial_call=True)
+    def toggle_theme(_, theme):
+        return "light" if theme != "light" else "dark"
+
+    @app.callback(Output("root", "className"), Output("theme-toggle", "children"), Input("theme", "data"))
+    def apply_theme(theme):
+        return f"theme-{theme or 'dark'}", "Dark theme" if theme == "light" else "Light theme"
+
+    app.clientside_callback(
+        """function(_, updatedAt) {
+            if (!updatedAt) { return "updating…"; }
+            const seconds = Math.max(0, Math.round((Date.now() - updatedAt) / 1000));
+            return "updated " + seconds + " s ago";
+        }""",
+        Output("updated-ago", "children"), Input("clock", "n_intervals"), State("updated-at", "data"),
+    )
+

@@ -1,0 +1,218 @@
+"""Pure figure builders and the numbers beside them: DataFrames in, figures and dicts out."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+SHOWN_CANDLES = 60
+OVERLAYS = {"sma20": "SMA 20", "ema50": "EMA 50", "bollinger": "Bollinger 20/2", "rsi": "RSI 14"}
+THEMES = {
+    "dark": {"template": "plotly_dark", "paper": "#11161f", "plot": "#11161f", "grid": "#263040", "text": "#d7dde8",
+             "up": "#26a69a", "down": "#ef5350", "forecast": "#f5b942", "band": "rgba(245, 185, 66, 0.16)", "volume": "rgba(130, 150, 180, 0.45)"},
+    "light": {"template": "plotly_white", "paper": "#ffffff", "plot": "#ffffff", "grid": "#e3e7ee", "text": "#1d2430",
+              "up": "#0f8f7e", "down": "#d63c3a", "forecast": "#c47d00", "band": "rgba(196, 125, 0, 0.14)", "volume": "rgba(90, 110, 140, 0.35)"},
+}
+
+
+def to_datetime(ts) -> pd.Series:
+    return pd.to_datetime(pd.Series(ts), unit="ms", utc=True)
+
+
+def with_indicators(candles: pd.DataFrame) -> pd.DataFrame:
+    """Add sma20, ema50, bollinger_upper/lower (20, 2σ) and rsi14 (Wilder) columns."""
+    close = candles["close"]
+    sma20, std20 = close.rolling(20).mean(), close.rolling(20).std(ddof=0)
+    change = close.diff()
+    gain = change.clip(lower=0).ewm(alpha=1 / 14, adjust=False, min_periods=14).mean()
+    loss = (-change.clip(upper=0)).ewm(alpha=1 / 14, adjust=False, min_periods=14).mean()
+    return candles.assign(
+        sma20=sma20,
+        ema50=close.ewm(span=50, adjust=False, min_periods=50).mean(),
+        bollinger_upper=sma20 + 2 * std20,
+        bollinger_lower=sma20 - 2 * std20,
+        rsi14=100 - 100 / (1 + gain / loss.replace(0, np.nan)),
+    )
+
+
+def predicted_candles(last_close: float, forecast: pd.DataFrame) -> pd.DataFrame:
+    """Forecast steps as candles: each opens at the previous (predicted) close.
+
+    Returns ts (target candle open time), open, high, low, close, lower, upper.
+    """
+    closes = forecast["predicted"].to_numpy(dtype="float64")
+    opens = np.concatenate([[last_close], closes[:-1]])
+    return pd.DataFrame(
+        {
+            "ts": forecast["target_ts"].to_numpy(),
+            "open": opens,
+            "high": np.maximum(opens, closes),
+            "low": np.minimum(opens, closes),
+            "close": closes,
+            "lower": forecast["lower"].to_numpy(dtype="float64"),
+            "upper": forecast["upper"].to_numpy(dtype="float64"),
+        }
+    )
+
+
+def _style(figure: go.Figure, theme: str, uirevision: str) -> go.Figure:
+    colors = THEMES[theme]
+    figure.update_layout(
+        template=colors["template"], paper_bgcolor=colors["paper"], plot_bgcolor=colors["plot"],
+        font={"color": colors["text"], "size": 12}, margin={"l": 10, "r": 10, "t": 30, "b": 10},
+        uirevision=uirevision, hovermode="x unified", showlegend=True,
+        legend={"orientation": "h", "y": 1.06, "x": 0, "font": {"size": 11}},
+    )
+    figure.update_xaxes(gridcolor=colors["grid"], rangeslider_visible=False)
+    figure.update_yaxes(gridcolor=colors["grid"], side="right")
+    return figure
+
+
+def empty_figure(message: str, theme: str) -> go.Figure:
+    figure = go.Figure()
+    figure.add_annotation(text=message, showarrow=False, font={"size": 15}, xref="paper", yref="paper", x=0.5, y=0.5)
+    figure.update_xaxes(visible=False)
+    figure.update_yaxes(visible=False)
+    return _style(figure, theme, "empty")
+
+
+def price_figure(candles: pd.DataFrame, forecast: pd.DataFrame, theme: str, overlays=(), uirevision: str = "price") -> go.Figure:
+    """The last SHOWN_CANDLES candles, the forecast as hollow candles with its interval band,
+    a divider at the forecast origin, volume bars, and the chosen overlays.
+
+    `candles` may hold more history than is shown; indicators use it so they start warmed up.
+    `forecast` is one stored forecast (step, target_ts, predicted, lower, upper), or empty.
+    """
+    if candles.empty:
+        return empty_figure("Waiting for the first candles…", theme)
+    colors = THEMES[theme]
+    overlays = set(overlays)
+    rows = 3 if "rsi" in overlays else 2
+    heights = [0.62, 0.18, 0.20] if rows == 3 else [0.78, 0.22]
+    figure = make_subplots(rows=rows, cols=1, shared_xaxes=True, vertical_spacing=0.03, row_heights=heights)
+    shown = with_indicators(candles).tail(SHOWN_CANDLES)
+    when = to_datetime(shown["ts"])
+    figure.add_trace(
+        go.Candlestick(
+            x=when, open=shown["open"], high=shown["high"], low=shown["low"], close=shown["close"], name="candles",
+            increasing={"line": {"color": colors["up"]}, "fillcolor": colors["up"]},
+            decreasing={"line": {"color": colors["down"]}, "fillcolor": colors["down"]},
+        ),
+        row=1, col=1,
+    )
+    _add_overlays(figure, shown, when, overlays, colors)
+    if not forecast.empty:
+        _add_forecast(figure, predicted_candles(float(shown["close"].iloc[-1]), forecast), int(shown["ts"].iloc[-1]), colors)
+    figure.add_trace(
+        go.Bar(x=when, y=shown["volume"], name="volume", marker_color=colors["volume"], showlegend=False,
+               hovertemplate="volume %{y:,.4f}<extra></extra>"),
+        row=2, col=1,
+    )
+    figure.update_yaxes(title_text="volume", row=2, col=1, title_font={"size": 10})
+    if rows == 3:
+        figure.update_yaxes(range=[0, 100], title_text="RSI", row=3, col=1, title_font={"size": 10})
+    return _style(figure, theme, uirevision)
+
+
+def _add_overlays(figure: go.Figure, shown: pd.DataFrame, when: pd.Series, overlays: set, colors: dict) -> None:
+    lines = {"sma20": ("SMA 20", "#7aa2f7"), "ema50": ("EMA 50", "#bb9af7")}
+    for key, (name, color) in lines.items():
+        if key in overlays:
+            figure.add_trace(go.Scatter(x=when, y=shown[key], name=name, line={"color": color, "width": 1.4}), row=1, col=1)
+    if "bollinger" in overlays:
+        for key, name in (("bollinger_upper", "Bollinger upper"), ("bollinger_lower", "Bollinger lower")):
+            figure.add_trace(go.Scatter(x=when, y=shown[key], name=name, line={"color": "#7dcfff", "width": 1, "dash": "dot"}), row=1, col=1)
+    if "rsi" in overlays:
+        figure.add_trace(go.Scatter(x=when, y=shown["rsi14"], name="RSI 14", line={"color": "#e0af68", "width": 1.3}), row=3, col=1)
+        for level in (30, 70):
+            figure.add_hline(y=level, line={"color": colors["grid"], "dash": "dot"}, row=3, col=1)
+
+
+def _add_forecast(figure: go.Figure, predicted: pd.DataFrame, origin_ts: int, colors: dict) -> None:
+    when = to_datetime(predicted["ts"])
+    figure.add_trace(
+        go.Scatter(x=when, y=predicted["upper"], mode="lines", line={"width": 0}, hoverinfo="skip", showlegend=False, name="upper"),
+        row=1, col=1,
+    )
+    figure.add_trace(
+        go.Scatter(x=when, y=predicted["lower"], mode="lines", line={"width": 0}, fill="tonexty", fillcolor=colors["band"],
+                   hoverinfo="skip", name="90 % interval"),
+        row=1, col=1,
+    )
+    hover = [f"predicted close {close:,.2f}<br>90 % interval {lower:,.2f} – {upper:,.2f}"
+             for close, lower, upper in zip(predicted["close"], predicted["lower"], predicted["upper"])]
+    figure.add_trace(
+        go.Candlestick(
+            x=when, open=predicted["open"], high=predicted["high"], low=predicted["low"], close=predicted["close"],
+            name="forecast", opacity=0.9, text=hover, hoverinfo="x+text",
+            increasing={"line": {"color": colors["forecast"]}, "fillcolor": "rgba(0,0,0,0)"},
+            decreasing={"line": {"color": colors["forecast"]}, "fillcolor": "rgba(0,0,0,0)"},
+        ),
+        row=1, col=1,
+    )
+    divider = pd.to_datetime(origin_ts + 30_000, unit="ms", utc=True)
+    figure.add_vline(x=divider, line={"color": colors["forecast"], "dash": "dash", "width": 1})
+    figure.add_annotation(x=divider, y=1, yref="paper", text="forecast →", showarrow=False, xanchor="left",
+                          font={"color": colors["forecast"], "size": 11})
+
+
+def error_figure(matured: pd.DataFrame, theme: str, uirevision: str = "errors") -> go.Figure:
+    """Percentage error of the step-1 and step-10 forecasts by target time."""
+    if matured.empty:
+        return empty_figure("First forecasts mature in 10 minutes", theme)
+    colors = THEMES[theme]
+    figure = go.Figure()
+    for step, color in ((1, "#7aa2f7"), (10, colors["forecast"])):
+        rows = matured[matured["step"] == step]
+        error = 100 * (rows["predicted"] - rows["actual"]) / rows["actual"]
+        figure.add_trace(go.Scatter(x=to_datetime(rows["target_ts"]), y=error, mode="lines", name=f"step {step} error (%)",
+                                    line={"color": color, "width": 1.3}))
+    figure.add_hline(y=0, line={"color": colors["grid"]})
+    return _style(figure, theme, uirevision)
+
+
+def step_error_figure(matured: pd.DataFrame, theme: str, uirevision: str = "steps") -> go.Figure:
+    """Mean absolute error by step (minutes ahead), the LSTM beside the naive baseline."""
+    if matured.empty:
+        return empty_figure("Per-step accuracy appears once forecasts mature", theme)
+    colors = THEMES[theme]
+    per_step = step_errors(matured)
+    figure = go.Figure()
+    figure.add_trace(go.Bar(x=per_step["step"], y=per_step["mae_model"], name="LSTM", marker_color=colors["forecast"]))
+    figure.add_trace(go.Bar(x=per_step["step"], y=per_step["mae_naive"], name="naive (last close)", marker_color=colors["volume"]))
+    _style(figure, theme, uirevision)
+    figure.update_layout(barmode="group", hovermode="x")
+    figure.update_xaxes(title_text="minutes ahead", dtick=1)
+    return figure
+
+
+def step_errors(matured: pd.DataFrame) -> pd.DataFrame:
+    """Per step: mae_model, mae_naive (origin close as the forecast), coverage, count."""
+    frame = matured.assign(
+        model=(matured["predicted"] - matured["actual"]).abs(),
+        naive=(matured["origin_close"] - matured["actual"]).abs(),
+        covered=(matured["actual"] >= matured["lower"]) & (matured["actual"] <= matured["upper"]),
+    )
+    grouped = frame.groupby("step")
+    return pd.DataFrame({"mae_model": grouped["model"].mean(), "mae_naive": grouped["naive"].mean(),
+                         "coverage": grouped["covered"].mean(), "count": grouped.size()}).reset_index()
+
+
+def kpis(candles: pd.DataFrame, forecast: pd.DataFrame, matured: pd.DataFrame) -> dict:
+    """Headline numbers: last price, 10-minute forecast and % change, MAE ratio, coverage.
+
+    Values are None where there is nothing to compute them from yet.
+    """
+    last = float(candles["close"].iloc[-1]) if not candles.empty else None
+    ahead = float(forecast["predicted"].iloc[-1]) if not forecast.empty else None
+    result = {"last_price": last, "forecast": ahead, "change_pct": None, "mae_ratio": None, "coverage": None, "matured": len(matured)}
+    if last and ahead:
+        result["change_pct"] = 100 * (ahead / last - 1)
+    if not matured.empty:
+        naive = (matured["origin_close"] - matured["actual"]).abs().mean()
+        model = (matured["predicted"] - matured["actual"]).abs().mean()
+        result["mae_ratio"] = model / naive if naive > 0 else None
+        result["coverage"] = float(((matured["actual"] >= matured["lower"]) & (matured["actual"] <= matured["upper"])).mean())
+    return result

@@ -1,0 +1,82 @@
+"""The page's structure. Ids here are the contract with callbacks.py and the browser test."""
+
+from __future__ import annotations
+
+from dash import dcc, html
+
+from chronoprice.config import Settings
+from chronoprice.dashboard.figures import OVERLAYS
+
+DEFAULT_SYMBOLS = ("BTC/USDT", "ETH/USDT")
+KPI_CARDS = (
+    ("kpi-last-price", "Last price"),
+    ("kpi-forecast", "Forecast in 10 min"),
+    ("kpi-mae-ratio", "MAE vs last close"),
+    ("kpi-coverage", "Interval coverage"),
+)
+
+
+def _kpi_card(card_id: str, title: str) -> html.Div:
+    return html.Div(className="kpi", children=[html.Div(title, className="kpi-title"), html.Div("–", id=card_id, className="kpi-value"),
+                                               html.Div(id=card_id + "-detail", className="kpi-detail")])
+
+
+def symbol_options(symbols) -> list[html.Option]:
+    return [html.Option(value=symbol) for symbol in symbols]
+
+
+def build_layout(settings: Settings) -> html.Div:
+    replay = settings.source == "replay"
+    symbols = dict.fromkeys((settings.symbol, *DEFAULT_SYMBOLS))
+    return html.Div(
+        id="root",
+        className="theme-dark",
+        children=[
+            dcc.Store(id="theme", storage_type="local", data="dark"),
+            dcc.Store(id="active-symbol", data=settings.symbol),
+            dcc.Store(id="updated-at"),
+            dcc.Interval(id="refresh", interval=int(settings.refresh_seconds * 1000), n_intervals=0),
+            dcc.Interval(id="clock", interval=1000, n_intervals=0),
+            dcc.Interval(id="symbols-once", interval=300, max_intervals=1),
+            html.Header(
+                className="header",
+                children=[
+                    html.Div(className="brand", children=[html.H1("ChronoPrice"), html.Span(id="source-badge", className="badge")]),
+                    html.Div(
+                        className="symbol-picker",
+                        children=[
+                            dcc.Input(id="symbol-input", type="text", value=settings.symbol, list="symbol-options", debounce=True,
+                                      disabled=replay, spellCheck=False, autoComplete="off", placeholder="symbol, e.g. ETH/USDT"),
+                            html.Datalist(id="symbol-options", children=symbol_options(symbols)),
+                            html.Div(id="symbol-message", className="inline-message", role="alert"),
+                        ],
+                    ),
+                    html.Div(className="meta", children=[
+                        html.Span(id="newest-candle"), html.Span(id="updated-ago"), html.Span(id="model-badge", className="badge badge-model"),
+                    ]),
+                    html.Button("Light theme", id="theme-toggle", n_clicks=0, className="theme-toggle"),
+                ],
+            ),
+            html.Div(id="banner", className="banner", hidden=True),
+            html.Div(id="status-message", className="status-message"),
+            html.Section(className="kpis", children=[_kpi_card(card_id, title) for card_id, title in KPI_CARDS]),
+            html.Section(className="panel", children=[
+                html.Div(className="panel-head", children=[
+                    html.H2(id="price-title", children="Price"),
+                    dcc.Checklist(id="overlays", options=[{"label": label, "value": key} for key, label in OVERLAYS.items()],
+                                  value=[], inline=True, className="overlays"),
+                ]),
+                dcc.Graph(id="price-chart", className="price-chart", config={"displaylogo": False, "responsive": True}),
+            ]),
+            html.Section(className="panel", children=[
+                html.H2("Forecast errors, last 24 hours"),
+                html.P(id="verdict", className="verdict"),
+                html.Div(className="error-charts", children=[
+                    dcc.Graph(id="error-chart", className="error-chart", config={"displaylogo": False, "responsive": True}),
+                    dcc.Graph(id="step-chart", className="error-chart", config={"displaylogo": False, "responsive": True}),
+                ]),
+            ]),
+            html.Footer("Forecasts are a teaching tool, not trading advice. The naive baseline repeats the last close; "
+                        "a model that cannot beat it has learned nothing useful.", className="footer"),
+        ],
+    )

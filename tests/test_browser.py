@@ -1,0 +1,150 @@
+"""The dashboard in a real headless Chromium (Debian's /usr/bin/chromium, driven by Playwright).
+
+Set CHRONOPRICE_SCREENSHOT=docs/dashboard.png to write the README's screenshot.
+"""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Error as PlaywrightError
+from playwright.sync_api import sync_playwright
+from werkzeug.serving import make_server
+
+from chronoprice.config import settings_from
+from chronoprice.pipeline import build_pipeline
+from chronoprice.server import create_app
+
+PROJECT = Path(__file__).resolve().parents[1]
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+
+CANDLES_DRAWN = """() => {
+    const plot = document.querySelector('#price-chart .js-plotly-plot');
+    if (!plot || !plot.data) { return 0; }
+    return plot.data.filter(trace => trace.type === 'candlestick').reduce((sum, trace) => sum + trace.x.length, 0);
+}"""
+
+
+@pytest.fixture(scope="module")
+def dashboard_url(tmp_path_factory, shipped_model):
+    """The dashboard on the offline demo, with six hours of history forecast so every chart has data."""
+    folder = tmp_path_factory.mktemp("browser")
+    settings = settings_from({"source": "demo", "db": str(folder / "browser.db"), "refresh_seconds": "3600"}, {})
+    pipeline = build_pipeline(settings)
+    status = pipeline.backfill("BTC/USDT", hours=6)
+    assert status.error is None, status.summary()
+    server = make_server("127.0.0.1", 0, create_app(settings, pipeline).server, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}/"
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not os.path.exists(CHROMIUM):
+        pytest.fail("Chromium not found: install Debian's chromium package (.ci/run does)")
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser, dashboard_url):
+    page = browser.new_page(viewport={"width": 1280, "height": 1300})
+    problems = []
+    page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    page.goto(dashboard_url)
+    page.wait_for_function(f"() => ({CANDLES_DRAWN})() > 0", timeout=30_000)
+    page.problems = problems
+    yield page
+    page.close()
+
+
+def test_dashboard_renders_70_candles_and_every_panel(page, tmp_path):
+    assert page.evaluate(CANDLES_DRAWN) == 70
+    assert page.inner_text("#source-badge") == "offline demo"
+    assert "synthetic prices" in page.inner_text("#banner")
+    assert page.inner_text("#model-badge").startswith("model lstm-")
+    assert page.inner_text("#kpi-mae-ratio") != "–", "matured forecasts are scored"
+    page.wait_for_function("() => document.querySelector('#updated-ago').innerText.startsWith('updated ')")
+    assert page.locator("#step-chart .js-plotly-plot .bars").count() >= 1
+    screenshot = Path(os.environ.get("CHRONOPRICE_SCREENSHOT", tmp_path / "dashboard.png"))
+    page.screenshot(path=str(screenshot), full_page=True)
+    assert screenshot.stat().st_size > 50_000
+    assert page.problems == []
+
+
+def test_theme_toggle_switches_page_and_charts(page):
+    assert page.get_attribute("#root", "class") == "theme-dark"
+    page.click("#theme-toggle")
+    page.wait_for_function("() => document.querySelector('#root').className === 'theme-light'")
+    page.wait_for_function("() => document.querySelector('#price-chart .js-plotly-plot')._fullLayout.paper_bgcolor === '#ffffff'")
+    assert page.inner_text("#theme-toggle") == "Dark theme"
+    page.click("#theme-toggle")
+    page.wait_for_function("() => document.querySelector('#root').className === 'theme-dark'")
+    assert page.problems == []
+
+
+def test_symbol_switch_and_unknown_symbol_message(page):
+    page.fill("#symbol-input", "ETH/USDT")
+    page.press("#symbol-input", "Enter")
+    page.wait_for_function("() => document.querySelector('#price-title').innerText.startsWith('ETH/USDT')", timeout=30_000)
+    page.wait_for_function(f"() => ({CANDLES_DRAWN})() === 70")
+    page.fill("#symbol-input", "DOGE/EUR")
+    page.press("#symbol-input", "Enter")
+    page.wait_for_function("() => document.querySelector('#symbol-message').innerText.includes('DOGE/EUR')")
+    assert "Still showing ETH/USDT" in page.inner_text("#symbol-message")
+    assert page.inner_text("#price-title").startswith("ETH/USDT")
+    assert page.problems == []
+
+
+def test_dashboard_fits_a_phone(browser, dashboard_url):
+    page = browser.new_page(viewport={"width": 390, "height": 844})
+    page.goto(dashboard_url)
+    page.wait_for_function(f"() => ({CANDLES_DRAWN})() === 70", timeout=30_000)
+    widths = page.evaluate("() => [document.documentElement.scrollWidth, Number(document.querySelector('#price-chart .main-svg').getAttribute('width'))]")
+    assert widths[0] <= 390 and widths[1] <= 390
+    page.close()
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_python_app_py_offline_shows_the_demo_and_a_forecast_within_15_seconds(browser, tmp_path):
+    dead = f"http://127.0.0.1:{closed_port()}"
+    port = closed_port()
+    command = [sys.executable, "app.py", "--port", str(port), "--db", str(tmp_path / "offline.db"),
+               "--exchange-url", dead, "--fallback-exchanges", f"kraken={dead},coinbase={dead}"]
+    process = subprocess.Popen(command, cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    started = time.monotonic()
+    try:
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        while True:
+            try:
+                page.goto(f"http://127.0.0.1:{port}/")
+                break
+            except PlaywrightError:
+                assert process.poll() is None, process.stdout.read()
+                time.sleep(0.2)
+        page.wait_for_function(f"() => ({CANDLES_DRAWN})() === 70", timeout=15_000)
+        assert time.monotonic() - started < 15
+        assert page.inner_text("#source-badge") == "offline demo"
+        assert "live unreachable" in page.inner_text("#banner")
+        page.close()
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

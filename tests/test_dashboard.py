@@ -1,0 +1,133 @@
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from chronoprice.config import settings_from
+from chronoprice.dashboard.callbacks import check_symbol, load_view, render_view, verdict
+from chronoprice.dashboard.figures import error_figure, kpis, predicted_candles, price_figure, step_error_figure, with_indicators
+from chronoprice.pipeline import build_pipeline
+from tests.conftest import MINUTE_MS, make_candles
+
+
+def forecast_after(candles, drift=0.0005):
+    origin = int(candles["ts"].iloc[-1])
+    last = float(candles["close"].iloc[-1])
+    predicted = last * np.exp(drift * np.arange(1, 11))
+    return pd.DataFrame({"origin_ts": origin, "step": np.arange(1, 11), "target_ts": origin + MINUTE_MS * np.arange(1, 11),
+                         "predicted": predicted, "lower": predicted * 0.99, "upper": predicted * 1.01, "model_version": "v"})
+
+
+def matured_rows(count=50):
+    rng = np.random.default_rng(1)
+    actual = 100 + rng.normal(0, 1, count)
+    return pd.DataFrame({"origin_ts": np.arange(count) * MINUTE_MS, "step": np.tile([1, 10], count // 2),
+                         "target_ts": np.arange(count) * MINUTE_MS + MINUTE_MS, "predicted": actual + 0.5,
+                         "lower": actual - 1, "upper": actual + 1, "actual": actual, "origin_close": actual + 1.0})
+
+
+def traces(figure, name):
+    return [trace for trace in figure.data if trace.name == name]
+
+
+def test_price_figure_draws_60_real_and_10_hollow_predicted_candles_with_band():
+    candles = make_candles(120)
+    figure = price_figure(candles, forecast_after(candles), "dark")
+    real, predicted = traces(figure, "candles")[0], traces(figure, "forecast")[0]
+    assert len(real.x) == 60 and len(predicted.x) == 10
+    assert predicted.increasing.fillcolor == predicted.decreasing.fillcolor == "rgba(0,0,0,0)"
+    assert predicted.open[0] == pytest.approx(candles["close"].iloc[-1]), "the first forecast candle opens at the last close"
+    np.testing.assert_allclose(predicted.open[1:], predicted.close[:-1])
+    band = traces(figure, "90 % interval")[0]
+    assert band.fill == "tonexty"
+    assert any(shape.type == "line" and shape.line.dash == "dash" for shape in figure.layout.shapes), "origin divider"
+    assert traces(figure, "volume")[0].type == "bar"
+    assert figure.layout.uirevision == "price"
+    assert "predicted close" in predicted.text[0] and "90 % interval" in predicted.text[0]
+
+
+def test_price_figure_overlays_and_rsi_pane():
+    candles = make_candles(200)
+    figure = price_figure(candles, forecast_after(candles), "light", overlays=["sma20", "ema50", "bollinger", "rsi"])
+    names = {trace.name for trace in figure.data}
+    assert {"SMA 20", "EMA 50", "Bollinger upper", "Bollinger lower", "RSI 14"} <= names
+    assert traces(figure, "RSI 14")[0].yaxis == "y3"
+    assert figure.layout.paper_bgcolor == "#ffffff"
+    assert not np.isnan(np.array(traces(figure, "EMA 50")[0].y, dtype=float)).any(), "indicators warmed up on hidden history"
+
+
+def test_indicators_match_their_definitions():
+    candles = make_candles(100)
+    frame = with_indicators(candles)
+    assert frame["sma20"].iloc[-1] == pytest.approx(candles["close"].tail(20).mean())
+    assert frame["bollinger_upper"].iloc[-1] == pytest.approx(frame["sma20"].iloc[-1] + 2 * candles["close"].tail(20).std(ddof=0))
+    assert frame["rsi14"].dropna().between(0, 100).all()
+
+
+def test_predicted_candles_chain_opens_to_previous_close():
+    candles = make_candles(5)
+    predicted = predicted_candles(100.0, forecast_after(candles))
+    assert predicted["open"].iloc[0] == 100.0
+    assert (predicted["high"] >= predicted[["open", "close"]].max(axis=1)).all()
+
+
+def test_empty_states_say_what_is_coming():
+    assert "Waiting for the first candles" in price_figure(make_candles(0), pd.DataFrame(), "dark").layout.annotations[0].text
+    assert error_figure(pd.DataFrame(), "dark").layout.annotations[0].text == "First forecasts mature in 10 minutes"
+    assert "once forecasts mature" in step_error_figure(pd.DataFrame(), "dark").layout.annotations[0].text
+
+
+def test_error_figures_show_steps_1_and_10_and_model_beside_naive():
+    matured = matured_rows()
+    over_time = error_figure(matured, "dark")
+    assert [trace.name for trace in over_time.data] == ["step 1 error (%)", "step 10 error (%)"]
+    by_step = step_error_figure(matured, "dark")
+    assert [trace.name for trace in by_step.data] == ["LSTM", "naive (last close)"]
+    assert list(by_step.data[0].y) == pytest.approx([0.5, 0.5])
+    assert list(by_step.data[1].y) == pytest.approx([1.0, 1.0])
+
+
+def test_kpis_and_verdict():
+    candles = make_candles(70)
+    numbers = kpis(candles, forecast_after(candles), matured_rows())
+    assert numbers["last_price"] == candles["close"].iloc[-1]
+    assert numbers["change_pct"] == pytest.approx(100 * (np.exp(0.005) - 1))
+    assert numbers["mae_ratio"] == pytest.approx(0.5) and numbers["coverage"] == pytest.approx(1.0)
+    assert kpis(candles.iloc[:0], pd.DataFrame(), pd.DataFrame())["mae_ratio"] is None
+    assert verdict(1.002, 40) == "Forecasts are 0.2 % worse than repeating the last close (40 matured forecast steps)."
+    assert verdict(0.95, 40).startswith("Forecasts are 5.0 % better")
+    assert "No forecast has matured yet" in verdict(None, 0)
+
+
+@pytest.fixture
+def demo_pipeline(tmp_path, tiny_model):
+    settings = settings_from({"source": "demo", "db": str(tmp_path / "view.db"), "model": str(tiny_model)}, {})
+    return build_pipeline(settings)
+
+
+def test_render_view_fills_every_output_from_a_real_tick(demo_pipeline):
+    outputs = render_view(load_view(demo_pipeline, "BTC/USDT"), "dark", [])
+    assert outputs["source-badge"] == "offline demo"
+    assert outputs["banner-hidden"] is False and outputs["banner"].startswith("Offline demo")
+    assert outputs["model-badge"].startswith("model lstm-")
+    assert len(traces(outputs["price-chart"], "forecast")[0].x) == 10
+    assert outputs["error-chart"].layout.annotations[0].text == "First forecasts mature in 10 minutes"
+    assert outputs["kpi-mae-ratio"] == "–" and outputs["status-message"] == ""
+    assert outputs["newest-candle"].startswith("newest candle ") and outputs["updated-at"] > 0
+
+
+def test_render_view_shows_a_failing_source_as_a_status_message(demo_pipeline):
+    view = load_view(demo_pipeline, "BTC/USDT")
+    failing = dataclasses.replace(view, status=dataclasses.replace(view.status, error="binance unreachable after 3 attempts"))
+    outputs = render_view(failing, "dark", [])
+    assert outputs["status-message"] == "⚠ binance unreachable after 3 attempts. Showing the last good data."
+    assert len(traces(outputs["price-chart"], "candles")[0].x) == 60, "the last good candles stay on screen"
+
+
+def test_check_symbol_switches_or_explains(demo_pipeline):
+    assert check_symbol(demo_pipeline, "eth/usdt", "BTC/USDT") == ("ETH/USDT", "")
+    symbol, message = check_symbol(demo_pipeline, "DOGE/EUR", "ETH/USDT")
+    assert symbol == "ETH/USDT" and "has no DOGE/EUR" in message and "Still showing ETH/USDT" in message
+    symbol, message = check_symbol(demo_pipeline, "bitcoin", "ETH/USDT")
+    assert symbol == "ETH/USDT" and "is not a symbol" in message
