@@ -155,11 +155,12 @@ class LiveSource:
         clock: Callable[[], float] = time.monotonic,
     ):
         self._venues = parse_exchange_chain(exchange, exchange_url, fallback_exchanges)
+        self._timeout_ms = timeout_ms
         for venue in self._venues:
-            create_exchange(venue.exchange_id, venue.url, timeout_ms)  # reject unknown ids at start-up
+            self._client(venue)  # makes every client now, so an unknown id is refused at start-up
         self._index = 0
         self._timeframe, self._timeframe_ms = timeframe, timeframe_ms
-        self._history, self._timeout_ms = history, timeout_ms
+        self._history = history
         self._attempts, self._backoff, self._max_wait = attempts, backoff_seconds, max_wait_seconds
         self._page_limit, self._max_pages = page_limit, max_pages
         self._failures_before_failover = failures_before_failover
