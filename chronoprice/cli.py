@@ -132,8 +132,7 @@ def run_backfill(args: argparse.Namespace) -> int:
     from chronoprice.pipeline import build_pipeline
 
     settings = settings_from_args(args, os.environ)
-    pipeline = build_pipeline(settings)
-    status = pipeline.backfill(settings.symbol, hours=args.hours, progress=sys.stderr)
+    status = build_pipeline(settings, history_hours=args.hours).backfill(settings.symbol, hours=args.hours)
     print(status.summary())
     return 0 if status.error is None else 1
 

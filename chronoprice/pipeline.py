@@ -7,18 +7,32 @@ caller that finds a tick running, or one that ran recently, gets the last status
 from __future__ import annotations
 
 import dataclasses
+import json
+import sys
 import threading
 import time
 from typing import Callable, TextIO
 
 import numpy as np
 import pandas as pd
+from tqdm import tqdm
 
 from chronoprice.artifact import ModelUnavailable
 from chronoprice.candles import find_gaps
 from chronoprice.config import Settings
 from chronoprice.sources import AutoSource, CandleSource, DemoSource, LiveSource, ReplaySource, SourceError, UnknownSymbol
-from chronoprice.store import Market, has_forecast, newest_candle_ts, open_store, read_candles, upsert_candles, write_forecast
+from chronoprice.store import (
+    Market,
+    claim_tick,
+    has_forecast,
+    newest_candle_ts,
+    open_store,
+    read_candles,
+    read_tick_status,
+    save_tick_status,
+    upsert_candles,
+    write_forecast,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,15 +76,12 @@ def forecast_steps(origin_ts: int, timeframe_ms: int, forecast: dict[str, np.nda
     )
 
 
-@dataclasses.dataclass
-class _MarketState:
-    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
-    last_run: float = float("-inf")
-    status: TickStatus | None = None
-
-
 class Pipeline:
-    """Runs ticks for any symbol against one source, one SQLite file and one (lazily loaded) model."""
+    """Runs ticks for any symbol against one source, one SQLite file and one (lazily loaded) model.
+
+    Ticks are claimed in the SQLite file, so processes sharing it (gunicorn workers) tick each
+    market at most once per refresh interval between them, and share the resulting status.
+    """
 
     def __init__(
         self,
@@ -80,7 +91,8 @@ class Pipeline:
         timeframe: str = "1m",
         timeframe_ms: int = 60_000,
         refresh_seconds: float = 10.0,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.time,
+        log: TextIO | None = sys.stderr,
     ):
         self.source = source
         self._db_path = db_path
@@ -89,9 +101,10 @@ class Pipeline:
         self._forecaster_error: str | None = None
         self._forecaster_lock = threading.Lock()
         self._timeframe, self._timeframe_ms = timeframe, timeframe_ms
-        self._refresh, self._clock = refresh_seconds, clock
-        self._states: dict[str, _MarketState] = {}
-        self._states_lock = threading.Lock()
+        self._refresh_ms = int(refresh_seconds * 1000)
+        self._clock, self._log = clock, log
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_lock = threading.Lock()
         self._local = threading.local()
 
     # ------------------------------------------------------------------------- access
@@ -117,6 +130,10 @@ class Pipeline:
                     self._forecaster_error = str(error)
             return self._forecaster
 
+    @property
+    def forecaster_error(self) -> str | None:
+        return self._forecaster_error
+
     def symbols(self) -> list[str]:
         """Symbols the source offers, for the symbol picker; empty if it cannot say right now."""
         try:
@@ -124,43 +141,73 @@ class Pipeline:
         except SourceError:
             return []
 
-    def _state(self, symbol: str) -> _MarketState:
-        with self._states_lock:
-            return self._states.setdefault(symbol, _MarketState())
+    def _now_ms(self) -> int:
+        return int(self._clock() * 1000)
+
+    def _lock(self, symbol: str) -> threading.Lock:
+        with self._locks_lock:
+            return self._locks.setdefault(symbol, threading.Lock())
+
+    def _tick_key(self, symbol: str) -> str:
+        return f"{type(self.source).__name__}:{symbol}:{self._timeframe}"
+
+    def _stored_status(self, symbol: str) -> TickStatus:
+        text = read_tick_status(self.db(), self._tick_key(symbol))
+        if text:
+            return TickStatus(**json.loads(text))
+        return TickStatus(self.source.label, None, symbol, note="first update in progress")
 
     # -------------------------------------------------------------------------- ticks
     def tick(self, symbol: str, force: bool = False) -> TickStatus:
-        """Run a tick for `symbol` unless one is running or ran within the refresh interval."""
-        state = self._state(symbol)
-        if not state.lock.acquire(blocking=False):
-            return state.status or TickStatus(self.source.label, None, symbol, note="first update in progress")
+        """Run a tick for `symbol` unless one is running or ran within the refresh interval
+        (in any process sharing the database); otherwise return the stored status at once."""
+        lock = self._lock(symbol)
+        if not lock.acquire(blocking=False):
+            return self._stored_status(symbol)
         try:
-            if force or self._clock() - state.last_run >= self._refresh or state.status is None:
-                state.status = self._run_tick(symbol)
-                state.last_run = self._clock()
-            return state.status
+            key = self._tick_key(symbol)
+            if not claim_tick(self.db(), key, self._now_ms(), 0 if force else self._refresh_ms):
+                return self._stored_status(symbol)
+            status = self._run_tick(symbol, history_in_background=True)
+            save_tick_status(self.db(), key, json.dumps(dataclasses.asdict(status)))
+            return status
         finally:
-            state.lock.release()
+            lock.release()
 
-    def _since_for(self, symbol: str) -> Callable[[str], int | None]:
+    def backfill(self, symbol: str, hours: float) -> TickStatus:
+        """Catch up (an empty store gets the source's cold-start history), then forecast from
+        every origin of the last `hours` that has no forecast yet, so accuracy is scored at once."""
+        status = self._run_tick(symbol, history_in_background=False)
+        if status.newest_ts is not None:
+            market = self.market(symbol, status.exchange)
+            written = self.forecast_history(market, status.newest_ts - int(hours * 3_600_000))
+            status = dataclasses.replace(status, note="; ".join(filter(None, [status.note, f"{written} historical forecasts written"])))
+        return status
+
+    def _since_for(self, symbol: str, cold_starts: list) -> Callable[[str], int | None]:
+        """Catch up from the newest stored candle; None (the source's cold-start history) if empty."""
+
         def since(exchange: str) -> int | None:
             newest = newest_candle_ts(self.db(), self.market(symbol, exchange))
-            return None if newest is None else newest + self._timeframe_ms
+            if newest is None:
+                cold_starts.append(exchange)
+                return None
+            return newest + self._timeframe_ms
 
         return since
 
-    def _run_tick(self, symbol: str) -> TickStatus:
+    def _run_tick(self, symbol: str, history_in_background: bool) -> TickStatus:
         started = time.perf_counter()
         error = note = None
         exchange = self.current_exchange()
-        new = 0
+        new, cold_starts = 0, []
         try:
-            fetched = self.source.fetch_closed(symbol, self._since_for(symbol))
+            fetched = self.source.fetch_closed(symbol, self._since_for(symbol, cold_starts))
             exchange, note = fetched.exchange, fetched.note
             new = upsert_candles(self.db(), self.market(symbol, exchange), fetched.candles)
         except UnknownSymbol as failure:
             return TickStatus(self.source.label, exchange, symbol, error=str(failure), symbol_unknown=True,
-                              finished_at_ms=int(time.time() * 1000))
+                              finished_at_ms=self._now_ms())
         except SourceError as failure:
             error = str(failure)
         fetched_at = time.perf_counter()
@@ -168,6 +215,12 @@ class Pipeline:
         origin, version, forecast_note = self._forecast_newest(market)
         if forecast_note:
             error = "; ".join(filter(None, [error, forecast_note]))
+        if new and exchange in cold_starts:
+            self._say(f"cold start: stored {new} candles of {exchange} {symbol}")
+            if history_in_background:
+                oldest = int(fetched.candles["ts"].iloc[0])
+                threading.Thread(target=self.forecast_history, args=(market, oldest), daemon=True,
+                                 name="chronoprice-history").start()
         finished = time.perf_counter()
         return TickStatus(
             source=self.source.label,
@@ -182,8 +235,12 @@ class Pipeline:
             fetch_ms=(fetched_at - started) * 1000,
             forecast_ms=(finished - fetched_at) * 1000,
             total_ms=(finished - started) * 1000,
-            finished_at_ms=int(time.time() * 1000),
+            finished_at_ms=self._now_ms(),
         )
+
+    def _say(self, line: str) -> None:
+        if self._log:
+            print(line, file=self._log, flush=True)
 
     def _forecast_newest(self, market: Market) -> tuple[int | None, str | None, str | None]:
         """Forecast from the newest stored window unless already done; (origin, version, problem)."""
@@ -201,34 +258,9 @@ class Pipeline:
             write_forecast(self.db(), market, origin, forecast_steps(origin, self._timeframe_ms, forecast), forecaster.version)
         return origin, forecaster.version, None
 
-    # ----------------------------------------------------------------------- backfill
-    def backfill(self, symbol: str, hours: float, progress: TextIO | None = None) -> TickStatus:
-        """Fetch `hours` of history (or catch up from the newest stored candle), then forecast
-        from every origin in it that has no forecast yet, so accuracy can be scored at once."""
-        oldest_wanted = int(time.time() * 1000 - hours * 3_600_000) // self._timeframe_ms * self._timeframe_ms
-
-        def since(exchange: str) -> int:
-            newest = newest_candle_ts(self.db(), self.market(symbol, exchange))
-            return oldest_wanted if newest is None else max(oldest_wanted, newest + self._timeframe_ms)
-
-        status = TickStatus(self.source.label, None, symbol)
-        try:
-            fetched = self.source.fetch_closed(symbol, since)
-        except SourceError as failure:
-            return dataclasses.replace(status, error=str(failure))
-        market = self.market(symbol, fetched.exchange)
-        new = upsert_candles(self.db(), market, fetched.candles)
-        if progress:
-            print(f"stored {new} candles of {market.exchange} {symbol}", file=progress)
-        forecasts = self.forecast_history(market, oldest_wanted, progress)
-        return dataclasses.replace(
-            status, exchange=market.exchange, new_candles=new, newest_ts=newest_candle_ts(self.db(), market),
-            note="; ".join(filter(None, [fetched.note, f"{forecasts} historical forecasts written"])),
-            error=None if self.forecaster() else f"model unavailable: {self._forecaster_error}",
-        )
-
-    def forecast_history(self, market: Market, start_ts: int, progress: TextIO | None = None, chunk: int = 200) -> int:
-        """Forecast from every gap-free stored origin at or after `start_ts` that lacks one; returns the count."""
+    def forecast_history(self, market: Market, start_ts: int, chunk: int = 200) -> int:
+        """Forecast from every gap-free stored origin at or after `start_ts` that lacks one; returns
+        the count. Shows a progress bar on the log."""
         forecaster = self.forecaster()
         if forecaster is None:
             return 0
@@ -241,9 +273,8 @@ class Pipeline:
             and ts[index] - ts[index - window + 1] == (window - 1) * self._timeframe_ms
             and not has_forecast(self.db(), market, int(ts[index]), forecaster.version)
         ]
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(origins), desc="forecasting history", unit="origin", file=progress, disable=progress is None)
+        bar = tqdm(total=len(origins), desc=f"forecasting {market.symbol} history", unit="origin",
+                   file=self._log, disable=self._log is None, mininterval=2.0)
         for start in range(0, len(origins), chunk):
             batch = origins[start : start + chunk]
             forecast = forecaster.forecast(np.stack([closes[index - window + 1 : index + 1] for index in batch]))
@@ -254,20 +285,26 @@ class Pipeline:
         return len(origins)
 
 
-def build_source(settings: Settings) -> CandleSource:
+COLD_START_HOURS = 24
+
+
+def build_source(settings: Settings, history_hours: float = COLD_START_HOURS) -> CandleSource:
+    """The source of the settings; an empty store starts with `history_hours` of candles."""
+    history = int(history_hours * 3_600_000 // settings.timeframe_ms)
     if settings.source == "demo":
-        return DemoSource()
+        return DemoSource(history=history)
     if settings.source == "replay":
         return ReplaySource(settings.replay, settings.replay_speed, timeframe_ms=settings.timeframe_ms)
-    live = LiveSource(settings.exchange, settings.exchange_url, settings.fallback_exchanges, settings.timeframe, settings.timeframe_ms)
-    return live if settings.source == "live" else AutoSource(live, DemoSource())
+    live = LiveSource(settings.exchange, settings.exchange_url, settings.fallback_exchanges, settings.timeframe,
+                      settings.timeframe_ms, history=history)
+    return live if settings.source == "live" else AutoSource(live, DemoSource(history=history))
 
 
-def build_pipeline(settings: Settings) -> Pipeline:
+def build_pipeline(settings: Settings, history_hours: float = COLD_START_HOURS) -> Pipeline:
     from chronoprice.forecast import load_forecaster
 
     return Pipeline(
-        build_source(settings),
+        build_source(settings, history_hours),
         settings.db,
         lambda: load_forecaster(settings.model, settings.engine),
         settings.timeframe,

@@ -228,6 +228,9 @@ class LiveSource:
         raise SourceUnavailable(f"no exchange answered (tried {tried}); last error: {reason}")
 
     def _fetch_from(self, venue: _Venue, symbol: str, since: int | None) -> tuple[pd.DataFrame, str | None]:
+        if since is None and self._history + 1 > self._page_limit:
+            # More history than one page: start from the exchange's own newest candle, not our clock.
+            since = self._newest_ts(venue, symbol) - self._history * self._timeframe_ms
         if since is None:
             rows = self._fetch_page(venue, symbol, None, self._history + 1)
         else:
@@ -253,6 +256,13 @@ class LiveSource:
             first = result.rejected[0]
             note = f"{venue.exchange_id}: {len(result.rejected)} malformed candle rows not stored ({first.reason})"
         return closed, note
+
+    def _newest_ts(self, venue: _Venue, symbol: str) -> int:
+        page = self._fetch_page(venue, symbol, None, 1)
+        try:
+            return int(page[-1][0])
+        except (TypeError, ValueError, IndexError):
+            raise MalformedReply(f"{venue.exchange_id} sent no readable newest candle for {symbol}") from None
 
     @staticmethod
     def _next_cursor(page: list, cursor: int) -> int:

@@ -43,31 +43,48 @@ def _create_tables(db: sqlite_utils.Database) -> None:
          "open": float, "high": float, "low": float, "close": float, "volume": float},
         pk=CANDLE_KEY,
         not_null=set(CANDLE_KEY + COLUMNS),
+        if_not_exists=True,
     )
     db["forecasts"].create(
         {"exchange": str, "symbol": str, "timeframe": str, "origin_ts": int, "step": int, "target_ts": int,
          "predicted": float, "lower": float, "upper": float, "model_version": str, "created_at": int},
         pk=FORECAST_KEY,
         not_null=set(FORECAST_KEY + ["target_ts", "predicted", "lower", "upper"]),
+        if_not_exists=True,
     )
-    db["forecasts"].create_index(MARKET_KEY + ["target_ts"], index_name="forecasts_by_target")
+    db["forecasts"].create_index(MARKET_KEY + ["target_ts"], index_name="forecasts_by_target", if_not_exists=True)
+
+
+def _create_tick_claims(db: sqlite_utils.Database) -> None:
+    db["ticks"].create({"key": str, "claimed_ms": int, "status": str}, pk="key", if_not_exists=True)
 
 
 # Each migration brings a file from version N to N + 1; an old file runs the ones it lacks.
-MIGRATIONS = [_create_tables]
+# Migrations are idempotent, because processes opening a new file at once may both run them.
+MIGRATIONS = [_create_tables, _create_tick_claims]
 
 
 def migrate(db: sqlite_utils.Database) -> None:
-    version = db.execute("PRAGMA user_version").fetchone()[0]
-    if version > len(MIGRATIONS):
-        raise StoreError(
-            f"{db_path(db)} has schema version {version}, newer than this ChronoPrice ({len(MIGRATIONS)}); "
-            "upgrade ChronoPrice or point --db at another file"
-        )
-    for number in range(version, len(MIGRATIONS)):
-        with db.conn:
+    """Bring the file's schema to the newest version, one migration at a time."""
+    # BEGIN IMMEDIATE takes the write lock (waiting on the busy timeout) before the version is
+    # read, so processes opening a new file at once migrate one after the other.
+    db.conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version > len(MIGRATIONS):
+            raise StoreError(
+                f"{db_path(db)} has schema version {version}, newer than this ChronoPrice ({len(MIGRATIONS)}); "
+                "upgrade ChronoPrice or point --db at another file"
+            )
+        for number in range(version, len(MIGRATIONS)):
             MIGRATIONS[number](db)
             db.execute(f"PRAGMA user_version = {number + 1}")
+        if db.conn.in_transaction:
+            db.conn.commit()
+    except BaseException:
+        if db.conn.in_transaction:
+            db.conn.rollback()
+        raise
 
 
 def db_path(db: sqlite_utils.Database) -> str:
@@ -181,3 +198,27 @@ def read_matured_forecasts(db: sqlite_utils.Database, market: Market, since_targ
         f"where {where} order by f.target_ts, f.step"
     )
     return pd.DataFrame(db.execute(sql, params).fetchall(), columns=FORECAST_COLUMNS + ["actual", "origin_close"])
+
+
+def claim_tick(db: sqlite_utils.Database, key: str, now_ms: int, interval_ms: int) -> bool:
+    """Atomically claim the right to tick `key` unless it was claimed within `interval_ms`.
+
+    One statement, so processes sharing the file (gunicorn workers) cannot both win.
+    """
+    with db.conn:
+        cursor = db.execute(
+            "insert into ticks (key, claimed_ms) values (?, ?) on conflict(key) do update "
+            "set claimed_ms = excluded.claimed_ms where ticks.claimed_ms <= excluded.claimed_ms - ?",
+            [key, int(now_ms), int(interval_ms)],
+        )
+    return cursor.rowcount == 1
+
+
+def save_tick_status(db: sqlite_utils.Database, key: str, status_json: str) -> None:
+    with db.conn:
+        db.execute("update ticks set status = ? where key = ?", [status_json, key])
+
+
+def read_tick_status(db: sqlite_utils.Database, key: str) -> str | None:
+    row = db.execute("select status from ticks where key = ?", [key]).fetchone()
+    return row[0] if row else None

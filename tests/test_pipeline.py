@@ -1,4 +1,5 @@
 import threading
+import time
 
 import pandas as pd
 import pytest
@@ -12,6 +13,7 @@ from chronoprice.store import read_candles, read_latest_forecast
 from tests.conftest import MINUTE_MS
 
 SYMBOL = "BTC/USDT"
+HISTORY = 120  # candles on a cold start; the pipeline forecasts them in the background
 
 
 class FakeClock:
@@ -24,7 +26,7 @@ class FakeClock:
 
 @pytest.fixture
 def pipeline(exchange, db_path, tiny_model):
-    source = LiveSource("binance", exchange.url, (), backoff_seconds=0.0, sleep=lambda s: None, attempts=2)
+    source = LiveSource("binance", exchange.url, (), history=HISTORY, backoff_seconds=0.0, sleep=lambda s: None, attempts=2)
     clock = FakeClock()
     pipeline = Pipeline(source, db_path, lambda: load_forecaster(tiny_model, "litert"), refresh_seconds=10, clock=clock)
     pipeline.test_clock = clock
@@ -33,7 +35,7 @@ def pipeline(exchange, db_path, tiny_model):
 
 def test_tick_stores_the_exchanges_closed_candles_and_a_ten_step_forecast(pipeline, exchange):
     status = pipeline.tick(SYMBOL)
-    assert status.error is None and status.exchange == "binance" and status.new_candles == 500
+    assert status.error is None and status.exchange == "binance" and status.new_candles == HISTORY
     market = pipeline.market(SYMBOL, "binance")
     exchange.advance(3)
     pipeline.test_clock.seconds += 10
@@ -56,7 +58,7 @@ def test_ticks_run_at_most_once_per_refresh_interval(pipeline, exchange):
     fetches = exchange.requests["/api/v3/klines"]
     exchange.advance(1)
     pipeline.test_clock.seconds += 5
-    assert pipeline.tick(SYMBOL).new_candles == 500, "within the interval: the stored state, no fetch"
+    assert pipeline.tick(SYMBOL).new_candles == HISTORY, "within the interval: the stored state, no fetch"
     assert exchange.requests["/api/v3/klines"] == fetches
     pipeline.test_clock.seconds += 5
     assert pipeline.tick(SYMBOL).new_candles == 1
@@ -73,7 +75,7 @@ def test_concurrent_callers_share_one_tick(pipeline, exchange):
         thread.join()
     assert exchange.requests["/api/v3/klines"] == 1
     assert len(statuses) == 8
-    assert sum(status.new_candles == 500 for status in statuses) == 1, "one caller ran the tick"
+    assert sum(status.new_candles == HISTORY for status in statuses) == 1, "one caller ran the tick"
 
 
 def test_a_failing_exchange_keeps_the_last_good_state_with_the_error(pipeline, exchange):
@@ -91,19 +93,52 @@ def test_a_failing_exchange_keeps_the_last_good_state_with_the_error(pipeline, e
 
 
 def test_missing_model_still_stores_candles_and_says_model_unavailable(exchange, db_path, tmp_path):
-    source = LiveSource("binance", exchange.url, ())
+    source = LiveSource("binance", exchange.url, (), history=HISTORY)
     pipeline = Pipeline(source, db_path, lambda: load_forecaster(tmp_path / "no-model"))
     status = pipeline.tick(SYMBOL)
-    assert status.new_candles == 500
+    assert status.new_candles == HISTORY
     assert status.error.startswith("model unavailable") and "not found" in status.error
     assert read_latest_forecast(pipeline.db(), pipeline.market(SYMBOL, "binance")).empty
 
 
+def test_processes_sharing_the_database_tick_once_per_interval(pipeline, exchange, db_path, tiny_model):
+    other_source = LiveSource("binance", exchange.url, (), history=HISTORY)
+    other_process = Pipeline(other_source, db_path, lambda: load_forecaster(tiny_model, "litert"), clock=pipeline.test_clock)
+    first = pipeline.tick(SYMBOL)
+    fetches = exchange.requests["/api/v3/klines"]
+    shared = other_process.tick(SYMBOL)
+    assert exchange.requests["/api/v3/klines"] == fetches, "the second process used the first one's tick"
+    assert shared == first
+    pipeline.test_clock.seconds += 10
+    exchange.advance(1)
+    assert other_process.tick(SYMBOL).new_candles == 1
+
+
+def test_cold_start_stores_a_day_and_forecasts_it(exchange, db_path, tiny_model, series):
+    source = LiveSource("binance", exchange.url, (), history=1000 + 100, page_limit=1000)
+    pipeline = Pipeline(source, db_path, lambda: load_forecaster(tiny_model, "litert"))
+    status = pipeline.tick(SYMBOL)
+    assert status.new_candles == 1100
+    stored = read_candles(pipeline.db(), pipeline.market(SYMBOL, "binance"))
+    pd.testing.assert_frame_equal(stored, exchange.closed_candles(SYMBOL).tail(1100).reset_index(drop=True))
+    assert wait_for_forecasts(pipeline.db(), 10 * (1100 - 59)) == 10 * (1100 - 59), "history is forecast in the background"
+
+
+def wait_for_forecasts(db, count):
+    for _ in range(300):
+        if db["forecasts"].count >= count:
+            break
+        time.sleep(0.05)
+    return db["forecasts"].count
+
+
 def test_forecast_history_fills_every_origin_once(pipeline):
     pipeline.tick(SYMBOL)
+    assert wait_for_forecasts(pipeline.db(), 10 * (HISTORY - 59)) == 10 * (HISTORY - 59), "cold start forecasts its history"
     market = pipeline.market(SYMBOL, "binance")
-    stored = read_candles(pipeline.db(), market)
-    written = pipeline.forecast_history(market, int(stored["ts"].iloc[100]))
-    assert written == len(stored) - 100 - 1  # the newest origin was forecast by the tick
-    assert pipeline.forecast_history(market, int(stored["ts"].iloc[100])) == 0
-    assert pipeline.db()["forecasts"].count == 10 * (len(stored) - 100)
+    ts = read_candles(pipeline.db(), market)["ts"]
+    with pipeline.db().conn:
+        pipeline.db().execute("delete from forecasts where origin_ts >= ?", [int(ts.iloc[100])])
+    assert pipeline.forecast_history(market, int(ts.iloc[80])) == HISTORY - 100
+    assert pipeline.forecast_history(market, int(ts.iloc[80])) == 0
+    assert pipeline.db()["forecasts"].count == 10 * (HISTORY - 59)
