@@ -102,7 +102,10 @@ def _url(text: str) -> str:
 
 
 def _exchange_list(text: str) -> tuple[str, ...]:
-    """Parse 'kraken,coinbase' or 'binanceus=http://host:port' entries (an entry may carry its URL)."""
+    """Parse 'kraken,coinbase' or 'binanceus=http://host:port' entries (an entry may carry its
+    URL); 'none' means no fail-over."""
+    if text.strip().lower() == "none":
+        return ()
     entries = []
     for entry in filter(None, (part.strip() for part in text.split(","))):
         exchange_id, equals, url = entry.partition("=")
@@ -121,7 +124,7 @@ _OPTIONS = (
     _Option("source", _choice(SOURCES), "where candles come from: auto (live, demo if offline), live, replay, demo"),
     _Option("exchange", _exchange_id, "ccxt exchange id for the live source (default binance)"),
     _Option("exchange_url", _url, "rewrite scheme and host of every REST endpoint of the exchange to this base URL"),
-    _Option("fallback_exchanges", _exchange_list, "comma-separated exchanges to fail over to (default kraken,coinbase); an entry may be id=URL"),
+    _Option("fallback_exchanges", _exchange_list, "comma-separated exchanges to fail over to (default kraken,coinbase; none for none); an entry may be id=URL"),
     _Option("symbol", _symbol, "market symbol (default BTC/USDT)"),
     _Option("timeframe", _choice(tuple(TIMEFRAME_MS)), "candle timeframe (default 1m)"),
     _Option("db", Path, "SQLite database file (default chronoprice.db in the working directory)"),

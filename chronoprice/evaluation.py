@@ -75,3 +75,31 @@ def step_metrics(result: dict[str, np.ndarray], level: float) -> pd.DataFrame:
             "interval_level": level,
         }
     )
+
+
+def matured_metrics(matured: pd.DataFrame) -> pd.DataFrame:
+    """Live scores of stored forecasts against their actual closes, per step.
+
+    `matured` has columns step, predicted, lower, upper, actual and origin_close (the naive
+    baseline's forecast). Returns one row per step present: mae_model, mae_naive, mae_ratio,
+    coverage (share of actuals inside [lower, upper]) and count.
+    """
+    frame = matured.assign(
+        model=(matured["predicted"] - matured["actual"]).abs(),
+        naive=(matured["origin_close"] - matured["actual"]).abs(),
+        covered=(matured["actual"] >= matured["lower"]) & (matured["actual"] <= matured["upper"]),
+    )
+    grouped = frame.groupby("step")
+    table = pd.DataFrame({"mae_model": grouped["model"].mean(), "mae_naive": grouped["naive"].mean(),
+                          "coverage": grouped["covered"].mean(), "count": grouped.size()}).reset_index()
+    return table.assign(mae_ratio=table["mae_model"] / table["mae_naive"].where(table["mae_naive"] > 0))
+
+
+def overall_metrics(matured: pd.DataFrame) -> dict:
+    """MAE ratio model/naive and interval coverage over all matured steps; None when empty."""
+    if matured.empty:
+        return {"mae_ratio": None, "coverage": None, "count": 0}
+    naive = (matured["origin_close"] - matured["actual"]).abs().mean()
+    model = (matured["predicted"] - matured["actual"]).abs().mean()
+    covered = (matured["actual"] >= matured["lower"]) & (matured["actual"] <= matured["upper"])
+    return {"mae_ratio": float(model / naive) if naive > 0 else None, "coverage": float(covered.mean()), "count": len(matured)}

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-import dash
+import os
+from typing import Mapping
 
+import dash
+from flask_caching import Cache
+
+from chronoprice.api import cache_config, register_api
 from chronoprice.config import PROJECT_ROOT, Settings
 from chronoprice.dashboard.callbacks import attach_callbacks
 from chronoprice.dashboard.layout import build_layout
 from chronoprice.pipeline import Pipeline, build_pipeline
 
 
-def create_app(settings: Settings, pipeline: Pipeline | None = None) -> dash.Dash:
-    """The dashboard app; building it does no network, database or model I/O."""
+def create_app(settings: Settings, pipeline: Pipeline | None = None, env: Mapping[str, str] = os.environ) -> dash.Dash:
+    """The dashboard and JSON API; building it does no network, database or model I/O."""
     app = dash.Dash(
         __name__,
         title="ChronoPrice",
@@ -19,7 +24,10 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None) -> dash.Das
         meta_tags=[{"name": "viewport", "content": "width=device-width, initial-scale=1"}],
     )
     app.layout = build_layout(settings)
-    attach_callbacks(app, pipeline or build_pipeline(settings))
+    pipeline = pipeline or build_pipeline(settings)
+    cache = Cache(app.server, config=cache_config(env))
+    register_api(app.server, pipeline, settings.symbol, cache, settings.refresh_seconds)
+    attach_callbacks(app, pipeline, cache)
     return app
 
 

@@ -178,16 +178,25 @@ def read_latest_forecast(db: sqlite_utils.Database, market: Market) -> pd.DataFr
     return frame[frame["model_version"] == newest_version].sort_values("step").reset_index(drop=True)
 
 
-def read_matured_forecasts(db: sqlite_utils.Database, market: Market, since_target_ts: int | None = None) -> pd.DataFrame:
+def read_matured_forecasts(
+    db: sqlite_utils.Database,
+    market: Market,
+    since_target_ts: int | None = None,
+    until_target_ts: int | None = None,
+    limit: int | None = None,
+) -> pd.DataFrame:
     """Forecast steps whose target candle is stored, with the actual close and the origin close.
 
     Columns: FORECAST_COLUMNS + actual (close at target_ts) + origin_close (close at origin_ts,
-    the naive baseline's forecast for every step).
+    the naive baseline's forecast for every step), oldest target first; with `limit`, the
+    newest `limit` rows.
     """
     where, params = _market_where(market)
     where = " and ".join(f"f.{clause.strip()}" for clause in where.split(" and "))
     if since_target_ts is not None:
         where, params = where + " and f.target_ts >= ?", params + [int(since_target_ts)]
+    if until_target_ts is not None:
+        where, params = where + " and f.target_ts <= ?", params + [int(until_target_ts)]
     columns = ", ".join(f"f.{column}" for column in FORECAST_COLUMNS)
     sql = (
         f"select {columns}, actual.close, origin.close from forecasts f "
@@ -195,9 +204,12 @@ def read_matured_forecasts(db: sqlite_utils.Database, market: Market, since_targ
         "and actual.timeframe = f.timeframe and actual.ts = f.target_ts "
         "join candles origin on origin.exchange = f.exchange and origin.symbol = f.symbol "
         "and origin.timeframe = f.timeframe and origin.ts = f.origin_ts "
-        f"where {where} order by f.target_ts, f.step"
+        f"where {where} order by f.target_ts desc, f.step desc"
     )
-    return pd.DataFrame(db.execute(sql, params).fetchall(), columns=FORECAST_COLUMNS + ["actual", "origin_close"])
+    if limit is not None:
+        sql, params = sql + " limit ?", params + [int(limit)]
+    rows = db.execute(sql, params).fetchall()[::-1]
+    return pd.DataFrame(rows, columns=FORECAST_COLUMNS + ["actual", "origin_close"])
 
 
 def claim_tick(db: sqlite_utils.Database, key: str, now_ms: int, interval_ms: int) -> bool:

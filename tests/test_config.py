@@ -31,6 +31,7 @@ def test_settings_port_env_binds_all_interfaces_like_render():
 def test_settings_fallback_entries_may_carry_a_url():
     settings = settings_from({"fallback_exchanges": "kraken, binanceus=http://127.0.0.1:9000/"}, {})
     assert settings.fallback_exchanges == ("kraken", "binanceus=http://127.0.0.1:9000")
+    assert settings_from({}, {"CHRONOPRICE_FALLBACK_EXCHANGES": "none"}).fallback_exchanges == ()
 
 
 def test_settings_replay_path_implies_replay_source():

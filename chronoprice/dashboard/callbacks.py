@@ -60,16 +60,28 @@ def verdict(ratio: float | None, matured: int) -> str:
     return f"Forecasts are {difference:.1f} % {word} than repeating the last close ({matured} matured forecast steps)."
 
 
+def render_figures(view: ViewData, theme: str, overlays) -> dict:
+    """The three charts, keyed by component id; they change only with a new candle."""
+    symbol = view.status.symbol
+    return {
+        "price-chart": price_figure(view.candles, view.forecast, theme, overlays, uirevision=symbol),
+        "error-chart": error_figure(view.matured, theme, uirevision=symbol),
+        "step-chart": step_error_figure(view.matured, theme, uirevision=symbol),
+    }
+
+
 def render_view(view: ViewData, theme: str, overlays) -> dict:
     """Every output of the refresh callback, keyed by component id, from data already read."""
+    return {**render_figures(view, theme, overlays), **render_text(view)}
+
+
+def render_text(view: ViewData) -> dict:
+    """Everything but the charts: KPIs, badges, banner, status line."""
     status, numbers = view.status, kpis(view.candles, view.forecast, view.matured)
     offline = status.source == "offline demo"
     change = "" if numbers["change_pct"] is None else f"{numbers['change_pct']:+.3f} % vs last price"
     problems = "; ".join(filter(None, [status.error, status.note if not offline else None]))
     return {
-        "price-chart": price_figure(view.candles, view.forecast, theme, overlays, uirevision=status.symbol),
-        "error-chart": error_figure(view.matured, theme, uirevision=status.symbol),
-        "step-chart": step_error_figure(view.matured, theme, uirevision=status.symbol),
         "price-title": f"{status.symbol}: last {SHOWN_CANDLES} candles and the next 10 forecast",
         "kpi-last-price": _price(numbers["last_price"]),
         "kpi-last-price-detail": f"close of the {_utc(status.newest_ts)} candle",
@@ -88,6 +100,17 @@ def render_view(view: ViewData, theme: str, overlays) -> dict:
         "status-message": problems and f"⚠ {problems}. Showing the last good data.",
         "updated-at": status.finished_at_ms,
     }
+
+
+def cached_figures(cache, view: ViewData, theme: str, overlays) -> dict:
+    """The charts from the cache, keyed by the newest candle and forecast, or built and cached."""
+    status = view.status
+    key = f"figures:{status.exchange}:{status.symbol}:{status.newest_ts}:{status.forecast_origin_ts}:{theme}:{sorted(overlays)}"
+    figures = cache.get(key)
+    if figures is None:
+        figures = {name: figure.to_dict() for name, figure in render_figures(view, theme, overlays).items()}
+        cache.set(key, figures, timeout=600)
+    return figures
 
 
 REFRESH_OUTPUTS = [
@@ -112,11 +135,12 @@ def check_symbol(pipeline: Pipeline, text: str | None, current: str) -> tuple[st
     return symbol, ""
 
 
-def attach_callbacks(app: dash.Dash, pipeline: Pipeline) -> None:
+def attach_callbacks(app: dash.Dash, pipeline: Pipeline, cache) -> None:
     @app.callback([Output(component, prop) for component, prop in REFRESH_OUTPUTS],
                   Input("refresh", "n_intervals"), Input("active-symbol", "data"), Input("theme", "data"), Input("overlays", "value"))
     def refresh(_, symbol, theme, overlays):
-        outputs = render_view(load_view(pipeline, symbol), theme or "dark", overlays or [])
+        view = load_view(pipeline, symbol)
+        outputs = {**cached_figures(cache, view, theme or "dark", overlays or []), **render_text(view)}
         return [outputs[component + ("-hidden" if prop == "hidden" else "")] for component, prop in REFRESH_OUTPUTS]
 
     @app.callback(Output("active-symbol", "data"), Output("symbol-message", "children"),

@@ -7,6 +7,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from chronoprice.evaluation import matured_metrics, overall_metrics
+
 SHOWN_CANDLES = 60
 OVERLAYS = {"sma20": "SMA 20", "ema50": "EMA 50", "bollinger": "Bollinger 20/2", "rsi": "RSI 14"}
 THEMES = {
@@ -178,7 +180,7 @@ def step_error_figure(matured: pd.DataFrame, theme: str, uirevision: str = "step
     if matured.empty:
         return empty_figure("Per-step accuracy appears once forecasts mature", theme)
     colors = THEMES[theme]
-    per_step = step_errors(matured)
+    per_step = matured_metrics(matured)
     figure = go.Figure()
     figure.add_trace(go.Bar(x=per_step["step"], y=per_step["mae_model"], name="LSTM", marker_color=colors["forecast"]))
     figure.add_trace(go.Bar(x=per_step["step"], y=per_step["mae_naive"], name="naive (last close)", marker_color=colors["volume"]))
@@ -188,18 +190,6 @@ def step_error_figure(matured: pd.DataFrame, theme: str, uirevision: str = "step
     return figure
 
 
-def step_errors(matured: pd.DataFrame) -> pd.DataFrame:
-    """Per step: mae_model, mae_naive (origin close as the forecast), coverage, count."""
-    frame = matured.assign(
-        model=(matured["predicted"] - matured["actual"]).abs(),
-        naive=(matured["origin_close"] - matured["actual"]).abs(),
-        covered=(matured["actual"] >= matured["lower"]) & (matured["actual"] <= matured["upper"]),
-    )
-    grouped = frame.groupby("step")
-    return pd.DataFrame({"mae_model": grouped["model"].mean(), "mae_naive": grouped["naive"].mean(),
-                         "coverage": grouped["covered"].mean(), "count": grouped.size()}).reset_index()
-
-
 def kpis(candles: pd.DataFrame, forecast: pd.DataFrame, matured: pd.DataFrame) -> dict:
     """Headline numbers: last price, 10-minute forecast and % change, MAE ratio, coverage.
 
@@ -207,12 +197,12 @@ def kpis(candles: pd.DataFrame, forecast: pd.DataFrame, matured: pd.DataFrame) -
     """
     last = float(candles["close"].iloc[-1]) if not candles.empty else None
     ahead = float(forecast["predicted"].iloc[-1]) if not forecast.empty else None
-    result = {"last_price": last, "forecast": ahead, "change_pct": None, "mae_ratio": None, "coverage": None, "matured": len(matured)}
-    if last and ahead:
-        result["change_pct"] = 100 * (ahead / last - 1)
-    if not matured.empty:
-        naive = (matured["origin_close"] - matured["actual"]).abs().mean()
-        model = (matured["predicted"] - matured["actual"]).abs().mean()
-        result["mae_ratio"] = model / naive if naive > 0 else None
-        result["coverage"] = float(((matured["actual"] >= matured["lower"]) & (matured["actual"] <= matured["upper"])).mean())
-    return result
+    scores = overall_metrics(matured)
+    return {
+        "last_price": last,
+        "forecast": ahead,
+        "change_pct": 100 * (ahead / last - 1) if last and ahead else None,
+        "mae_ratio": scores["mae_ratio"],
+        "coverage": scores["coverage"],
+        "matured": scores["count"],
+    }

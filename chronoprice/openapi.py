@@ -1,0 +1,107 @@
+"""The OpenAPI 3 description of the JSON API, served at /api/openapi.json and fuzzed by the tests."""
+
+_NUMBER = {"type": "number", "nullable": True}
+_ERROR = {
+    "type": "object",
+    "required": ["error", "parameter"],
+    "properties": {"error": {"type": "string"}, "parameter": {"type": "string", "nullable": True}},
+}
+_MARKET = {"exchange": {"type": "string"}, "symbol": {"type": "string"}, "timeframe": {"type": "string"}}
+_SYMBOL = {
+    "name": "symbol", "in": "query", "required": False,
+    "description": "market as BASE/QUOTE; default: the server's --symbol",
+    "schema": {"type": "string", "pattern": "^[A-Za-z0-9]+/[A-Za-z0-9]+$", "example": "BTC/USDT"},
+}
+
+
+def _errors(*codes: int) -> dict:
+    text = {400: "a bad parameter, named in `parameter`", 404: "unknown symbol or path", 503: "no forecast available (model missing, or not enough candles yet)"}
+    return {str(code): {"description": text[code], "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+            for code in codes}
+
+
+def _ok(schema: str, description: str) -> dict:
+    return {"200": {"description": description, "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}}}}
+
+
+def _get(summary: str, parameters: list, responses: dict) -> dict:
+    return {"get": {"summary": summary, "parameters": parameters, "responses": responses}}
+
+
+_LIMIT = {"name": "limit", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}}
+_HISTORY_LIMIT = {"name": "limit", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1, "maximum": 5000, "default": 500}}
+_WINDOW = {"name": "window", "in": "query", "required": False, "description": "minutes of matured forecasts to score",
+           "schema": {"type": "integer", "minimum": 10, "maximum": 10080, "default": 1440}}
+_TIME = {"type": "integer", "minimum": 0, "maximum": 100_000_000_000_000,
+         "description": "candle open time in epoch milliseconds (an ISO 8601 time is accepted too)"}
+
+OPENAPI = {
+    "openapi": "3.0.3",
+    "info": {"title": "ChronoPrice API", "version": "1", "description": "Live 10-step forecasts of 1-minute candles, scored against the last close."},
+    "paths": {
+        "/api/health": _get("liveness and runtime facts (never runs a tick)", [], _ok("Health", "the service is up")),
+        "/api/v1/candles": _get("the newest closed candles", [_SYMBOL, _LIMIT], {**_ok("Candles", "candles, oldest first"), **_errors(400, 404)}),
+        "/api/v1/forecast": _get("the newest 10-step forecast", [_SYMBOL], {**_ok("Forecast", "the forecast"), **_errors(400, 404, 503)}),
+        "/api/v1/metrics": _get("live accuracy against the naive baseline", [_SYMBOL, _WINDOW], {**_ok("Metrics", "scores"), **_errors(400, 404)}),
+        "/api/v1/history": _get(
+            "matured forecasts with their actual closes",
+            [_SYMBOL, {"name": "start", "in": "query", "required": False, "schema": _TIME},
+             {"name": "end", "in": "query", "required": False, "schema": _TIME}, _HISTORY_LIMIT],
+            {**_ok("History", "forecast steps, oldest target first"), **_errors(400, 404)},
+        ),
+        "/price/latest": _get("the newest close (seed-compatible)", [_SYMBOL], {**_ok("LatestPrice", "the newest close"), **_errors(400, 404, 503)}),
+        "/price/prediction": _get("alias of /api/v1/forecast", [_SYMBOL], {**_ok("Forecast", "the forecast"), **_errors(400, 404, 503)}),
+        "/metrics/model": _get("alias of /api/v1/metrics", [_SYMBOL, _WINDOW], {**_ok("Metrics", "scores"), **_errors(400, 404)}),
+    },
+    "components": {
+        "schemas": {
+            "Error": _ERROR,
+            "Health": {
+                "type": "object",
+                "required": ["status", "source", "model_available", "tensorflow_imported"],
+                "properties": {
+                    "status": {"type": "string", "enum": ["ok"]}, "source": {"type": "string"},
+                    "model_available": {"type": "boolean"}, "model_version": {"type": "string", "nullable": True},
+                    "model_error": {"type": "string", "nullable": True}, "engine": {"type": "string", "nullable": True},
+                    "tensorflow_imported": {"type": "boolean"}, "resident_mb": _NUMBER, "uptime_seconds": {"type": "number"},
+                },
+            },
+            "Candles": {
+                "type": "object", "required": ["exchange", "symbol", "timeframe", "candles"],
+                "properties": {**_MARKET, "candles": {"type": "array", "items": {
+                    "type": "object", "required": ["ts", "time", "open", "high", "low", "close", "volume"],
+                    "properties": {"ts": {"type": "integer"}, "time": {"type": "string"}, "open": _NUMBER, "high": _NUMBER,
+                                   "low": _NUMBER, "close": _NUMBER, "volume": _NUMBER}}}},
+            },
+            "Forecast": {
+                "type": "object", "required": ["exchange", "symbol", "timeframe", "origin_ts", "model_version", "steps"],
+                "properties": {**_MARKET, "origin_ts": {"type": "integer"}, "model_version": {"type": "string"},
+                               "steps": {"type": "array", "minItems": 1, "items": {
+                                   "type": "object", "required": ["step", "ts", "close", "lower", "upper"],
+                                   "properties": {"step": {"type": "integer", "minimum": 1}, "ts": {"type": "integer"},
+                                                  "close": _NUMBER, "lower": _NUMBER, "upper": _NUMBER}}}},
+            },
+            "Metrics": {
+                "type": "object", "required": ["exchange", "symbol", "timeframe", "window_minutes", "matured", "mae_ratio", "coverage", "steps"],
+                "properties": {**_MARKET, "window_minutes": {"type": "integer"}, "matured": {"type": "integer"},
+                               "mae_ratio": _NUMBER, "coverage": _NUMBER,
+                               "steps": {"type": "array", "items": {
+                                   "type": "object", "required": ["step", "mae_model", "mae_naive", "mae_ratio", "coverage", "count"],
+                                   "properties": {"step": {"type": "integer"}, "mae_model": _NUMBER, "mae_naive": _NUMBER,
+                                                  "mae_ratio": _NUMBER, "coverage": _NUMBER, "count": {"type": "integer"}}}}},
+            },
+            "History": {
+                "type": "object", "required": ["exchange", "symbol", "timeframe", "forecasts"],
+                "properties": {**_MARKET, "forecasts": {"type": "array", "items": {
+                    "type": "object", "required": ["origin_ts", "step", "ts", "close", "lower", "upper", "actual", "naive", "model_version"],
+                    "properties": {"origin_ts": {"type": "integer"}, "step": {"type": "integer"}, "ts": {"type": "integer"},
+                                   "close": _NUMBER, "lower": _NUMBER, "upper": _NUMBER, "actual": _NUMBER, "naive": _NUMBER,
+                                   "model_version": {"type": "string"}}}}},
+            },
+            "LatestPrice": {
+                "type": "object", "required": ["exchange", "symbol", "timeframe", "ts", "time", "price"],
+                "properties": {**_MARKET, "ts": {"type": "integer"}, "time": {"type": "string"}, "price": _NUMBER},
+            },
+        }
+    },
+}

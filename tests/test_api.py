@@ -1,0 +1,156 @@
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, settings as hypothesis_settings
+
+from chronoprice.config import settings_from
+from chronoprice.pipeline import Pipeline, build_pipeline
+from chronoprice.server import create_app
+from chronoprice.forecast import load_forecaster
+from chronoprice.sources import LiveSource
+from tests.conftest import MINUTE_MS
+
+
+@pytest.fixture(scope="module")
+def demo_server(tmp_path_factory, tiny_model):
+    folder = tmp_path_factory.mktemp("api")
+    settings = settings_from({"source": "demo", "db": str(folder / "api.db"), "model": str(tiny_model)}, {})
+    pipeline = build_pipeline(settings, history_hours=3)
+    pipeline.backfill("BTC/USDT", hours=2)
+    return create_app(settings, pipeline, env={}).server
+
+
+@pytest.fixture(scope="module")
+def client(demo_server):
+    return demo_server.test_client()
+
+
+def test_health_says_what_is_running(client):
+    body = client.get("/api/health").get_json()
+    assert body["status"] == "ok" and body["source"] == "offline demo"
+    assert body["model_available"] is True and body["model_version"].startswith("lstm-")
+    assert body["engine"] == "litert" and body["resident_mb"] > 0
+
+
+def test_candles_endpoint(client):
+    body = client.get("/api/v1/candles?symbol=BTC/USDT&limit=5").get_json()
+    assert (body["exchange"], body["symbol"], body["timeframe"]) == ("demo", "BTC/USDT", "1m")
+    assert [candle["ts"] for candle in body["candles"]] == sorted(candle["ts"] for candle in body["candles"])
+    assert len(body["candles"]) == 5 and body["candles"][0]["time"].endswith("Z")
+    assert body["candles"][1]["ts"] - body["candles"][0]["ts"] == MINUTE_MS
+
+
+def test_forecast_endpoint_follows_the_design_contract(client):
+    body = client.get("/api/v1/forecast?symbol=BTC/USDT").get_json()
+    assert set(body) == {"exchange", "symbol", "timeframe", "origin_ts", "model_version", "steps"}
+    assert [step["step"] for step in body["steps"]] == list(range(1, 11))
+    assert [step["ts"] - body["origin_ts"] for step in body["steps"]] == [MINUTE_MS * n for n in range(1, 11)]
+    assert all(step["lower"] < step["close"] < step["upper"] for step in body["steps"])
+    assert client.get("/price/prediction?symbol=BTC/USDT").get_json() == body
+
+
+def test_metrics_and_history_score_matured_forecasts(client):
+    metrics = client.get("/api/v1/metrics?symbol=BTC/USDT&window=120").get_json()
+    assert metrics["matured"] > 0 and [step["step"] for step in metrics["steps"]] == list(range(1, 11))
+    assert 0.5 < metrics["mae_ratio"] < 1.5 and 0 <= metrics["coverage"] <= 1
+    assert client.get("/metrics/model?symbol=BTC/USDT&window=120").get_json() == metrics
+    history = client.get("/api/v1/history?symbol=BTC/USDT&limit=20").get_json()["forecasts"]
+    assert len(history) == 20 and all(row["actual"] is not None for row in history)
+    start, end = history[0]["ts"], history[-1]["ts"]
+    window = client.get(f"/api/v1/history?symbol=BTC/USDT&start={start}&end={end}").get_json()["forecasts"]
+    assert {row["ts"] for row in window} == {row["ts"] for row in history} | {row["ts"] for row in window}
+    assert min(row["ts"] for row in window) == start and max(row["ts"] for row in window) == end
+    iso = client.get("/api/v1/history?symbol=BTC/USDT&start=2020-01-01T00:00:00Z&limit=1")
+    assert iso.status_code == 200 and len(iso.get_json()["forecasts"]) == 1
+    assert client.get(f"/api/v1/history?start={end}&end={start - 1}").get_json()["forecasts"] == []
+
+
+def test_latest_price_alias(client):
+    body = client.get("/price/latest").get_json()
+    candles = client.get("/api/v1/candles?limit=1").get_json()["candles"]
+    assert body["price"] == candles[-1]["close"] and body["ts"] == candles[-1]["ts"]
+
+
+@pytest.mark.parametrize(
+    "path, parameter",
+    [
+        ("/api/v1/candles?limit=0", "limit"),
+        ("/api/v1/candles?limit=ten", "limit"),
+        ("/api/v1/candles?symbol=BTCUSDT", "symbol"),
+        ("/api/v1/metrics?window=5", "window"),
+        ("/api/v1/history?start=yesterday", "start"),
+        ("/api/v1/history?end=-5", "end"),
+    ],
+)
+def test_bad_parameters_get_400_naming_the_parameter(client, path, parameter):
+    response = client.get(path)
+    assert response.status_code == 400
+    assert response.get_json()["parameter"] == parameter
+
+
+def test_unknown_symbols_and_paths_get_404_json(client):
+    response = client.get("/api/v1/forecast?symbol=DOGE/EUR")
+    assert response.status_code == 404 and response.get_json()["parameter"] == "symbol"
+    assert "has no DOGE/EUR" in response.get_json()["error"]
+    for path in ("/api/v2/forecast", "/price/nothing", "/metrics/else"):
+        response = client.get(path)
+        assert response.status_code == 404 and "no such endpoint" in response.get_json()["error"]
+    response = client.post("/api/health")
+    assert response.status_code == 405 and response.is_json and "GET" in response.headers["Allow"]
+
+
+def test_openapi_document_is_served(client):
+    document = client.get("/api/openapi.json").get_json()
+    assert document["openapi"].startswith("3.") and "/api/v1/forecast" in document["paths"]
+
+
+def test_missing_model_gives_503_json_and_candles_still_work(tmp_path):
+    settings = settings_from({"source": "demo", "db": str(tmp_path / "m.db"), "model": str(tmp_path / "absent")}, {})
+    client = create_app(settings, build_pipeline(settings, history_hours=2), env={}).server.test_client()
+    response = client.get("/api/v1/forecast")
+    assert response.status_code == 503 and "model unavailable" in response.get_json()["error"]
+    assert response.headers["Retry-After"]
+    assert client.get("/api/v1/candles?limit=3").status_code == 200
+    assert client.get("/api/health").get_json()["model_available"] is False
+
+
+def test_a_new_candle_invalidates_cached_responses(exchange, tmp_path, tiny_model):
+    settings = settings_from({"source": "live", "db": str(tmp_path / "c.db"), "refresh_seconds": "1"}, {})
+    source = LiveSource("binance", exchange.url, (), history=100)
+    clock = [1000.0]
+    pipeline = Pipeline(source, settings.db, lambda: load_forecaster(tiny_model, "litert"), refresh_seconds=1, clock=lambda: clock[0])
+    server = create_app(settings, pipeline, env={}).server
+    client = server.test_client()
+    first = client.get("/api/v1/candles?limit=2").get_json()
+    fetches = exchange.requests["/api/v3/klines"]
+    assert client.get("/api/v1/candles?limit=2").get_json() == first
+    assert exchange.requests["/api/v3/klines"] == fetches, "within the refresh interval: no new fetch"
+    exchange.advance(1)
+    clock[0] += 1
+    second = client.get("/api/v1/candles?limit=2").get_json()
+    assert second["candles"][-1]["ts"] == first["candles"][-1]["ts"] + MINUTE_MS
+    forecast = client.get("/api/v1/forecast").get_json()
+    assert forecast["origin_ts"] == second["candles"][-1]["ts"]
+
+
+def test_cache_backend_follows_the_deployment():
+    from chronoprice.api import cache_config
+
+    assert cache_config({})["CACHE_TYPE"] == "SimpleCache"
+    assert cache_config({"WEB_CONCURRENCY": "2"})["CACHE_TYPE"] == "FileSystemCache"
+    assert cache_config({"CACHE_REDIS_URL": "redis://127.0.0.1:6379/0"})["CACHE_TYPE"] == "RedisCache"
+
+
+# The fuzz: every operation of the OpenAPI document, with generated parameters, must answer
+# without a 5xx and in the documented shape.
+fuzz_schema = schemathesis.pytest.from_fixture("api_schema")
+
+
+@pytest.fixture(scope="module")
+def api_schema(demo_server):
+    return schemathesis.openapi.from_wsgi("/api/openapi.json", demo_server)
+
+
+@fuzz_schema.parametrize()
+@hypothesis_settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
+def test_api_fuzz_finds_no_server_error_and_no_schema_violation(case):
+    case.call_and_validate()
