@@ -4,15 +4,21 @@ tick against the local Binance-compatible server, all measured in one run.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
+import socket
+import subprocess
+import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
 
 from chronoprice.artifact import artifact_at, read_metadata
+from chronoprice.config import PROJECT_ROOT
 from chronoprice.exchange_sim import BinanceSimulator
 from chronoprice.features import relative_windows
 from chronoprice.forecast import LSTMForecaster, load_engine
@@ -68,8 +74,9 @@ def _forecaster(model_path: Path, engine: str) -> LSTMForecaster:
     return LSTMForecaster(load_engine(engine, artifact, metadata), metadata)
 
 
-def run_benchmark(model_path: Path, repeats: int = 200, ticks: int = 40) -> dict:
-    """Time every engine and the predict loop on the same window, and `ticks` live ticks."""
+def run_benchmark(model_path: Path, repeats: int = 200, ticks: int = 40, deploy_ticks: int = 100) -> dict:
+    """Time every engine and the predict loop on the same window, `ticks` live ticks, and the
+    Render configuration under gunicorn (the shipped model) for `deploy_ticks` ticks."""
     window_closes = demo_candles("BTC/USDT", BENCH_START_MS, BENCH_START_MS + 60 * 60_000)["close"].to_numpy()
     forecast_ms, forecasters = {}, {}
     for engine in ("keras", "litert"):
@@ -96,6 +103,7 @@ def run_benchmark(model_path: Path, repeats: int = 200, ticks: int = 40) -> dict
         "repeats": repeats,
         "ticks": ticks,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "processor": platform.machine()},
+        "deploy": run_deploy_benchmark(model_path, deploy_ticks) if deploy_ticks > 0 else None,
     }
 
 
@@ -106,4 +114,107 @@ def format_bench(report: dict) -> str:
         lines.append(f"  10-step forecast, {name:<12} {value:9.3f} ms" + (f"  ({speedup}x faster than the predict loop)" if speedup else ""))
     lines.append(f"  keras vs litert: largest difference in predicted moves {report['engines_path_relative_difference']:.2e} of the largest move")
     lines.append(f"  full tick against the local exchange: p50 {report['tick_ms_p50']} ms, p95 {report['tick_ms_p95']} ms over {report['ticks']} ticks")
+    deploy = report["deploy"]
+    if deploy:
+        lines.append(f"gunicorn, 1 worker, {deploy['engine']} engine: first 200 on / after {deploy['first_200_seconds']} s; "
+                     f"{deploy['resident_mb_after_ticks']} MB resident after {deploy['ticks']} ticks; "
+                     f"tensorflow imported: {deploy['tensorflow_imported']}; API tick p50 {deploy['api_tick_ms_p50']} ms, p95 {deploy['api_tick_ms_p95']} ms")
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------- the deployed service
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def get_json(url: str, timeout: float = 30.0) -> tuple[int, dict]:
+    import json
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"{}")
+
+
+@contextlib.contextmanager
+def gunicorn_service(env: dict, workers: int = 1, threads: int = 8):
+    """`gunicorn app:server` as render.yaml starts it, on a free local port.
+
+    Yields (base URL, process, seconds until GET / first answered 200).
+    """
+    port = free_port()
+    command = [sys.executable, "-m", "gunicorn", "app:server", "--bind", f"127.0.0.1:{port}",
+               "--workers", str(workers), "--threads", str(threads), "--timeout", "120"]
+    started = time.monotonic()
+    process = subprocess.Popen(command, cwd=PROJECT_ROOT, env={**os.environ, **env},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        while True:
+            try:
+                with urllib.request.urlopen(base + "/", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                if process.poll() is not None:
+                    raise RuntimeError(f"gunicorn exited: {process.stderr.read()[-2000:]}") from None
+                if time.monotonic() - started > 60:
+                    raise RuntimeError("gunicorn did not answer GET / within 60 s") from None
+                time.sleep(0.05)
+        yield base, process, time.monotonic() - started
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def _wait_for_history(db_file: Path, expected_origins: int, timeout_seconds: float = 180.0) -> None:
+    from chronoprice.store import open_store
+
+    deadline = time.monotonic() + timeout_seconds
+    db = open_store(db_file)
+    while db.execute("select count(distinct origin_ts) from forecasts").fetchone()[0] < expected_origins:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the cold-start history was not forecast in time")
+        time.sleep(0.5)
+
+
+def run_deploy_benchmark(model_path: Path, ticks: int = 100) -> dict:
+    """Start-up time and memory of the Render configuration (gunicorn, 1 worker, litert) against
+    the local exchange: after the 24-hour cold start and its history are done, `ticks` API reads
+    each with one new candle, then the worker's resident memory."""
+    candles = demo_candles("BTC/USDT", BENCH_START_MS, BENCH_START_MS + (ticks + 1600) * 60_000)
+    with BinanceSimulator({"BTC/USDT": candles}, now_ms=BENCH_START_MS + 1500 * 60_000 + 20_000) as exchange, \
+            tempfile.TemporaryDirectory() as folder:
+        env = {"CHRONOPRICE_SOURCE": "live", "CHRONOPRICE_EXCHANGE": "binance", "CHRONOPRICE_EXCHANGE_URL": exchange.url,
+               "CHRONOPRICE_FALLBACK_EXCHANGES": "none", "CHRONOPRICE_ENGINE": "litert", "CHRONOPRICE_REFRESH_SECONDS": "0.05", "CHRONOPRICE_MODEL": str(model_path),
+               "CHRONOPRICE_DB": str(Path(folder) / "deploy.db"), "WEB_CONCURRENCY": "1"}
+        with gunicorn_service(env) as (base, _, first_200_seconds):
+            get_json(base + "/api/v1/forecast")  # cold start: 24 h of candles, history forecast in the background
+            _wait_for_history(Path(folder) / "deploy.db", expected_origins=1440 - 59)
+            tick_ms = []
+            for _ in range(ticks):
+                exchange.advance(1)
+                time.sleep(0.06)
+                started = time.perf_counter()
+                status, body = get_json(base + "/api/v1/forecast")
+                tick_ms.append((time.perf_counter() - started) * 1000)
+                if status != 200:
+                    raise RuntimeError(f"forecast answered {status}: {body}")
+            _, health = get_json(base + "/api/health")
+    return {
+        "first_200_seconds": round(first_200_seconds, 2),
+        "resident_mb_after_ticks": health["resident_mb"],
+        "tensorflow_imported": health["tensorflow_imported"],
+        "engine": health["engine"],
+        "ticks": ticks,
+        "api_tick_ms_p50": round(float(np.percentile(tick_ms, 50)), 1),
+        "api_tick_ms_p95": round(float(np.percentile(tick_ms, 95)), 1),
+    }

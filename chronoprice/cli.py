@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="model artifact (default: the shipped model)")
     bench.add_argument("--repeats", type=_positive_int, default=200, help="timed forecasts per engine (default 200)")
     bench.add_argument("--ticks", type=_positive_int, default=40, help="timed ticks against the local exchange (default 40)")
+    bench.add_argument("--deploy-ticks", type=int, default=100, help="ticks against the Render configuration under gunicorn (default 100; 0 skips it)")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
 
     backfill = commands.add_parser("backfill", help="fetch and store candle history, then forecast from it")
@@ -123,7 +124,7 @@ def format_step_table(rows: list[dict], title: str) -> str:
 def run_bench(args: argparse.Namespace) -> int:
     from chronoprice.bench import format_bench, run_benchmark
 
-    report = run_benchmark(args.model, repeats=args.repeats, ticks=args.ticks)
+    report = run_benchmark(args.model, repeats=args.repeats, ticks=args.ticks, deploy_ticks=args.deploy_ticks)
     print(json.dumps(report) if args.json else format_bench(report))
     return 0
 

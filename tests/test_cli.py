@@ -57,7 +57,7 @@ def test_train_command_writes_an_artifact(synthetic_csv, tmp_path, capsys):
 
 
 def test_bench_json_reports_every_engine_in_one_run(tiny_model, capsys):
-    assert main(["bench", "--model", str(tiny_model), "--repeats", "5", "--ticks", "3", "--json"]) == 0
+    assert main(["bench", "--model", str(tiny_model), "--repeats", "5", "--ticks", "3", "--deploy-ticks", "0", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert set(report["forecast_ms"]) == {"keras", "litert", "predict_loop"}
     for engine in ("keras", "litert"):

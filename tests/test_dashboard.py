@@ -131,3 +131,22 @@ def test_check_symbol_switches_or_explains(demo_pipeline):
     assert symbol == "ETH/USDT" and "has no DOGE/EUR" in message and "Still showing ETH/USDT" in message
     symbol, message = check_symbol(demo_pipeline, "bitcoin", "ETH/USDT")
     assert symbol == "ETH/USDT" and "is not a symbol" in message
+
+
+def test_chart_cache_is_keyed_by_the_newest_candle(demo_pipeline):
+    from flask import Flask
+    from flask_caching import Cache
+
+    from chronoprice.dashboard.callbacks import cached_figures
+
+    def last_time(figures):
+        return list(figures["price-chart"]["data"][0]["x"])[-1]
+
+    cache = Cache(Flask(__name__), config={"CACHE_TYPE": "SimpleCache"})
+    view = load_view(demo_pipeline, "BTC/USDT")
+    first = cached_figures(cache, view, "dark", [])
+    assert set(first) == {"price-chart", "error-chart", "step-chart"}
+    shorter = dataclasses.replace(view, candles=view.candles.iloc[:-1])
+    assert last_time(cached_figures(cache, shorter, "dark", [])) == last_time(first), "same newest candle: from the cache"
+    moved = dataclasses.replace(shorter, status=dataclasses.replace(view.status, newest_ts=view.status.newest_ts + MINUTE_MS))
+    assert last_time(cached_figures(cache, moved, "dark", [])) != last_time(first), "a new candle: rebuilt"
