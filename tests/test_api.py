@@ -154,3 +154,46 @@ def api_schema(demo_server):
 @hypothesis_settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
 def test_api_fuzz_finds_no_server_error_and_no_schema_violation(case):
     case.call_and_validate()
+
+
+@pytest.fixture
+def redis_url(tmp_path):
+    """A real redis-server on a free loopback port (Debian's redis-server, installed by .ci/run)."""
+    import shutil
+    import socket
+    import subprocess
+    import time
+
+    import redis
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server not found: install Debian's redis-server package (.ci/run does)")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                                "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        for _ in range(100):
+            try:
+                redis.Redis.from_url(url).ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def test_responses_are_cached_in_redis_when_configured(redis_url, tmp_path, tiny_model):
+    import redis
+
+    settings = settings_from({"source": "demo", "db": str(tmp_path / "r.db"), "model": str(tiny_model)}, {})
+    client = create_app(settings, build_pipeline(settings, history_hours=2), env={"CACHE_REDIS_URL": redis_url}).server.test_client()
+    body = client.get("/api/v1/candles?limit=3").get_json()
+    keys = [key.decode() for key in redis.Redis.from_url(redis_url).keys("chronoprice:*")]
+    assert any(key.startswith("chronoprice:api:candles:demo:BTC/USDT:") for key in keys), keys
+    assert client.get("/api/v1/candles?limit=3").get_json() == body
