@@ -20,7 +20,8 @@ import numpy as np
 from chronoprice.artifact import artifact_at, read_metadata
 from chronoprice.config import PROJECT_ROOT
 from chronoprice.exchange_sim import BinanceSimulator
-from chronoprice.features import relative_windows
+from chronoprice.features import model_input
+from chronoprice.forecast import feature_name
 from chronoprice.forecast import LSTMForecaster, load_engine
 from chronoprice.pipeline import Pipeline
 from chronoprice.sources import LiveSource, demo_candles
@@ -38,12 +39,14 @@ def _median_ms(action, repeats: int) -> float:
     return float(np.median(timings))
 
 
-def predict_loop_path(model, relative: np.ndarray, horizon: int) -> np.ndarray:
+def predict_loop_path(model, relative: np.ndarray, horizon: int, feature: str) -> np.ndarray:
     """The slow baseline: `model.predict` called once per step, as naive code does."""
+    from chronoprice.model import next_input
+
     steps, cumulative = [], np.zeros((len(relative), 1), dtype="float32")
     for _ in range(horizon):
         step = model.predict(relative[:, :, None], verbose=0)
-        relative = np.concatenate([relative[:, 1:], step], axis=1) - step
+        relative = next_input(relative, step, feature).numpy()
         cumulative = cumulative + step
         steps.append(cumulative)
     return np.concatenate(steps, axis=1)
@@ -55,7 +58,7 @@ def _tick_timings(model_path: Path, engine: str, ticks: int) -> list[float]:
             tempfile.TemporaryDirectory() as folder:
         # A one-window cold start, so no background history forecasting competes with the timing.
         source = LiveSource("binance", exchange.url, history=60)
-        pipeline = Pipeline(source, Path(folder) / "bench.db", lambda: _forecaster(model_path, engine), log=None)
+        pipeline = Pipeline(source, Path(folder) / "bench.db", lambda: _forecaster(model_path, engine), quiet=True)
         pipeline.tick("BTC/USDT", force=True)  # cold start: loads the model and the first window
         timings = []
         for _ in range(ticks):
@@ -83,9 +86,11 @@ def run_benchmark(model_path: Path, repeats: int = 200, ticks: int = 40, deploy_
         forecasters[engine] = _forecaster(model_path, engine)
         forecast_ms[engine] = _median_ms(lambda: forecasters[engine].forecast(window_closes), repeats)
     keras_forecaster = forecasters["keras"]
-    relative = relative_windows(window_closes[None, :], float(keras_forecaster.metadata["feature"]["scale"]))
+    metadata = keras_forecaster.metadata
+    relative = model_input(window_closes[None, :], float(metadata["feature"]["scale"]), feature_name(metadata))
     forecast_ms["predict_loop"] = _median_ms(
-        lambda: predict_loop_path(keras_forecaster.engine.model, relative, keras_forecaster.horizon), max(3, repeats // 40)
+        lambda: predict_loop_path(keras_forecaster.engine.model, relative, keras_forecaster.horizon, feature_name(metadata)),
+        max(3, repeats // 40),
     )
     keras_path, litert_path = (forecasters[engine].engine.path(relative) for engine in ("keras", "litert"))
     # Relative to the size of the predicted move, not the price: a far stricter comparison.

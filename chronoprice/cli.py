@@ -29,7 +29,17 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--csv", type=Path, required=True, help="1-minute candle CSV (Binance Data Vision or headed OHLCV)")
     train.add_argument("--epochs", type=_positive_int, default=30, help="most epochs; training stops early (default 30)")
     train.add_argument("--loss", choices=["mse", "huber", "mae"], default="huber", help="training loss (default huber: robust to fat-tailed minutes)")
+    train.add_argument("--feature", choices=["relative_closes", "log_returns"], default="relative_closes", help="input form (default relative_closes)")
+    train.add_argument("--train-days", type=float, default=None, help="train on only the last N days of the training split (default: all)")
     train.add_argument("--out", type=Path, default=DEFAULT_MODEL, help="artifact path without extension (default models/chronoprice-lstm)")
+
+    compare = commands.add_parser("compare", help="train model variants and compare them walk-forward against the naive baseline")
+    compare.add_argument("--csv", type=Path, required=True, help="1-minute candle CSV")
+    compare.add_argument("--epochs", type=_positive_int, default=30, help="most epochs per variant (default 30)")
+    compare.add_argument("--features", default="relative_closes,log_returns", help="input forms to try")
+    compare.add_argument("--losses", default="mse,huber,mae", help="losses to try")
+    compare.add_argument("--train-days", default="all,3", help="training history lengths to try, in days or all")
+    compare.add_argument("--json", type=Path, help="also write the rows to this JSON file")
 
     evaluate = commands.add_parser("evaluate", help="walk-forward accuracy of a model against the naive baseline")
     evaluate.add_argument("--csv", type=Path, required=True, help="1-minute candle CSV")
@@ -70,16 +80,36 @@ def run_serve(args: argparse.Namespace) -> int:
 
 def run_train(args: argparse.Namespace) -> int:
     from chronoprice.artifact import artifact_at
-    from chronoprice.model import train_artifact
+    from chronoprice.model import Variant, train_artifact
     from chronoprice.sources import read_candle_csv
 
     loaded = read_candle_csv(args.csv)
     for line, reason in loaded.bad_rows[:10]:
         print(f"{args.csv}:{line}: skipped: {reason}", file=sys.stderr)
     description = f"{args.csv.name}: {len(loaded.candles)} candles"
-    metadata = train_artifact(loaded.candles, artifact_at(args.out), args.epochs, description, loss=args.loss)
+    variant = Variant(feature=args.feature, loss=args.loss, train_days=args.train_days)
+    metadata = train_artifact(loaded.candles, artifact_at(args.out), args.epochs, description, variant)
     print(f"wrote {args.out}.keras, .tflite and .json (version {metadata['version']})")
     print(format_step_table(metadata["holdout"], "holdout (last 15 %, never trained on)"))
+    return 0
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    from chronoprice.model import Variant, compare_variants
+    from chronoprice.sources import read_candle_csv
+
+    candles = read_candle_csv(args.csv).candles
+    variants = [
+        Variant(feature, loss, None if days == "all" else float(days))
+        for feature in args.features.split(",") for loss in args.losses.split(",") for days in args.train_days.split(",")
+    ]
+    rows = compare_variants(candles, variants, args.epochs)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1) + "\n")
+    print("variant                                    epochs  validation mean  holdout mean  holdout worst step")
+    for row in sorted(rows, key=lambda row: row["validation_mean_ratio"]):
+        print(f"{row['variant']:<42} {row['epochs_run']:>6}  {row['validation_mean_ratio']:15.5f}  "
+              f"{row['holdout_mean_ratio']:12.5f}  {max(row['holdout_mae_ratio']):18.5f}")
     return 0
 
 
@@ -138,4 +168,4 @@ def run_backfill(args: argparse.Namespace) -> int:
     return 0 if status.error is None else 1
 
 
-COMMANDS = {"serve": run_serve, "train": run_train, "evaluate": run_evaluate, "bench": run_bench, "backfill": run_backfill}
+COMMANDS = {"serve": run_serve, "train": run_train, "compare": run_compare, "evaluate": run_evaluate, "bench": run_bench, "backfill": run_backfill}

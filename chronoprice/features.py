@@ -1,9 +1,13 @@
 """Model input and targets, pure: scale-free windows of closes.
 
-The model sees the last WINDOW closes as log prices relative to the newest close, divided by
+The model sees the last WINDOW closes in one of two scale-free forms (FEATURES), divided by
 `scale` (the standard deviation of 1-minute log returns on the training split, saved with the
 model), and predicts the next close as a log return from the newest close in the same units.
 One model therefore serves any symbol and price level.
+
+- relative_closes: log(close / newest close); the newest value is always 0.
+- log_returns: log(close / previous close); the oldest value, which has no previous close in
+  the window, is always 0.
 """
 
 from __future__ import annotations
@@ -21,13 +25,22 @@ def log_return_scale(closes: np.ndarray) -> float:
     return float(returns.std())
 
 
-def relative_windows(windows: np.ndarray, scale: float) -> np.ndarray:
-    """[B, WINDOW] closes -> [B, WINDOW] float32 model input: log(close / newest close) / scale."""
-    windows = np.asarray(windows, dtype="float64")
-    return (np.log(windows / windows[:, -1:]) / scale).astype("float32")
+FEATURES = ("relative_closes", "log_returns")
 
 
-def training_pairs(closes: np.ndarray, scale: float, window: int = WINDOW) -> tuple[np.ndarray, np.ndarray]:
+def model_input(windows: np.ndarray, scale: float, feature: str = "relative_closes") -> np.ndarray:
+    """[B, WINDOW] closes -> [B, WINDOW] float32 model input in the form `feature`, / scale."""
+    logs = np.log(np.asarray(windows, dtype="float64"))
+    if feature == "relative_closes":
+        values = logs - logs[:, -1:]
+    elif feature == "log_returns":
+        values = np.concatenate([np.zeros((len(logs), 1)), np.diff(logs, axis=1)], axis=1)
+    else:
+        raise ValueError(f"unknown feature {feature!r}; known: {', '.join(FEATURES)}")
+    return (values / scale).astype("float32")
+
+
+def training_pairs(closes: np.ndarray, scale: float, window: int = WINDOW, feature: str = "relative_closes") -> tuple[np.ndarray, np.ndarray]:
     """Every (input window, next-step target) pair of a close series, in time order.
 
     Returns X [N, window] float32 and y [N] float32 with N = len(closes) - window.
@@ -35,7 +48,7 @@ def training_pairs(closes: np.ndarray, scale: float, window: int = WINDOW) -> tu
     closes = np.asarray(closes, dtype="float64")
     windows = sliding_window_view(closes[:-1], window)
     targets = np.log(closes[window:] / closes[window - 1 : -1]) / scale
-    return relative_windows(windows, scale), targets.astype("float32")
+    return model_input(windows, scale, feature), targets.astype("float32")
 
 
 def walk_forward_windows(closes: np.ndarray, window: int = WINDOW, horizon: int = HORIZON) -> tuple[np.ndarray, np.ndarray]:

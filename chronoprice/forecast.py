@@ -14,7 +14,7 @@ from typing import Protocol
 import numpy as np
 
 from chronoprice.artifact import ModelArtifact, ModelUnavailable, artifact_at, read_metadata
-from chronoprice.features import relative_windows
+from chronoprice.features import model_input
 
 DEFAULT_LEVEL = 0.9
 EVALUATION_BATCH = 512
@@ -33,11 +33,11 @@ class KerasEngine:
 
     name = "keras"
 
-    def __init__(self, model, window: int, horizon: int):
+    def __init__(self, model, window: int, horizon: int, feature: str = "relative_closes"):
         from chronoprice.model import compiled_path_function
 
         self.model = model
-        self._function = compiled_path_function(model, window, horizon)
+        self._function = compiled_path_function(model, window, horizon, feature)
         self._lock = threading.Lock()
 
     def path(self, relative: np.ndarray) -> np.ndarray:
@@ -100,7 +100,11 @@ def load_engine(kind: str, artifact: ModelArtifact, metadata: dict) -> PathEngin
         raise ModelUnavailable(f"{artifact.keras_path} not found; retrain or use --engine litert")
     from chronoprice.model import load_keras_model
 
-    return KerasEngine(load_keras_model(artifact), metadata["window"], metadata["horizon"])
+    return KerasEngine(load_keras_model(artifact), metadata["window"], metadata["horizon"], feature_name(metadata))
+
+
+def feature_name(metadata: dict) -> str:
+    return metadata["feature"].get("name", "relative_closes")
 
 
 def _as_batch(windows: np.ndarray) -> np.ndarray:
@@ -126,14 +130,14 @@ class LSTMForecaster:
         self.engine, self.metadata, self.level = engine, metadata, level
         self.version = metadata["version"]
         self.window, self.horizon = metadata["window"], metadata["horizon"]
-        self._scale = float(metadata["feature"]["scale"])
+        self._scale, self._feature = float(metadata["feature"]["scale"]), feature_name(metadata)
         self._halfwidths = interval_halfwidths(metadata, level)
 
     def forecast(self, windows: np.ndarray) -> dict[str, np.ndarray]:
         windows = _as_batch(windows)
         if windows.shape[1] != self.window:
             raise ValueError(f"a forecast needs windows of {self.window} closes, got {windows.shape[1]}")
-        log_path = self.engine.path(relative_windows(windows, self._scale)).astype("float64") * self._scale
+        log_path = self.engine.path(model_input(windows, self._scale, self._feature)).astype("float64") * self._scale
         origin = windows[:, -1:]
         return {
             "mean": origin * np.exp(log_path),

@@ -4,6 +4,7 @@ path never imports this module.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -32,35 +33,44 @@ def build_model(window: int = WINDOW, batch_size: int | None = None, dropout: fl
     return keras.Model(inputs, outputs, name="chronoprice_lstm")
 
 
-def recursive_path(model: keras.Model, relative: tf.Tensor, horizon: int = HORIZON) -> tf.Tensor:
+def next_input(inputs: tf.Tensor, step: tf.Tensor, feature: str) -> tf.Tensor:
+    """The model input after `step` (the predicted next close, [batch, 1]) joins the window.
+
+    Keeps the form the model was trained on: relative closes are re-referenced to the new
+    newest close; for log returns the oldest value stays the placeholder 0.
+    """
+    if feature == "relative_closes":
+        return tf.concat([inputs[:, 1:], step], axis=1) - step
+    return tf.concat([tf.zeros_like(step), inputs[:, 2:], step], axis=1)
+
+
+def recursive_path(model: keras.Model, inputs: tf.Tensor, horizon: int = HORIZON, feature: str = "relative_closes") -> tf.Tensor:
     """Run the model `horizon` times, feeding each predicted close back into the window.
 
-    `relative` is [batch, window] scaled log closes relative to the newest close. Returns
-    [batch, horizon]: the predicted close of each step as a scaled log return from the origin.
-    Each step re-references the window to its new newest close, so the input keeps the form the
-    model was trained on.
+    `inputs` is [batch, window] model input (features.model_input). Returns [batch, horizon]:
+    the predicted close of each step as a scaled log return from the origin.
     """
     steps = []
-    cumulative = tf.zeros_like(relative[:, :1])
+    cumulative = tf.zeros_like(inputs[:, :1])
     for _ in range(horizon):
-        step = model(relative[:, :, None], training=False)
-        relative = tf.concat([relative[:, 1:], step], axis=1) - step
+        step = model(inputs[:, :, None], training=False)
+        inputs = next_input(inputs, step, feature)
         cumulative = cumulative + step
         steps.append(cumulative)
     return tf.concat(steps, axis=1)
 
 
-def compiled_path_function(model: keras.Model, window: int, horizon: int):
+def compiled_path_function(model: keras.Model, window: int, horizon: int, feature: str = "relative_closes"):
     """All `horizon` steps in one XLA-compiled tf.function taking [batch, window] float32."""
     return tf.function(
-        lambda relative: recursive_path(model, relative, horizon),
+        lambda inputs: recursive_path(model, inputs, horizon, feature),
         input_signature=[tf.TensorSpec([None, window], tf.float32)],
         jit_compile=True,
         reduce_retracing=True,
     )
 
 
-def export_tflite(model: keras.Model, window: int, horizon: int) -> bytes:
+def export_tflite(model: keras.Model, window: int, horizon: int, feature: str = "relative_closes") -> bytes:
     """The whole recursive forecast as one LiteRT graph with frozen weights, batch size 1.
 
     Frozen constants, because LiteRT cannot initialise Keras 3 resource variables; batch 1,
@@ -71,7 +81,7 @@ def export_tflite(model: keras.Model, window: int, horizon: int) -> bytes:
     fixed = build_model(window, batch_size=1)
     fixed.set_weights(model.get_weights())
     concrete = tf.function(
-        lambda relative: recursive_path(fixed, relative, horizon),
+        lambda inputs: recursive_path(fixed, inputs, horizon, feature),
         input_signature=[tf.TensorSpec([1, window], tf.float32)],
     ).get_concrete_function()
     converter = tf.lite.TFLiteConverter.from_concrete_functions([convert_variables_to_constants_v2(concrete)])
@@ -167,12 +177,63 @@ def split_by_time(count: int, window: int) -> dict[str, slice]:
     }
 
 
+FEATURE_DEFINITIONS = {
+    "relative_closes": "log(close / newest close) / scale over the window",
+    "log_returns": "log(close / previous close) / scale over the window (oldest value 0)",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """One way to train the fixed architecture: input form, loss and how much history to train on."""
+
+    feature: str = "relative_closes"
+    loss: str = "huber"
+    train_days: float | None = None  # None: the whole training split
+
+    def describe(self) -> str:
+        days = "all" if self.train_days is None else f"last {self.train_days:g} d"
+        return f"{self.feature}, {self.loss}, train {days}"
+
+
+def fit_variant(closes: np.ndarray, variant: Variant, epochs: int, window: int = WINDOW, horizon: int = HORIZON):
+    """Train `variant` on the training split and calibrate its intervals on the validation split.
+
+    Returns (model, metadata, forecaster, splits, history); the holdout is untouched.
+    """
+    from chronoprice.evaluation import conformal_halfwidths, walk_forward
+    from chronoprice.features import log_return_scale, training_pairs
+    from chronoprice.forecast import DEFAULT_LEVEL, KerasEngine, LSTMForecaster
+
+    if len(closes) < 10 * (window + horizon):
+        raise ValueError(f"training needs at least {10 * (window + horizon)} candles, got {len(closes)}")
+    splits = split_by_time(len(closes), window)
+    train = closes[splits["train"]]
+    if variant.train_days is not None:
+        train = train[-int(variant.train_days * 1440) :]
+    scale = log_return_scale(train)
+    x_train, y_train = training_pairs(train, scale, window, variant.feature)
+    x_val, y_val = training_pairs(closes[splits["validation"]], scale, window, variant.feature)
+    model, history = fit_model(x_train, y_train, x_val, y_val, epochs, loss=variant.loss)
+    metadata = {
+        "version": "unsaved",
+        "window": window,
+        "horizon": horizon,
+        "feature": {"name": variant.feature, "definition": FEATURE_DEFINITIONS[variant.feature], "scale": scale},
+        "intervals": {"method": "split-conformal on validation", "halfwidth_log": {f"{DEFAULT_LEVEL:.2f}": [0.0] * horizon}},
+    }
+    engine = KerasEngine(model, window, horizon, variant.feature)
+    validation = walk_forward(LSTMForecaster(engine, metadata), closes[splits["validation"]], window, horizon)
+    metadata["intervals"]["halfwidth_log"] = conformal_halfwidths(np.log(validation["actual"] / validation["mean"]))
+    return model, metadata, LSTMForecaster(engine, metadata), splits, history
+
+
 def train_artifact(
     candles,
     out: ModelArtifact,
     epochs: int,
     data_description: str,
-    loss: str = "mse",
+    variant: Variant = Variant(),
     window: int = WINDOW,
     horizon: int = HORIZON,
 ) -> dict:
@@ -181,36 +242,16 @@ def train_artifact(
     Returns the metadata written to `out.metadata_path`.
     """
     from chronoprice.artifact import content_version, write_metadata
-    from chronoprice.evaluation import conformal_halfwidths, step_metrics, walk_forward
-    from chronoprice.features import log_return_scale, training_pairs
-    from chronoprice.forecast import DEFAULT_LEVEL, KerasEngine, LSTMForecaster
+    from chronoprice.evaluation import step_metrics, walk_forward
+    from chronoprice.forecast import DEFAULT_LEVEL
 
     closes = candles["close"].to_numpy(dtype="float64")
-    if len(closes) < 10 * (window + horizon):
-        raise ValueError(f"training needs at least {10 * (window + horizon)} candles, got {len(closes)}")
-    splits = split_by_time(len(closes), window)
-    scale = log_return_scale(closes[splits["train"]])
-    x_train, y_train = training_pairs(closes[splits["train"]], scale, window)
-    x_val, y_val = training_pairs(closes[splits["validation"]], scale, window)
-    model, history = fit_model(x_train, y_train, x_val, y_val, epochs, loss=loss)
-
-    metadata = {
-        "version": "unsaved",
-        "window": window,
-        "horizon": horizon,
-        "feature": {"definition": "log(close / newest close) / scale over the window", "scale": scale},
-        "intervals": {"method": "split-conformal on validation", "halfwidth_log": {f"{DEFAULT_LEVEL:.2f}": [0.0] * horizon}},
-    }
-    forecaster = LSTMForecaster(KerasEngine(model, window, horizon), metadata)
-    validation = walk_forward(forecaster, closes[splits["validation"]], window, horizon)
-    halfwidths = conformal_halfwidths(np.log(validation["actual"] / validation["mean"]))
-    metadata["intervals"]["halfwidth_log"] = halfwidths
-    forecaster = LSTMForecaster(forecaster.engine, metadata)
+    model, metadata, forecaster, splits, history = fit_variant(closes, variant, epochs, window, horizon)
     holdout = step_metrics(walk_forward(forecaster, closes[splits["holdout"]], window, horizon), DEFAULT_LEVEL)
 
     out.base.parent.mkdir(parents=True, exist_ok=True)
     save_keras_model(model, out.keras_path)
-    out.tflite_path.write_bytes(export_tflite(model, window, horizon))
+    out.tflite_path.write_bytes(export_tflite(model, window, horizon, variant.feature))
     ts = candles["ts"].to_numpy()
     validation_end = splits["validation"].stop
     metadata.update(
@@ -224,9 +265,10 @@ def train_artifact(
                 "last_ts": int(ts[-1]),
                 "trained_until_ts": int(ts[validation_end - 1]),
                 "splits": {name: [int(part.start), int(part.stop)] for name, part in splits.items()},
+                "train_days": variant.train_days,
                 "epochs_run": len(history["loss"]),
                 "epochs_max": epochs,
-                "loss": loss,
+                "loss": variant.loss,
                 "history": history,
             },
             "holdout": holdout.round(8).to_dict("records"),
@@ -234,3 +276,26 @@ def train_artifact(
     )
     write_metadata(out, metadata)
     return metadata
+
+
+def compare_variants(candles, variants: list[Variant], epochs: int, progress=sys.stderr) -> list[dict]:
+    """Train every variant the same way and score it walk-forward on validation and holdout.
+
+    Returns one row per variant: its description and, for each split, the per-step MAE ratio
+    to the naive baseline and their mean. Choose on validation; the holdout confirms.
+    """
+    from chronoprice.evaluation import step_metrics, walk_forward
+    from chronoprice.forecast import DEFAULT_LEVEL
+
+    closes = candles["close"].to_numpy(dtype="float64")
+    rows = []
+    for number, variant in enumerate(variants, 1):
+        print(f"[{number}/{len(variants)}] {variant.describe()}", file=progress, flush=True)
+        _, _, forecaster, splits, history = fit_variant(closes, variant, epochs)
+        row = {**dataclasses.asdict(variant), "variant": variant.describe(), "epochs_run": len(history["loss"])}
+        for split in ("validation", "holdout"):
+            metrics = step_metrics(walk_forward(forecaster, closes[splits[split]]), DEFAULT_LEVEL)
+            row[f"{split}_mae_ratio"] = [round(float(value), 5) for value in metrics["mae_ratio"]]
+            row[f"{split}_mean_ratio"] = round(float(metrics["mae_ratio"].mean()), 5)
+        rows.append(row)
+    return rows

@@ -11,7 +11,7 @@ import json
 import sys
 import threading
 import time
-from typing import Callable, TextIO
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -92,7 +92,7 @@ class Pipeline:
         timeframe_ms: int = 60_000,
         refresh_seconds: float = 10.0,
         clock: Callable[[], float] = time.time,
-        log: TextIO | None = sys.stderr,
+        quiet: bool = False,
     ):
         self.source = source
         self._db_path = db_path
@@ -102,7 +102,7 @@ class Pipeline:
         self._forecaster_lock = threading.Lock()
         self._timeframe, self._timeframe_ms = timeframe, timeframe_ms
         self._refresh_ms = int(refresh_seconds * 1000)
-        self._clock, self._log = clock, log
+        self._clock, self._quiet = clock, quiet
         self._locks: dict[str, threading.Lock] = {}
         self._locks_lock = threading.Lock()
         self._local = threading.local()
@@ -239,8 +239,8 @@ class Pipeline:
         )
 
     def _say(self, line: str) -> None:
-        if self._log:
-            print(line, file=self._log, flush=True)
+        if not self._quiet:
+            print(line, file=sys.stderr, flush=True)
 
     def _forecast_newest(self, market: Market) -> tuple[int | None, str | None, str | None]:
         """Forecast from the newest stored window unless already done; (origin, version, problem)."""
@@ -274,7 +274,7 @@ class Pipeline:
             and not has_forecast(self.db(), market, int(ts[index]), forecaster.version)
         ]
         bar = tqdm(total=len(origins), desc=f"forecasting {market.symbol} history", unit="origin",
-                   file=self._log, disable=self._log is None, mininterval=2.0)
+                   file=sys.stderr, disable=self._quiet, mininterval=2.0)
         for start in range(0, len(origins), chunk):
             batch = origins[start : start + chunk]
             forecast = forecaster.forecast(np.stack([closes[index - window + 1 : index + 1] for index in batch]))

@@ -55,7 +55,7 @@ def tiny_model(tmp_path_factory):
     from chronoprice.model import train_artifact
 
     out = tmp_path_factory.mktemp("model") / "tiny"
-    train_artifact(make_candles(3000), artifact_at(out), epochs=1, data_description="synthetic demo candles", loss="huber")
+    train_artifact(make_candles(3000), artifact_at(out), epochs=1, data_description="synthetic demo candles")
     return out
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from chronoprice.artifact import ModelUnavailable, artifact_at, read_metadata
-from chronoprice.features import relative_windows, training_pairs, walk_forward_windows
+from chronoprice.features import model_input, training_pairs, walk_forward_windows
 from chronoprice.forecast import LSTMForecaster, NaiveForecaster, load_engine, load_forecaster
 from tests.conftest import make_candles
 
@@ -64,7 +64,7 @@ def test_keras_and_litert_engines_give_the_same_forecast(tiny_model):
     windows, _ = walk_forward_windows(make_candles(400)["close"].to_numpy())
     windows = windows[::37]
     keras_engine, litert_engine = load_engine("keras", artifact, metadata), load_engine("litert", artifact, metadata)
-    relative = relative_windows(windows, metadata["feature"]["scale"])
+    relative = model_input(windows, metadata["feature"]["scale"])
     keras_path, litert_path = keras_engine.path(relative), litert_engine.path(relative)
     assert np.abs(keras_path - litert_path).max() <= 1e-4 * np.abs(keras_path).max()
     keras_forecast = LSTMForecaster(keras_engine, metadata).forecast(windows)
