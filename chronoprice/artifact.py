@@ -66,6 +66,8 @@ def read_metadata(artifact: ModelArtifact) -> dict:
     except (OSError, ValueError) as error:
         raise ModelUnavailable(f"model metadata {artifact.metadata_path} is unreadable ({error}); restore it or retrain") from None
     missing = [key for key in REQUIRED_METADATA if key not in metadata]
+    if "intervals" in metadata and "score_quantile" not in metadata["intervals"]:
+        missing.append("intervals.score_quantile")
     if missing:
         raise ModelUnavailable(f"model metadata {artifact.metadata_path} lacks {', '.join(missing)}; retrain the model")
     return metadata

@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--engine", choices=["keras", "litert"], default="keras", help="forecast engine (default keras, batched)")
     evaluate.add_argument("--level", type=float, default=0.9, choices=[0.8, 0.9, 0.95], help="interval level (default 0.9)")
     evaluate.add_argument("--include-training-data", action="store_true", help="also score origins the model was trained or calibrated on")
+    evaluate.add_argument("--report", type=Path, help="also write a Plotly HTML report to this path")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
 
     bench = commands.add_parser("bench", help="time the forecast engines and a full tick, in one run")
@@ -114,40 +115,60 @@ def run_compare(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from chronoprice.evaluation import step_metrics, walk_forward
+    from chronoprice.evaluation import ADAPTIVE_WINDOW, evaluate_forecaster
     from chronoprice.forecast import load_forecaster
     from chronoprice.sources import read_candle_csv
 
     forecaster = load_forecaster(args.model, args.engine, args.level)
     candles = read_candle_csv(args.csv).candles
-    first_origin = 0
+    first_scored_close = forecaster.window - 1
     if not args.include_training_data:
         trained_until = forecaster.metadata.get("training", {}).get("trained_until_ts")
         if trained_until is not None:
-            first_origin = int((candles["ts"] < trained_until).sum())
-    start = max(0, first_origin - forecaster.window + 1)
-    closes = candles["close"].to_numpy()[start:]
-    result = walk_forward(forecaster, closes, forecaster.window, forecaster.horizon)
-    metrics = step_metrics(result, args.level)
-    origins = len(result["actual"])
+            first_scored_close = max(first_scored_close, int((candles["ts"] < trained_until).sum()))
+    # Origins before the scored ones only warm up the adaptive intervals.
+    if first_scored_close + forecaster.horizon >= len(candles):
+        raise ValueError(f"{args.csv} has no origin after the candles the model was trained and calibrated on "
+                         "(up to its metadata's trained_until_ts); pass newer candles, or --include-training-data")
+    start = max(0, first_scored_close - forecaster.window + 1 - ADAPTIVE_WINDOW - forecaster.horizon)
+    scored_from = first_scored_close - forecaster.window + 1 - start
+    table, arrays = evaluate_forecaster(forecaster, candles["close"].to_numpy()[start:], scored_from, args.level)
+    origins = len(arrays["actual"])
+    skipped = first_scored_close - forecaster.window + 1
+    if args.report:
+        from chronoprice.report import write_report
+
+        write_report(args.report, table, arrays, title=f"{forecaster.version} on {args.csv.name}: {origins} unseen origins")
     if args.json:
-        report = {"origins": origins, "model_version": forecaster.version, "skipped_training_origins": first_origin,
-                  "steps": metrics.to_dict("records")}
+        report = {"origins": origins, "model_version": forecaster.version, "skipped_training_origins": skipped,
+                  "interval": {"method": "split-conformal, adapted to the last errors", "window": ADAPTIVE_WINDOW},
+                  "steps": table.to_dict("records")}
         print(json.dumps(report))
     else:
-        print(f"{origins} origins, model {forecaster.version}, {first_origin} earlier candles skipped (seen in training)")
-        print(format_step_table(metrics.to_dict("records"), f"walk-forward on {args.csv.name}"))
+        print(f"{origins} origins, model {forecaster.version}, {skipped} earlier origins skipped (seen in training)")
+        print(format_step_table(table.to_dict("records"), f"walk-forward on {args.csv.name}"))
     return 0
 
 
 def format_step_table(rows: list[dict], title: str) -> str:
-    lines = [title, "step  MAE model  MAE naive  ratio   RMSE model  RMSE naive  MAPE % model  MAPE % naive  direction  coverage"]
+    """A per-step table; rows from evaluate carry baselines, tests and intervals too."""
+    full = "dm_statistic" in rows[0]
+    head = "step  MAE model  MAE naive  ratio   RMSE model  RMSE naive  MAPE % model  direction"
+    if full:
+        head += "  (95 % CI)      DM stat  p      drift  mov.avg  coverage 80/90/95 (static 90)"
+    else:
+        head += "  coverage"
+    lines = [title, head]
     for row in rows:
-        lines.append(
-            f"{row['step']:>4}  {row['mae_model']:9.3f}  {row['mae_naive']:9.3f}  {row['mae_ratio']:.4f}  "
-            f"{row['rmse_model']:10.3f}  {row['rmse_naive']:10.3f}  {row['mape_model']:12.4f}  {row['mape_naive']:12.4f}  "
-            f"{row['direction_accuracy']:9.3f}  {row['coverage']:8.3f}"
-        )
+        line = (f"{row['step']:>4}  {row['mae_model']:9.3f}  {row['mae_naive']:9.3f}  {row['mae_ratio']:.4f}  "
+                f"{row['rmse_model']:10.3f}  {row['rmse_naive']:10.3f}  {row['mape_model']:12.4f}  {row['direction_accuracy']:9.3f}")
+        if full:
+            line += (f"  ({row['direction_ci_low']:.3f}-{row['direction_ci_high']:.3f})  {row['dm_statistic']:6.2f}  {row['dm_p_value']:.3f}"
+                     f"  {row['mae_ratio_drift']:.4f}  {row['mae_ratio_moving_average']:.4f}"
+                     f"   {row['coverage_0.80']:.3f} {row['coverage_0.90']:.3f} {row['coverage_0.95']:.3f} ({row['coverage_static_0.90']:.3f})")
+        else:
+            line += f"  {row['coverage']:8.3f}"
+        lines.append(line)
     return "\n".join(lines)
 
 

@@ -9,9 +9,11 @@ import math
 import numpy as np
 import pandas as pd
 
-from chronoprice.features import HORIZON, WINDOW, walk_forward_windows
+from chronoprice.features import HORIZON, VOLATILITY_WINDOW, WINDOW, recent_volatility, walk_forward_windows
 
 INTERVAL_LEVELS = (0.8, 0.9, 0.95)
+ADAPTIVE_WINDOW = 360  # matured scores per step that set the live interval (6 hours), chosen on validation
+ADAPTIVE_MIN_ERRORS = 120  # below this many, the validation calibration saved with the model is used
 
 
 def walk_forward(forecaster, closes: np.ndarray, window: int = WINDOW, horizon: int = HORIZON) -> dict[str, np.ndarray]:
@@ -26,12 +28,21 @@ def walk_forward(forecaster, closes: np.ndarray, window: int = WINDOW, horizon: 
     return {**forecast, "actual": actual, "origin_close": windows[:, -1:]}
 
 
-def conformal_halfwidths(log_errors: np.ndarray, levels=INTERVAL_LEVELS) -> dict[str, list[float]]:
-    """Split-conformal half-widths per step: the ceil((n+1)·level)-th smallest |error| of n.
+def interval_scores(log_errors: np.ndarray, volatility: np.ndarray) -> np.ndarray:
+    """Conformal scores: |log(actual / predicted)| in units of the origin's recent volatility.
 
-    `log_errors` is [N, horizon] of log(actual / predicted) on data the model was not fitted on.
+    Scaling by volatility lets one quantile serve calm and turbulent markets: the interval
+    widens the moment the last minutes turn wild, instead of after errors pile up.
     """
-    absolute = np.sort(np.abs(np.asarray(log_errors, dtype="float64")), axis=0)
+    return np.abs(np.asarray(log_errors, dtype="float64")) / volatility
+
+
+def conformal_quantiles(scores: np.ndarray, levels=INTERVAL_LEVELS) -> dict[str, list[float]]:
+    """Split-conformal quantiles per step: the ceil((n+1)·level)-th smallest score of n.
+
+    `scores` is [N, horizon] (interval_scores) on data the model was not fitted on.
+    """
+    absolute = np.sort(np.asarray(scores, dtype="float64"), axis=0)
     count = len(absolute)
     table = {}
     for level in levels:
@@ -103,3 +114,149 @@ def overall_metrics(matured: pd.DataFrame) -> dict:
     model = (matured["predicted"] - matured["actual"]).abs().mean()
     covered = (matured["actual"] >= matured["lower"]) & (matured["actual"] <= matured["upper"])
     return {"mae_ratio": float(model / naive) if naive > 0 else None, "coverage": float(covered.mean()), "count": len(matured)}
+
+
+SHRINKAGE_GRID = np.round(np.arange(0.0, 1.5001, 0.025), 3)
+
+
+def fit_shrinkage(log_moves: np.ndarray, actual: np.ndarray, origin_close: np.ndarray) -> list[float]:
+    """Per step, the weight on the model's predicted move (0 = the last close, 1 = the model as
+    is) that minimises MAE on these origins: a combination with the naive forecast.
+
+    `log_moves` is [N, horizon] of log(predicted / origin close); returns one weight per step
+    from SHRINKAGE_GRID.
+    """
+    weights = []
+    for step in range(log_moves.shape[1]):
+        errors = [np.abs(origin_close[:, 0] * np.exp(weight * log_moves[:, step]) - actual[:, step]).mean() for weight in SHRINKAGE_GRID]
+        weights.append(float(SHRINKAGE_GRID[int(np.argmin(errors))]))
+    return weights
+
+
+def conformal_level(count: int, level: float) -> float:
+    """The quantile level that gives finite-sample coverage `level` from `count` scores."""
+    return min(1.0, math.ceil((count + 1) * level) / count)
+
+
+def adaptive_quantiles(scores: np.ndarray, level: float, fallback: np.ndarray,
+                       window: int = ADAPTIVE_WINDOW, min_errors: int = ADAPTIVE_MIN_ERRORS) -> np.ndarray:
+    """Per-origin, per-step score quantiles from the scores that had matured by then.
+
+    `scores` is [N, horizon] for consecutive origins. At origin i the step-k score of origin j
+    is known once j + k <= i, so the quantile for (i, k) is the conformal quantile over the last
+    `window` origins up to i - k; before `min_errors` have matured, `fallback` (the validation
+    calibration saved with the model) is used.
+    """
+    scores = np.asarray(scores, dtype="float64")
+    quantiles = np.empty_like(scores)
+    level = conformal_level(window, level)
+    for column in range(scores.shape[1]):
+        rolling = pd.Series(scores[:, column]).rolling(window, min_periods=min_errors).quantile(level, interpolation="higher")
+        known = rolling.shift(column + 1).to_numpy()
+        quantiles[:, column] = np.where(np.isnan(known), fallback[column], known)
+    return quantiles
+
+
+def live_quantiles(scores_by_step: dict[int, np.ndarray], level: float, fallback: np.ndarray,
+                   window: int = ADAPTIVE_WINDOW, min_errors: int = ADAPTIVE_MIN_ERRORS) -> np.ndarray:
+    """The same rule for the next forecast, from the newest matured scores of each step."""
+    quantiles = np.asarray(fallback, dtype="float64").copy()
+    for step, scores in scores_by_step.items():
+        recent = np.asarray(scores, dtype="float64")[-window:]
+        if len(recent) >= min_errors:
+            quantiles[step - 1] = np.quantile(recent, conformal_level(len(recent), level), method="higher")
+    return quantiles
+
+
+def matured_scores(matured: pd.DataFrame, candles: pd.DataFrame, timeframe_ms: int) -> pd.Series:
+    """interval_scores of stored forecasts (read_matured_forecasts rows), each against the
+    volatility of the candles that ended at its origin; NaN where those candles have a gap."""
+    span = VOLATILITY_WINDOW
+    if len(candles) <= span:
+        return pd.Series(dtype="float64")
+    position = pd.Series(np.arange(len(candles)), index=candles["ts"].to_numpy())
+    ends = position.reindex(matured["origin_ts"].to_numpy()).to_numpy()
+    valid = ~np.isnan(ends) & (ends >= span)
+    ends = np.where(valid, ends, span).astype(int)
+    rows = ends[:, None] + np.arange(-span, 1)
+    closes, ts = candles["close"].to_numpy(), candles["ts"].to_numpy()
+    valid &= (ts[rows[:, -1]] - ts[rows[:, 0]]) == span * timeframe_ms
+    volatility = recent_volatility(closes[rows], span)[:, 0]
+    scores = np.abs(np.log(matured["actual"].to_numpy() / matured["predicted"].to_numpy())) / volatility
+    return pd.Series(np.where(valid, scores, np.nan), index=matured.index).dropna()
+
+
+def wilson_interval(successes: float, count: int, z: float = 1.959964) -> tuple[float, float]:
+    """95 % Wilson score interval of a proportion."""
+    if count == 0:
+        return 0.0, 1.0
+    share = successes / count
+    centre = (share + z * z / (2 * count)) / (1 + z * z / count)
+    half = z * math.sqrt(share * (1 - share) / count + z * z / (4 * count * count)) / (1 + z * z / count)
+    return centre - half, centre + half
+
+
+def diebold_mariano(model_errors: np.ndarray, baseline_errors: np.ndarray, horizon: int) -> tuple[float, float]:
+    """Diebold-Mariano test on absolute errors, with Newey-West variance (lag horizon - 1) and the
+    Harvey-Leybourne-Newbold small-sample correction.
+
+    Returns (statistic, two-sided p-value); a negative statistic means the model's errors are
+    smaller than the baseline's.
+    """
+    differential = np.abs(model_errors) - np.abs(baseline_errors)
+    count = len(differential)
+    centred = differential - differential.mean()
+    variance = centred @ centred / count
+    for lag in range(1, horizon):
+        variance += 2 * (1 - lag / horizon) * (centred[lag:] @ centred[:-lag]) / count
+    if variance <= 0:
+        return 0.0, 1.0
+    statistic = differential.mean() / math.sqrt(variance / count)
+    statistic *= math.sqrt((count + 1 - 2 * horizon + horizon * (horizon - 1) / count) / count)
+    return float(statistic), float(math.erfc(abs(statistic) / math.sqrt(2)))
+
+
+def evaluate_forecaster(forecaster, closes: np.ndarray, scored_from: int, level: float) -> tuple[pd.DataFrame, dict]:
+    """Walk forward over every origin of `closes`, scoring those from origin `scored_from` on.
+
+    Earlier origins only warm up the adaptive intervals (their errors matured before the first
+    scored origin). Returns one row per step (step_metrics, plus direction-accuracy Wilson
+    interval, Diebold-Mariano against naive, coverage at every level for adaptive and static
+    intervals, and the drift and moving-average baselines' MAE ratios) and the arrays of the
+    scored origins for plotting.
+    """
+    from chronoprice.forecast import DriftForecaster, MovingAverageForecaster, score_quantiles
+
+    window, horizon = forecaster.window, forecaster.horizon
+    result = walk_forward(forecaster, closes, window, horizon)
+    windows = walk_forward_windows(closes, window, horizon)[0]
+    volatility = recent_volatility(windows)
+    log_errors = np.log(result["actual"] / result["mean"])
+    scores = interval_scores(log_errors, volatility)
+    scored = slice(scored_from, None)
+    coverage = {}
+    for each in INTERVAL_LEVELS:
+        static = score_quantiles(forecaster.metadata, each)
+        adaptive = adaptive_quantiles(scores, each, static)
+        coverage[f"{each:.2f}"] = ((scores <= adaptive)[scored].mean(axis=0), (scores <= static)[scored].mean(axis=0),
+                                   adaptive[scored] * volatility[scored])
+    widths = coverage[f"{level:.2f}"][2]
+    mean = result["mean"][scored]
+    scored_result = {"mean": mean, "actual": result["actual"][scored], "origin_close": result["origin_close"][scored],
+                     "lower": mean * np.exp(-widths), "upper": mean * np.exp(widths)}
+    table = step_metrics(scored_result, level)
+    actual, origin = scored_result["actual"], scored_result["origin_close"]
+    moved = actual != origin
+    hits = (np.sign(mean - origin) == np.sign(actual - origin)) & moved
+    for baseline in (DriftForecaster(horizon), MovingAverageForecaster(horizon)):
+        error = np.abs(baseline.forecast(windows[scored])["mean"] - actual).mean(axis=0)
+        table[f"mae_{baseline.name}"] = error
+        table[f"mae_ratio_{baseline.name}"] = error / table["mae_naive"]
+    intervals = [wilson_interval(hits[:, k].sum(), int(moved[:, k].sum())) for k in range(horizon)]
+    tests = [diebold_mariano(mean[:, k] - actual[:, k], origin[:, 0] - actual[:, k], k + 1) for k in range(horizon)]
+    table["direction_ci_low"], table["direction_ci_high"] = zip(*intervals)
+    table["dm_statistic"], table["dm_p_value"] = zip(*tests)
+    for each, (adaptive, static, _) in coverage.items():
+        table[f"coverage_{each}"] = adaptive
+        table[f"coverage_static_{each}"] = static
+    return table, {**scored_result, "log_errors": log_errors[scored]}

@@ -64,3 +64,15 @@ def walk_forward_windows(closes: np.ndarray, window: int = WINDOW, horizon: int 
     windows = sliding_window_view(closes, window)[:count]
     actuals = sliding_window_view(closes[window:], horizon)[:count]
     return windows, actuals
+
+
+VOLATILITY_WINDOW = 15  # candles of returns that scale the interval, chosen on validation
+
+
+def recent_volatility(windows: np.ndarray, span: int = VOLATILITY_WINDOW) -> np.ndarray:
+    """[B, WINDOW] closes -> [B, 1] standard deviation of the last `span` 1-minute log returns.
+
+    Floored at 1e-6 so a frozen market still gets a (tiny) interval.
+    """
+    logs = np.log(np.asarray(windows, dtype="float64")[:, -span - 1 :])
+    return np.maximum(np.diff(logs, axis=1).std(axis=1, keepdims=True), 1e-6)

@@ -14,7 +14,7 @@ from typing import Protocol
 import numpy as np
 
 from chronoprice.artifact import ModelArtifact, ModelUnavailable, artifact_at, read_metadata
-from chronoprice.features import model_input
+from chronoprice.features import model_input, recent_volatility
 
 DEFAULT_LEVEL = 0.9
 EVALUATION_BATCH = 512
@@ -112,9 +112,10 @@ def _as_batch(windows: np.ndarray) -> np.ndarray:
     return windows[None, :] if windows.ndim == 1 else windows
 
 
-def interval_halfwidths(metadata: dict, level: float) -> np.ndarray:
-    """Per-step half-widths in log price for `level`, from the calibration saved with the model."""
-    table = metadata["intervals"]["halfwidth_log"]
+def score_quantiles(metadata: dict, level: float) -> np.ndarray:
+    """Per-step interval size for `level` in units of recent volatility, as calibrated on the
+    validation split when the model was trained."""
+    table = metadata["intervals"]["score_quantile"]
     key = f"{level:.2f}"
     if key not in table:
         raise ValueError(f"interval level {level} not calibrated; available: {', '.join(sorted(table))}")
@@ -122,7 +123,9 @@ def interval_halfwidths(metadata: dict, level: float) -> np.ndarray:
 
 
 class LSTMForecaster:
-    """The recursive LSTM forecast with split-conformal intervals."""
+    """The recursive LSTM forecast, its move weighted per step against the last close (the
+    metadata's `shrinkage`, fitted on validation), with split-conformal intervals scaled by
+    recent volatility."""
 
     name = "lstm"
 
@@ -131,18 +134,23 @@ class LSTMForecaster:
         self.version = metadata["version"]
         self.window, self.horizon = metadata["window"], metadata["horizon"]
         self._scale, self._feature = float(metadata["feature"]["scale"]), feature_name(metadata)
-        self._halfwidths = interval_halfwidths(metadata, level)
+        self.calibrated_quantiles = score_quantiles(metadata, level)
+        self._shrinkage = np.asarray(metadata.get("shrinkage", [1.0] * self.horizon), dtype="float64")
 
-    def forecast(self, windows: np.ndarray) -> dict[str, np.ndarray]:
+    def forecast(self, windows: np.ndarray, quantiles: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """`quantiles` ([horizon] score quantiles) replaces the calibration saved with the model,
+        e.g. with one adapted to the latest matured errors."""
         windows = _as_batch(windows)
         if windows.shape[1] != self.window:
             raise ValueError(f"a forecast needs windows of {self.window} closes, got {windows.shape[1]}")
-        log_path = self.engine.path(model_input(windows, self._scale, self._feature)).astype("float64") * self._scale
+        raw_path = self.engine.path(model_input(windows, self._scale, self._feature)).astype("float64")
+        log_path = raw_path * self._scale * self._shrinkage
         origin = windows[:, -1:]
+        widths = (self.calibrated_quantiles if quantiles is None else quantiles) * recent_volatility(windows)
         return {
             "mean": origin * np.exp(log_path),
-            "lower": origin * np.exp(log_path - self._halfwidths),
-            "upper": origin * np.exp(log_path + self._halfwidths),
+            "lower": origin * np.exp(log_path - widths),
+            "upper": origin * np.exp(log_path + widths),
         }
 
 
@@ -151,14 +159,40 @@ class NaiveForecaster:
 
     name = "naive"
 
-    def __init__(self, horizon: int, halfwidths: np.ndarray | None = None):
+    def __init__(self, horizon: int):
         self.horizon = horizon
-        self._halfwidths = np.zeros(horizon) if halfwidths is None else np.asarray(halfwidths)
 
     def forecast(self, windows: np.ndarray) -> dict[str, np.ndarray]:
-        origin = _as_batch(windows)[:, -1:]
-        mean = np.repeat(origin, self.horizon, axis=1)
-        return {"mean": mean, "lower": mean * np.exp(-self._halfwidths), "upper": mean * np.exp(self._halfwidths)}
+        mean = np.repeat(_as_batch(windows)[:, -1:], self.horizon, axis=1)
+        return {"mean": mean, "lower": mean, "upper": mean}
+
+
+class DriftForecaster:
+    """The last close moved along the window's average log return: a trend-following baseline."""
+
+    name = "drift"
+
+    def __init__(self, horizon: int):
+        self.horizon = horizon
+
+    def forecast(self, windows: np.ndarray) -> dict[str, np.ndarray]:
+        windows = _as_batch(windows)
+        drift = np.log(windows[:, -1:] / windows[:, :1]) / (windows.shape[1] - 1)
+        mean = windows[:, -1:] * np.exp(drift * np.arange(1, self.horizon + 1))
+        return {"mean": mean, "lower": mean, "upper": mean}
+
+
+class MovingAverageForecaster:
+    """The mean close of the window, repeated: a mean-reverting baseline."""
+
+    name = "moving_average"
+
+    def __init__(self, horizon: int):
+        self.horizon = horizon
+
+    def forecast(self, windows: np.ndarray) -> dict[str, np.ndarray]:
+        mean = np.repeat(_as_batch(windows).mean(axis=1, keepdims=True), self.horizon, axis=1)
+        return {"mean": mean, "lower": mean, "upper": mean}
 
 
 def load_forecaster(model_path, engine: str = "auto", level: float = DEFAULT_LEVEL) -> LSTMForecaster:

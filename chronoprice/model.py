@@ -201,8 +201,8 @@ def fit_variant(closes: np.ndarray, variant: Variant, epochs: int, window: int =
 
     Returns (model, metadata, forecaster, splits, history); the holdout is untouched.
     """
-    from chronoprice.evaluation import conformal_halfwidths, walk_forward
-    from chronoprice.features import log_return_scale, training_pairs
+    from chronoprice.evaluation import conformal_quantiles, fit_shrinkage, interval_scores, walk_forward
+    from chronoprice.features import VOLATILITY_WINDOW, log_return_scale, recent_volatility, training_pairs, walk_forward_windows
     from chronoprice.forecast import DEFAULT_LEVEL, KerasEngine, LSTMForecaster
 
     if len(closes) < 10 * (window + horizon):
@@ -220,11 +220,21 @@ def fit_variant(closes: np.ndarray, variant: Variant, epochs: int, window: int =
         "window": window,
         "horizon": horizon,
         "feature": {"name": variant.feature, "definition": FEATURE_DEFINITIONS[variant.feature], "scale": scale},
-        "intervals": {"method": "split-conformal on validation", "halfwidth_log": {f"{DEFAULT_LEVEL:.2f}": [0.0] * horizon}},
+        "intervals": {
+            "method": "split-conformal on validation errors in units of the last minutes' volatility",
+            "volatility_window": VOLATILITY_WINDOW,
+            "score_quantile": {f"{DEFAULT_LEVEL:.2f}": [0.0] * horizon},
+        },
     }
     engine = KerasEngine(model, window, horizon, variant.feature)
-    validation = walk_forward(LSTMForecaster(engine, metadata), closes[splits["validation"]], window, horizon)
-    metadata["intervals"]["halfwidth_log"] = conformal_halfwidths(np.log(validation["actual"] / validation["mean"]))
+    validation_closes = closes[splits["validation"]]
+    validation = walk_forward(LSTMForecaster(engine, metadata), validation_closes, window, horizon)
+    metadata["shrinkage"] = fit_shrinkage(np.log(validation["mean"] / validation["origin_close"]), validation["actual"],
+                                          validation["origin_close"])
+    validation = walk_forward(LSTMForecaster(engine, metadata), validation_closes, window, horizon)
+    volatility = recent_volatility(walk_forward_windows(validation_closes, window, horizon)[0])
+    scores = interval_scores(np.log(validation["actual"] / validation["mean"]), volatility)
+    metadata["intervals"]["score_quantile"] = conformal_quantiles(scores)
     return model, metadata, LSTMForecaster(engine, metadata), splits, history
 
 
@@ -281,8 +291,10 @@ def train_artifact(
 def compare_variants(candles, variants: list[Variant], epochs: int, progress=sys.stderr) -> list[dict]:
     """Train every variant the same way and score it walk-forward on validation and holdout.
 
-    Returns one row per variant: its description and, for each split, the per-step MAE ratio
-    to the naive baseline and their mean. Choose on validation; the holdout confirms.
+    Returns one row per variant: its description, its shrinkage weights and, for each split, the
+    per-step MAE ratio to the naive baseline and their mean. The shrinkage is fitted on the
+    validation split, so validation ratios flatter every variant alike; choose on validation,
+    and the holdout, which no choice has seen, confirms.
     """
     from chronoprice.evaluation import step_metrics, walk_forward
     from chronoprice.forecast import DEFAULT_LEVEL
@@ -292,7 +304,8 @@ def compare_variants(candles, variants: list[Variant], epochs: int, progress=sys
     for number, variant in enumerate(variants, 1):
         print(f"[{number}/{len(variants)}] {variant.describe()}", file=progress, flush=True)
         _, _, forecaster, splits, history = fit_variant(closes, variant, epochs)
-        row = {**dataclasses.asdict(variant), "variant": variant.describe(), "epochs_run": len(history["loss"])}
+        row = {**dataclasses.asdict(variant), "variant": variant.describe(), "epochs_run": len(history["loss"]),
+               "shrinkage": forecaster.metadata["shrinkage"]}
         for split in ("validation", "holdout"):
             metrics = step_metrics(walk_forward(forecaster, closes[splits[split]]), DEFAULT_LEVEL)
             row[f"{split}_mae_ratio"] = [round(float(value), 5) for value in metrics["mae_ratio"]]

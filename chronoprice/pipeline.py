@@ -19,6 +19,8 @@ from tqdm import tqdm
 
 from chronoprice.artifact import ModelUnavailable
 from chronoprice.candles import find_gaps
+from chronoprice.evaluation import ADAPTIVE_MIN_ERRORS, ADAPTIVE_WINDOW, live_quantiles, matured_scores
+from chronoprice.features import VOLATILITY_WINDOW
 from chronoprice.config import Settings
 from chronoprice.sources import AutoSource, CandleSource, DemoSource, LiveSource, ReplaySource, SourceError, UnknownSymbol
 from chronoprice.store import (
@@ -28,6 +30,7 @@ from chronoprice.store import (
     newest_candle_ts,
     open_store,
     read_candles,
+    read_matured_forecasts,
     read_tick_status,
     save_tick_status,
     upsert_candles,
@@ -254,9 +257,21 @@ class Pipeline:
             return None, forecaster.version, "gap in the last candles: no forecast until it fills"
         origin = int(window["ts"].iloc[-1])
         if not has_forecast(self.db(), market, origin, forecaster.version):
-            forecast = forecaster.forecast(window["close"].to_numpy())
+            forecast = forecaster.forecast(window["close"].to_numpy(), self._adapted_quantiles(market, forecaster))
             write_forecast(self.db(), market, origin, forecast_steps(origin, self._timeframe_ms, forecast), forecaster.version)
         return origin, forecaster.version, None
+
+    def _adapted_quantiles(self, market: Market, forecaster) -> np.ndarray:
+        """Interval quantiles adapted to this model's latest matured errors on this market."""
+        matured = read_matured_forecasts(self.db(), market, limit=(ADAPTIVE_WINDOW + 1) * forecaster.horizon)
+        matured = matured[matured["model_version"] == forecaster.version]
+        if len(matured) < ADAPTIVE_MIN_ERRORS:
+            return forecaster.calibrated_quantiles
+        candles = read_candles(self.db(), market, start=int(matured["origin_ts"].min()) - VOLATILITY_WINDOW * self._timeframe_ms,
+                               end=int(matured["origin_ts"].max()))
+        scores = matured_scores(matured, candles, self._timeframe_ms)
+        by_step = {int(step): group.to_numpy() for step, group in scores.groupby(matured["step"])}
+        return live_quantiles(by_step, forecaster.level, forecaster.calibrated_quantiles)
 
     def forecast_history(self, market: Market, start_ts: int, chunk: int = 200) -> int:
         """Forecast from every gap-free stored origin at or after `start_ts` that lacks one; returns

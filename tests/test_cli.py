@@ -80,7 +80,26 @@ def test_backfill_stores_history_and_forecasts_it(tiny_model, tmp_path, capsys):
     assert "historical forecasts written" in capsys.readouterr().out
 
 
+def test_evaluate_refuses_a_csv_the_model_has_already_seen(tiny_model, synthetic_csv, capsys):
+    assert main(["evaluate", "--csv", str(synthetic_csv), "--model", str(tiny_model)]) == 2
+    assert "no origin after the candles the model was trained" in capsys.readouterr().err
+
+
 def test_cli_errors_are_one_clear_line(capsys, tmp_path):
     assert main(["evaluate", "--csv", str(tmp_path / "absent.csv")]) == 2
     error = capsys.readouterr().err
     assert error.startswith("error: ") and "absent.csv" in error
+
+
+def test_evaluate_reports_baselines_tests_and_every_interval_level(tiny_model, synthetic_csv, tmp_path, capsys):
+    report_path = tmp_path / "report.html"
+    assert main(["evaluate", "--csv", str(synthetic_csv), "--model", str(tiny_model), "--include-training-data",
+                 "--json", "--report", str(report_path)]) == 0
+    step = json.loads(capsys.readouterr().out)["steps"][0]
+    for key in ("mae_ratio_drift", "mae_ratio_moving_average", "dm_statistic", "dm_p_value", "direction_ci_low",
+                "direction_ci_high", "coverage_0.80", "coverage_0.90", "coverage_0.95", "coverage_static_0.90"):
+        assert key in step
+    assert step["direction_ci_low"] <= step["direction_accuracy"] <= step["direction_ci_high"]
+    assert step["coverage"] == step["coverage_0.90"]
+    html = report_path.read_text()
+    assert "Mean absolute error by step" in html and "Interval coverage by step" in html and "plotly" in html

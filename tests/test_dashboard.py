@@ -95,9 +95,12 @@ def test_kpis_and_verdict():
     assert numbers["change_pct"] == pytest.approx(100 * (np.exp(0.005) - 1))
     assert numbers["mae_ratio"] == pytest.approx(0.5) and numbers["coverage"] == pytest.approx(1.0)
     assert kpis(candles.iloc[:0], pd.DataFrame(), pd.DataFrame())["mae_ratio"] is None
-    assert verdict(1.002, 40) == "Forecasts are 0.2 % worse than repeating the last close (40 matured forecast steps)."
-    assert verdict(0.95, 40).startswith("Forecasts are 5.0 % better")
-    assert "No forecast has matured yet" in verdict(None, 0)
+    matured = matured_rows()
+    assert verdict(matured) == ("10-minute forecasts are 50.0 % better than repeating the last close; "
+                                "1-minute ones: 50.0 % better than it (50 matured forecast steps, last 24 hours).")
+    worse = matured.assign(predicted=matured["actual"] + 1.002)
+    assert verdict(worse).startswith("10-minute forecasts are 0.2 % worse than repeating the last close")
+    assert "No forecast has matured yet" in verdict(matured.iloc[:0])
 
 
 @pytest.fixture

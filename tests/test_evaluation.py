@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from chronoprice.evaluation import conformal_halfwidths, step_metrics, walk_forward
+from chronoprice.evaluation import conformal_quantiles, step_metrics, walk_forward
 from chronoprice.forecast import NaiveForecaster
 
 
@@ -32,10 +32,75 @@ def test_walk_forward_of_the_naive_baseline_has_ratio_one():
         walk_forward(NaiveForecaster(10), closes[:60])
 
 
-def test_conformal_halfwidths_cover_the_requested_share():
-    errors = np.random.default_rng(5).standard_t(4, size=(5000, 3)) * np.array([1.0, 2.0, 3.0])
-    table = conformal_halfwidths(errors)
+def test_conformal_quantiles_cover_the_requested_share():
+    errors = np.abs(np.random.default_rng(5).standard_t(4, size=(5000, 3))) * np.array([1.0, 2.0, 3.0])
+    table = conformal_quantiles(errors)
     for level, widths in table.items():
         coverage = (np.abs(errors) <= np.array(widths)).mean(axis=0)
         assert np.all(coverage >= float(level)) and np.all(coverage < float(level) + 0.01)
     assert table["0.90"][0] < table["0.90"][1] < table["0.90"][2]
+
+
+def test_adaptive_quantiles_use_only_matured_scores():
+    from chronoprice.evaluation import adaptive_quantiles
+
+    scores = np.zeros((400, 2))
+    scores[300:, :] = 10.0  # the market turns wild at origin 300
+    quantiles = adaptive_quantiles(scores, 0.9, fallback=np.array([7.0, 7.0]), window=100, min_errors=50)
+    assert quantiles[10, 0] == 7.0, "too few matured scores: the calibration saved with the model"
+    assert quantiles[300, 0] == 0.0, "origin 300's own score is not known at origin 300"
+    assert quantiles[301, 1] == 0.0 and quantiles[302, 1] == 0.0, "a step-2 score matures two origins later"
+    assert quantiles[399, 0] == 10.0, "once most of the window is wild, so is the interval"
+
+
+def test_live_quantiles_match_the_walk_forward_rule():
+    from chronoprice.evaluation import adaptive_quantiles, live_quantiles
+
+    scores = np.abs(np.random.default_rng(2).normal(size=(700, 3)))
+    walk = adaptive_quantiles(scores, 0.8, np.ones(3), window=360, min_errors=120)
+    # The next origin (700) sees step k's scores up to origin 700 - k.
+    live = live_quantiles({k: scores[: 700 - k + 1, k - 1] for k in (1, 2, 3)}, 0.8, np.ones(3), window=360, min_errors=120)
+    extended = adaptive_quantiles(np.vstack([scores, np.zeros((1, 3))]), 0.8, np.ones(3), window=360, min_errors=120)
+    np.testing.assert_allclose(live, extended[700])
+    assert walk.shape == scores.shape
+
+
+def test_wilson_interval_known_value():
+    from chronoprice.evaluation import wilson_interval
+
+    low, high = wilson_interval(50, 100)
+    assert low == pytest.approx(0.4038, abs=1e-4) and high == pytest.approx(0.5962, abs=1e-4)
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+
+
+def test_diebold_mariano_detects_a_better_model_and_not_a_tie():
+    from chronoprice.evaluation import diebold_mariano
+
+    rng = np.random.default_rng(9)
+    naive = rng.normal(0, 1, 3000)
+    statistic, p_value = diebold_mariano(naive, naive, horizon=3)
+    assert statistic == 0.0 and p_value == 1.0
+    statistic, p_value = diebold_mariano(naive * 0.8, naive, horizon=3)
+    assert statistic < -5 and p_value < 1e-6
+    statistic, p_value = diebold_mariano(rng.normal(0, 1, 3000), naive, horizon=1)
+    assert p_value > 0.01
+
+
+def test_baseline_forecasters():
+    from chronoprice.forecast import DriftForecaster, MovingAverageForecaster
+
+    windows = np.array([[100.0, 110.0, 121.0]])
+    np.testing.assert_allclose(DriftForecaster(2).forecast(windows)["mean"], [[133.1, 146.41]])
+    np.testing.assert_allclose(MovingAverageForecaster(2).forecast(windows)["mean"], [[110.333333, 110.333333]])
+
+
+def test_fit_shrinkage_weights_the_model_by_what_helped():
+    from chronoprice.evaluation import fit_shrinkage
+
+    rng = np.random.default_rng(4)
+    origin = np.full((2000, 1), 100.0)
+    signal = rng.normal(0, 0.001, (2000, 2))
+    actual = origin * np.exp(np.column_stack([signal[:, 0], rng.normal(0, 0.001, 2000)]))
+    weights = fit_shrinkage(signal, actual, origin)
+    assert 0.9 <= weights[0] <= 1.1, "a move that comes true keeps its full weight"
+    assert weights[1] <= 0.1, "pure noise is shrunk to the last close"

@@ -50,8 +50,8 @@ def test_train_writes_keras_tflite_and_metadata(tiny_model):
     assert metadata["version"].startswith("lstm-")
     assert metadata["window"] == 60 and metadata["horizon"] == 10
     assert "LSTM(64" in metadata["architecture"]
-    assert set(metadata["intervals"]["halfwidth_log"]) == {"0.80", "0.90", "0.95"}
-    widths = metadata["intervals"]["halfwidth_log"]["0.90"]
+    assert set(metadata["intervals"]["score_quantile"]) == {"0.80", "0.90", "0.95"}
+    widths = metadata["intervals"]["score_quantile"]["0.90"]
     assert len(widths) == 10 and widths[9] > widths[0] > 0, "uncertainty grows with the horizon"
     assert metadata["training"]["epochs_run"] == 1
     assert [row["step"] for row in metadata["holdout"]] == list(range(1, 11))

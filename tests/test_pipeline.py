@@ -1,6 +1,7 @@
 import threading
 import time
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -142,3 +143,21 @@ def test_forecast_history_fills_every_origin_once(pipeline):
     assert pipeline.forecast_history(market, int(ts.iloc[80])) == HISTORY - 100
     assert pipeline.forecast_history(market, int(ts.iloc[80])) == 0
     assert pipeline.db()["forecasts"].count == 10 * (HISTORY - 59)
+
+
+def test_intervals_adapt_to_the_latest_matured_errors(exchange, db_path, tiny_model):
+    from chronoprice.evaluation import matured_scores
+    from chronoprice.store import read_matured_forecasts
+
+    source = LiveSource("binance", exchange.url, (), history=600)
+    pipeline = Pipeline(source, db_path, lambda: load_forecaster(tiny_model, "litert"))
+    pipeline.tick(SYMBOL)
+    assert wait_for_forecasts(pipeline.db(), 10 * (600 - 59)) == 10 * (600 - 59)
+    market, forecaster = pipeline.market(SYMBOL, "binance"), pipeline.forecaster()
+    adapted = pipeline._adapted_quantiles(market, forecaster)
+    assert not np.allclose(adapted, forecaster.calibrated_quantiles), "enough errors have matured to adapt"
+    matured = read_matured_forecasts(pipeline.db(), market)
+    scores = matured_scores(matured, read_candles(pipeline.db(), market), MINUTE_MS)
+    recent = scores.groupby(matured["step"]).tail(360)
+    covered = (recent.to_numpy() <= adapted[matured.loc[recent.index, "step"].to_numpy() - 1]).mean()
+    assert 0.88 <= covered <= 0.93, "the adapted 90 % interval covers about 90 % of the recent errors"

@@ -10,6 +10,7 @@ import pandas as pd
 from dash import Input, Output, State
 
 from chronoprice.config import SettingsError, settings_from
+from chronoprice.evaluation import matured_metrics
 from chronoprice.dashboard.figures import SHOWN_CANDLES, error_figure, kpis, price_figure, step_error_figure
 from chronoprice.dashboard.layout import DEFAULT_SYMBOLS, symbol_options
 from chronoprice.pipeline import Pipeline, TickStatus
@@ -49,15 +50,26 @@ def _price(value: float | None) -> str:
     return "–" if value is None else f"{value:,.2f}"
 
 
-def verdict(ratio: float | None, matured: int) -> str:
-    """One plain sentence on model vs naive, e.g. 'Forecasts are 0.2 % worse than the last close'."""
-    if ratio is None:
-        return "No forecast has matured yet: the first are scored 10 minutes after they are made."
+def _against_naive(ratio: float) -> str:
     difference = abs(ratio - 1) * 100
     if difference < 0.05:
-        return f"Forecasts are as accurate as repeating the last close ({matured} matured forecast steps)."
-    word = "better" if ratio < 1 else "worse"
-    return f"Forecasts are {difference:.1f} % {word} than repeating the last close ({matured} matured forecast steps)."
+        return "as accurate as"
+    return f"{difference:.1f} % {'better' if ratio < 1 else 'worse'} than"
+
+
+def verdict(matured: pd.DataFrame) -> str:
+    """One plain sentence on model vs naive, e.g. '10-minute forecasts are 0.2 % worse than
+    repeating the last close; 1-minute ones: as accurate as it'."""
+    if matured.empty:
+        return "No forecast has matured yet: the first are scored 10 minutes after they are made."
+    per_step = matured_metrics(matured).set_index("step")["mae_ratio"].dropna()
+    if per_step.empty:
+        return "The price has not moved since the forecasts were made: nothing to score yet."
+    longest, shortest = int(per_step.index.max()), int(per_step.index.min())
+    sentence = f"{longest}-minute forecasts are {_against_naive(per_step[longest])} repeating the last close"
+    if shortest != longest:
+        sentence += f"; {shortest}-minute ones: {_against_naive(per_step[shortest])} it"
+    return f"{sentence} ({len(matured)} matured forecast steps, last 24 hours)."
 
 
 def render_figures(view: ViewData, theme: str, overlays) -> dict:
@@ -91,7 +103,7 @@ def render_text(view: ViewData) -> dict:
         "kpi-mae-ratio-detail": "LSTM error ÷ naive error (below 1 beats it)",
         "kpi-coverage": "–" if numbers["coverage"] is None else f"{100 * numbers['coverage']:.0f} %",
         "kpi-coverage-detail": "of closes inside the 90 % band",
-        "verdict": verdict(numbers["mae_ratio"], numbers["matured"]),
+        "verdict": verdict(view.matured),
         "source-badge": status.source,
         "model-badge": f"model {status.model_version}" if status.model_version else "model unavailable",
         "newest-candle": f"newest candle {_utc(status.newest_ts)}",

@@ -1,0 +1,47 @@
+"""The evaluate command's HTML report: four Plotly figures in one self-contained file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import plotly.graph_objects as go
+
+SHOWN_ORIGINS = 300
+
+
+def report_figures(table: pd.DataFrame, arrays: dict) -> list[go.Figure]:
+    """Predicted vs actual, error by step against the baselines, interval coverage, residuals."""
+    recent = slice(-SHOWN_ORIGINS, None)
+    predicted = go.Figure(layout_title_text=f"Predicted vs actual close, last {SHOWN_ORIGINS} origins")
+    predicted.add_scatter(y=arrays["actual"][recent, 0], name="actual (1 min ahead)", line={"color": "#444"})
+    for step in (1, 10):
+        predicted.add_scatter(y=arrays["mean"][recent, step - 1], name=f"predicted, step {step}")
+    by_step = go.Figure(layout_title_text="Mean absolute error by step: model and baselines")
+    for column, name in (("mae_model", "LSTM"), ("mae_naive", "naive (last close)"), ("mae_drift", "drift"),
+                         ("mae_moving_average", "moving average")):
+        by_step.add_bar(x=table["step"], y=table[column], name=name)
+    coverage = go.Figure(layout_title_text="Interval coverage by step (adaptive split-conformal)")
+    for level in ("0.80", "0.90", "0.95"):
+        coverage.add_scatter(x=table["step"], y=table[f"coverage_{level}"], name=f"{float(level):.0%} interval", mode="lines+markers")
+        coverage.add_hline(y=float(level), line={"dash": "dot"})
+    residuals = go.Figure(layout_title_text="Residuals, log(actual / predicted)")
+    for step in (1, 10):
+        residuals.add_histogram(x=arrays["log_errors"][:, step - 1], name=f"step {step}", opacity=0.6, nbinsx=120)
+    residuals.update_layout(barmode="overlay")
+    for figure in (predicted, by_step, coverage, residuals):
+        figure.update_layout(template="plotly_white", height=420)
+    return [predicted, by_step, coverage, residuals]
+
+
+def write_report(path: Path, table: pd.DataFrame, arrays: dict, title: str) -> None:
+    """One HTML file with plotly.js embedded, so it opens offline."""
+    figures = report_figures(table, arrays)
+    parts = [figure.to_html(full_html=False, include_plotlyjs=(number == 0)) for number, figure in enumerate(figures)]
+    summary = table[["step", "mae_ratio", "direction_accuracy", "dm_p_value", "coverage_0.90"]].round(4).to_html(index=False)
+    Path(path).write_text(
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title></head><body>"
+        f"<h1>{title}</h1>{summary}{''.join(parts)}</body></html>"
+    )
+
+
