@@ -71,6 +71,17 @@ def _tick_timings(model_path: Path, engine: str, ticks: int) -> list[float]:
         return timings
 
 
+def _evaluate_seconds(forecaster: LSTMForecaster, origins: int) -> float:
+    """Wall time of the evaluate command's walk-forward (keras engine, batched) over `origins`."""
+    from chronoprice.evaluation import evaluate_forecaster
+
+    count = origins + forecaster.window + forecaster.horizon - 1
+    closes = demo_candles("BTC/USDT", BENCH_START_MS, BENCH_START_MS + count * 60_000)["close"].to_numpy()
+    started = time.perf_counter()
+    evaluate_forecaster(forecaster, closes, 0, forecaster.level)
+    return time.perf_counter() - started
+
+
 def _forecaster(model_path: Path, engine: str) -> LSTMForecaster:
     artifact = artifact_at(model_path)
     metadata = read_metadata(artifact)
@@ -96,6 +107,7 @@ def run_benchmark(model_path: Path, repeats: int = 200, ticks: int = 40, deploy_
     # Relative to the size of the predicted move, not the price: a far stricter comparison.
     agreement = np.abs(keras_path - litert_path).max() / np.abs(keras_path).max()
     tick_ms = _tick_timings(model_path, "auto", ticks)
+    evaluate_seconds = _evaluate_seconds(keras_forecaster, origins=10_000)
     return {
         "model_version": keras_forecaster.version,
         "forecast_ms": {name: round(value, 3) for name, value in forecast_ms.items()},
@@ -103,6 +115,7 @@ def run_benchmark(model_path: Path, repeats: int = 200, ticks: int = 40, deploy_
             engine: round(forecast_ms["predict_loop"] / forecast_ms[engine], 1) for engine in ("keras", "litert")
         },
         "engines_path_relative_difference": float(agreement),
+        "evaluate_10000_origins_seconds": round(evaluate_seconds, 2),
         "tick_ms_p50": round(float(np.percentile(tick_ms, 50)), 2),
         "tick_ms_p95": round(float(np.percentile(tick_ms, 95)), 2),
         "repeats": repeats,
@@ -118,6 +131,7 @@ def format_bench(report: dict) -> str:
         speedup = report["speedup_vs_predict_loop"].get(name)
         lines.append(f"  10-step forecast, {name:<12} {value:9.3f} ms" + (f"  ({speedup}x faster than the predict loop)" if speedup else ""))
     lines.append(f"  keras vs litert: largest difference in predicted moves {report['engines_path_relative_difference']:.2e} of the largest move")
+    lines.append(f"  evaluate walk-forward over 10,000 origins (keras, batched): {report['evaluate_10000_origins_seconds']} s")
     lines.append(f"  full tick against the local exchange: p50 {report['tick_ms_p50']} ms, p95 {report['tick_ms_p95']} ms over {report['ticks']} ticks")
     deploy = report["deploy"]
     if deploy:

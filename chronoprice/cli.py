@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train the LSTM on a candle CSV and write the model artifact")
     train.add_argument("--csv", type=Path, required=True, help="1-minute candle CSV (Binance Data Vision or headed OHLCV)")
     train.add_argument("--epochs", type=_positive_int, default=30, help="most epochs; training stops early (default 30)")
-    train.add_argument("--loss", choices=["mse", "huber", "mae"], default="huber", help="training loss (default huber: robust to fat-tailed minutes)")
+    train.add_argument("--loss", choices=["mse", "huber", "mae"], default="mae", help="training loss (default mae, chosen on validation: see docs/MODEL.md)")
     train.add_argument("--feature", choices=["relative_closes", "log_returns"], default="relative_closes", help="input form (default relative_closes)")
     train.add_argument("--train-days", type=float, default=None, help="train on only the last N days of the training split (default: all)")
     train.add_argument("--out", type=Path, default=DEFAULT_MODEL, help="artifact path without extension (default models/chronoprice-lstm)")

@@ -106,7 +106,8 @@ class TrainingProgress(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         from tqdm import tqdm
 
-        self._bar = tqdm(total=self._epochs * self._batches, desc="training", unit="batch", file=sys.stderr)
+        self._bar = tqdm(total=self._epochs * self._batches, desc="training", unit="batch", file=sys.stderr,
+                         mininterval=0.2 if sys.stderr.isatty() else 10.0)
 
     def on_train_batch_end(self, batch, logs=None):
         self._bar.update(1)
@@ -188,7 +189,7 @@ class Variant:
     """One way to train the fixed architecture: input form, loss and how much history to train on."""
 
     feature: str = "relative_closes"
-    loss: str = "huber"
+    loss: str = "mae"
     train_days: float | None = None  # None: the whole training split
 
     def describe(self) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
@@ -13,10 +14,12 @@ SHOWN_ORIGINS = 300
 def report_figures(table: pd.DataFrame, arrays: dict) -> list[go.Figure]:
     """Predicted vs actual, error by step against the baselines, interval coverage, residuals."""
     recent = slice(-SHOWN_ORIGINS, None)
-    predicted = go.Figure(layout_title_text=f"Predicted vs actual close, last {SHOWN_ORIGINS} origins")
-    predicted.add_scatter(y=arrays["actual"][recent, 0], name="actual (1 min ahead)", line={"color": "#444"})
+    predicted = go.Figure(layout_title_text=f"Predicted vs actual close by target minute, last {SHOWN_ORIGINS} origins")
+    minutes = np.arange(len(arrays["actual"]))[recent]
+    predicted.add_scatter(x=minutes + 1, y=arrays["actual"][recent, 0], name="actual", line={"color": "#444"})
     for step in (1, 10):
-        predicted.add_scatter(y=arrays["mean"][recent, step - 1], name=f"predicted, step {step}")
+        predicted.add_scatter(x=minutes + step, y=arrays["mean"][recent, step - 1], name=f"predicted {step} min ahead")
+    predicted.update_xaxes(title_text="minute (origin index + steps ahead)")
     by_step = go.Figure(layout_title_text="Mean absolute error by step: model and baselines")
     for column, name in (("mae_model", "LSTM"), ("mae_naive", "naive (last close)"), ("mae_drift", "drift"),
                          ("mae_moving_average", "moving average")):
