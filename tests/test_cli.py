@@ -40,11 +40,13 @@ def test_evaluate_skips_what_the_model_was_trained_on(shipped_model, shared_csv,
     report = json.loads(capsys.readouterr().out)
     trained_until = read_metadata(artifact_at(shipped_model))["training"]["trained_until_ts"]
     assert report["skipped_training_origins"] > 0
-    assert report["origins"] == 20_160 - report["skipped_training_origins"] - 10
+    assert report["origins"] == 20_160 - report["skipped_training_origins"] - 59 - 10
     assert trained_until > 0
     for step in report["steps"]:
         assert step["mae_ratio"] <= 1.01, f"step {step['step']}: model is worse than 1.01 x naive"
         assert 0.4 < step["direction_accuracy"] < 0.6
+        for level in ("0.80", "0.90", "0.95"):
+            assert abs(step[f"coverage_{level}"] - float(level)) <= 0.02, f"step {step['step']}: {level} interval off nominal"
 
 
 def test_train_command_writes_an_artifact(synthetic_csv, tmp_path, capsys):
