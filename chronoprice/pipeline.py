@@ -79,6 +79,9 @@ def forecast_steps(origin_ts: int, timeframe_ms: int, forecast: dict[str, np.nda
     )
 
 
+REPAIR_CANDLES = 60  # holes this recent are fetched again each tick; older ones stay recorded gaps
+
+
 class Pipeline:
     """Runs ticks for any symbol against one source, one SQLite file and one (lazily loaded) model.
 
@@ -188,13 +191,20 @@ class Pipeline:
         return status
 
     def _since_for(self, symbol: str, cold_starts: list) -> Callable[[str], int | None]:
-        """Catch up from the newest stored candle; None (the source's cold-start history) if empty."""
+        """Catch up from the newest stored candle, or from the first hole among the last
+        REPAIR_CANDLES (an exchange may fill minutes late); None (the source's cold-start
+        history) if nothing is stored."""
 
         def since(exchange: str) -> int | None:
-            newest = newest_candle_ts(self.db(), self.market(symbol, exchange))
+            market = self.market(symbol, exchange)
+            newest = newest_candle_ts(self.db(), market)
             if newest is None:
                 cold_starts.append(exchange)
                 return None
+            recent = read_candles(self.db(), market, start=newest - REPAIR_CANDLES * self._timeframe_ms)
+            gaps = find_gaps(recent["ts"].to_numpy(), self._timeframe_ms)
+            if not gaps.empty:
+                return int(gaps["after_ts"].iloc[0]) + self._timeframe_ms
             return newest + self._timeframe_ms
 
         return since

@@ -161,3 +161,40 @@ def test_intervals_adapt_to_the_latest_matured_errors(exchange, db_path, tiny_mo
     recent = scores.groupby(matured["step"]).tail(360)
     covered = (recent.to_numpy() <= adapted[matured.loc[recent.index, "step"].to_numpy() - 1]).mean()
     assert 0.88 <= covered <= 0.93, "the adapted 90 % interval covers about 90 % of the recent errors"
+
+
+def test_a_hole_the_exchange_fills_later_is_repaired_and_forecasts_resume(pipeline, exchange, series):
+    full = series[SYMBOL]
+    pipeline.tick(SYMBOL)
+    market = pipeline.market(SYMBOL, "binance")
+    newest = read_candles(pipeline.db(), market)["ts"].iloc[-1]
+    missing = [newest + MINUTE_MS * k for k in (2, 3, 4)]
+    exchange.series[SYMBOL] = full[~full["ts"].isin(missing)].reset_index(drop=True)
+    exchange.advance(8)
+    pipeline.test_clock.seconds += 10
+    status = pipeline.tick(SYMBOL)
+    assert "gap" in status.error and status.forecast_origin_ts is None
+    stored = read_candles(pipeline.db(), market)
+    assert find_gaps(stored["ts"].to_numpy(), MINUTE_MS)["missing"].tolist() == [3]
+    exchange.series[SYMBOL] = full  # the exchange fills the hole
+    pipeline.test_clock.seconds += 10
+    status = pipeline.tick(SYMBOL)
+    assert status.error is None and status.forecast_origin_ts == status.newest_ts
+    stored = read_candles(pipeline.db(), market)
+    pd.testing.assert_frame_equal(stored, exchange.closed_candles(SYMBOL).tail(len(stored)).reset_index(drop=True))
+
+
+def test_an_exchange_slower_than_the_client_timeout_is_reported_and_recovered(exchange, db_path, tiny_model):
+    source = LiveSource("binance", exchange.url, (), history=HISTORY, timeout_ms=300, attempts=2, backoff_seconds=0.0)
+    clock = FakeClock()
+    pipeline = Pipeline(source, db_path, lambda: load_forecaster(tiny_model, "litert"), refresh_seconds=10, clock=clock)
+    first = pipeline.tick(SYMBOL)
+    exchange.queue(Fault(path="/klines", status=0, delay_seconds=0.6, times=2))
+    exchange.advance(1)
+    clock.seconds += 10
+    slow = pipeline.tick(SYMBOL)
+    assert "unreachable" in slow.error and "RequestTimeout" in slow.error
+    assert slow.newest_ts == first.newest_ts
+    clock.seconds += 10
+    recovered = pipeline.tick(SYMBOL)
+    assert recovered.error is None and recovered.forecast_origin_ts == recovered.newest_ts == first.newest_ts + MINUTE_MS
