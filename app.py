@@ -11,7 +11,11 @@ from chronoprice.server import create_app, serve
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Serve the ChronoPrice dashboard.")
     add_settings_arguments(parser)
-    serve(settings_from_args(parser.parse_args(argv), os.environ))
+    try:
+        serve(settings_from_args(parser.parse_args(argv), os.environ))
+    except (ValueError, RuntimeError) as error:  # bad settings, unusable database or exchange id
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

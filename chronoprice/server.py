@@ -13,6 +13,7 @@ from chronoprice.config import PROJECT_ROOT, Settings
 from chronoprice.dashboard.callbacks import attach_callbacks
 from chronoprice.dashboard.layout import build_layout
 from chronoprice.pipeline import Pipeline, build_pipeline
+from chronoprice.store import open_store
 
 
 def create_app(settings: Settings, pipeline: Pipeline | None = None, env: Mapping[str, str] = os.environ) -> dash.Dash:
@@ -32,6 +33,8 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None, env: Mappin
 
 
 def serve(settings: Settings) -> None:
+    """Serve until interrupted; a database that cannot be used stops it here, with its name."""
+    open_store(settings.db).close()
     app = create_app(settings)
     print(f"ChronoPrice on http://{settings.host}:{settings.port}/ ({settings.source} source, {settings.symbol})", flush=True)
     app.run(host=settings.host, port=settings.port, debug=settings.debug)

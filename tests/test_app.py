@@ -50,3 +50,19 @@ def test_python_app_py_serves_the_offline_demo(tmp_path):
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def test_python_app_py_refuses_a_corrupt_database_with_a_clear_message(tmp_path):
+    broken = tmp_path / "broken.db"
+    broken.write_bytes(b"definitely not sqlite" * 200)
+    result = subprocess.run([sys.executable, "app.py", "--source", "demo", "--db", str(broken), "--port", str(free_port())],
+                            cwd=PROJECT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: cannot use database") and str(broken) in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_python_app_py_names_a_bad_setting(tmp_path):
+    result = subprocess.run([sys.executable, "app.py", "--exchange", "binanse", "--db", str(tmp_path / "x.db")],
+                            cwd=PROJECT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "did you mean binance" in result.stderr and "Traceback" not in result.stderr
