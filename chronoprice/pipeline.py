@@ -19,9 +19,9 @@ from tqdm import tqdm
 
 from chronoprice.artifact import ModelUnavailable
 from chronoprice.candles import find_gaps
+from chronoprice.config import Settings
 from chronoprice.evaluation import ADAPTIVE_MIN_ERRORS, ADAPTIVE_WINDOW, live_quantiles, matured_scores
 from chronoprice.features import VOLATILITY_WINDOW
-from chronoprice.config import Settings
 from chronoprice.sources import AutoSource, CandleSource, DemoSource, LiveSource, ReplaySource, SourceError, UnknownSymbol
 from chronoprice.store import (
     Market,

@@ -10,9 +10,9 @@ import pandas as pd
 from dash import Input, Output, State
 
 from chronoprice.config import SettingsError, settings_from
-from chronoprice.evaluation import matured_metrics
 from chronoprice.dashboard.figures import SHOWN_CANDLES, error_figure, kpis, price_figure, step_error_figure
 from chronoprice.dashboard.layout import DEFAULT_SYMBOLS, symbol_options
+from chronoprice.evaluation import matured_metrics
 from chronoprice.pipeline import Pipeline, TickStatus
 from chronoprice.store import read_candles, read_latest_forecast, read_matured_forecasts
 
