@@ -165,14 +165,14 @@ def get_json(url: str, timeout: float = 30.0) -> tuple[int, dict]:
 def gunicorn_service(env: dict, workers: int = 1, threads: int = 8):
     """`gunicorn app:server` as render.yaml starts it, on a free local port.
 
-    Yields (base URL, process, seconds until GET / first answered 200).
+    Yields (base URL, process, seconds until GET / first answered 200, path of its log).
     """
     port = free_port()
     command = [sys.executable, "-m", "gunicorn", "app:server", "--bind", f"127.0.0.1:{port}",
                "--workers", str(workers), "--threads", str(threads), "--timeout", "120"]
     started = time.monotonic()
-    process = subprocess.Popen(command, cwd=PROJECT_ROOT, env={**os.environ, **env},
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = tempfile.NamedTemporaryFile(prefix="chronoprice-gunicorn-", suffix=".log", delete=False)
+    process = subprocess.Popen(command, cwd=PROJECT_ROOT, env={**os.environ, **env}, stdout=log, stderr=log)
     base = f"http://127.0.0.1:{port}"
     try:
         while True:
@@ -182,17 +182,19 @@ def gunicorn_service(env: dict, workers: int = 1, threads: int = 8):
                         break
             except OSError:
                 if process.poll() is not None:
-                    raise RuntimeError(f"gunicorn exited: {process.stderr.read()[-2000:]}") from None
+                    raise RuntimeError(f"gunicorn exited: {Path(log.name).read_text()[-2000:]}") from None
                 if time.monotonic() - started > 60:
                     raise RuntimeError("gunicorn did not answer GET / within 60 s") from None
                 time.sleep(0.05)
-        yield base, process, time.monotonic() - started
+        yield base, process, time.monotonic() - started, Path(log.name)
     finally:
         process.terminate()
         try:
             process.wait(timeout=15)
         except subprocess.TimeoutExpired:
             process.kill()
+        log.close()
+        os.unlink(log.name)
 
 
 def _wait_for_history(db_file: Path, expected_origins: int, timeout_seconds: float = 180.0) -> None:
@@ -216,7 +218,7 @@ def run_deploy_benchmark(model_path: Path, ticks: int = 100) -> dict:
         env = {"CHRONOPRICE_SOURCE": "live", "CHRONOPRICE_EXCHANGE": "binance", "CHRONOPRICE_EXCHANGE_URL": exchange.url,
                "CHRONOPRICE_FALLBACK_EXCHANGES": "none", "CHRONOPRICE_ENGINE": "litert", "CHRONOPRICE_REFRESH_SECONDS": "0.05", "CHRONOPRICE_MODEL": str(model_path),
                "CHRONOPRICE_DB": str(Path(folder) / "deploy.db"), "WEB_CONCURRENCY": "1"}
-        with gunicorn_service(env) as (base, _, first_200_seconds):
+        with gunicorn_service(env) as (base, _, first_200_seconds, _log):
             cold_started = time.monotonic()
             get_json(base + "/api/v1/forecast")  # cold start: 24 h of candles, history forecast in the background
             _wait_for_history(Path(folder) / "deploy.db", expected_origins=1440 - 59)

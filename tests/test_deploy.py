@@ -1,6 +1,7 @@
 """The Render configuration, run for real: gunicorn serving app:server against the local exchange."""
 
 import concurrent.futures
+import os
 import time
 from pathlib import Path
 
@@ -31,7 +32,7 @@ def test_two_workers_and_twenty_clients_cause_one_exchange_fetch_per_interval(se
         env = {"CHRONOPRICE_SOURCE": "live", "CHRONOPRICE_EXCHANGE_URL": exchange.url, "CHRONOPRICE_FALLBACK_EXCHANGES": "none",
                "CHRONOPRICE_REFRESH_SECONDS": "3", "CHRONOPRICE_DB": str(tmp_path / "shared.db"), "WEB_CONCURRENCY": "2",
                "CHRONOPRICE_CACHE_DIR": str(tmp_path / "cache")}
-        with gunicorn_service(env, workers=2, threads=8) as (base, _, _first_200):
+        with gunicorn_service(env, workers=2, threads=8) as (base, _, _first_200, _log):
             status, body = get_json(base + "/api/v1/candles?limit=3")
             assert status == 200, body
             for _ in range(2):
@@ -52,3 +53,57 @@ def test_render_configuration_never_imports_tensorflow(shipped_model):
     report = run_deploy_benchmark(shipped_model, ticks=3)
     assert report["engine"] == "litert"
     assert report["tensorflow_imported"] is False, "sys.modules of the gunicorn worker after forecasts"
+
+
+SOAK_SECONDS = float(os.environ.get("CHRONOPRICE_SOAK_SECONDS", "60"))
+
+
+def test_fifty_api_clients_and_an_open_dashboard_for_a_minute(series, tmp_path):
+    """The concurrency soak: no 5xx and no "database is locked" while the exchange keeps moving."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.test_browser import CANDLES_DRAWN, CHROMIUM, CHROMIUM_ARGS
+
+    now = SERIES_START_MS + 2000 * MINUTE_MS + 20_000
+    with BinanceSimulator(series, now_ms=now) as exchange:
+        env = {"CHRONOPRICE_SOURCE": "live", "CHRONOPRICE_EXCHANGE_URL": exchange.url, "CHRONOPRICE_FALLBACK_EXCHANGES": "none",
+               "CHRONOPRICE_REFRESH_SECONDS": "1", "CHRONOPRICE_DB": str(tmp_path / "soak.db"), "WEB_CONCURRENCY": "2",
+               "CHRONOPRICE_CACHE_DIR": str(tmp_path / "cache")}
+        with gunicorn_service(env, workers=2, threads=16) as (base, _, _first_200, log_path), sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page()
+            console_errors = []
+            page.on("console", lambda message: console_errors.append(message.text) if message.type == "error" else None)
+            page.goto(base + "/")
+            page.wait_for_function(f"() => ({CANDLES_DRAWN})() === 70", timeout=60_000)
+            deadline = time.monotonic() + SOAK_SECONDS
+            paths = ["/api/v1/candles?limit=60", "/api/v1/forecast", "/api/v1/metrics", "/price/latest", "/api/v1/history?limit=100"]
+
+            def client(number):
+                timings, statuses = [], []
+                while time.monotonic() < deadline:
+                    started = time.perf_counter()
+                    status, _ = get_json(base + paths[number % len(paths)])
+                    timings.append((time.perf_counter() - started) * 1000)
+                    statuses.append(status)
+                return timings, statuses
+
+            def market_moves():
+                while time.monotonic() < deadline:
+                    exchange.advance(1)
+                    time.sleep(2)
+
+            with concurrent.futures.ThreadPoolExecutor(51) as pool:
+                mover = pool.submit(market_moves)
+                results = list(pool.map(client, range(50)))
+                mover.result()
+            page.wait_for_function(f"() => ({CANDLES_DRAWN})() === 70")
+            browser.close()
+            log = log_path.read_text()
+    timings = sorted(value for result in results for value in result[0])
+    statuses = [value for result in results for value in result[1]]
+    print(f"\nsoak: {len(statuses)} requests in {SOAK_SECONDS:.0f} s, p50 {timings[len(timings) // 2]:.0f} ms, "
+          f"p95 {timings[int(len(timings) * 0.95)]:.0f} ms")
+    assert statuses and all(status == 200 for status in statuses), sorted(set(statuses))
+    assert "database is locked" not in log and "Traceback" not in log, log[-3000:]
+    assert console_errors == []
