@@ -1,11 +1,14 @@
-"""Exchange faults seen through the product: the API and the dashboard while the exchange
-misbehaves, and after it recovers."""
+"""Exchange faults seen through the product over HTTP: the API and the dashboard's refresh
+callback while the exchange misbehaves, and after it recovers. The local exchange's clock is
+also almost two years behind the local clock throughout."""
+
+import json
+import random
 
 import pytest
 
 from chronoprice.config import settings_from
-from chronoprice.dashboard.callbacks import load_view, render_text
-from chronoprice.exchange_sim import Fault
+from chronoprice.exchange_sim import Fault, kline_row
 from chronoprice.forecast import load_forecaster
 from chronoprice.pipeline import Pipeline
 from chronoprice.server import create_app
@@ -27,6 +30,18 @@ FAULTS = {
 }
 
 
+def dashboard_refresh(client) -> dict:
+    """POST the dashboard's refresh callback as the browser does; returns its outputs by id."""
+    dependency = next(item for item in client.get("/_dash-dependencies").get_json() if "price-chart.figure" in item["output"])
+    outputs = [dict(zip(("id", "property"), part.rsplit(".", 1))) for part in dependency["output"].strip(".").split("...")]
+    values = {"refresh.n_intervals": 1, "active-symbol.data": SYMBOL, "theme.data": "dark", "overlays.value": []}
+    inputs = [{**item, "value": values[f"{item['id']}.{item['property']}"]} for item in dependency["inputs"]]
+    response = client.post("/_dash-update-component", json={"output": dependency["output"], "outputs": outputs, "inputs": inputs,
+                                                             "changedPropIds": ["refresh.n_intervals"], "state": []})
+    assert response.status_code == 200, response.data[:500]
+    return {key: next(iter(value.values())) for key, value in response.get_json()["response"].items()}
+
+
 class Clock:
     seconds = 1000.0
 
@@ -46,6 +61,23 @@ def product(exchange, tmp_path, tiny_model):
     return pipeline, client, clock
 
 
+def test_duplicated_and_shuffled_candles_are_stored_once_in_order(product, exchange):
+    pipeline, client, clock = product
+    exchange.advance(4)
+    since = client.get("/api/v1/candles?limit=1").get_json()["candles"][-1]["ts"] + 60_000
+    frame = exchange.series[SYMBOL]
+    fresh = frame[(frame["ts"] >= since) & (frame["ts"] <= exchange.now_ms)].to_dict("records")
+    rows = [kline_row(candle, min(1.0, (exchange.now_ms - candle["ts"]) / 60_000)) for candle in fresh]
+    messy = rows + rows[:3]
+    random.Random(5).shuffle(messy)
+    exchange.queue(Fault(KLINES, 200, json.dumps(messy)))
+    clock.seconds += 10
+    assert client.get("/api/v1/forecast").status_code == 200
+    stored = read_candles(pipeline.db(), pipeline.market(SYMBOL, "binance"))
+    assert stored.equals(exchange.closed_candles(SYMBOL).tail(len(stored)).reset_index(drop=True))
+    assert dashboard_refresh(client)["status-message"] == ""
+
+
 @pytest.mark.parametrize("fault_name", list(FAULTS))
 def test_exchange_fault_never_breaks_the_api_or_dashboard_and_recovery_is_complete(product, exchange, fault_name):
     pipeline, client, clock = product
@@ -59,9 +91,9 @@ def test_exchange_fault_never_breaks_the_api_or_dashboard_and_recovery_is_comple
         response = client.get(path)
         assert response.status_code == 200, (path, response.get_json())
     assert client.get("/api/v1/candles?limit=1").get_json()["candles"][-1]["ts"] == before, "the last good state stays"
-    shown = render_text(load_view(pipeline, SYMBOL))
+    shown = dashboard_refresh(client)
     assert reported_as in shown["status-message"], shown["status-message"]
-    assert shown["kpi-last-price"] != "–"
+    assert shown["kpi-last-price"] != "–" and len(shown["price-chart"]["data"][0]["x"]) == 60
 
     exchange.faults.clear()
     clock.seconds += 10
@@ -70,4 +102,4 @@ def test_exchange_fault_never_breaks_the_api_or_dashboard_and_recovery_is_comple
     closed = exchange.closed_candles(SYMBOL)
     assert stored["ts"].iloc[-1] == closed["ts"].iloc[-1] == forecast["origin_ts"], "caught up and forecasting within one refresh"
     assert stored.equals(closed.tail(len(stored)).reset_index(drop=True))
-    assert render_text(load_view(pipeline, SYMBOL))["status-message"] == ""
+    assert dashboard_refresh(client)["status-message"] == ""

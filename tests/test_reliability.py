@@ -1,15 +1,16 @@
-"""Crash safety: a process storing candles and forecasts is killed with SIGKILL again and again."""
+"""Crash safety: the app is killed with SIGKILL again and again, during backfills and ticks."""
 
 import random
 import signal
 import subprocess
 import sys
-import textwrap
 import time
+import urllib.request
 from pathlib import Path
 
 import pandas as pd
 
+from chronoprice.bench import free_port
 from chronoprice.candles import find_gaps
 from chronoprice.exchange_sim import BinanceSimulator
 from chronoprice.store import Market, open_store, read_candles
@@ -18,22 +19,23 @@ from tests.conftest import MINUTE_MS, SERIES_START_MS
 PROJECT = Path(__file__).resolve().parents[1]
 KILLS = 20
 
-WORKER = textwrap.dedent(
-    """
-    import sys
-    from chronoprice.forecast import load_forecaster
-    from chronoprice.pipeline import Pipeline
-    from chronoprice.sources import LiveSource
 
-    url, db, model = sys.argv[1:4]
-    pipeline = Pipeline(LiveSource("binance", url, (), history=1440), db, lambda: load_forecaster(model, "litert"),
-                        refresh_seconds=0, quiet=True)
-    print("ready", flush=True)
-    while True:
-        pipeline.tick("BTC/USDT", force=True)
-        pipeline.forecast_history(pipeline.market("BTC/USDT", "binance"), 0)
-    """
-)
+def start_app(kind: str, exchange_url: str, db_path: Path, model: Path, port: int) -> subprocess.Popen:
+    """The real entry points: `python -m chronoprice backfill` or `python app.py` on the live source."""
+    settings = ["--source", "live", "--exchange-url", exchange_url, "--fallback-exchanges", "none", "--db", str(db_path),
+                "--model", str(model), "--refresh-seconds", "0.2"]
+    command = ([sys.executable, "-m", "chronoprice", "backfill", *settings, "--hours", "24"] if kind == "backfill"
+               else [sys.executable, "app.py", *settings, "--port", str(port)])
+    return subprocess.Popen(command, cwd=PROJECT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def keep_ticking(port: int, until: float) -> None:
+    """Ask the served app for forecasts (each read runs a tick) until `until`."""
+    while time.monotonic() < until:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/forecast", timeout=2).read()
+        except OSError:
+            time.sleep(0.05)
 
 
 def test_kill_9_during_backfill_and_ticks_never_corrupts_the_store(series, tmp_path, tiny_model):
@@ -42,13 +44,13 @@ def test_kill_9_during_backfill_and_ticks_never_corrupts_the_store(series, tmp_p
     market = Market("binance", "BTC/USDT", "1m")
     forecast_counts = []
     with BinanceSimulator(series, now_ms=SERIES_START_MS + 2000 * MINUTE_MS + 10_000) as exchange:
-        for _ in range(KILLS):
-            worker = subprocess.Popen([sys.executable, "-c", WORKER, exchange.url, str(db_path), str(tiny_model)],
-                                      cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            assert worker.stdout.readline().strip() == "ready", worker.stderr.read()
-            time.sleep(rng.uniform(0.05, 1.5))
-            worker.send_signal(signal.SIGKILL)
-            worker.wait(timeout=10)
+        for kill in range(KILLS):
+            port = free_port()
+            app = start_app("backfill" if kill % 2 == 0 else "serve", exchange.url, db_path, tiny_model, port)
+            until = time.monotonic() + rng.uniform(1.5, 4.0)
+            keep_ticking(port, until)
+            app.send_signal(signal.SIGKILL)
+            app.wait(timeout=10)
             exchange.advance(rng.randint(0, 3))
 
             db = open_store(db_path)
@@ -65,20 +67,15 @@ def test_kill_9_during_backfill_and_ticks_never_corrupts_the_store(series, tmp_p
             forecast_counts.append(db["forecasts"].count)
             db.conn.close()
 
-        assert len(set(forecast_counts)) > KILLS // 2, f"most kills struck while forecasts were being written: {forecast_counts}"
+        assert len(set(forecast_counts)) > KILLS // 2, f"most kills struck while the store was being written: {forecast_counts}"
 
         # After the last kill, one clean run catches up completely, with no duplicate and no hole.
-        worker = subprocess.Popen([sys.executable, "-c", WORKER, exchange.url, str(db_path), str(tiny_model)],
-                                  cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        assert worker.stdout.readline().strip() == "ready"
-        closed = exchange.closed_candles("BTC/USDT")
+        port = free_port()
+        app = start_app("serve", exchange.url, db_path, tiny_model, port)
+        keep_ticking(port, time.monotonic() + 8)
+        app.kill()
+        app.wait(timeout=10)
         db = open_store(db_path)
-        for _ in range(200):
-            stored = read_candles(db, market)
-            if not stored.empty and stored["ts"].iloc[-1] == closed["ts"].iloc[-1]:
-                break
-            time.sleep(0.1)
-        worker.kill()
-        worker.wait(timeout=10)
-        assert stored["ts"].iloc[-1] == closed["ts"].iloc[-1]
+        stored = read_candles(db, market)
+        assert stored["ts"].iloc[-1] == exchange.closed_candles("BTC/USDT")["ts"].iloc[-1]
         assert stored["ts"].is_unique and find_gaps(stored["ts"].to_numpy(), MINUTE_MS).empty
