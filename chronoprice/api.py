@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import sqlite3
 import sys
 import time
 
@@ -22,7 +23,7 @@ from chronoprice.config import SettingsError, settings_from
 from chronoprice.evaluation import matured_metrics, overall_metrics
 from chronoprice.openapi import OPENAPI
 from chronoprice.pipeline import Pipeline, TickStatus
-from chronoprice.store import Market, read_candles, read_latest_forecast, read_matured_forecasts
+from chronoprice.store import Market, StoreError, read_candles, read_latest_forecast, read_matured_forecasts
 
 API_PREFIXES = ("/api/", "/price/", "/metrics/")
 MAX_CANDLES = 1000
@@ -263,6 +264,8 @@ def register_api(server: Flask, pipeline: Pipeline, default_symbol: str, cache: 
     def unexpected(error: Exception):
         if isinstance(error, HTTPException):
             return jsonify({"error": error.description, "parameter": None}), error.code
+        if isinstance(error, (StoreError, sqlite3.OperationalError)):  # e.g. a lock held past the busy timeout
+            return api_error(ApiError(503, f"database busy, try again: {error}"))
         server.logger.exception("API request failed")
         return jsonify({"error": f"internal error: {type(error).__name__}", "parameter": None}), 500
 

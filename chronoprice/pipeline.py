@@ -35,6 +35,7 @@ from chronoprice.store import (
     save_tick_status,
     upsert_candles,
     write_forecast,
+    write_forecasts,
 )
 
 
@@ -303,8 +304,9 @@ class Pipeline:
         for start in range(0, len(origins), chunk):
             batch = origins[start : start + chunk]
             forecast = forecaster.forecast(np.stack([closes[index - window + 1 : index + 1] for index in batch]))
-            for row, index in enumerate(batch):
-                write_forecast(self.db(), market, int(ts[index]), forecast_steps(int(ts[index]), self._timeframe_ms, forecast, row), forecaster.version)
+            # One transaction a chunk: short, rare write locks leave room for the live ticks.
+            steps = [(int(ts[index]), forecast_steps(int(ts[index]), self._timeframe_ms, forecast, row)) for row, index in enumerate(batch)]
+            write_forecasts(self.db(), market, steps, forecaster.version)
             bar.update(len(batch))
         bar.close()
         return len(origins)

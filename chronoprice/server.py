@@ -29,6 +29,9 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None, env: Mappin
     cache = Cache(app.server, config=cache_config(env))
     register_api(app.server, pipeline, settings.symbol, cache, settings.refresh_seconds)
     attach_callbacks(app, pipeline, cache)
+    # Dash registers its script bundles on the first request, after marking the setup done, so a
+    # concurrent request can find none and answer 500 (plotly/dash#3971): register them now.
+    app._setup_server()
     return app
 
 

@@ -148,12 +148,19 @@ def write_forecast(
     db: sqlite_utils.Database, market: Market, origin_ts: int, steps: pd.DataFrame, model_version: str
 ) -> None:
     """Store one forecast's steps (columns step, target_ts, predicted, lower, upper) in one transaction."""
+    write_forecasts(db, market, [(origin_ts, steps)], model_version)
+
+
+def write_forecasts(db: sqlite_utils.Database, market: Market, forecasts: list[tuple[int, pd.DataFrame]], model_version: str) -> None:
+    """Store several forecasts, each (origin_ts, steps), in one transaction: all or none."""
     created_at = int(time.time() * 1000)
-    records = (
-        steps[["step", "target_ts", "predicted", "lower", "upper"]]
+    records = [
+        record
+        for origin_ts, steps in forecasts
+        for record in steps[["step", "target_ts", "predicted", "lower", "upper"]]
         .assign(origin_ts=int(origin_ts), model_version=model_version, created_at=created_at, **market.key())
         .to_dict("records")
-    )
+    ]
     with db.conn:
         db["forecasts"].upsert_all(records, pk=FORECAST_KEY)
 

@@ -197,3 +197,19 @@ def test_responses_are_cached_in_redis_when_configured(redis_url, tmp_path, tiny
     keys = [key.decode() for key in redis.Redis.from_url(redis_url).keys("chronoprice:*")]
     assert any(key.startswith("chronoprice:api:candles:demo:BTC/USDT:") for key in keys), keys
     assert client.get("/api/v1/candles?limit=3").get_json() == body
+
+
+def test_a_database_locked_past_the_busy_timeout_gets_503_not_500(tmp_path, tiny_model, monkeypatch):
+    import sqlite3
+
+    import chronoprice.api
+
+    settings = settings_from({"source": "demo", "db": str(tmp_path / "l.db"), "model": str(tiny_model)}, {})
+    client = create_app(settings, build_pipeline(settings, history_hours=2), env={}).server.test_client()
+
+    def locked(*args, **kwargs):
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(chronoprice.api, "read_candles", locked)  # a real lock would take 5 s to surface
+    response = client.get("/api/v1/candles")
+    assert response.status_code == 503 and "database busy" in response.get_json()["error"]

@@ -60,6 +60,7 @@ SOAK_SECONDS = float(os.environ.get("CHRONOPRICE_SOAK_SECONDS", "60"))
 
 def test_fifty_api_clients_and_an_open_dashboard_for_a_minute(series, tmp_path):
     """The concurrency soak: no 5xx and no "database is locked" while the exchange keeps moving."""
+    from playwright.sync_api import Error as PlaywrightError
     from playwright.sync_api import sync_playwright
 
     from tests.test_browser import CANDLES_DRAWN, CHROMIUM, CHROMIUM_ARGS
@@ -75,7 +76,10 @@ def test_fifty_api_clients_and_an_open_dashboard_for_a_minute(series, tmp_path):
             console_errors = []
             page.on("console", lambda message: console_errors.append(message.text) if message.type == "error" else None)
             page.goto(base + "/")
-            page.wait_for_function(f"() => ({CANDLES_DRAWN})() === 70", timeout=60_000)
+            try:
+                page.wait_for_function(f"() => ({CANDLES_DRAWN})() === 70", timeout=60_000)
+            except PlaywrightError:
+                raise AssertionError(f"no chart after 60 s; console: {console_errors[-5:]}; log: {log_path.read_text()[-3000:]}") from None
             deadline = time.monotonic() + SOAK_SECONDS
             paths = ["/api/v1/candles?limit=60", "/api/v1/forecast", "/api/v1/metrics", "/price/latest", "/api/v1/history?limit=100"]
 

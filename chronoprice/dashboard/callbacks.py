@@ -4,17 +4,19 @@ builders; `render_view` turns what was read into every output of the page."""
 from __future__ import annotations
 
 import dataclasses
+import sqlite3
 
 import dash
 import pandas as pd
 from dash import Input, Output, State
+from dash.exceptions import PreventUpdate
 
 from chronoprice.config import SettingsError, settings_from
 from chronoprice.dashboard.figures import SHOWN_CANDLES, error_figure, kpis, price_figure, step_error_figure
 from chronoprice.dashboard.layout import DEFAULT_SYMBOLS, symbol_options
 from chronoprice.evaluation import matured_metrics
 from chronoprice.pipeline import Pipeline, TickStatus
-from chronoprice.store import read_candles, read_latest_forecast, read_matured_forecasts
+from chronoprice.store import StoreError, read_candles, read_latest_forecast, read_matured_forecasts
 
 INDICATOR_WARM_UP = 60  # extra candles read so EMA 50 is settled on the first shown candle
 ERROR_WINDOW_MS = 24 * 3_600_000
@@ -151,7 +153,10 @@ def attach_callbacks(app: dash.Dash, pipeline: Pipeline, cache) -> None:
     @app.callback([Output(component, prop) for component, prop in REFRESH_OUTPUTS],
                   Input("refresh", "n_intervals"), Input("active-symbol", "data"), Input("theme", "data"), Input("overlays", "value"))
     def refresh(_, symbol, theme, overlays):
-        view = load_view(pipeline, symbol)
+        try:
+            view = load_view(pipeline, symbol)
+        except (StoreError, sqlite3.OperationalError):
+            raise PreventUpdate from None  # a lock past the busy timeout: keep the last good page
         outputs = {**cached_figures(cache, view, theme or "dark", overlays or []), **render_text(view)}
         return [outputs[component + ("-hidden" if prop == "hidden" else "")] for component, prop in REFRESH_OUTPUTS]
 
