@@ -161,6 +161,15 @@ def get_json(url: str, timeout: float = 30.0) -> tuple[int, dict]:
         return error.code, json.loads(error.read() or b"{}")
 
 
+def local_exchange_env(exchange_url: str, db_path: Path, refresh_seconds: float, workers: int = 1, **extra: str) -> dict:
+    """CHRONOPRICE_* settings for the app on the live source of one local exchange, no fail-over;
+    several workers share a file cache beside the database."""
+    env = {"CHRONOPRICE_SOURCE": "live", "CHRONOPRICE_EXCHANGE": "binance", "CHRONOPRICE_EXCHANGE_URL": exchange_url,
+           "CHRONOPRICE_FALLBACK_EXCHANGES": "none", "CHRONOPRICE_REFRESH_SECONDS": str(refresh_seconds),
+           "CHRONOPRICE_DB": str(db_path), "WEB_CONCURRENCY": str(workers), "CHRONOPRICE_CACHE_DIR": str(Path(db_path).parent / "cache")}
+    return {**env, **extra}
+
+
 @contextlib.contextmanager
 def gunicorn_service(env: dict, workers: int = 1, threads: int = 8):
     """`gunicorn app:server` as render.yaml starts it, on a free local port.
@@ -215,9 +224,8 @@ def run_deploy_benchmark(model_path: Path, ticks: int = 100) -> dict:
     candles = demo_candles("BTC/USDT", BENCH_START_MS, BENCH_START_MS + (ticks + 1600) * 60_000)
     with BinanceSimulator({"BTC/USDT": candles}, now_ms=BENCH_START_MS + 1500 * 60_000 + 20_000) as exchange, \
             tempfile.TemporaryDirectory() as folder:
-        env = {"CHRONOPRICE_SOURCE": "live", "CHRONOPRICE_EXCHANGE": "binance", "CHRONOPRICE_EXCHANGE_URL": exchange.url,
-               "CHRONOPRICE_FALLBACK_EXCHANGES": "none", "CHRONOPRICE_ENGINE": "litert", "CHRONOPRICE_REFRESH_SECONDS": "0.05", "CHRONOPRICE_MODEL": str(model_path),
-               "CHRONOPRICE_DB": str(Path(folder) / "deploy.db"), "WEB_CONCURRENCY": "1"}
+        env = local_exchange_env(exchange.url, Path(folder) / "deploy.db", 0.05, CHRONOPRICE_ENGINE="litert",
+                                 CHRONOPRICE_MODEL=str(model_path))
         with gunicorn_service(env) as (base, _, first_200_seconds, _log):
             cold_started = time.monotonic()
             get_json(base + "/api/v1/forecast")  # cold start: 24 h of candles, history forecast in the background

@@ -8,6 +8,7 @@ when it is made, and the litert engine never imports TensorFlow.
 
 from __future__ import annotations
 
+import importlib.util
 import threading
 from typing import Protocol
 
@@ -81,11 +82,7 @@ class LiteRTEngine:
 
 
 def litert_available() -> bool:
-    try:
-        import ai_edge_litert.interpreter  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return importlib.util.find_spec("ai_edge_litert") is not None
 
 
 def load_engine(kind: str, artifact: ModelArtifact, metadata: dict) -> PathEngine:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from chronoprice.bench import get_json, gunicorn_service, run_deploy_benchmark
+from chronoprice.bench import get_json, gunicorn_service, local_exchange_env, run_deploy_benchmark
 from chronoprice.exchange_sim import BinanceSimulator
 from tests.conftest import MINUTE_MS, SERIES_START_MS
 
@@ -29,9 +29,7 @@ def test_render_yaml_is_one_free_gunicorn_service_on_litert():
 def test_two_workers_and_twenty_clients_cause_one_exchange_fetch_per_interval(series, tmp_path):
     now = SERIES_START_MS + 3000 * MINUTE_MS + 20_000
     with BinanceSimulator(series, now_ms=now) as exchange:
-        env = {"CHRONOPRICE_SOURCE": "live", "CHRONOPRICE_EXCHANGE_URL": exchange.url, "CHRONOPRICE_FALLBACK_EXCHANGES": "none",
-               "CHRONOPRICE_REFRESH_SECONDS": "3", "CHRONOPRICE_DB": str(tmp_path / "shared.db"), "WEB_CONCURRENCY": "2",
-               "CHRONOPRICE_CACHE_DIR": str(tmp_path / "cache")}
+        env = local_exchange_env(exchange.url, tmp_path / "shared.db", 3, workers=2)
         with gunicorn_service(env, workers=2, threads=8) as (base, _, _first_200, _log):
             status, body = get_json(base + "/api/v1/candles?limit=3")
             assert status == 200, body
@@ -67,9 +65,7 @@ def test_fifty_api_clients_and_an_open_dashboard_for_a_minute(series, tmp_path):
 
     now = SERIES_START_MS + 2000 * MINUTE_MS + 20_000
     with BinanceSimulator(series, now_ms=now) as exchange:
-        env = {"CHRONOPRICE_SOURCE": "live", "CHRONOPRICE_EXCHANGE_URL": exchange.url, "CHRONOPRICE_FALLBACK_EXCHANGES": "none",
-               "CHRONOPRICE_REFRESH_SECONDS": "1", "CHRONOPRICE_DB": str(tmp_path / "soak.db"), "WEB_CONCURRENCY": "2",
-               "CHRONOPRICE_CACHE_DIR": str(tmp_path / "cache")}
+        env = local_exchange_env(exchange.url, tmp_path / "soak.db", 1, workers=2)
         with gunicorn_service(env, workers=2, threads=16) as (base, _, _first_200, log_path), sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             page = browser.new_page()
