@@ -20,9 +20,8 @@ import numpy as np
 from chronoprice.artifact import artifact_at, read_metadata
 from chronoprice.config import PROJECT_ROOT
 from chronoprice.exchange_sim import BinanceSimulator
-from chronoprice.features import model_input
-from chronoprice.forecast import feature_name
-from chronoprice.forecast import LSTMForecaster, load_engine
+from chronoprice.features import candle_rows, model_input
+from chronoprice.forecast import LSTMForecaster, feature_name, load_engine
 from chronoprice.pipeline import Pipeline
 from chronoprice.sources import LiveSource, demo_candles
 
@@ -45,7 +44,7 @@ def predict_loop_path(model, relative: np.ndarray, horizon: int, feature: str) -
 
     steps, cumulative = [], np.zeros((len(relative), 1), dtype="float32")
     for _ in range(horizon):
-        step = model.predict(relative[:, :, None], verbose=0)
+        step = model.predict(relative, verbose=0)
         relative = next_input(relative, step, feature).numpy()
         cumulative = cumulative + step
         steps.append(cumulative)
@@ -76,9 +75,9 @@ def _evaluate_seconds(forecaster: LSTMForecaster, origins: int) -> float:
     from chronoprice.evaluation import evaluate_forecaster
 
     count = origins + forecaster.window + forecaster.horizon - 1
-    closes = demo_candles("BTC/USDT", BENCH_START_MS, BENCH_START_MS + count * 60_000)["close"].to_numpy()
+    rows = candle_rows(demo_candles("BTC/USDT", BENCH_START_MS, BENCH_START_MS + count * 60_000))
     started = time.perf_counter()
-    evaluate_forecaster(forecaster, closes, 0, forecaster.level)
+    evaluate_forecaster(forecaster, rows, 0, forecaster.level)
     return time.perf_counter() - started
 
 
@@ -91,14 +90,14 @@ def _forecaster(model_path: Path, engine: str) -> LSTMForecaster:
 def run_benchmark(model_path: Path, repeats: int = 200, ticks: int = 40, deploy_ticks: int = 100) -> dict:
     """Time every engine and the predict loop on the same window, `ticks` live ticks, and the
     Render configuration under gunicorn (the shipped model) for `deploy_ticks` ticks."""
-    window_closes = demo_candles("BTC/USDT", BENCH_START_MS, BENCH_START_MS + 60 * 60_000)["close"].to_numpy()
+    window = candle_rows(demo_candles("BTC/USDT", BENCH_START_MS, BENCH_START_MS + 60 * 60_000))[None]
     forecast_ms, forecasters = {}, {}
     for engine in ("keras", "litert"):
         forecasters[engine] = _forecaster(model_path, engine)
-        forecast_ms[engine] = _median_ms(lambda: forecasters[engine].forecast(window_closes), repeats)
+        forecast_ms[engine] = _median_ms(lambda: forecasters[engine].forecast(window), repeats)
     keras_forecaster = forecasters["keras"]
     metadata = keras_forecaster.metadata
-    relative = model_input(window_closes[None, :], float(metadata["feature"]["scale"]), feature_name(metadata))
+    relative = model_input(window, float(metadata["feature"]["scale"]), feature_name(metadata))
     forecast_ms["predict_loop"] = _median_ms(
         lambda: predict_loop_path(keras_forecaster.engine.model, relative, keras_forecaster.horizon, feature_name(metadata)),
         max(3, repeats // 40),

@@ -18,6 +18,20 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _feature(text: str) -> str:
+    from chronoprice.features import parse_feature
+
+    try:
+        parse_feature(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
+COMPARED_FEATURES = ("relative_closes", "log_returns", "relative_closes+range", "relative_closes+volume",
+                     "relative_closes+range+volume", "log_returns+range+volume")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m chronoprice", description="ChronoPrice: live crypto forecasts with an honest scoreboard.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -29,16 +43,18 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--csv", type=Path, required=True, help="1-minute candle CSV (Binance Data Vision or headed OHLCV)")
     train.add_argument("--epochs", type=_positive_int, default=30, help="most epochs; training stops early (default 30)")
     train.add_argument("--loss", choices=["mse", "huber", "mae"], default="mae", help="training loss (default mae, chosen on validation: see docs/MODEL.md)")
-    train.add_argument("--feature", choices=["relative_closes", "log_returns"], default="relative_closes", help="input form (default relative_closes)")
+    train.add_argument("--feature", type=_feature, default="relative_closes",
+                       help="input: relative_closes or log_returns, optionally +range and/or +volume (default relative_closes)")
     train.add_argument("--train-days", type=float, default=None, help="train on only the last N days of the training split (default: all)")
     train.add_argument("--out", type=Path, default=DEFAULT_MODEL, help="artifact path without extension (default models/chronoprice-lstm)")
 
     compare = commands.add_parser("compare", help="train model variants and compare them walk-forward against the naive baseline")
     compare.add_argument("--csv", type=Path, required=True, help="1-minute candle CSV")
     compare.add_argument("--epochs", type=_positive_int, default=30, help="most epochs per variant (default 30)")
-    compare.add_argument("--features", default="relative_closes,log_returns", help="input forms to try")
+    compare.add_argument("--features", default=",".join(COMPARED_FEATURES), help="inputs to try, comma-separated")
     compare.add_argument("--losses", default="mse,huber,mae", help="losses to try")
     compare.add_argument("--train-days", default="all,3", help="training history lengths to try, in days or all")
+    compare.add_argument("--folds", type=_positive_int, default=3, help="rolling validation windows before the holdout (default 3)")
     compare.add_argument("--json", type=Path, help="also write the rows to this JSON file")
 
     evaluate = commands.add_parser("evaluate", help="walk-forward accuracy of a model against the naive baseline")
@@ -96,6 +112,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_compare(args: argparse.Namespace) -> int:
+    from chronoprice.features import parse_feature
     from chronoprice.model import Variant, compare_variants
     from chronoprice.sources import read_candle_csv
 
@@ -104,18 +121,22 @@ def run_compare(args: argparse.Namespace) -> int:
         Variant(feature, loss, None if days == "all" else float(days))
         for feature in args.features.split(",") for loss in args.losses.split(",") for days in args.train_days.split(",")
     ]
-    rows = compare_variants(candles, variants, args.epochs)
+    for feature in {variant.feature for variant in variants}:
+        parse_feature(feature)
+    rows = compare_variants(candles, variants, args.epochs, args.folds)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1) + "\n")
-    print("variant                                    epochs  validation mean  holdout mean  holdout worst step")
+    print(f"{'variant':<52} {'validation mean':>15}  {'folds':<26} {'holdout as is':>13}  {'holdout shrunk':>14}  {'worst step':>10}")
     for row in sorted(rows, key=lambda row: row["validation_mean_ratio"]):
-        print(f"{row['variant']:<42} {row['epochs_run']:>6}  {row['validation_mean_ratio']:15.5f}  "
-              f"{row['holdout_mean_ratio']:12.5f}  {max(row['holdout_mae_ratio']):18.5f}")
+        folds = " ".join(f"{ratio:.5f}" for ratio in row["fold_mean_ratios"])
+        print(f"{row['variant']:<52} {row['validation_mean_ratio']:15.5f}  {folds:<26} {row['holdout_raw_mean_ratio']:13.5f}  "
+              f"{row['holdout_mean_ratio']:14.5f}  {max(row['holdout_mae_ratio']):10.5f}")
     return 0
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from chronoprice.evaluation import ADAPTIVE_WINDOW, evaluate_forecaster
+    from chronoprice.features import candle_rows
     from chronoprice.forecast import load_forecaster
     from chronoprice.sources import read_candle_csv
 
@@ -132,7 +153,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
                          "(up to its metadata's trained_until_ts); pass newer candles, or --include-training-data")
     start = max(0, first_scored_close - forecaster.window + 1 - ADAPTIVE_WINDOW - forecaster.horizon)
     scored_from = first_scored_close - forecaster.window + 1 - start
-    table, arrays = evaluate_forecaster(forecaster, candles["close"].to_numpy()[start:], scored_from, args.level)
+    table, arrays = evaluate_forecaster(forecaster, candle_rows(candles)[start:], scored_from, args.level)
     origins = len(arrays["actual"])
     skipped = first_scored_close - forecaster.window + 1
     if args.report:

@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from chronoprice.features import HORIZON, VOLATILITY_WINDOW, WINDOW, recent_volatility, walk_forward_windows
+from chronoprice.features import HORIZON, VOLATILITY_WINDOW, WINDOW, recent_volatility, walk_forward_windows, window_closes
 
 INTERVAL_LEVELS = (0.8, 0.9, 0.95)
 ADAPTIVE_WINDOW = 360  # matured scores per step that set the live interval (6 hours), chosen on validation
@@ -17,7 +17,8 @@ ADAPTIVE_MIN_ERRORS = 120  # below this many, the validation calibration saved w
 
 
 def walk_forward(forecaster, closes: np.ndarray, window: int = WINDOW, horizon: int = HORIZON) -> dict[str, np.ndarray]:
-    """Forecast from every origin of `closes` that has `horizon` actual closes after it.
+    """Forecast from every origin of `closes` (or candle rows [N, 4]) that has `horizon` actual
+    closes after it.
 
     Returns arrays [N, horizon]: mean, lower, upper, actual; and origin_close [N, 1].
     """
@@ -25,7 +26,7 @@ def walk_forward(forecaster, closes: np.ndarray, window: int = WINDOW, horizon: 
     if len(windows) == 0:
         raise ValueError(f"walk-forward needs at least {window + horizon} closes, got {len(closes)}")
     forecast = forecaster.forecast(windows)
-    return {**forecast, "actual": actual, "origin_close": windows[:, -1:]}
+    return {**forecast, "actual": actual, "origin_close": window_closes(windows)[:, -1:]}
 
 
 def interval_scores(log_errors: np.ndarray, volatility: np.ndarray) -> np.ndarray:
@@ -116,21 +117,42 @@ def overall_metrics(matured: pd.DataFrame) -> dict:
     return {"mae_ratio": float(model / naive) if naive > 0 else None, "coverage": float(covered.mean()), "count": len(matured)}
 
 
-SHRINKAGE_GRID = np.round(np.arange(0.0, 1.5001, 0.025), 3)
+SHRINKAGE_GRID = np.round(np.arange(0.0, 1.0001, 0.025), 3)
 
 
 def fit_shrinkage(log_moves: np.ndarray, actual: np.ndarray, origin_close: np.ndarray) -> list[float]:
     """Per step, the weight on the model's predicted move (0 = the last close, 1 = the model as
-    is) that minimises MAE on these origins: a combination with the naive forecast.
+    is): the smallest weight whose MAE on these origins is within one standard error of the
+    best weight's (the one-standard-error rule).
 
-    `log_moves` is [N, horizon] of log(predicted / origin close); returns one weight per step
-    from SHRINKAGE_GRID.
+    The forecast thus leaves the last close only as far as the evidence clearly supports: a
+    gain smaller than its own noise is not worth the risk on unseen data. The standard error is
+    that of the paired difference in absolute errors, with Newey-West variance, because a step-k
+    error overlaps the next k - 1 origins'. `log_moves` is [N, horizon] of log(predicted /
+    origin close); returns one weight per step from SHRINKAGE_GRID, which stays within [0, 1]
+    so the forecast never goes beyond what the model says.
     """
     weights = []
     for step in range(log_moves.shape[1]):
-        errors = [np.abs(origin_close[:, 0] * np.exp(weight * log_moves[:, step]) - actual[:, step]).mean() for weight in SHRINKAGE_GRID]
-        weights.append(float(SHRINKAGE_GRID[int(np.argmin(errors))]))
+        errors = np.abs(origin_close * np.exp(np.outer(log_moves[:, step], SHRINKAGE_GRID)) - actual[:, step : step + 1])
+        best = errors[:, int(np.argmin(errors.mean(axis=0)))]
+        for column, weight in enumerate(SHRINKAGE_GRID):
+            gap = errors[:, column] - best
+            if gap.mean() <= math.sqrt(long_run_variance(gap, step + 1) / len(gap)):
+                weights.append(float(weight))
+                break
     return weights
+
+
+def long_run_variance(series: np.ndarray, horizon: int) -> float:
+    """Newey-West variance of a series whose values overlap `horizon` - 1 neighbours (Bartlett
+    weights, lag horizon - 1)."""
+    centred = series - series.mean()
+    count = len(centred)
+    variance = centred @ centred / count
+    for lag in range(1, horizon):
+        variance += 2 * (1 - lag / horizon) * (centred[lag:] @ centred[:-lag]) / count
+    return float(variance)
 
 
 def conformal_level(count: int, level: float) -> float:
@@ -205,10 +227,7 @@ def diebold_mariano(model_errors: np.ndarray, baseline_errors: np.ndarray, horiz
     """
     differential = np.abs(model_errors) - np.abs(baseline_errors)
     count = len(differential)
-    centred = differential - differential.mean()
-    variance = centred @ centred / count
-    for lag in range(1, horizon):
-        variance += 2 * (1 - lag / horizon) * (centred[lag:] @ centred[:-lag]) / count
+    variance = long_run_variance(differential, horizon)
     if variance <= 0:
         return 0.0, 1.0
     statistic = differential.mean() / math.sqrt(variance / count)

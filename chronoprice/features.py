@@ -1,13 +1,19 @@
-"""Model input and targets, pure: scale-free windows of closes.
+"""Model input and targets, pure: scale-free windows of candles.
 
-The model sees the last WINDOW closes in one of two scale-free forms (FEATURES), divided by
+A window is the last WINDOW candles, either as closes ([B, WINDOW]) or as candle rows
+([B, WINDOW, 4] of high, low, close, volume: CANDLE_COLUMNS). The model sees it as channels, all
+scale-free, and predicts the next close as a log return from the newest close, divided by
 `scale` (the standard deviation of 1-minute log returns on the training split, saved with the
-model), and predicts the next close as a log return from the newest close in the same units.
-One model therefore serves any symbol and price level.
+model). One model therefore serves any symbol and price level.
 
+A feature name is a close form, optionally with extra channels joined by "+", e.g.
+"relative_closes+range+volume". Close forms (the first channel):
 - relative_closes: log(close / newest close); the newest value is always 0.
 - log_returns: log(close / previous close); the oldest value, which has no previous close in
   the window, is always 0.
+Extra channels (they need candle rows, not closes alone):
+- range: log(high / low), the candle's spread.
+- volume: log(1 + volume / the window's mean volume).
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 WINDOW = 60
 HORIZON = 10
+CANDLE_COLUMNS = ("high", "low", "close", "volume")
+CLOSE = CANDLE_COLUMNS.index("close")
 
 
 def log_return_scale(closes: np.ndarray) -> float:
@@ -26,42 +34,97 @@ def log_return_scale(closes: np.ndarray) -> float:
 
 
 FEATURES = ("relative_closes", "log_returns")
+EXTRA_CHANNELS = ("range", "volume")
+
+
+def parse_feature(name: str) -> tuple[str, tuple[str, ...]]:
+    """"relative_closes+range" -> ("relative_closes", ("range",)); ValueError when unknown."""
+    form, *extras = name.split("+")
+    if form not in FEATURES or any(extra not in EXTRA_CHANNELS for extra in extras) or len(set(extras)) < len(extras):
+        raise ValueError(f"unknown feature {name!r}; a close form ({', '.join(FEATURES)}), "
+                         f"optionally with +{' +'.join(EXTRA_CHANNELS)}")
+    return form, tuple(extras)
+
+
+def channel_count(feature: str) -> int:
+    return 1 + len(parse_feature(feature)[1])
+
+
+def candle_rows(candles) -> np.ndarray:
+    """A candles DataFrame -> [N, 4] float64 rows of CANDLE_COLUMNS, the form windows are cut from."""
+    return candles[list(CANDLE_COLUMNS)].to_numpy(dtype="float64")
+
+
+FEATURE_DEFINITIONS = {
+    "relative_closes": "log(close / newest close) / scale over the window",
+    "log_returns": "log(close / previous close) / scale over the window (oldest value 0)",
+    "range": "log(high / low) / scale",
+    "volume": "log(1 + volume / the window's mean volume)",
+}
+
+
+def describe_feature(feature: str) -> str:
+    form, extras = parse_feature(feature)
+    return "; ".join(FEATURE_DEFINITIONS[part] for part in (form, *extras))
+
+
+def window_closes(windows: np.ndarray) -> np.ndarray:
+    """The closes of windows: [B, W] closes as they are, [B, W, 4] candle rows -> [B, W]."""
+    windows = np.asarray(windows, dtype="float64")
+    return windows[..., CLOSE] if windows.ndim == 3 else windows
 
 
 def model_input(windows: np.ndarray, scale: float, feature: str = "relative_closes") -> np.ndarray:
-    """[B, WINDOW] closes -> [B, WINDOW] float32 model input in the form `feature`, / scale."""
-    logs = np.log(np.asarray(windows, dtype="float64"))
-    if feature == "relative_closes":
-        values = logs - logs[:, -1:]
-    elif feature == "log_returns":
-        values = np.concatenate([np.zeros((len(logs), 1)), np.diff(logs, axis=1)], axis=1)
+    """[B, WINDOW] closes or [B, WINDOW, 4] candles -> [B, WINDOW, channels] float32 model input."""
+    form, extras = parse_feature(feature)
+    windows = np.asarray(windows, dtype="float64")
+    if extras and windows.ndim != 3:
+        raise ValueError(f"feature {feature!r} needs candle rows ({', '.join(CANDLE_COLUMNS)}), not closes alone")
+    logs = np.log(window_closes(windows))
+    if form == "relative_closes":
+        channels = [(logs - logs[:, -1:]) / scale]
     else:
-        raise ValueError(f"unknown feature {feature!r}; known: {', '.join(FEATURES)}")
-    return (values / scale).astype("float32")
+        channels = [np.concatenate([np.zeros((len(logs), 1)), np.diff(logs, axis=1)], axis=1) / scale]
+    for extra in extras:
+        if extra == "range":
+            channels.append(np.log(windows[..., 0] / windows[..., 1]) / scale)
+        else:
+            volume = windows[..., 3]
+            channels.append(np.log1p(volume / np.maximum(volume.mean(axis=1, keepdims=True), 1e-12)))
+    return np.stack(channels, axis=-1).astype("float32")
 
 
-def training_pairs(closes: np.ndarray, scale: float, window: int = WINDOW, feature: str = "relative_closes") -> tuple[np.ndarray, np.ndarray]:
-    """Every (input window, next-step target) pair of a close series, in time order.
+def training_pairs(series: np.ndarray, scale: float, window: int = WINDOW, feature: str = "relative_closes") -> tuple[np.ndarray, np.ndarray]:
+    """Every (input window, next-step target) pair of a series of closes [N] or candles [N, 4],
+    in time order.
 
-    Returns X [N, window] float32 and y [N] float32 with N = len(closes) - window.
+    Returns X [M, window, channels] float32 and y [M] float32 with M = N - window.
     """
-    closes = np.asarray(closes, dtype="float64")
-    windows = sliding_window_view(closes[:-1], window)
+    series = np.asarray(series, dtype="float64")
+    closes = series[:, CLOSE] if series.ndim == 2 else series
     targets = np.log(closes[window:] / closes[window - 1 : -1]) / scale
-    return model_input(windows, scale, feature), targets.astype("float32")
+    return model_input(_windows_of(series[:-1], window), scale, feature), targets.astype("float32")
 
 
-def walk_forward_windows(closes: np.ndarray, window: int = WINDOW, horizon: int = HORIZON) -> tuple[np.ndarray, np.ndarray]:
+def _windows_of(series: np.ndarray, window: int) -> np.ndarray:
+    """Sliding windows over time: [N] -> [N - window + 1, window]; [N, 4] -> [.., window, 4]."""
+    windows = sliding_window_view(series, window, axis=0)
+    return np.moveaxis(windows, -1, 1) if series.ndim == 2 else windows
+
+
+def walk_forward_windows(series: np.ndarray, window: int = WINDOW, horizon: int = HORIZON) -> tuple[np.ndarray, np.ndarray]:
     """Every origin that has a full window before it and `horizon` actual closes after it.
 
-    Returns windows [N, window] of closes and actuals [N, horizon] of the closes that followed,
-    with N = len(closes) - window - horizon + 1; origin i's newest close is closes[i + window - 1].
+    `series` is closes [N] or candles [N, 4]. Returns windows (of closes [M, window], or of
+    candles [M, window, 4]) and actuals [M, horizon] of the closes that followed, with
+    M = N - window - horizon + 1; origin i's newest candle is series[i + window - 1].
     """
-    closes = np.asarray(closes, dtype="float64")
-    count = len(closes) - window - horizon + 1
+    series = np.asarray(series, dtype="float64")
+    closes = series[:, CLOSE] if series.ndim == 2 else series
+    count = len(series) - window - horizon + 1
     if count <= 0:
-        return np.empty((0, window)), np.empty((0, horizon))
-    windows = sliding_window_view(closes, window)[:count]
+        return np.empty((0, window, *series.shape[1:])), np.empty((0, horizon))
+    windows = _windows_of(series, window)[:count]
     actuals = sliding_window_view(closes[window:], horizon)[:count]
     return windows, actuals
 
@@ -70,9 +133,10 @@ VOLATILITY_WINDOW = 15  # candles of returns that scale the interval, chosen on 
 
 
 def recent_volatility(windows: np.ndarray, span: int = VOLATILITY_WINDOW) -> np.ndarray:
-    """[B, WINDOW] closes -> [B, 1] standard deviation of the last `span` 1-minute log returns.
+    """[B, WINDOW] closes (or [B, WINDOW, 4] candles) -> [B, 1] standard deviation of the last
+    `span` 1-minute log returns.
 
     Floored at 1e-6 so a frozen market still gets a (tiny) interval.
     """
-    logs = np.log(np.asarray(windows, dtype="float64")[:, -span - 1 :])
+    logs = np.log(window_closes(windows)[:, -span - 1 :])
     return np.maximum(np.diff(logs, axis=1).std(axis=1, keepdims=True), 1e-6)

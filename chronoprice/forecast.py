@@ -1,7 +1,8 @@
 """Forecasters: the recursive LSTM on a choice of engine, and the naive baseline.
 
 Every forecaster has `forecast(windows) -> {"mean", "lower", "upper"}`: `windows` is [B, WINDOW]
-closes (or one window of WINDOW closes) and each returned array is [B, horizon] prices.
+closes (or one window of WINDOW closes) or [B, WINDOW, 4] candle rows (features.CANDLE_COLUMNS;
+models with range or volume channels need these), and each returned array is [B, horizon] prices.
 This module imports neither TensorFlow nor LiteRT at import time; an engine loads its runtime
 when it is made, and the litert engine never imports TensorFlow.
 """
@@ -15,14 +16,14 @@ from typing import Protocol
 import numpy as np
 
 from chronoprice.artifact import ModelArtifact, ModelUnavailable, artifact_at, read_metadata
-from chronoprice.features import model_input, recent_volatility
+from chronoprice.features import model_input, recent_volatility, window_closes
 
 DEFAULT_LEVEL = 0.9
 EVALUATION_BATCH = 512
 
 
 class PathEngine(Protocol):
-    """Maps [B, window] scaled relative log closes to [B, horizon] scaled log returns from the origin."""
+    """Maps [B, window, channels] model input to [B, horizon] scaled log returns from the origin."""
 
     name: str
 
@@ -48,7 +49,7 @@ class KerasEngine:
         with self._lock:
             for start in range(0, len(relative), batch):
                 chunk = relative[start : start + batch]
-                padded = np.zeros((batch, relative.shape[1]), dtype="float32")
+                padded = np.zeros((batch, *relative.shape[1:]), dtype="float32")
                 padded[: len(chunk)] = chunk
                 parts.append(self._function(padded).numpy()[: len(chunk)])
         return np.concatenate(parts)
@@ -75,7 +76,7 @@ class LiteRTEngine:
         rows = []
         with self._lock:
             for row in relative:
-                self._interpreter.set_tensor(self._input, row[None, :].astype("float32"))
+                self._interpreter.set_tensor(self._input, row[None].astype("float32"))
                 self._interpreter.invoke()
                 rows.append(self._interpreter.get_tensor(self._output)[0].copy())
         return np.stack(rows)
@@ -139,10 +140,10 @@ class LSTMForecaster:
         e.g. with one adapted to the latest matured errors."""
         windows = _as_batch(windows)
         if windows.shape[1] != self.window:
-            raise ValueError(f"a forecast needs windows of {self.window} closes, got {windows.shape[1]}")
+            raise ValueError(f"a forecast needs windows of {self.window} candles, got {windows.shape[1]}")
         raw_path = self.engine.path(model_input(windows, self._scale, self._feature)).astype("float64")
         log_path = raw_path * self._scale * self._shrinkage
-        origin = windows[:, -1:]
+        origin = window_closes(windows)[:, -1:]
         widths = (self.calibrated_quantiles if quantiles is None else quantiles) * recent_volatility(windows)
         return {
             "mean": origin * np.exp(log_path),
@@ -160,7 +161,7 @@ class NaiveForecaster:
         self.horizon = horizon
 
     def forecast(self, windows: np.ndarray) -> dict[str, np.ndarray]:
-        mean = np.repeat(_as_batch(windows)[:, -1:], self.horizon, axis=1)
+        mean = np.repeat(window_closes(_as_batch(windows))[:, -1:], self.horizon, axis=1)
         return {"mean": mean, "lower": mean, "upper": mean}
 
 
@@ -173,7 +174,7 @@ class DriftForecaster:
         self.horizon = horizon
 
     def forecast(self, windows: np.ndarray) -> dict[str, np.ndarray]:
-        windows = _as_batch(windows)
+        windows = window_closes(_as_batch(windows))
         drift = np.log(windows[:, -1:] / windows[:, :1]) / (windows.shape[1] - 1)
         mean = windows[:, -1:] * np.exp(drift * np.arange(1, self.horizon + 1))
         return {"mean": mean, "lower": mean, "upper": mean}
@@ -188,7 +189,7 @@ class MovingAverageForecaster:
         self.horizon = horizon
 
     def forecast(self, windows: np.ndarray) -> dict[str, np.ndarray]:
-        mean = np.repeat(_as_batch(windows).mean(axis=1, keepdims=True), self.horizon, axis=1)
+        mean = np.repeat(window_closes(_as_batch(windows)).mean(axis=1, keepdims=True), self.horizon, axis=1)
         return {"mean": mean, "lower": mean, "upper": mean}
 
 

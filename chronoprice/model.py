@@ -13,18 +13,18 @@ import tensorflow as tf
 import keras
 
 from chronoprice.artifact import ModelArtifact, ModelUnavailable
-from chronoprice.features import HORIZON, WINDOW
+from chronoprice.features import HORIZON, WINDOW, channel_count, parse_feature
 
 DROPOUT = 0.2
 
 
-def build_model(window: int = WINDOW, batch_size: int | None = None, dropout: float = DROPOUT) -> keras.Model:
+def build_model(window: int = WINDOW, batch_size: int | None = None, dropout: float = DROPOUT, channels: int = 1) -> keras.Model:
     """LSTM(64, return_sequences) -> Dropout -> LSTM(32) -> Dense(16, relu) -> Dense(1).
 
-    Input [batch, window, 1] (scaled relative log closes); output [batch, 1], the next close as a
-    scaled log return from the newest close.
+    Input [batch, window, channels] (features.model_input); output [batch, 1], the next close as
+    a scaled log return from the newest close.
     """
-    inputs = keras.Input((window, 1), batch_size=batch_size, name="relative_log_closes")
+    inputs = keras.Input((window, channels), batch_size=batch_size, name="scale_free_candles")
     hidden = keras.layers.LSTM(64, return_sequences=True, name="lstm_64")(inputs)
     hidden = keras.layers.Dropout(dropout, name="dropout")(hidden)
     hidden = keras.layers.LSTM(32, name="lstm_32")(hidden)
@@ -34,26 +34,43 @@ def build_model(window: int = WINDOW, batch_size: int | None = None, dropout: fl
 
 
 def next_input(inputs: tf.Tensor, step: tf.Tensor, feature: str) -> tf.Tensor:
-    """The model input after `step` (the predicted next close, [batch, 1]) joins the window.
+    """The model input after the predicted next candle (`step`, its close as [batch, 1]) joins
+    the window.
 
     Keeps the form the model was trained on: relative closes are re-referenced to the new
-    newest close; for log returns the oldest value stays the placeholder 0.
+    newest close; for log returns the oldest value stays the placeholder 0. The predicted
+    candle's range and volume are unknown, so it gets the window's mean of each, and the
+    volume channel is re-expressed against the new window's mean volume.
     """
-    if feature == "relative_closes":
-        return tf.concat([inputs[:, 1:], step], axis=1) - step
-    return tf.concat([tf.zeros_like(step), inputs[:, 2:], step], axis=1)
+    form, extras = parse_feature(feature)
+    closes = inputs[:, :, 0]
+    if form == "relative_closes":
+        channels = [tf.concat([closes[:, 1:], step], axis=1) - step]
+    else:
+        channels = [tf.concat([tf.zeros_like(step), closes[:, 2:], step], axis=1)]
+    for number, extra in enumerate(extras, 1):
+        values = inputs[:, :, number]
+        if extra == "range":
+            channels.append(tf.concat([values[:, 1:], tf.reduce_mean(values, axis=1, keepdims=True)], axis=1))
+        else:
+            # exp - 1 and log(1 + x): LiteRT has no builtin expm1 or log1p.
+            ratios = tf.exp(values) - 1
+            ratios = tf.concat([ratios[:, 1:], tf.reduce_mean(ratios, axis=1, keepdims=True)], axis=1)
+            ratios = ratios / tf.maximum(tf.reduce_mean(ratios, axis=1, keepdims=True), 1e-12)
+            channels.append(tf.math.log(1 + ratios))
+    return tf.stack(channels, axis=-1)
 
 
 def recursive_path(model: keras.Model, inputs: tf.Tensor, horizon: int = HORIZON, feature: str = "relative_closes") -> tf.Tensor:
-    """Run the model `horizon` times, feeding each predicted close back into the window.
+    """Run the model `horizon` times, feeding each predicted candle back into the window.
 
-    `inputs` is [batch, window] model input (features.model_input). Returns [batch, horizon]:
-    the predicted close of each step as a scaled log return from the origin.
+    `inputs` is [batch, window, channels] model input (features.model_input). Returns
+    [batch, horizon]: the predicted close of each step as a scaled log return from the origin.
     """
     steps = []
-    cumulative = tf.zeros_like(inputs[:, :1])
+    cumulative = tf.zeros_like(inputs[:, :1, 0])
     for _ in range(horizon):
-        step = model(inputs[:, :, None], training=False)
+        step = model(inputs, training=False)
         inputs = next_input(inputs, step, feature)
         cumulative = cumulative + step
         steps.append(cumulative)
@@ -61,10 +78,10 @@ def recursive_path(model: keras.Model, inputs: tf.Tensor, horizon: int = HORIZON
 
 
 def compiled_path_function(model: keras.Model, window: int, horizon: int, feature: str = "relative_closes"):
-    """All `horizon` steps in one XLA-compiled tf.function taking [batch, window] float32."""
+    """All `horizon` steps in one XLA-compiled tf.function taking [batch, window, channels] float32."""
     return tf.function(
         lambda inputs: recursive_path(model, inputs, horizon, feature),
-        input_signature=[tf.TensorSpec([None, window], tf.float32)],
+        input_signature=[tf.TensorSpec([None, window, channel_count(feature)], tf.float32)],
         jit_compile=True,
         reduce_retracing=True,
     )
@@ -78,11 +95,12 @@ def export_tflite(model: keras.Model, window: int, horizon: int, feature: str = 
     """
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-    fixed = build_model(window, batch_size=1)
+    channels = channel_count(feature)
+    fixed = build_model(window, batch_size=1, channels=channels)
     fixed.set_weights(model.get_weights())
     concrete = tf.function(
         lambda inputs: recursive_path(fixed, inputs, horizon, feature),
-        input_signature=[tf.TensorSpec([1, window], tf.float32)],
+        input_signature=[tf.TensorSpec([1, window, channels], tf.float32)],
     ).get_concrete_function()
     converter = tf.lite.TFLiteConverter.from_concrete_functions([convert_variables_to_constants_v2(concrete)])
     return converter.convert()
@@ -140,13 +158,13 @@ def fit_model(
     training. A progress bar on stderr counts batches over all epochs.
     """
     keras.utils.set_random_seed(seed)
-    model = build_model(x_train.shape[1])
+    model = build_model(x_train.shape[1], channels=x_train.shape[2])
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=loss)
     stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True)
     history = model.fit(
-        x_train[:, :, None],
+        x_train,
         y_train,
-        validation_data=(x_val[:, :, None], y_val),
+        validation_data=(x_val, y_val),
         epochs=epochs,
         batch_size=batch_size,
         shuffle=True,
@@ -161,6 +179,7 @@ def save_keras_model(model: keras.Model, path: Path) -> None:
 
 
 TRAIN_SHARE, VALIDATION_SHARE = 0.70, 0.15
+FOLDS = 3  # rolling origins that choose the variant and fit its shrinkage
 
 
 def split_by_time(count: int, window: int) -> dict[str, slice]:
@@ -178,10 +197,20 @@ def split_by_time(count: int, window: int) -> dict[str, slice]:
     }
 
 
-FEATURE_DEFINITIONS = {
-    "relative_closes": "log(close / newest close) / scale over the window",
-    "log_returns": "log(close / previous close) / scale over the window (oldest value 0)",
-}
+def rolling_folds(count: int, window: int, folds: int = FOLDS) -> list[dict[str, slice]]:
+    """Train/validation pairs for rolling-origin selection, oldest first, all before the holdout.
+
+    The validation windows are as long as split_by_time's and tile the candles just before the
+    holdout; each fold trains on every candle before its validation window, so the last fold is
+    split_by_time's train and validation.
+    """
+    splits = split_by_time(count, window)
+    end, length = splits["validation"].stop, splits["validation"].stop - splits["train"].stop
+    first_train = end - folds * length
+    if first_train < 4 * window:
+        raise ValueError(f"{count} candles are too few for {folds} rolling folds: the first would train on {first_train}")
+    stops = [end - (folds - 1 - number) * length for number in range(folds)]
+    return [{"train": slice(0, stop - length), "validation": slice(stop - length - window, stop)} for stop in stops]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,53 +219,83 @@ class Variant:
 
     feature: str = "relative_closes"
     loss: str = "mae"
-    train_days: float | None = None  # None: the whole training split
+    train_days: float | None = None  # None: every candle before the validation window
 
     def describe(self) -> str:
         days = "all" if self.train_days is None else f"last {self.train_days:g} d"
         return f"{self.feature}, {self.loss}, train {days}"
 
 
-def fit_variant(closes: np.ndarray, variant: Variant, epochs: int, window: int = WINDOW, horizon: int = HORIZON):
-    """Train `variant` on the training split and calibrate its intervals on the validation split.
+def fit_fold(candles: np.ndarray, fold: dict[str, slice], variant: Variant, epochs: int, window: int = WINDOW,
+             horizon: int = HORIZON) -> tuple[keras.Model, dict, dict, dict]:
+    """Train `variant` on a fold's training candles (early stopping on its validation window) and
+    walk forward over the validation window with the model as is.
 
-    Returns (model, metadata, forecaster, splits, history); the holdout is untouched.
+    `candles` is [N, 4] (features.CANDLE_COLUMNS). Returns (model, metadata without intervals
+    or shrinkage, training history, validation walk-forward result).
     """
-    from chronoprice.evaluation import conformal_quantiles, fit_shrinkage, interval_scores, walk_forward
-    from chronoprice.features import VOLATILITY_WINDOW, log_return_scale, recent_volatility, training_pairs, walk_forward_windows
+    from chronoprice.evaluation import walk_forward
+    from chronoprice.features import CLOSE, VOLATILITY_WINDOW, describe_feature, log_return_scale, training_pairs
     from chronoprice.forecast import DEFAULT_LEVEL, KerasEngine, LSTMForecaster
 
-    if len(closes) < 10 * (window + horizon):
-        raise ValueError(f"training needs at least {10 * (window + horizon)} candles, got {len(closes)}")
-    splits = split_by_time(len(closes), window)
-    train = closes[splits["train"]]
+    train = candles[fold["train"]]
     if variant.train_days is not None:
         train = train[-int(variant.train_days * 1440) :]
-    scale = log_return_scale(train)
+    scale = log_return_scale(train[:, CLOSE])
     x_train, y_train = training_pairs(train, scale, window, variant.feature)
-    x_val, y_val = training_pairs(closes[splits["validation"]], scale, window, variant.feature)
+    x_val, y_val = training_pairs(candles[fold["validation"]], scale, window, variant.feature)
     model, history = fit_model(x_train, y_train, x_val, y_val, epochs, loss=variant.loss)
     metadata = {
         "version": "unsaved",
         "window": window,
         "horizon": horizon,
-        "feature": {"name": variant.feature, "definition": FEATURE_DEFINITIONS[variant.feature], "scale": scale},
+        "feature": {"name": variant.feature, "definition": describe_feature(variant.feature), "scale": scale},
         "intervals": {
             "method": "split-conformal on validation errors in units of the last minutes' volatility",
             "volatility_window": VOLATILITY_WINDOW,
             "score_quantile": {f"{DEFAULT_LEVEL:.2f}": [0.0] * horizon},
         },
     }
+    forecaster = LSTMForecaster(KerasEngine(model, window, horizon, variant.feature), metadata)
+    return model, metadata, history, walk_forward(forecaster, candles[fold["validation"]], window, horizon)
+
+
+def fit_variant(candles: np.ndarray, variant: Variant, epochs: int, window: int = WINDOW, horizon: int = HORIZON,
+                folds: int = FOLDS, progress=sys.stderr):
+    """Train `variant` on every rolling fold and keep the last fold's model.
+
+    The per-step shrinkage toward the last close is fitted on the validation forecasts of all
+    folds together (each fold's model on its own validation window), the intervals are
+    calibrated on the last fold's validation window, and `metadata["selection"]` records each
+    fold's MAE ratios of the model as is. The holdout is untouched.
+    Returns (model, metadata, forecaster, splits, history).
+    """
+    from chronoprice.evaluation import conformal_quantiles, fit_shrinkage, interval_scores, step_metrics, walk_forward
+    from chronoprice.features import recent_volatility, walk_forward_windows
+    from chronoprice.forecast import DEFAULT_LEVEL, KerasEngine, LSTMForecaster
+
+    if len(candles) < 10 * (window + horizon):
+        raise ValueError(f"training needs at least {10 * (window + horizon)} candles, got {len(candles)}")
+    fold_splits = rolling_folds(len(candles), window, folds)
+    results, selection = [], []
+    for number, fold in enumerate(fold_splits, 1):
+        print(f"fold {number}/{folds}: train on candles {fold['train'].stop}, validate on the next "
+              f"{fold['validation'].stop - fold['train'].stop}", file=progress, flush=True)
+        model, metadata, history, validation = fit_fold(candles, fold, variant, epochs, window, horizon)
+        results.append(validation)
+        ratios = step_metrics(validation, DEFAULT_LEVEL)["mae_ratio"]
+        selection.append({"train": [0, fold["train"].stop], "validation_targets": [fold["train"].stop, fold["validation"].stop],
+                          "epochs_run": len(history["loss"]), "mae_ratio": [round(float(ratio), 6) for ratio in ratios]})
+    pooled = {key: np.concatenate([result[key] for result in results]) for key in ("mean", "actual", "origin_close")}
+    metadata["shrinkage"] = fit_shrinkage(np.log(pooled["mean"] / pooled["origin_close"]), pooled["actual"], pooled["origin_close"])
+    metadata["selection"] = {"method": f"rolling origin over {folds} validation windows", "folds": selection}
     engine = KerasEngine(model, window, horizon, variant.feature)
-    validation_closes = closes[splits["validation"]]
-    validation = walk_forward(LSTMForecaster(engine, metadata), validation_closes, window, horizon)
-    metadata["shrinkage"] = fit_shrinkage(np.log(validation["mean"] / validation["origin_close"]), validation["actual"],
-                                          validation["origin_close"])
-    validation = walk_forward(LSTMForecaster(engine, metadata), validation_closes, window, horizon)
-    volatility = recent_volatility(walk_forward_windows(validation_closes, window, horizon)[0])
+    validation_candles = candles[fold_splits[-1]["validation"]]
+    validation = walk_forward(LSTMForecaster(engine, metadata), validation_candles, window, horizon)
+    volatility = recent_volatility(walk_forward_windows(validation_candles, window, horizon)[0])
     scores = interval_scores(np.log(validation["actual"] / validation["mean"]), volatility)
     metadata["intervals"]["score_quantile"] = conformal_quantiles(scores)
-    return model, metadata, LSTMForecaster(engine, metadata), splits, history
+    return model, metadata, LSTMForecaster(engine, metadata), split_by_time(len(candles), window), history
 
 
 def train_artifact(
@@ -254,11 +313,12 @@ def train_artifact(
     """
     from chronoprice.artifact import content_version, write_metadata
     from chronoprice.evaluation import step_metrics, walk_forward
+    from chronoprice.features import candle_rows
     from chronoprice.forecast import DEFAULT_LEVEL
 
-    closes = candles["close"].to_numpy(dtype="float64")
-    model, metadata, forecaster, splits, history = fit_variant(closes, variant, epochs, window, horizon)
-    holdout = step_metrics(walk_forward(forecaster, closes[splits["holdout"]], window, horizon), DEFAULT_LEVEL)
+    rows = candle_rows(candles)
+    model, metadata, forecaster, splits, history = fit_variant(rows, variant, epochs, window, horizon)
+    holdout = step_metrics(walk_forward(forecaster, rows[splits["holdout"]], window, horizon), DEFAULT_LEVEL)
 
     out.base.parent.mkdir(parents=True, exist_ok=True)
     save_keras_model(model, out.keras_path)
@@ -271,7 +331,7 @@ def train_artifact(
             "architecture": "LSTM(64, return_sequences) -> Dropout(0.2) -> LSTM(32) -> Dense(16, relu) -> Dense(1)",
             "training": {
                 "data": data_description,
-                "candles": len(closes),
+                "candles": len(rows),
                 "first_ts": int(ts[0]),
                 "last_ts": int(ts[-1]),
                 "trained_until_ts": int(ts[validation_end - 1]),
@@ -289,27 +349,35 @@ def train_artifact(
     return metadata
 
 
-def compare_variants(candles, variants: list[Variant], epochs: int, progress=sys.stderr) -> list[dict]:
-    """Train every variant the same way and score it walk-forward on validation and holdout.
+def compare_variants(candles, variants: list[Variant], epochs: int, folds: int = FOLDS, progress=sys.stderr) -> list[dict]:
+    """Train every variant the same way and score it walk-forward on rolling validation windows
+    and on the holdout.
 
-    Returns one row per variant: its description, its shrinkage weights and, for each split, the
-    per-step MAE ratio to the naive baseline and their mean. The shrinkage is fitted on the
-    validation split, so validation ratios flatter every variant alike; choose on validation,
-    and the holdout, which no choice has seen, confirms.
+    Returns one row per variant: its description; `validation_mean_ratio`, the MAE ratio to the
+    naive baseline of the model as is, averaged over steps and folds (the score a choice is
+    made on); `fold_mean_ratios`; its shrinkage weights (fitted on the validation windows); and
+    the holdout's per-step ratios of the model as is (`holdout_raw_*`) and with its shrinkage
+    (`holdout_*`, what would ship). Choose on validation; the holdout, which no choice has
+    seen, confirms.
     """
     from chronoprice.evaluation import step_metrics, walk_forward
-    from chronoprice.forecast import DEFAULT_LEVEL
+    from chronoprice.features import candle_rows
+    from chronoprice.forecast import DEFAULT_LEVEL, LSTMForecaster
 
-    closes = candles["close"].to_numpy(dtype="float64")
+    series = candle_rows(candles)
     rows = []
     for number, variant in enumerate(variants, 1):
         print(f"[{number}/{len(variants)}] {variant.describe()}", file=progress, flush=True)
-        _, _, forecaster, splits, history = fit_variant(closes, variant, epochs)
-        row = {**dataclasses.asdict(variant), "variant": variant.describe(), "epochs_run": len(history["loss"]),
-               "shrinkage": forecaster.metadata["shrinkage"]}
-        for split in ("validation", "holdout"):
-            metrics = step_metrics(walk_forward(forecaster, closes[splits[split]]), DEFAULT_LEVEL)
-            row[f"{split}_mae_ratio"] = [round(float(value), 5) for value in metrics["mae_ratio"]]
-            row[f"{split}_mean_ratio"] = round(float(metrics["mae_ratio"].mean()), 5)
+        _, metadata, forecaster, splits, _ = fit_variant(series, variant, epochs, folds=folds, progress=progress)
+        fold_means = [float(np.mean(fold["mae_ratio"])) for fold in metadata["selection"]["folds"]]
+        row = {**dataclasses.asdict(variant), "variant": variant.describe(),
+               "epochs_run": [fold["epochs_run"] for fold in metadata["selection"]["folds"]],
+               "validation_mean_ratio": round(float(np.mean(fold_means)), 5),
+               "fold_mean_ratios": [round(mean, 5) for mean in fold_means], "shrinkage": metadata["shrinkage"]}
+        as_is = LSTMForecaster(forecaster.engine, {**metadata, "shrinkage": [1.0] * forecaster.horizon})
+        for prefix, each in (("holdout_raw", as_is), ("holdout", forecaster)):
+            ratios = step_metrics(walk_forward(each, series[splits["holdout"]]), DEFAULT_LEVEL)["mae_ratio"]
+            row[f"{prefix}_mae_ratio"] = [round(float(value), 5) for value in ratios]
+            row[f"{prefix}_mean_ratio"] = round(float(ratios.mean()), 5)
         rows.append(row)
     return rows

@@ -21,7 +21,7 @@ from chronoprice.artifact import ModelUnavailable
 from chronoprice.candles import find_gaps
 from chronoprice.config import Settings
 from chronoprice.evaluation import ADAPTIVE_MIN_ERRORS, ADAPTIVE_WINDOW, live_quantiles, matured_scores
-from chronoprice.features import VOLATILITY_WINDOW
+from chronoprice.features import VOLATILITY_WINDOW, candle_rows
 from chronoprice.sources import AutoSource, CandleSource, DemoSource, LiveSource, ReplaySource, SourceError, UnknownSymbol
 from chronoprice.store import (
     Market,
@@ -268,7 +268,7 @@ class Pipeline:
             return None, forecaster.version, "gap in the last candles: no forecast until it fills"
         origin = int(window["ts"].iloc[-1])
         if not has_forecast(self.db(), market, origin, forecaster.version):
-            forecast = forecaster.forecast(window["close"].to_numpy(), self._adapted_quantiles(market, forecaster))
+            forecast = forecaster.forecast(candle_rows(window)[None], self._adapted_quantiles(market, forecaster))
             write_forecast(self.db(), market, origin, forecast_steps(origin, self._timeframe_ms, forecast), forecaster.version)
         return origin, forecaster.version, None
 
@@ -292,7 +292,7 @@ class Pipeline:
             return 0
         window = forecaster.window
         candles = read_candles(self.db(), market, start=start_ts - window * self._timeframe_ms)
-        ts, closes = candles["ts"].to_numpy(), candles["close"].to_numpy()
+        ts, rows = candles["ts"].to_numpy(), candle_rows(candles)
         origins = [
             index for index in range(window - 1, len(candles))
             if ts[index] >= start_ts
@@ -303,7 +303,7 @@ class Pipeline:
                    file=sys.stderr, disable=self._quiet, mininterval=2.0)
         for start in range(0, len(origins), chunk):
             batch = origins[start : start + chunk]
-            forecast = forecaster.forecast(np.stack([closes[index - window + 1 : index + 1] for index in batch]))
+            forecast = forecaster.forecast(np.stack([rows[index - window + 1 : index + 1] for index in batch]))
             # One transaction a chunk: short, rare write locks leave room for the live ticks.
             steps = [(int(ts[index]), forecast_steps(int(ts[index]), self._timeframe_ms, forecast, row)) for row, index in enumerate(batch)]
             write_forecasts(self.db(), market, steps, forecaster.version)

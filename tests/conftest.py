@@ -60,6 +60,18 @@ def tiny_model(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_candle_model(tmp_path_factory):
+    """Like tiny_model, with high-low range and volume channels beside log returns."""
+    from chronoprice.artifact import artifact_at
+    from chronoprice.model import Variant, train_artifact
+
+    out = tmp_path_factory.mktemp("model") / "tiny-candles"
+    train_artifact(make_candles(3000), artifact_at(out), epochs=1, data_description="synthetic demo candles",
+                   variant=Variant(feature="log_returns+range+volume"))
+    return out
+
+
+@pytest.fixture(scope="session")
 def shared_csv():
     if not SHARED_CSV.exists():
         pytest.skip(f"shared test data not found at {SHARED_CSV} (it lives beside the checkout in ../shared/data)")

@@ -16,7 +16,7 @@ def synthetic_csv(tmp_path_factory):
     return path
 
 
-@pytest.mark.parametrize("command", ["serve", "train", "evaluate", "bench", "backfill"])
+@pytest.mark.parametrize("command", ["serve", "train", "compare", "evaluate", "bench", "backfill"])
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_:
         main([command, "--help"])
@@ -56,6 +56,25 @@ def test_train_command_writes_an_artifact(synthetic_csv, tmp_path, capsys):
     assert "training: 100%" in printed.err and "epoch=1/1" in printed.err
     assert "holdout" in printed.out
     assert read_metadata(artifact_at(out))["training"]["data"] == "synthetic.csv: 1500 candles"
+
+
+def test_compare_scores_every_variant_on_rolling_folds_and_the_holdout(synthetic_csv, tmp_path, capsys):
+    out = tmp_path / "compare.json"
+    assert main(["compare", "--csv", str(synthetic_csv), "--epochs", "1", "--features", "relative_closes,log_returns+range",
+                 "--losses", "mae", "--train-days", "all", "--folds", "2", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert [row["variant"] for row in rows] == ["relative_closes, mae, train all", "log_returns+range, mae, train all"]
+    for row in rows:
+        assert len(row["fold_mean_ratios"]) == 2 and len(row["epochs_run"]) == 2
+        assert row["validation_mean_ratio"] == pytest.approx(sum(row["fold_mean_ratios"]) / 2, abs=1e-5)
+        assert len(row["holdout_mae_ratio"]) == len(row["holdout_raw_mae_ratio"]) == len(row["shrinkage"]) == 10
+    printed = capsys.readouterr()
+    assert "fold 2/2" in printed.err and "log_returns+range, mae, train all" in printed.out
+
+
+def test_compare_refuses_an_unknown_feature_before_training(synthetic_csv, capsys):
+    assert main(["compare", "--csv", str(synthetic_csv), "--features", "relative_closes+spread"]) == 2
+    assert "unknown feature 'relative_closes+spread'" in capsys.readouterr().err
 
 
 def test_bench_json_reports_every_engine_in_one_run(tiny_model, capsys):

@@ -95,12 +95,17 @@ def test_baseline_forecasters():
 
 
 def test_fit_shrinkage_weights_the_model_by_what_helped():
-    from chronoprice.evaluation import fit_shrinkage
+    from chronoprice.evaluation import SHRINKAGE_GRID, fit_shrinkage
 
     rng = np.random.default_rng(4)
     origin = np.full((2000, 1), 100.0)
-    signal = rng.normal(0, 0.001, (2000, 2))
-    actual = origin * np.exp(np.column_stack([signal[:, 0], rng.normal(0, 0.001, 2000)]))
+    signal = rng.normal(0, 0.001, (2000, 3))
+    faint = 0.3 * signal[:, 2] + rng.normal(0, 0.001, 2000)
+    actual = origin * np.exp(np.column_stack([signal[:, 0], rng.normal(0, 0.001, 2000), faint]))
     weights = fit_shrinkage(signal, actual, origin)
-    assert 0.9 <= weights[0] <= 1.1, "a move that comes true keeps its full weight"
+    assert 0.9 <= weights[0] <= 1.0, "a move that comes true keeps its full weight"
     assert weights[1] <= 0.1, "pure noise is shrunk to the last close"
+    errors = [np.abs(origin[:, 0] * np.exp(weight * signal[:, 2]) - actual[:, 2]).mean() for weight in SHRINKAGE_GRID]
+    assert 0 < weights[2] < SHRINKAGE_GRID[int(np.argmin(errors))], \
+        "a faint signal is kept, but only as far as its gain clearly exceeds the noise"
+    assert min(weights) >= 0 and max(weights) <= 1

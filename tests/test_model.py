@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from chronoprice.artifact import ModelUnavailable, artifact_at, read_metadata
-from chronoprice.features import model_input, training_pairs, walk_forward_windows
+from chronoprice.features import candle_rows, model_input, training_pairs, walk_forward_windows
 from chronoprice.forecast import LSTMForecaster, NaiveForecaster, load_engine, load_forecaster
 from tests.conftest import make_candles
 
@@ -28,7 +28,7 @@ def test_training_pairs_are_scale_free():
     x_large, y_large = training_pairs(closes * 1000, 0.001)
     np.testing.assert_allclose(x_small, x_large, atol=1e-4)
     np.testing.assert_allclose(y_small, y_large, atol=1e-4)
-    assert x_small.shape == (140, 60) and np.all(x_small[:, -1] == 0)
+    assert x_small.shape == (140, 60, 1) and np.all(x_small[:, -1, 0] == 0)
     np.testing.assert_allclose(y_small[0], np.log(closes[60] / closes[59]) / 0.001, rtol=1e-5)
 
 
@@ -43,6 +43,53 @@ def test_split_by_time_never_puts_a_target_in_two_splits():
     assert max(targets["train"]) < min(targets["validation"]) < min(targets["holdout"])
 
 
+def test_rolling_folds_tile_the_candles_before_the_holdout():
+    from chronoprice.model import rolling_folds, split_by_time
+
+    folds = rolling_folds(20_000, 60, folds=3)
+    splits = split_by_time(20_000, 60)
+    assert folds[-1] == {"train": splits["train"], "validation": splits["validation"]}
+    for earlier, later in zip(folds, folds[1:]):
+        assert earlier["validation"].stop == later["train"].stop, "validation windows tile, oldest first"
+    for fold in folds:
+        assert fold["train"].start == 0 and fold["validation"].start == fold["train"].stop - 60
+        assert fold["validation"].stop <= splits["holdout"].start + 60, "no fold scores a holdout target"
+    with pytest.raises(ValueError, match="too few for 3 rolling folds"):
+        rolling_folds(500, 60, folds=3)
+
+
+def test_candle_channels_are_scale_free_and_need_candle_rows():
+    rows = candle_rows(make_candles(200))
+    small = training_pairs(rows, 0.001, feature="relative_closes+range+volume")[0]
+    scaled = rows * [1000, 1000, 1000, 7]  # another price level and another volume unit
+    large = training_pairs(scaled, 0.001, feature="relative_closes+range+volume")[0]
+    assert small.shape == (140, 60, 3)
+    np.testing.assert_allclose(small, large, atol=1e-3)
+    np.testing.assert_allclose(small[0, :, 1], np.log(rows[:60, 0] / rows[:60, 1]) / 0.001, rtol=1e-5)
+    # Volume is measured against the window's mean volume.
+    np.testing.assert_allclose(np.expm1(small[:, :, 2]).mean(axis=1), 1.0, rtol=1e-4)
+    with pytest.raises(ValueError, match="needs candle rows"):
+        model_input(rows[None, :60, 2], 0.001, "relative_closes+volume")
+    with pytest.raises(ValueError, match="unknown feature"):
+        model_input(rows[None, :60], 0.001, "relative_closes+spread")
+
+
+@pytest.mark.parametrize("feature", ["relative_closes", "log_returns", "relative_closes+range+volume", "log_returns+volume+range"])
+def test_the_recursion_feeds_back_a_predicted_candle_as_training_would_see_it(feature):
+    """next_input must equal model_input of the window with the predicted candle appended: its
+    close from the predicted return, its range and volume the window's means."""
+    from chronoprice.model import next_input
+
+    rows = candle_rows(make_candles(61))[:60]
+    scale, step = 0.0007, 0.8
+    predicted_close = rows[-1, 2] * np.exp(step * scale)
+    mean_range = np.log(rows[:, 0] / rows[:, 1]).mean()
+    appended = [predicted_close * np.exp(mean_range), predicted_close, predicted_close, rows[:, 3].mean()]
+    expected = model_input(np.vstack([rows[1:], appended])[None], scale, feature)
+    fed_back = next_input(model_input(rows[None], scale, feature), np.array([[step]], dtype="float32"), feature).numpy()
+    np.testing.assert_allclose(fed_back, expected, atol=2e-5)
+
+
 def test_train_writes_keras_tflite_and_metadata(tiny_model):
     artifact = artifact_at(tiny_model)
     assert artifact.keras_path.stat().st_size > 0 and artifact.tflite_path.stat().st_size > 0
@@ -54,17 +101,20 @@ def test_train_writes_keras_tflite_and_metadata(tiny_model):
     widths = metadata["intervals"]["score_quantile"]["0.90"]
     assert len(widths) == 10 and widths[9] > widths[0] > 0, "uncertainty grows with the horizon"
     assert metadata["training"]["epochs_run"] == 1
+    assert [len(fold["mae_ratio"]) for fold in metadata["selection"]["folds"]] == [10, 10, 10]
+    assert len(metadata["shrinkage"]) == 10 and all(0 <= weight <= 1 for weight in metadata["shrinkage"])
     assert [row["step"] for row in metadata["holdout"]] == list(range(1, 11))
     assert {"mae_model", "mae_naive", "mae_ratio", "coverage"} <= set(metadata["holdout"][0])
 
 
-def test_keras_and_litert_engines_give_the_same_forecast(tiny_model):
-    artifact = artifact_at(tiny_model)
+@pytest.mark.parametrize("model", ["tiny_model", "tiny_candle_model"])
+def test_keras_and_litert_engines_give_the_same_forecast(model, request):
+    artifact = artifact_at(request.getfixturevalue(model))
     metadata = read_metadata(artifact)
-    windows, _ = walk_forward_windows(make_candles(400)["close"].to_numpy())
+    windows, _ = walk_forward_windows(candle_rows(make_candles(400)))
     windows = windows[::37]
     keras_engine, litert_engine = load_engine("keras", artifact, metadata), load_engine("litert", artifact, metadata)
-    relative = model_input(windows, metadata["feature"]["scale"])
+    relative = model_input(windows, metadata["feature"]["scale"], metadata["feature"]["name"])
     keras_path, litert_path = keras_engine.path(relative), litert_engine.path(relative)
     assert np.abs(keras_path - litert_path).max() <= 1e-4 * np.abs(keras_path).max()
     keras_forecast = LSTMForecaster(keras_engine, metadata).forecast(windows)
@@ -73,13 +123,21 @@ def test_keras_and_litert_engines_give_the_same_forecast(tiny_model):
         np.testing.assert_allclose(keras_forecast[key], litert_forecast[key], rtol=1e-4)
 
 
+def test_a_candle_model_forecasts_from_candle_rows_and_refuses_closes_alone(tiny_candle_model):
+    forecaster = load_forecaster(tiny_candle_model, "litert")
+    rows = candle_rows(make_candles(60))
+    assert forecaster.forecast(rows[None])["mean"].shape == (1, 10)
+    with pytest.raises(ValueError, match="needs candle rows"):
+        forecaster.forecast(rows[:, 2])
+
+
 def test_forecast_shapes_and_interval_order(tiny_model):
     forecaster = load_forecaster(tiny_model, "litert")
     closes = make_candles(60)["close"].to_numpy()
     forecast = forecaster.forecast(closes)
     assert forecast["mean"].shape == (1, 10)
     assert np.all(forecast["lower"] < forecast["mean"]) and np.all(forecast["mean"] < forecast["upper"])
-    with pytest.raises(ValueError, match="windows of 60 closes"):
+    with pytest.raises(ValueError, match="windows of 60 candles"):
         forecaster.forecast(closes[:50])
 
 
