@@ -42,9 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train the LSTM on a candle CSV and write the model artifact")
     train.add_argument("--csv", type=Path, required=True, help="1-minute candle CSV (Binance Data Vision or headed OHLCV)")
     train.add_argument("--epochs", type=_positive_int, default=30, help="most epochs; training stops early (default 30)")
-    train.add_argument("--loss", choices=["mse", "huber", "mae"], default="mae", help="training loss (default mae, chosen on validation: see docs/MODEL.md)")
-    train.add_argument("--feature", type=_feature, default="relative_closes",
-                       help="input: relative_closes or log_returns, optionally +range and/or +volume (default relative_closes)")
+    train.add_argument("--loss", choices=["mse", "huber", "mae"],
+                       help="training loss (default: the shipped model's, huber; see docs/MODEL.md)")
+    train.add_argument("--feature", type=_feature, help="input: relative_closes or log_returns, optionally +range and/or "
+                       "+volume (default: the shipped model's, log_returns+range+volume)")
     train.add_argument("--train-days", type=float, default=None, help="train on only the last N days of the training split (default: all)")
     train.add_argument("--out", type=Path, default=DEFAULT_MODEL, help="artifact path without extension (default models/chronoprice-lstm)")
 
@@ -104,7 +105,8 @@ def run_train(args: argparse.Namespace) -> int:
     for line, reason in loaded.bad_rows[:10]:
         print(f"{args.csv}:{line}: skipped: {reason}", file=sys.stderr)
     description = f"{args.csv.name}: {len(loaded.candles)} candles"
-    variant = Variant(feature=args.feature, loss=args.loss, train_days=args.train_days)
+    chosen = {"feature": args.feature, "loss": args.loss, "train_days": args.train_days}
+    variant = Variant(**{name: value for name, value in chosen.items() if value is not None})
     metadata = train_artifact(loaded.candles, artifact_at(args.out), args.epochs, description, variant)
     print(f"wrote {args.out}.keras, .tflite and .json (version {metadata['version']})")
     print(format_step_table(metadata["holdout"], "holdout (last 15 %, never trained on)"))

@@ -217,8 +217,8 @@ def rolling_folds(count: int, window: int, folds: int = FOLDS) -> list[dict[str,
 class Variant:
     """One way to train the fixed architecture: input form, loss and how much history to train on."""
 
-    feature: str = "relative_closes"
-    loss: str = "mae"
+    feature: str = "log_returns+range+volume"  # the defaults are the shipped model's: see docs/MODEL.md
+    loss: str = "huber"
     train_days: float | None = None  # None: every candle before the validation window
 
     def describe(self) -> str:

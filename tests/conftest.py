@@ -50,24 +50,25 @@ def db(db_path):
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
-    """A real artifact (.keras, .tflite, .json) trained for one epoch on 3000 synthetic candles."""
+    """A real artifact (.keras, .tflite, .json) trained for one epoch on 3000 synthetic candles,
+    on closes alone."""
     from chronoprice.artifact import artifact_at
-    from chronoprice.model import train_artifact
+    from chronoprice.model import Variant, train_artifact
 
     out = tmp_path_factory.mktemp("model") / "tiny"
-    train_artifact(make_candles(3000), artifact_at(out), epochs=1, data_description="synthetic demo candles")
+    train_artifact(make_candles(3000), artifact_at(out), epochs=1, data_description="synthetic demo candles",
+                   variant=Variant(feature="relative_closes", loss="mae"))
     return out
 
 
 @pytest.fixture(scope="session")
 def tiny_candle_model(tmp_path_factory):
-    """Like tiny_model, with high-low range and volume channels beside log returns."""
+    """Like tiny_model, in the shipped model's form: log returns with high-low range and volume."""
     from chronoprice.artifact import artifact_at
-    from chronoprice.model import Variant, train_artifact
+    from chronoprice.model import train_artifact
 
     out = tmp_path_factory.mktemp("model") / "tiny-candles"
-    train_artifact(make_candles(3000), artifact_at(out), epochs=1, data_description="synthetic demo candles",
-                   variant=Variant(feature="log_returns+range+volume"))
+    train_artifact(make_candles(3000), artifact_at(out), epochs=1, data_description="synthetic demo candles")
     return out
 
 

@@ -43,7 +43,7 @@ def test_evaluate_skips_what_the_model_was_trained_on(shipped_model, shared_csv,
     assert report["origins"] == 20_160 - report["skipped_training_origins"] - 59 - 10
     assert trained_until > 0
     for step in report["steps"]:
-        assert step["mae_ratio"] <= 1.01, f"step {step['step']}: model is worse than 1.01 x naive"
+        assert step["mae_ratio"] <= 1.0, f"step {step['step']}: model is worse than naive on unseen candles"
         assert 0.4 < step["direction_accuracy"] < 0.6
         for level in ("0.80", "0.90", "0.95"):
             assert abs(step[f"coverage_{level}"] - float(level)) <= 0.02, f"step {step['step']}: {level} interval off nominal"
