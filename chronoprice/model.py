@@ -261,7 +261,7 @@ def fit_fold(candles: np.ndarray, fold: dict[str, slice], variant: Variant, epoc
 
 
 def fit_variant(candles: np.ndarray, variant: Variant, epochs: int, window: int = WINDOW, horizon: int = HORIZON,
-                folds: int = FOLDS, progress=sys.stderr):
+                folds: int = FOLDS):
     """Train `variant` on every rolling fold and keep the last fold's model.
 
     The per-step shrinkage toward the last close is fitted on the validation forecasts of all
@@ -280,7 +280,7 @@ def fit_variant(candles: np.ndarray, variant: Variant, epochs: int, window: int 
     results, selection = [], []
     for number, fold in enumerate(fold_splits, 1):
         print(f"fold {number}/{folds}: train on candles {fold['train'].stop}, validate on the next "
-              f"{fold['validation'].stop - fold['train'].stop}", file=progress, flush=True)
+              f"{fold['validation'].stop - fold['train'].stop}", file=sys.stderr, flush=True)
         model, metadata, history, validation = fit_fold(candles, fold, variant, epochs, window, horizon)
         results.append(validation)
         ratios = step_metrics(validation, DEFAULT_LEVEL)["mae_ratio"]
@@ -349,7 +349,7 @@ def train_artifact(
     return metadata
 
 
-def compare_variants(candles, variants: list[Variant], epochs: int, folds: int = FOLDS, progress=sys.stderr) -> list[dict]:
+def compare_variants(candles, variants: list[Variant], epochs: int, folds: int = FOLDS) -> list[dict]:
     """Train every variant the same way and score it walk-forward on rolling validation windows
     and on the holdout.
 
@@ -367,8 +367,8 @@ def compare_variants(candles, variants: list[Variant], epochs: int, folds: int =
     series = candle_rows(candles)
     rows = []
     for number, variant in enumerate(variants, 1):
-        print(f"[{number}/{len(variants)}] {variant.describe()}", file=progress, flush=True)
-        _, metadata, forecaster, splits, _ = fit_variant(series, variant, epochs, folds=folds, progress=progress)
+        print(f"[{number}/{len(variants)}] {variant.describe()}", file=sys.stderr, flush=True)
+        _, metadata, forecaster, splits, _ = fit_variant(series, variant, epochs, folds=folds)
         fold_means = [float(np.mean(fold["mae_ratio"])) for fold in metadata["selection"]["folds"]]
         row = {**dataclasses.asdict(variant), "variant": variant.describe(),
                "epochs_run": [fold["epochs_run"] for fold in metadata["selection"]["folds"]],
