@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import tensorflow as tf
@@ -14,6 +15,9 @@ import keras
 
 from chronoprice.artifact import ModelArtifact, ModelUnavailable
 from chronoprice.features import HORIZON, WINDOW, channel_count, parse_feature
+
+if TYPE_CHECKING:
+    from chronoprice.forecast import LSTMForecaster
 
 DROPOUT = 0.2
 
@@ -227,12 +231,13 @@ class Variant:
 
 
 def fit_fold(candles: np.ndarray, fold: dict[str, slice], variant: Variant, epochs: int, window: int = WINDOW,
-             horizon: int = HORIZON) -> tuple[keras.Model, dict, dict, dict]:
+             horizon: int = HORIZON) -> tuple[keras.Model, LSTMForecaster, dict, dict]:
     """Train `variant` on a fold's training candles (early stopping on its validation window) and
     walk forward over the validation window with the model as is.
 
-    `candles` is [N, 4] (features.CANDLE_COLUMNS). Returns (model, metadata without intervals
-    or shrinkage, training history, validation walk-forward result).
+    `candles` is [N, 4] (features.CANDLE_COLUMNS). Returns (model, its forecaster, whose
+    metadata has neither intervals nor shrinkage yet, training history, validation
+    walk-forward result).
     """
     from chronoprice.evaluation import walk_forward
     from chronoprice.features import CLOSE, VOLATILITY_WINDOW, describe_feature, log_return_scale, training_pairs
@@ -257,7 +262,7 @@ def fit_fold(candles: np.ndarray, fold: dict[str, slice], variant: Variant, epoc
         },
     }
     forecaster = LSTMForecaster(KerasEngine(model, window, horizon, variant.feature), metadata)
-    return model, metadata, history, walk_forward(forecaster, candles[fold["validation"]], window, horizon)
+    return model, forecaster, history, walk_forward(forecaster, candles[fold["validation"]], window, horizon)
 
 
 def fit_variant(candles: np.ndarray, variant: Variant, epochs: int, window: int = WINDOW, horizon: int = HORIZON,
@@ -272,7 +277,7 @@ def fit_variant(candles: np.ndarray, variant: Variant, epochs: int, window: int 
     """
     from chronoprice.evaluation import conformal_quantiles, fit_shrinkage, interval_scores, step_metrics, walk_forward
     from chronoprice.features import recent_volatility, walk_forward_windows
-    from chronoprice.forecast import DEFAULT_LEVEL, KerasEngine, LSTMForecaster
+    from chronoprice.forecast import DEFAULT_LEVEL, LSTMForecaster
 
     if len(candles) < 10 * (window + horizon):
         raise ValueError(f"training needs at least {10 * (window + horizon)} candles, got {len(candles)}")
@@ -281,15 +286,15 @@ def fit_variant(candles: np.ndarray, variant: Variant, epochs: int, window: int 
     for number, fold in enumerate(fold_splits, 1):
         print(f"fold {number}/{folds}: train on candles {fold['train'].stop}, validate on the next "
               f"{fold['validation'].stop - fold['train'].stop}", file=sys.stderr, flush=True)
-        model, metadata, history, validation = fit_fold(candles, fold, variant, epochs, window, horizon)
+        model, forecaster, history, validation = fit_fold(candles, fold, variant, epochs, window, horizon)
         results.append(validation)
         ratios = step_metrics(validation, DEFAULT_LEVEL)["mae_ratio"]
         selection.append({"train": [0, fold["train"].stop], "validation_targets": [fold["train"].stop, fold["validation"].stop],
                           "epochs_run": len(history["loss"]), "mae_ratio": [round(float(ratio), 6) for ratio in ratios]})
     pooled = {key: np.concatenate([result[key] for result in results]) for key in ("mean", "actual", "origin_close")}
+    metadata, engine = forecaster.metadata, forecaster.engine
     metadata["shrinkage"] = fit_shrinkage(np.log(pooled["mean"] / pooled["origin_close"]), pooled["actual"], pooled["origin_close"])
     metadata["selection"] = {"method": f"rolling origin over {folds} validation windows", "folds": selection}
-    engine = KerasEngine(model, window, horizon, variant.feature)
     validation_candles = candles[fold_splits[-1]["validation"]]
     validation = walk_forward(LSTMForecaster(engine, metadata), validation_candles, window, horizon)
     volatility = recent_volatility(walk_forward_windows(validation_candles, window, horizon)[0])
