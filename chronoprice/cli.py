@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--feature", type=_feature, help="input: relative_closes or log_returns, optionally +range and/or "
                        "+volume (default: the shipped model's, log_returns+range+volume)")
     train.add_argument("--train-days", type=float, default=None, help="train on only the last N days of the training split (default: all)")
+    train.add_argument("--folds", type=_positive_int, default=3,
+                       help="rolling validation windows whose forecasts fit the shrinkage (default 3; the last one's model ships)")
     train.add_argument("--out", type=Path, default=DEFAULT_MODEL, help="artifact path without extension (default models/chronoprice-lstm)")
 
     compare = commands.add_parser("compare", help="train model variants and compare them walk-forward against the naive baseline")
@@ -107,7 +109,7 @@ def run_train(args: argparse.Namespace) -> int:
     description = f"{args.csv.name}: {len(loaded.candles)} candles"
     chosen = {"feature": args.feature, "loss": args.loss, "train_days": args.train_days}
     variant = Variant(**{name: value for name, value in chosen.items() if value is not None})
-    metadata = train_artifact(loaded.candles, artifact_at(args.out), args.epochs, description, variant)
+    metadata = train_artifact(loaded.candles, artifact_at(args.out), args.epochs, description, variant, folds=args.folds)
     print(f"wrote {args.out}.keras, .tflite and .json (version {metadata['version']})")
     print(format_step_table(metadata["holdout"], "holdout (last 15 %, never trained on)"))
     return 0

@@ -311,8 +311,10 @@ def train_artifact(
     variant: Variant = Variant(),
     window: int = WINDOW,
     horizon: int = HORIZON,
+    folds: int = FOLDS,
 ) -> dict:
-    """Train on a candles DataFrame, calibrate intervals, score the holdout, write the artifact.
+    """Train on a candles DataFrame (`folds` rolling folds, see fit_variant), calibrate
+    intervals, score the holdout, write the artifact.
 
     Returns the metadata written to `out.metadata_path`.
     """
@@ -322,7 +324,7 @@ def train_artifact(
     from chronoprice.forecast import DEFAULT_LEVEL
 
     rows = candle_rows(candles)
-    model, metadata, forecaster, splits, history = fit_variant(rows, variant, epochs, window, horizon)
+    model, metadata, forecaster, splits, history = fit_variant(rows, variant, epochs, window, horizon, folds)
     holdout = step_metrics(walk_forward(forecaster, rows[splits["holdout"]], window, horizon), DEFAULT_LEVEL)
 
     out.base.parent.mkdir(parents=True, exist_ok=True)

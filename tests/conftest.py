@@ -50,24 +50,12 @@ def db(db_path):
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
-    """A real artifact (.keras, .tflite, .json) trained for one epoch on 3000 synthetic candles,
-    on closes alone."""
-    from chronoprice.artifact import artifact_at
-    from chronoprice.model import Variant, train_artifact
-
-    out = tmp_path_factory.mktemp("model") / "tiny"
-    train_artifact(make_candles(3000), artifact_at(out), epochs=1, data_description="synthetic demo candles",
-                   variant=Variant(feature="relative_closes", loss="mae"))
-    return out
-
-
-@pytest.fixture(scope="session")
-def tiny_candle_model(tmp_path_factory):
-    """Like tiny_model, in the shipped model's form: log returns with high-low range and volume."""
+    """A real artifact (.keras, .tflite, .json) in the shipped model's form (log returns with
+    high-low range and volume), trained for one epoch a fold on 3000 synthetic candles."""
     from chronoprice.artifact import artifact_at
     from chronoprice.model import train_artifact
 
-    out = tmp_path_factory.mktemp("model") / "tiny-candles"
+    out = tmp_path_factory.mktemp("model") / "tiny"
     train_artifact(make_candles(3000), artifact_at(out), epochs=1, data_description="synthetic demo candles")
     return out
 

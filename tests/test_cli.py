@@ -51,11 +51,13 @@ def test_evaluate_skips_what_the_model_was_trained_on(shipped_model, shared_csv,
 
 def test_train_command_writes_an_artifact(synthetic_csv, tmp_path, capsys):
     out = tmp_path / "cli-model"
-    assert main(["train", "--csv", str(synthetic_csv), "--epochs", "1", "--out", str(out)]) == 0
+    assert main(["train", "--csv", str(synthetic_csv), "--epochs", "1", "--folds", "2", "--out", str(out)]) == 0
     printed = capsys.readouterr()
     assert "training: 100%" in printed.err and "epoch=1/1" in printed.err
     assert "holdout" in printed.out
-    assert read_metadata(artifact_at(out))["training"]["data"] == "synthetic.csv: 1500 candles"
+    metadata = read_metadata(artifact_at(out))
+    assert metadata["training"]["data"] == "synthetic.csv: 1500 candles"
+    assert len(metadata["selection"]["folds"]) == 2
 
 
 def test_compare_scores_every_variant_on_rolling_folds_and_the_holdout(synthetic_csv, tmp_path, capsys):

@@ -107,9 +107,8 @@ def test_train_writes_keras_tflite_and_metadata(tiny_model):
     assert {"mae_model", "mae_naive", "mae_ratio", "coverage"} <= set(metadata["holdout"][0])
 
 
-@pytest.mark.parametrize("model", ["tiny_model", "tiny_candle_model"])
-def test_keras_and_litert_engines_give_the_same_forecast(model, request):
-    artifact = artifact_at(request.getfixturevalue(model))
+def test_keras_and_litert_engines_give_the_same_forecast(tiny_model):
+    artifact = artifact_at(tiny_model)
     metadata = read_metadata(artifact)
     windows, _ = walk_forward_windows(candle_rows(make_candles(400)))
     windows = windows[::37]
@@ -123,22 +122,30 @@ def test_keras_and_litert_engines_give_the_same_forecast(model, request):
         np.testing.assert_allclose(keras_forecast[key], litert_forecast[key], rtol=1e-4)
 
 
-def test_a_candle_model_forecasts_from_candle_rows_and_refuses_closes_alone(tiny_candle_model):
-    forecaster = load_forecaster(tiny_candle_model, "litert")
-    rows = candle_rows(make_candles(60))
-    assert forecaster.forecast(rows[None])["mean"].shape == (1, 10)
-    with pytest.raises(ValueError, match="needs candle rows"):
-        forecaster.forecast(rows[:, 2])
+def test_keras_and_litert_agree_on_a_closes_only_model_too(tmp_path):
+    from chronoprice.forecast import KerasEngine, LiteRTEngine
+    from chronoprice.model import build_model, export_tflite
+
+    model = build_model(channels=1)  # untrained: the export, not the weights, is under test
+    artifact = artifact_at(tmp_path / "closes-only")
+    artifact.tflite_path.write_bytes(export_tflite(model, 60, 10, "relative_closes"))
+    windows, _ = walk_forward_windows(make_candles(400)["close"].to_numpy())
+    relative = model_input(windows[::37], 0.0006, "relative_closes")
+    keras_path = KerasEngine(model, 60, 10, "relative_closes").path(relative)
+    litert_path = LiteRTEngine(artifact).path(relative)
+    assert np.abs(keras_path - litert_path).max() <= 1e-4 * np.abs(keras_path).max()
 
 
-def test_forecast_shapes_and_interval_order(tiny_model):
+def test_the_shipped_form_forecasts_from_candle_rows_and_refuses_closes_alone(tiny_model):
     forecaster = load_forecaster(tiny_model, "litert")
-    closes = make_candles(60)["close"].to_numpy()
-    forecast = forecaster.forecast(closes)
+    rows = candle_rows(make_candles(60))
+    forecast = forecaster.forecast(rows[None])
     assert forecast["mean"].shape == (1, 10)
     assert np.all(forecast["lower"] < forecast["mean"]) and np.all(forecast["mean"] < forecast["upper"])
+    with pytest.raises(ValueError, match="needs candle rows"):
+        forecaster.forecast(rows[:, 2])
     with pytest.raises(ValueError, match="windows of 60 candles"):
-        forecaster.forecast(closes[:50])
+        forecaster.forecast(rows[None, :50])
 
 
 def test_naive_forecaster_repeats_the_last_close():
@@ -151,7 +158,8 @@ def test_litert_serving_path_never_imports_tensorflow(tiny_model):
         "import sys, numpy as np\n"
         "from chronoprice.forecast import load_forecaster\n"
         f"f = load_forecaster({str(tiny_model)!r}, 'auto')\n"
-        "out = f.forecast(np.linspace(100, 101, 60))\n"
+        "closes = np.linspace(100, 101, 60)\n"
+        "out = f.forecast(np.column_stack([closes * 1.001, closes * 0.999, closes, np.ones(60)])[None])\n"
         "assert f.engine.name == 'litert', f.engine.name\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras')))\n"
     )

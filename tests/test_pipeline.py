@@ -200,11 +200,11 @@ def test_an_exchange_slower_than_the_client_timeout_is_reported_and_recovered(ex
     assert recovered.error is None and recovered.forecast_origin_ts == recovered.newest_ts == first.newest_ts + MINUTE_MS
 
 
-def test_a_candle_model_forecasts_from_the_stored_highs_lows_and_volumes(exchange, db_path, tiny_candle_model):
+def test_forecasts_come_from_the_stored_highs_lows_and_volumes(exchange, db_path, tiny_model):
     from chronoprice.features import candle_rows
 
     source = LiveSource("binance", exchange.url, (), history=HISTORY, backoff_seconds=0.0, sleep=lambda s: None, attempts=2)
-    forecaster = load_forecaster(tiny_candle_model, "litert")
+    forecaster = load_forecaster(tiny_model, "litert")
     pipeline = Pipeline(source, db_path, lambda: forecaster, refresh_seconds=10, clock=FakeClock())
     status = pipeline.tick(SYMBOL)
     assert status.error is None and status.forecast_origin_ts is not None
