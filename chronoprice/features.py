@@ -12,7 +12,7 @@ A feature name is a close form, optionally with extra channels joined by "+", e.
 - log_returns: log(close / previous close); the oldest value, which has no previous close in
   the window, is always 0.
 Extra channels (they need candle rows, not closes alone):
-- range: log(high / low), the candle's spread.
+- range: log(high / low), the candle's spread, / scale.
 - volume: log(1 + volume / the window's mean volume).
 """
 
@@ -24,7 +24,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 WINDOW = 60
 HORIZON = 10
 CANDLE_COLUMNS = ("high", "low", "close", "volume")
-CLOSE = CANDLE_COLUMNS.index("close")
+HIGH, LOW, CLOSE, VOLUME = range(len(CANDLE_COLUMNS))
 
 
 def log_return_scale(closes: np.ndarray) -> float:
@@ -87,9 +87,9 @@ def model_input(windows: np.ndarray, scale: float, feature: str = "relative_clos
         channels = [np.concatenate([np.zeros((len(logs), 1)), np.diff(logs, axis=1)], axis=1) / scale]
     for extra in extras:
         if extra == "range":
-            channels.append(np.log(windows[..., 0] / windows[..., 1]) / scale)
+            channels.append(np.log(windows[..., HIGH] / windows[..., LOW]) / scale)
         else:
-            volume = windows[..., 3]
+            volume = windows[..., VOLUME]
             channels.append(np.log1p(volume / np.maximum(volume.mean(axis=1, keepdims=True), 1e-12)))
     return np.stack(channels, axis=-1).astype("float32")
 
