@@ -152,45 +152,48 @@ class LSTMForecaster:
         }
 
 
-class NaiveForecaster:
+class PointBaseline:
+    """A baseline with no interval: each subclass maps [B, W] closes to a [B, horizon] path."""
+
+    name = "baseline"
+
+    def __init__(self, horizon: int):
+        self.horizon = horizon
+
+    def forecast(self, windows: np.ndarray) -> dict[str, np.ndarray]:
+        mean = self.path(window_closes(_as_batch(windows)))
+        return {"mean": mean, "lower": mean, "upper": mean}
+
+    def path(self, closes: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+class NaiveForecaster(PointBaseline):
     """The last close, repeated: the baseline every model must beat."""
 
     name = "naive"
 
-    def __init__(self, horizon: int):
-        self.horizon = horizon
-
-    def forecast(self, windows: np.ndarray) -> dict[str, np.ndarray]:
-        mean = np.repeat(window_closes(_as_batch(windows))[:, -1:], self.horizon, axis=1)
-        return {"mean": mean, "lower": mean, "upper": mean}
+    def path(self, closes: np.ndarray) -> np.ndarray:
+        return np.repeat(closes[:, -1:], self.horizon, axis=1)
 
 
-class DriftForecaster:
+class DriftForecaster(PointBaseline):
     """The last close moved along the window's average log return: a trend-following baseline."""
 
     name = "drift"
 
-    def __init__(self, horizon: int):
-        self.horizon = horizon
-
-    def forecast(self, windows: np.ndarray) -> dict[str, np.ndarray]:
-        windows = window_closes(_as_batch(windows))
-        drift = np.log(windows[:, -1:] / windows[:, :1]) / (windows.shape[1] - 1)
-        mean = windows[:, -1:] * np.exp(drift * np.arange(1, self.horizon + 1))
-        return {"mean": mean, "lower": mean, "upper": mean}
+    def path(self, closes: np.ndarray) -> np.ndarray:
+        drift = np.log(closes[:, -1:] / closes[:, :1]) / (closes.shape[1] - 1)
+        return closes[:, -1:] * np.exp(drift * np.arange(1, self.horizon + 1))
 
 
-class MovingAverageForecaster:
+class MovingAverageForecaster(PointBaseline):
     """The mean close of the window, repeated: a mean-reverting baseline."""
 
     name = "moving_average"
 
-    def __init__(self, horizon: int):
-        self.horizon = horizon
-
-    def forecast(self, windows: np.ndarray) -> dict[str, np.ndarray]:
-        mean = np.repeat(window_closes(_as_batch(windows)).mean(axis=1, keepdims=True), self.horizon, axis=1)
-        return {"mean": mean, "lower": mean, "upper": mean}
+    def path(self, closes: np.ndarray) -> np.ndarray:
+        return np.repeat(closes.mean(axis=1, keepdims=True), self.horizon, axis=1)
 
 
 def load_forecaster(model_path, engine: str = "auto", level: float = DEFAULT_LEVEL) -> LSTMForecaster:
