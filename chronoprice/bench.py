@@ -4,43 +4,45 @@ tick against the local Binance-compatible server, all measured in one run.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import platform
-import socket
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
-from chronoprice.artifact import artifact_at, read_metadata
-from chronoprice.config import PROJECT_ROOT
-from chronoprice.exchange_sim import BinanceSimulator
-from chronoprice.features import candle_rows, model_input
-from chronoprice.forecast import LSTMForecaster, feature_name, load_engine
-from chronoprice.pipeline import Pipeline
-from chronoprice.sources import LiveSource, demo_candles
+from chronoprice.evaluation.walkforward import evaluate_forecaster
+from chronoprice.market.demo import demo_candles
+from chronoprice.market.live import LiveSource
+from chronoprice.market.simulator import BinanceSimulator
+from chronoprice.model.engines import feature_name
+from chronoprice.model.features import candle_rows, model_input
+from chronoprice.model.forecasters import LSTMForecaster, load_forecaster
+from chronoprice.service.tick import Ticker
+from chronoprice.store.sqlite import open_store
+from chronoprice.testing import get_json, gunicorn_service, local_exchange_env
 
 BENCH_START_MS = 1_735_689_600_000  # 2025-01-01 00:00 UTC, a fixed stretch of the demo market
 
 
-def _median_ms(action, repeats: int) -> float:
-    action()  # warm-up: compilation and first allocations are not what a tick pays
+def median_ms(action: Callable[[], object], repeats: int, clock: Callable[[], float] = time.perf_counter) -> float:
+    """Median wall time of `repeats` calls of `action` in ms, after one untimed warm-up call:
+    compilation and first allocations are not what a tick pays."""
+    action()
     timings = []
     for _ in range(repeats):
-        started = time.perf_counter()
+        started = clock()
         action()
-        timings.append((time.perf_counter() - started) * 1000)
+        timings.append((clock() - started) * 1000)
     return float(np.median(timings))
 
 
 def predict_loop_path(model, relative: np.ndarray, horizon: int, feature: str) -> np.ndarray:
     """The slow baseline: `model.predict` called once per step, as naive code does."""
-    from chronoprice.model import next_input
+    # Imported here because it loads TensorFlow, which the rest of bench (and the CLI) must not.
+    from chronoprice.model.network import next_input
 
     steps, cumulative = [], np.zeros((len(relative), 1), dtype="float32")
     for _ in range(horizon):
@@ -57,13 +59,13 @@ def _tick_timings(model_path: Path, engine: str, ticks: int) -> list[float]:
             tempfile.TemporaryDirectory() as folder:
         # A one-window cold start, so no background history forecasting competes with the timing.
         source = LiveSource("binance", exchange.url, history=60)
-        pipeline = Pipeline(source, Path(folder) / "bench.db", lambda: _forecaster(model_path, engine), quiet=True)
-        pipeline.tick("BTC/USDT", force=True)  # cold start: loads the model and the first window
+        ticker = Ticker(source, Path(folder) / "bench.db", lambda: load_forecaster(model_path, engine), progress=False)
+        ticker.tick("BTC/USDT", force=True)  # cold start: loads the model and the first window
         timings = []
         for _ in range(ticks):
             exchange.advance(1)
             started = time.perf_counter()
-            status = pipeline.tick("BTC/USDT", force=True)
+            status = ticker.tick("BTC/USDT", force=True)
             timings.append((time.perf_counter() - started) * 1000)
             if status.error or status.new_candles != 1:
                 raise RuntimeError(f"benchmark tick went wrong: {status.summary()}")
@@ -72,19 +74,11 @@ def _tick_timings(model_path: Path, engine: str, ticks: int) -> list[float]:
 
 def _evaluate_seconds(forecaster: LSTMForecaster, origins: int) -> float:
     """Wall time of the evaluate command's walk-forward (keras engine, batched) over `origins`."""
-    from chronoprice.evaluation import evaluate_forecaster
-
     count = origins + forecaster.window + forecaster.horizon - 1
     rows = candle_rows(demo_candles("BTC/USDT", BENCH_START_MS, BENCH_START_MS + count * 60_000))
     started = time.perf_counter()
     evaluate_forecaster(forecaster, rows, 0, forecaster.level)
     return time.perf_counter() - started
-
-
-def _forecaster(model_path: Path, engine: str) -> LSTMForecaster:
-    artifact = artifact_at(model_path)
-    metadata = read_metadata(artifact)
-    return LSTMForecaster(load_engine(engine, artifact, metadata), metadata)
 
 
 def run_benchmark(model_path: Path, repeats: int = 200, ticks: int = 40, deploy_ticks: int = 100) -> dict:
@@ -93,12 +87,12 @@ def run_benchmark(model_path: Path, repeats: int = 200, ticks: int = 40, deploy_
     window = candle_rows(demo_candles("BTC/USDT", BENCH_START_MS, BENCH_START_MS + 60 * 60_000))[None]
     forecast_ms, forecasters = {}, {}
     for engine in ("keras", "litert"):
-        forecasters[engine] = _forecaster(model_path, engine)
-        forecast_ms[engine] = _median_ms(lambda: forecasters[engine].forecast(window), repeats)
+        forecasters[engine] = load_forecaster(model_path, engine)
+        forecast_ms[engine] = median_ms(lambda: forecasters[engine].forecast(window), repeats)
     keras_forecaster = forecasters["keras"]
     metadata = keras_forecaster.metadata
     relative = model_input(window, float(metadata["feature"]["scale"]), feature_name(metadata))
-    forecast_ms["predict_loop"] = _median_ms(
+    forecast_ms["predict_loop"] = median_ms(
         lambda: predict_loop_path(keras_forecaster.engine.model, relative, keras_forecaster.horizon, feature_name(metadata)),
         max(3, repeats // 40),
     )
@@ -144,70 +138,7 @@ def format_bench(report: dict) -> str:
 # ------------------------------------------------------------------- the deployed service
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def get_json(url: str, timeout: float = 30.0) -> tuple[int, dict]:
-    import json
-
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read() or b"{}")
-
-
-def local_exchange_env(exchange_url: str, db_path: Path, refresh_seconds: float, workers: int = 1, **extra: str) -> dict:
-    """CHRONOPRICE_* settings for the app on the live source of one local exchange, no fail-over;
-    several workers share a file cache beside the database."""
-    env = {"CHRONOPRICE_SOURCE": "live", "CHRONOPRICE_EXCHANGE": "binance", "CHRONOPRICE_EXCHANGE_URL": exchange_url,
-           "CHRONOPRICE_FALLBACK_EXCHANGES": "none", "CHRONOPRICE_REFRESH_SECONDS": str(refresh_seconds),
-           "CHRONOPRICE_DB": str(db_path), "WEB_CONCURRENCY": str(workers), "CHRONOPRICE_CACHE_DIR": str(Path(db_path).parent / "cache")}
-    return {**env, **extra}
-
-
-@contextlib.contextmanager
-def gunicorn_service(env: dict, workers: int = 1, threads: int = 8):
-    """`gunicorn app:server` as render.yaml starts it, on a free local port.
-
-    Yields (base URL, process, seconds until GET / first answered 200, path of its log).
-    """
-    port = free_port()
-    command = [sys.executable, "-m", "gunicorn", "app:server", "--bind", f"127.0.0.1:{port}",
-               "--workers", str(workers), "--threads", str(threads), "--timeout", "120"]
-    started = time.monotonic()
-    log = tempfile.NamedTemporaryFile(prefix="chronoprice-gunicorn-", suffix=".log", delete=False)
-    process = subprocess.Popen(command, cwd=PROJECT_ROOT, env={**os.environ, **env}, stdout=log, stderr=log)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        while True:
-            try:
-                with urllib.request.urlopen(base + "/", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                if process.poll() is not None:
-                    raise RuntimeError(f"gunicorn exited: {Path(log.name).read_text()[-2000:]}") from None
-                if time.monotonic() - started > 60:
-                    raise RuntimeError("gunicorn did not answer GET / within 60 s") from None
-                time.sleep(0.05)
-        yield base, process, time.monotonic() - started, Path(log.name)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
-        os.unlink(log.name)
-
-
 def _wait_for_history(db_file: Path, expected_origins: int, timeout_seconds: float = 180.0) -> None:
-    from chronoprice.store import open_store
-
     deadline = time.monotonic() + timeout_seconds
     db = open_store(db_file)
     while db.execute("select count(distinct origin_ts) from forecasts").fetchone()[0] < expected_origins:

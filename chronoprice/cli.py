@@ -1,14 +1,39 @@
-"""`python -m chronoprice serve|train|evaluate|bench|backfill`."""
+"""`python -m chronoprice serve|train|compare|evaluate|bench|backfill`."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from pathlib import Path
 
-from chronoprice.config import DEFAULT_MODEL, SettingsError, add_settings_arguments, settings_from_args
+from chronoprice.bench import format_bench, run_benchmark
+from chronoprice.config import (
+    DEFAULT_MODEL,
+    LOG_FORMATS,
+    SettingsError,
+    add_settings_arguments,
+    log_format_from,
+    settings_from_args,
+)
+from chronoprice.evaluation.metrics import (
+    ADAPTIVE_WINDOW,
+    DEFAULT_LEVEL,
+    INTERVAL_LEVELS,
+)
+from chronoprice.evaluation.report import write_report
+from chronoprice.evaluation.walkforward import evaluate_forecaster
+from chronoprice.logs import configure_logging
+from chronoprice.market.files import read_candle_csv
+from chronoprice.model.artifact import artifact_at
+from chronoprice.model.features import candle_rows, parse_feature
+from chronoprice.model.forecasters import load_forecaster
+from chronoprice.service.build import build_ticker
+from chronoprice.web.server import serve
+
+log = logging.getLogger(__name__)
 
 
 def _positive_int(text: str) -> int:
@@ -19,8 +44,6 @@ def _positive_int(text: str) -> int:
 
 
 def _feature(text: str) -> str:
-    from chronoprice.features import parse_feature
-
     try:
         parse_feature(text)
     except ValueError as error:
@@ -64,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--csv", type=Path, required=True, help="1-minute candle CSV")
     evaluate.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="model artifact (default: the shipped model)")
     evaluate.add_argument("--engine", choices=["keras", "litert"], default="keras", help="forecast engine (default keras, batched)")
-    evaluate.add_argument("--level", type=float, default=0.9, choices=[0.8, 0.9, 0.95], help="interval level (default 0.9)")
+    evaluate.add_argument("--level", type=float, default=DEFAULT_LEVEL, choices=INTERVAL_LEVELS,
+                          help=f"interval level (default {DEFAULT_LEVEL})")
     evaluate.add_argument("--include-training-data", action="store_true", help="also score origins the model was trained or calibrated on")
     evaluate.add_argument("--report", type=Path, help="also write a Plotly HTML report to this path")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
@@ -79,12 +103,15 @@ def build_parser() -> argparse.ArgumentParser:
     backfill = commands.add_parser("backfill", help="fetch and store candle history, then forecast from it")
     add_settings_arguments(backfill)
     backfill.add_argument("--hours", type=float, default=24.0, help="hours of history to fetch (default 24)")
+    for command in (train, compare, evaluate, bench):
+        command.add_argument("--log-format", choices=LOG_FORMATS, help="log lines as text (default) or json [env CHRONOPRICE_LOG_FORMAT]")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        configure_logging(log_format_from(args.log_format, os.environ))
         return COMMANDS[args.command](args)
     except (SettingsError, ValueError, RuntimeError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -92,42 +119,42 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from chronoprice.server import serve
-
     serve(settings_from_args(args, os.environ))
     return 0
 
 
-def run_train(args: argparse.Namespace) -> int:
-    from chronoprice.artifact import artifact_at
-    from chronoprice.model import Variant, train_artifact
-    from chronoprice.sources import read_candle_csv
+def _training():
+    """model.training, imported only by the commands that train: it loads TensorFlow, which
+    serving, evaluating on LiteRT and the rest of the CLI never need."""
+    from chronoprice.model import training
 
+    return training
+
+
+def run_train(args: argparse.Namespace) -> int:
+    training = _training()
     loaded = read_candle_csv(args.csv)
     for line, reason in loaded.bad_rows[:10]:
-        print(f"{args.csv}:{line}: skipped: {reason}", file=sys.stderr)
+        log.warning("%s:%d: skipped: %s", args.csv, line, reason)
     description = f"{args.csv.name}: {len(loaded.candles)} candles"
     chosen = {"feature": args.feature, "loss": args.loss, "train_days": args.train_days}
-    variant = Variant(**{name: value for name, value in chosen.items() if value is not None})
-    metadata = train_artifact(loaded.candles, artifact_at(args.out), args.epochs, description, variant, folds=args.folds)
+    variant = training.Variant(**{name: value for name, value in chosen.items() if value is not None})
+    metadata = training.train_artifact(loaded.candles, artifact_at(args.out), args.epochs, description, variant, folds=args.folds)
     print(f"wrote {args.out}.keras, .tflite and .json (version {metadata['version']})")
     print(format_step_table(metadata["holdout"], "holdout (last 15 %, never trained on)"))
     return 0
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    from chronoprice.features import parse_feature
-    from chronoprice.model import Variant, compare_variants
-    from chronoprice.sources import read_candle_csv
-
+    training = _training()
     candles = read_candle_csv(args.csv).candles
     variants = [
-        Variant(feature, loss, None if days == "all" else float(days))
+        training.Variant(feature, loss, None if days == "all" else float(days))
         for feature in args.features.split(",") for loss in args.losses.split(",") for days in args.train_days.split(",")
     ]
     for feature in {variant.feature for variant in variants}:
         parse_feature(feature)
-    rows = compare_variants(candles, variants, args.epochs, args.folds)
+    rows = training.compare_variants(candles, variants, args.epochs, args.folds)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1) + "\n")
     print(f"{'variant':<52} {'validation mean':>15}  {'folds':<26} {'holdout as is':>13}  {'holdout shrunk':>14}  {'worst step':>10}")
@@ -139,11 +166,6 @@ def run_compare(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from chronoprice.evaluation import ADAPTIVE_WINDOW, evaluate_forecaster
-    from chronoprice.features import candle_rows
-    from chronoprice.forecast import load_forecaster
-    from chronoprice.sources import read_candle_csv
-
     forecaster = load_forecaster(args.model, args.engine, args.level)
     candles = read_candle_csv(args.csv).candles
     first_scored_close = forecaster.window - 1
@@ -161,9 +183,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     origins = len(arrays["actual"])
     skipped = first_scored_close - forecaster.window + 1
     if args.report:
-        from chronoprice.report import write_report
-
-        write_report(args.report, table, arrays, title=f"{forecaster.version} on {args.csv.name}: {origins} unseen origins")
+        write_report(args.report, table, arrays, f"{forecaster.version} on {args.csv.name}: {origins} unseen origins", args.level)
     if args.json:
         report = {"origins": origins, "model_version": forecaster.version, "skipped_training_origins": skipped,
                   "interval": {"method": "split-conformal, adapted to the last errors", "window": ADAPTIVE_WINDOW},
@@ -171,16 +191,23 @@ def run_evaluate(args: argparse.Namespace) -> int:
         print(json.dumps(report))
     else:
         print(f"{origins} origins, model {forecaster.version}, {skipped} earlier origins skipped (seen in training)")
-        print(format_step_table(table.to_dict("records"), f"walk-forward on {args.csv.name}"))
+        print(format_step_table(table.to_dict("records"), f"walk-forward on {args.csv.name}", args.level))
     return 0
 
 
-def format_step_table(rows: list[dict], title: str) -> str:
-    """A per-step table; rows from evaluate carry baselines, tests and intervals too."""
+def coverages(row: dict) -> str:
+    """The adaptive interval's coverage at every calibrated level, e.g. '0.803 0.903 0.955'."""
+    return " ".join(f"{row['coverage_%.2f' % each]:.3f}" for each in INTERVAL_LEVELS)
+
+
+def format_step_table(rows: list[dict], title: str, level: float = DEFAULT_LEVEL) -> str:
+    """A per-step table; rows from evaluate carry baselines, tests and intervals too (the static
+    interval's coverage is shown at `level`)."""
     full = "dm_statistic" in rows[0]
     head = "step  MAE model  MAE naive  ratio   RMSE model  RMSE naive  MAPE % model  direction"
     if full:
-        head += "  (95 % CI)      DM stat  p      drift  mov.avg  coverage 80/90/95 (static 90)"
+        levels = "/".join(f"{each * 100:g}" for each in INTERVAL_LEVELS)
+        head += f"  (95 % CI)      DM stat  p      drift  mov.avg  coverage {levels} (static {level * 100:g})"
     else:
         head += "  coverage"
     lines = [title, head]
@@ -190,7 +217,7 @@ def format_step_table(rows: list[dict], title: str) -> str:
         if full:
             line += (f"  ({row['direction_ci_low']:.3f}-{row['direction_ci_high']:.3f})  {row['dm_statistic']:6.2f}  {row['dm_p_value']:.3f}"
                      f"  {row['mae_ratio_drift']:.4f}  {row['mae_ratio_moving_average']:.4f}"
-                     f"   {row['coverage_0.80']:.3f} {row['coverage_0.90']:.3f} {row['coverage_0.95']:.3f} ({row['coverage_static_0.90']:.3f})")
+                     f"   {coverages(row)} ({row[f'coverage_static_{level:.2f}']:.3f})")
         else:
             line += f"  {row['coverage']:8.3f}"
         lines.append(line)
@@ -198,18 +225,14 @@ def format_step_table(rows: list[dict], title: str) -> str:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from chronoprice.bench import format_bench, run_benchmark
-
     report = run_benchmark(args.model, repeats=args.repeats, ticks=args.ticks, deploy_ticks=args.deploy_ticks)
     print(json.dumps(report) if args.json else format_bench(report))
     return 0
 
 
 def run_backfill(args: argparse.Namespace) -> int:
-    from chronoprice.pipeline import build_pipeline
-
     settings = settings_from_args(args, os.environ)
-    status = build_pipeline(settings, history_hours=args.hours).backfill(settings.symbol, hours=args.hours)
+    status = build_ticker(settings, history_hours=args.hours).backfill(settings.symbol, hours=args.hours)
     print(status.summary())
     return 0 if status.error is None else 1
 

@@ -11,12 +11,13 @@ import dataclasses
 from pathlib import Path
 from typing import Callable, Mapping
 
+from chronoprice.market.timeframes import TIMEFRAME_MS
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = PROJECT_ROOT / "models" / "chronoprice-lstm"
 SOURCES = ("auto", "live", "replay", "demo")
 ENGINES = ("auto", "keras", "litert")
-# The shipped model is trained on 1-minute candles; other timeframes would need their own model.
-TIMEFRAME_MS = {"1m": 60_000}
+LOG_FORMATS = ("text", "json")
 
 
 class SettingsError(ValueError):
@@ -40,10 +41,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8050
     debug: bool = False
-
-    @property
-    def timeframe_ms(self) -> int:
-        return TIMEFRAME_MS[self.timeframe]
+    log_format: str = "text"
 
 
 def _choice(allowed: tuple[str, ...]) -> Callable[[str], str]:
@@ -136,6 +134,7 @@ _OPTIONS = (
     _Option("host", str, "address to bind (default 127.0.0.1; 0.0.0.0 when PORT is set)"),
     _Option("port", _port, "port to listen on (default 8050, or $PORT)"),
     _Option("debug", _boolean, "Dash debug mode (default off)"),
+    _Option("log_format", _choice(LOG_FORMATS), "log lines as text (default) or json, one object a line"),
 )
 
 
@@ -175,6 +174,11 @@ def settings_from(flags: Mapping[str, str | None], env: Mapping[str, str]) -> Se
     if settings.source == "replay" and settings.replay is None:
         raise SettingsError("--source replay needs --replay PATH (or CHRONOPRICE_REPLAY)")
     return settings
+
+
+def log_format_from(flag: str | None, env: Mapping[str, str]) -> str:
+    """The log_format setting alone (flag, env, default), for commands that take no other setting."""
+    return settings_from({"log_format": flag}, {key: env[key] for key in ("CHRONOPRICE_LOG_FORMAT",) if key in env}).log_format
 
 
 def settings_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:

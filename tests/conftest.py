@@ -1,23 +1,48 @@
-"""Shared fixtures: synthetic candles, a local Binance-compatible exchange, temporary SQLite
-files and a tiny model trained for one epoch."""
+"""Shared fixtures and helpers: synthetic candles, a fake clock, a local Binance-compatible
+exchange, temporary SQLite files and a tiny model trained for one epoch. (Helpers the bench
+needs too, such as free ports and the gunicorn harness, are in chronoprice/testing.py.)"""
 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from chronoprice.exchange_sim import BinanceSimulator  # noqa: E402
-from chronoprice.sources import demo_candles  # noqa: E402
-from chronoprice.store import open_store  # noqa: E402
+from chronoprice.market.demo import demo_candles  # noqa: E402
+from chronoprice.market.simulator import BinanceSimulator  # noqa: E402
+from chronoprice.store.sqlite import open_store  # noqa: E402
 
 SERIES_START_MS = 1_735_689_600_000  # 2025-01-01 00:00 UTC
 MINUTE_MS = 60_000
 SHARED_CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "btcusdt_1m_binanceus_2023-03-01_14.csv"
 SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "models" / "chronoprice-lstm"
+
+
+LIVENESS_SECONDS = 120  # how long a wait may last before it counts as hung: generous for a machine 3x slower
+
+
+def wait_until(condition, liveness_seconds: float = LIVENESS_SECONDS, interval: float = 0.05) -> bool:
+    """Poll `condition()` until it is true (True) or the liveness timeout passes (False)."""
+    deadline = time.monotonic() + liveness_seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)
+    return True
+
+
+class FakeClock:
+    """A clock the test moves by hand: `clock.seconds += 10`."""
+
+    def __init__(self, seconds: float = 1000.0):
+        self.seconds = seconds
+
+    def __call__(self) -> float:
+        return self.seconds
 
 
 def make_candles(minutes: int, symbol: str = "BTC/USDT", start_ms: int = SERIES_START_MS):
@@ -52,8 +77,8 @@ def db(db_path):
 def tiny_model(tmp_path_factory):
     """A real artifact (.keras, .tflite, .json) in the shipped model's form (log returns with
     high-low range and volume), trained for one epoch a fold on 3000 synthetic candles."""
-    from chronoprice.artifact import artifact_at
-    from chronoprice.model import train_artifact
+    from chronoprice.model.artifact import artifact_at
+    from chronoprice.model.training import train_artifact
 
     out = tmp_path_factory.mktemp("model") / "tiny"
     train_artifact(make_candles(3000), artifact_at(out), epochs=1, data_description="synthetic demo candles")

@@ -1,22 +1,25 @@
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, settings as hypothesis_settings
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 
 from chronoprice.config import settings_from
-from chronoprice.pipeline import Pipeline, build_pipeline
-from chronoprice.server import create_app
-from chronoprice.forecast import load_forecaster
-from chronoprice.sources import LiveSource
-from tests.conftest import MINUTE_MS
+from chronoprice.market.live import LiveSource
+from chronoprice.model.forecasters import load_forecaster
+from chronoprice.service.build import build_ticker
+from chronoprice.service.tick import Ticker
+from chronoprice.testing import free_port
+from chronoprice.web.server import create_app
+from tests.conftest import MINUTE_MS, wait_until
 
 
 @pytest.fixture(scope="module")
 def demo_server(tmp_path_factory, tiny_model):
     folder = tmp_path_factory.mktemp("api")
     settings = settings_from({"source": "demo", "db": str(folder / "api.db"), "model": str(tiny_model)}, {})
-    pipeline = build_pipeline(settings, history_hours=3)
-    pipeline.backfill("BTC/USDT", hours=2)
-    return create_app(settings, pipeline, env={}).server
+    ticker = build_ticker(settings, history_hours=3)
+    ticker.backfill("BTC/USDT", hours=2)
+    return create_app(settings, ticker, env={}).server
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +108,7 @@ def test_openapi_document_is_served(client):
 
 def test_missing_model_gives_503_json_and_candles_still_work(tmp_path):
     settings = settings_from({"source": "demo", "db": str(tmp_path / "m.db"), "model": str(tmp_path / "absent")}, {})
-    client = create_app(settings, build_pipeline(settings, history_hours=2), env={}).server.test_client()
+    client = create_app(settings, build_ticker(settings, history_hours=2), env={}).server.test_client()
     response = client.get("/api/v1/forecast")
     assert response.status_code == 503 and "model unavailable" in response.get_json()["error"]
     assert response.headers["Retry-After"]
@@ -117,8 +120,8 @@ def test_a_new_candle_invalidates_cached_responses(exchange, tmp_path, tiny_mode
     settings = settings_from({"source": "live", "db": str(tmp_path / "c.db"), "refresh_seconds": "1"}, {})
     source = LiveSource("binance", exchange.url, (), history=100)
     clock = [1000.0]
-    pipeline = Pipeline(source, settings.db, lambda: load_forecaster(tiny_model, "litert"), refresh_seconds=1, clock=lambda: clock[0])
-    server = create_app(settings, pipeline, env={}).server
+    ticker = Ticker(source, settings.db, lambda: load_forecaster(tiny_model, "litert"), refresh_seconds=1, clock=lambda: clock[0])
+    server = create_app(settings, ticker, env={}).server
     client = server.test_client()
     first = client.get("/api/v1/candles?limit=2").get_json()
     fetches = exchange.requests["/api/v3/klines"]
@@ -133,7 +136,7 @@ def test_a_new_candle_invalidates_cached_responses(exchange, tmp_path, tiny_mode
 
 
 def test_cache_backend_follows_the_deployment():
-    from chronoprice.api import cache_config
+    from chronoprice.web.cache import cache_config
 
     assert cache_config({})["CACHE_TYPE"] == "SimpleCache"
     assert cache_config({"WEB_CONCURRENCY": "2"})["CACHE_TYPE"] == "FileSystemCache"
@@ -160,28 +163,25 @@ def test_api_fuzz_finds_no_server_error_and_no_schema_violation(case):
 def redis_url(tmp_path):
     """A real redis-server on a free loopback port (Debian's redis-server, installed by .ci/run)."""
     import shutil
-    import socket
     import subprocess
-    import time
 
     import redis
 
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.fail("redis-server not found: install Debian's redis-server package (.ci/run does)")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     process = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                                 "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"redis://127.0.0.1:{port}/0"
     try:
-        for _ in range(100):
+        def answers():
             try:
-                redis.Redis.from_url(url).ping()
-                break
+                return redis.Redis.from_url(url).ping()
             except redis.ConnectionError:
-                time.sleep(0.05)
+                return False
+
+        assert wait_until(answers), "redis-server did not answer"
         yield url
     finally:
         process.terminate()
@@ -192,7 +192,7 @@ def test_responses_are_cached_in_redis_when_configured(redis_url, tmp_path, tiny
     import redis
 
     settings = settings_from({"source": "demo", "db": str(tmp_path / "r.db"), "model": str(tiny_model)}, {})
-    client = create_app(settings, build_pipeline(settings, history_hours=2), env={"CACHE_REDIS_URL": redis_url}).server.test_client()
+    client = create_app(settings, build_ticker(settings, history_hours=2), env={"CACHE_REDIS_URL": redis_url}).server.test_client()
     body = client.get("/api/v1/candles?limit=3").get_json()
     keys = [key.decode() for key in redis.Redis.from_url(redis_url).keys("chronoprice:*")]
     assert any(key.startswith("chronoprice:api:candles:demo:BTC/USDT:") for key in keys), keys
@@ -202,14 +202,14 @@ def test_responses_are_cached_in_redis_when_configured(redis_url, tmp_path, tiny
 def test_a_database_locked_past_the_busy_timeout_gets_503_not_500(tmp_path, tiny_model, monkeypatch):
     import sqlite3
 
-    import chronoprice.api
+    import chronoprice.web.api.candles
 
     settings = settings_from({"source": "demo", "db": str(tmp_path / "l.db"), "model": str(tiny_model)}, {})
-    client = create_app(settings, build_pipeline(settings, history_hours=2), env={}).server.test_client()
+    client = create_app(settings, build_ticker(settings, history_hours=2), env={}).server.test_client()
 
     def locked(*args, **kwargs):
         raise sqlite3.OperationalError("database is locked")
 
-    monkeypatch.setattr(chronoprice.api, "read_candles", locked)  # a real lock would take 5 s to surface
+    monkeypatch.setattr(chronoprice.web.api.candles, "read_candles", locked)  # a real lock would take 5 s to surface
     response = client.get("/api/v1/candles")
     assert response.status_code == 503 and "database busy" in response.get_json()["error"]

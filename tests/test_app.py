@@ -1,20 +1,15 @@
 import importlib
 import os
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
 
+from chronoprice.testing import free_port
+from tests.conftest import LIVENESS_SECONDS
 
 PROJECT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def test_app_module_exposes_a_flask_server_for_gunicorn(monkeypatch, tmp_path, tiny_model):
@@ -37,7 +32,7 @@ def test_python_app_py_serves_the_offline_demo(tmp_path):
         cwd=PROJECT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + LIVENESS_SECONDS
         while True:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as response:
@@ -45,7 +40,7 @@ def test_python_app_py_serves_the_offline_demo(tmp_path):
                     break
             except OSError:
                 assert process.poll() is None, process.stdout.read()
-                assert time.monotonic() < deadline, "the app did not answer within 30 s"
+                assert time.monotonic() < deadline, f"the app did not answer within {LIVENESS_SECONDS} s"
                 time.sleep(0.3)
     finally:
         process.terminate()
@@ -56,7 +51,7 @@ def test_python_app_py_refuses_a_corrupt_database_with_a_clear_message(tmp_path)
     broken = tmp_path / "broken.db"
     broken.write_bytes(b"definitely not sqlite" * 200)
     result = subprocess.run([sys.executable, "app.py", "--source", "demo", "--db", str(broken), "--port", str(free_port())],
-                            cwd=PROJECT, capture_output=True, text=True, timeout=60)
+                            cwd=PROJECT, capture_output=True, text=True, timeout=LIVENESS_SECONDS)
     assert result.returncode == 2
     assert result.stderr.startswith("error: cannot use database") and str(broken) in result.stderr
     assert "Traceback" not in result.stderr
@@ -64,5 +59,5 @@ def test_python_app_py_refuses_a_corrupt_database_with_a_clear_message(tmp_path)
 
 def test_python_app_py_names_a_bad_setting(tmp_path):
     result = subprocess.run([sys.executable, "app.py", "--exchange", "binanse", "--db", str(tmp_path / "x.db")],
-                            cwd=PROJECT, capture_output=True, text=True, timeout=60)
+                            cwd=PROJECT, capture_output=True, text=True, timeout=LIVENESS_SECONDS)
     assert result.returncode == 2 and "did you mean binance" in result.stderr and "Traceback" not in result.stderr

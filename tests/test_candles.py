@@ -2,7 +2,7 @@ import math
 
 import numpy as np
 
-from chronoprice.candles import clean_candles, find_gaps, trusted_prefix
+from chronoprice.market.candles import clean_candles, find_gaps, trusted_prefix
 
 M = 60_000
 

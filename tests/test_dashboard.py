@@ -5,9 +5,22 @@ import pandas as pd
 import pytest
 
 from chronoprice.config import settings_from
-from chronoprice.dashboard.callbacks import check_symbol, load_view, render_view, verdict
-from chronoprice.dashboard.figures import error_figure, kpis, predicted_candles, price_figure, step_error_figure, with_indicators
-from chronoprice.pipeline import build_pipeline
+from chronoprice.service.build import build_ticker
+from chronoprice.web.dashboard.callbacks import (
+    check_symbol,
+    load_view,
+    render_view,
+    verdict,
+)
+from chronoprice.web.dashboard.figures import (
+    Horizon,
+    error_figure,
+    kpis,
+    predicted_candles,
+    price_figure,
+    step_error_figure,
+    with_indicators,
+)
 from tests.conftest import MINUTE_MS, make_candles
 
 
@@ -24,7 +37,11 @@ def matured_rows(count=50):
     actual = 100 + rng.normal(0, 1, count)
     return pd.DataFrame({"origin_ts": np.arange(count) * MINUTE_MS, "step": np.tile([1, 10], count // 2),
                          "target_ts": np.arange(count) * MINUTE_MS + MINUTE_MS, "predicted": actual + 0.5,
-                         "lower": actual - 1, "upper": actual + 1, "actual": actual, "origin_close": actual + 1.0})
+                         "lower": actual - 1, "upper": actual + 1, "actual": actual, "origin_close": actual + 1.0,
+                         "naive": actual + 1.0})
+
+
+TEN_MINUTES = Horizon(10, "1m")
 
 
 def traces(figure, name):
@@ -74,15 +91,17 @@ def test_predicted_candles_chain_opens_to_previous_close():
 
 def test_empty_states_say_what_is_coming():
     assert "Waiting for the first candles" in price_figure(make_candles(0), pd.DataFrame(), "dark").layout.annotations[0].text
-    assert error_figure(pd.DataFrame(), "dark").layout.annotations[0].text == "First forecasts mature in 10 minutes"
-    assert "once forecasts mature" in step_error_figure(pd.DataFrame(), "dark").layout.annotations[0].text
+    assert error_figure(pd.DataFrame(), "dark", TEN_MINUTES).layout.annotations[0].text == "First forecasts mature in 10 minutes"
+    assert error_figure(pd.DataFrame(), "dark", Horizon(4, "1m")).layout.annotations[0].text == "First forecasts mature in 4 minutes"
+    assert "once forecasts mature" in step_error_figure(pd.DataFrame(), "dark", TEN_MINUTES).layout.annotations[0].text
 
 
 def test_error_figures_show_steps_1_and_10_and_model_beside_naive():
     matured = matured_rows()
-    over_time = error_figure(matured, "dark")
+    over_time = error_figure(matured, "dark", TEN_MINUTES)
     assert [trace.name for trace in over_time.data] == ["step 1 error (%)", "step 10 error (%)"]
-    by_step = step_error_figure(matured, "dark")
+    by_step = step_error_figure(matured, "dark", TEN_MINUTES)
+    assert by_step.layout.xaxis.title.text == "steps ahead (one step: 1 minute)"
     assert [trace.name for trace in by_step.data] == ["LSTM", "naive (last close)"]
     assert list(by_step.data[0].y) == pytest.approx([0.5, 0.5])
     assert list(by_step.data[1].y) == pytest.approx([1.0, 1.0])
@@ -96,57 +115,59 @@ def test_kpis_and_verdict():
     assert numbers["mae_ratio"] == pytest.approx(0.5) and numbers["coverage"] == pytest.approx(1.0)
     assert kpis(candles.iloc[:0], pd.DataFrame(), pd.DataFrame())["mae_ratio"] is None
     matured = matured_rows()
-    assert verdict(matured) == ("10-minute forecasts are 50.0 % better than repeating the last close; "
-                                "1-minute ones: 50.0 % better than it (50 matured forecast steps, last 24 hours).")
+    assert verdict(matured, TEN_MINUTES) == ("Forecasts 10 minutes ahead are 50.0 % better than repeating the last close; "
+                                             "1 minute ahead: 50.0 % better than it (50 matured forecast steps, last 24 hours).")
     worse = matured.assign(predicted=matured["actual"] + 1.002)
-    assert verdict(worse).startswith("10-minute forecasts are 0.2 % worse than repeating the last close")
-    assert "No forecast has matured yet" in verdict(matured.iloc[:0])
+    assert verdict(worse, TEN_MINUTES).startswith("Forecasts 10 minutes ahead are 0.2 % worse than repeating the last close")
+    assert verdict(matured.iloc[:0], Horizon(3, "1m")) == "No forecast has matured yet: the first are scored 3 minutes after they are made."
 
 
 @pytest.fixture
-def demo_pipeline(tmp_path, tiny_model):
+def demo_ticker(tmp_path, tiny_model):
     settings = settings_from({"source": "demo", "db": str(tmp_path / "view.db"), "model": str(tiny_model)}, {})
-    return build_pipeline(settings)
+    return build_ticker(settings)
 
 
-def test_render_view_fills_every_output_from_a_real_tick(demo_pipeline):
-    outputs = render_view(load_view(demo_pipeline, "BTC/USDT"), "dark", [])
+def test_render_view_fills_every_output_from_a_real_tick(demo_ticker):
+    outputs = render_view(load_view(demo_ticker, "BTC/USDT"), "dark", [])
     assert outputs["source-badge"] == "offline demo"
     assert outputs["banner-hidden"] is False and outputs["banner"].startswith("Offline demo")
     assert outputs["model-badge"].startswith("model lstm-")
     assert len(traces(outputs["price-chart"], "forecast")[0].x) == 10
     assert outputs["error-chart"].layout.annotations[0].text == "First forecasts mature in 10 minutes"
+    assert outputs["kpi-forecast-title"] == "Forecast in 10 minutes", "the horizon is the model's"
+    assert outputs["kpi-coverage-detail"] == "of closes inside the 90 % band"
     assert outputs["kpi-mae-ratio"] == "–" and outputs["status-message"] == ""
     assert outputs["newest-candle"].startswith("newest candle ") and outputs["updated-at"] > 0
 
 
-def test_render_view_shows_a_failing_source_as_a_status_message(demo_pipeline):
-    view = load_view(demo_pipeline, "BTC/USDT")
+def test_render_view_shows_a_failing_source_as_a_status_message(demo_ticker):
+    view = load_view(demo_ticker, "BTC/USDT")
     failing = dataclasses.replace(view, status=dataclasses.replace(view.status, error="binance unreachable after 3 attempts"))
     outputs = render_view(failing, "dark", [])
     assert outputs["status-message"] == "⚠ binance unreachable after 3 attempts. Showing the last good data."
     assert len(traces(outputs["price-chart"], "candles")[0].x) == 60, "the last good candles stay on screen"
 
 
-def test_check_symbol_switches_or_explains(demo_pipeline):
-    assert check_symbol(demo_pipeline, "eth/usdt", "BTC/USDT") == ("ETH/USDT", "")
-    symbol, message = check_symbol(demo_pipeline, "DOGE/EUR", "ETH/USDT")
+def test_check_symbol_switches_or_explains(demo_ticker):
+    assert check_symbol(demo_ticker, "eth/usdt", "BTC/USDT") == ("ETH/USDT", "")
+    symbol, message = check_symbol(demo_ticker, "DOGE/EUR", "ETH/USDT")
     assert symbol == "ETH/USDT" and "has no DOGE/EUR" in message and "Still showing ETH/USDT" in message
-    symbol, message = check_symbol(demo_pipeline, "bitcoin", "ETH/USDT")
+    symbol, message = check_symbol(demo_ticker, "bitcoin", "ETH/USDT")
     assert symbol == "ETH/USDT" and "is not a symbol" in message
 
 
-def test_chart_cache_is_keyed_by_the_newest_candle(demo_pipeline):
+def test_chart_cache_is_keyed_by_the_newest_candle(demo_ticker):
     from flask import Flask
     from flask_caching import Cache
 
-    from chronoprice.dashboard.callbacks import cached_figures
+    from chronoprice.web.dashboard.callbacks import cached_figures
 
     def last_time(figures):
         return list(figures["price-chart"]["data"][0]["x"])[-1]
 
     cache = Cache(Flask(__name__), config={"CACHE_TYPE": "SimpleCache"})
-    view = load_view(demo_pipeline, "BTC/USDT")
+    view = load_view(demo_ticker, "BTC/USDT")
     first = cached_figures(cache, view, "dark", [])
     assert set(first) == {"price-chart", "error-chart", "step-chart"}
     shorter = dataclasses.replace(view, candles=view.candles.iloc[:-1])

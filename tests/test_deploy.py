@@ -7,8 +7,9 @@ from pathlib import Path
 
 import yaml
 
-from chronoprice.bench import get_json, gunicorn_service, local_exchange_env, run_deploy_benchmark
-from chronoprice.exchange_sim import BinanceSimulator
+from chronoprice.bench import run_deploy_benchmark
+from chronoprice.market.simulator import BinanceSimulator
+from chronoprice.testing import get_json, gunicorn_service, local_exchange_env
 from tests.conftest import MINUTE_MS, SERIES_START_MS
 
 PROJECT = Path(__file__).resolve().parents[1]

@@ -1,13 +1,19 @@
 import numpy as np
 import pytest
 
-from chronoprice.evaluation import conformal_quantiles, step_metrics, walk_forward
-from chronoprice.forecast import NaiveForecaster
+from chronoprice.evaluation.metrics import (
+    INTERVAL_LEVELS,
+    conformal_quantiles,
+    step_metrics,
+)
+from chronoprice.evaluation.walkforward import evaluate_forecaster
+from chronoprice.model.forecasters import NaiveForecaster, walk_forward
 
 
 def test_step_metrics_on_hand_computed_values():
     result = {
         "origin_close": np.array([[100.0], [100.0]]),
+        "naive": np.array([[100.0, 100.0], [100.0, 100.0]]),
         "actual": np.array([[101.0, 99.0], [99.0, 100.0]]),
         "mean": np.array([[100.5, 100.0], [100.5, 100.0]]),
         "lower": np.array([[100.0, 98.0], [100.0, 98.0]]),
@@ -28,8 +34,37 @@ def test_walk_forward_of_the_naive_baseline_has_ratio_one():
     metrics = step_metrics(walk_forward(NaiveForecaster(10), closes), 0.9)
     assert len(metrics) == 10
     np.testing.assert_allclose(metrics["mae_ratio"], 1.0)
-    with pytest.raises(ValueError, match="at least 70 closes"):
+    with pytest.raises(ValueError, match="at least 70 candles"):
         walk_forward(NaiveForecaster(10), closes[:60])
+
+
+class UpOneEachStep:
+    """A hand-checkable forecaster: the last close plus 1, 2, ... for steps 1, 2, ..., with static
+    intervals wide enough to cover everything (1e4 recent standard deviations)."""
+
+    window, horizon = 3, 2
+    metadata = {"intervals": {"score_quantile": {f"{level:.2f}": [1e4, 1e4] for level in INTERVAL_LEVELS}}}
+
+    def forecast(self, windows):
+        mean = np.asarray(windows)[:, -1:] + np.array([[1.0, 2.0]])
+        return {"mean": mean, "lower": mean, "upper": mean}
+
+
+def test_evaluate_forecaster_on_a_hand_computed_case():
+    closes = np.array([100.0, 101.0, 102.0, 101.0, 100.0, 101.0, 103.0])
+    # origins end at 102, 101, 100; the model says [103, 104], [102, 103], [101, 102];
+    # naive says [102, 102], [101, 101], [100, 100]; what came: [101, 100], [100, 101], [101, 103].
+    table, arrays = evaluate_forecaster(UpOneEachStep(), closes, scored_from=0, level=0.9)
+    rows = table.to_dict("records")
+    assert [row["mae_model"] for row in rows] == pytest.approx([4 / 3, 7 / 3])
+    assert [row["mae_naive"] for row in rows] == pytest.approx([1.0, 5 / 3])
+    assert [row["mae_ratio"] for row in rows] == pytest.approx([4 / 3, 7 / 5])
+    assert [row["direction_accuracy"] for row in rows] == pytest.approx([1 / 3, 1 / 2]), "the flat move is left out"
+    assert rows[1]["rmse_naive"] == pytest.approx(np.sqrt((4 + 0 + 9) / 3))
+    assert all(row["coverage"] == row["coverage_0.90"] == row["coverage_static_0.90"] == 1.0 for row in rows)
+    assert arrays["actual"].tolist() == [[101, 100], [100, 101], [101, 103]]
+    later, _ = evaluate_forecaster(UpOneEachStep(), closes, scored_from=1, level=0.9)
+    assert later["mae_model"].tolist() == pytest.approx([1.0, 1.5]) and later["mae_naive"].tolist() == pytest.approx([1.0, 1.5])
 
 
 def test_conformal_quantiles_cover_the_requested_share():
@@ -42,7 +77,7 @@ def test_conformal_quantiles_cover_the_requested_share():
 
 
 def test_adaptive_quantiles_use_only_matured_scores():
-    from chronoprice.evaluation import adaptive_quantiles
+    from chronoprice.evaluation.metrics import adaptive_quantiles
 
     scores = np.zeros((400, 2))
     scores[300:, :] = 10.0  # the market turns wild at origin 300
@@ -54,7 +89,7 @@ def test_adaptive_quantiles_use_only_matured_scores():
 
 
 def test_live_quantiles_match_the_walk_forward_rule():
-    from chronoprice.evaluation import adaptive_quantiles, live_quantiles
+    from chronoprice.evaluation.metrics import adaptive_quantiles, live_quantiles
 
     scores = np.abs(np.random.default_rng(2).normal(size=(700, 3)))
     walk = adaptive_quantiles(scores, 0.8, np.ones(3), window=360, min_errors=120)
@@ -66,7 +101,7 @@ def test_live_quantiles_match_the_walk_forward_rule():
 
 
 def test_wilson_interval_known_value():
-    from chronoprice.evaluation import wilson_interval
+    from chronoprice.evaluation.metrics import wilson_interval
 
     low, high = wilson_interval(50, 100)
     assert low == pytest.approx(0.4038, abs=1e-4) and high == pytest.approx(0.5962, abs=1e-4)
@@ -74,7 +109,7 @@ def test_wilson_interval_known_value():
 
 
 def test_diebold_mariano_detects_a_better_model_and_not_a_tie():
-    from chronoprice.evaluation import diebold_mariano
+    from chronoprice.evaluation.metrics import diebold_mariano
 
     rng = np.random.default_rng(9)
     naive = rng.normal(0, 1, 3000)
@@ -87,7 +122,7 @@ def test_diebold_mariano_detects_a_better_model_and_not_a_tie():
 
 
 def test_baseline_forecasters():
-    from chronoprice.forecast import DriftForecaster, MovingAverageForecaster
+    from chronoprice.model.forecasters import DriftForecaster, MovingAverageForecaster
 
     windows = np.array([[100.0, 110.0, 121.0]])
     np.testing.assert_allclose(DriftForecaster(2).forecast(windows)["mean"], [[133.1, 146.41]])
@@ -95,7 +130,7 @@ def test_baseline_forecasters():
 
 
 def test_fit_shrinkage_weights_the_model_by_what_helped():
-    from chronoprice.evaluation import SHRINKAGE_GRID, fit_shrinkage
+    from chronoprice.evaluation.metrics import SHRINKAGE_GRID, fit_shrinkage
 
     rng = np.random.default_rng(4)
     origin = np.full((2000, 1), 100.0)

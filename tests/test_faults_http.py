@@ -8,12 +8,12 @@ import random
 import pytest
 
 from chronoprice.config import settings_from
-from chronoprice.exchange_sim import Fault, kline_row
-from chronoprice.forecast import load_forecaster
-from chronoprice.pipeline import Pipeline
-from chronoprice.server import create_app
-from chronoprice.sources import LiveSource
-from chronoprice.store import read_candles
+from chronoprice.market.live import LiveSource
+from chronoprice.market.simulator import Fault, kline_row
+from chronoprice.model.forecasters import load_forecaster
+from chronoprice.service.tick import Ticker
+from chronoprice.store.sqlite import read_candles
+from chronoprice.web.server import create_app
 
 SYMBOL = "BTC/USDT"
 KLINES = "/klines"
@@ -54,15 +54,15 @@ def product(exchange, tmp_path, tiny_model):
     clock = Clock()
     source = LiveSource("binance", exchange.url, (), history=200, timeout_ms=300, attempts=2, backoff_seconds=0.0,
                         sleep=lambda seconds: None, clock=clock)
-    pipeline = Pipeline(source, tmp_path / "faults.db", lambda: load_forecaster(tiny_model, "litert"), refresh_seconds=10, clock=clock)
+    ticker = Ticker(source, tmp_path / "faults.db", lambda: load_forecaster(tiny_model, "litert"), refresh_seconds=10, clock=clock)
     settings = settings_from({"source": "live", "db": str(tmp_path / "faults.db")}, {})
-    client = create_app(settings, pipeline, env={}).server.test_client()
+    client = create_app(settings, ticker, env={}).server.test_client()
     assert client.get("/api/v1/forecast").status_code == 200
-    return pipeline, client, clock
+    return ticker, client, clock
 
 
 def test_duplicated_and_shuffled_candles_are_stored_once_in_order(product, exchange):
-    pipeline, client, clock = product
+    ticker, client, clock = product
     exchange.advance(4)
     since = client.get("/api/v1/candles?limit=1").get_json()["candles"][-1]["ts"] + 60_000
     frame = exchange.series[SYMBOL]
@@ -73,14 +73,14 @@ def test_duplicated_and_shuffled_candles_are_stored_once_in_order(product, excha
     exchange.queue(Fault(KLINES, 200, json.dumps(messy)))
     clock.seconds += 10
     assert client.get("/api/v1/forecast").status_code == 200
-    stored = read_candles(pipeline.db(), pipeline.market(SYMBOL, "binance"))
+    stored = read_candles(ticker.db(), ticker.market(SYMBOL, "binance"))
     assert stored.equals(exchange.closed_candles(SYMBOL).tail(len(stored)).reset_index(drop=True))
     assert dashboard_refresh(client)["status-message"] == ""
 
 
 @pytest.mark.parametrize("fault_name", list(FAULTS))
 def test_exchange_fault_never_breaks_the_api_or_dashboard_and_recovery_is_complete(product, exchange, fault_name):
-    pipeline, client, clock = product
+    ticker, client, clock = product
     fault, reported_as = FAULTS[fault_name]
     before = client.get("/api/v1/candles?limit=1").get_json()["candles"][-1]["ts"]
     exchange.queue(fault)
@@ -98,7 +98,7 @@ def test_exchange_fault_never_breaks_the_api_or_dashboard_and_recovery_is_comple
     exchange.faults.clear()
     clock.seconds += 10
     forecast = client.get("/api/v1/forecast").get_json()
-    stored = read_candles(pipeline.db(), pipeline.market(SYMBOL, "binance"))
+    stored = read_candles(ticker.db(), ticker.market(SYMBOL, "binance"))
     closed = exchange.closed_candles(SYMBOL)
     assert stored["ts"].iloc[-1] == closed["ts"].iloc[-1] == forecast["origin_ts"], "caught up and forecasting within one refresh"
     assert stored.equals(closed.tail(len(stored)).reset_index(drop=True))

@@ -1,18 +1,32 @@
-import json
+import hashlib
 import subprocess
 import sys
 
 import numpy as np
+import pandas as pd
 import pytest
 
-from chronoprice.artifact import ModelUnavailable, artifact_at, read_metadata
-from chronoprice.features import candle_rows, model_input, training_pairs, walk_forward_windows
-from chronoprice.forecast import LSTMForecaster, NaiveForecaster, load_engine, load_forecaster
+from chronoprice.evaluation.metrics import DEFAULT_LEVEL, step_metrics
+from chronoprice.market.files import read_candle_csv
+from chronoprice.model.artifact import ModelUnavailable, artifact_at, read_metadata
+from chronoprice.model.engines import KerasEngine, LiteRTEngine, load_engine
+from chronoprice.model.features import (
+    candle_rows,
+    model_input,
+    training_pairs,
+    walk_forward_windows,
+)
+from chronoprice.model.forecasters import (
+    LSTMForecaster,
+    NaiveForecaster,
+    load_forecaster,
+    walk_forward,
+)
 from tests.conftest import make_candles
 
 
 def test_build_model_is_exactly_the_design_architecture():
-    from chronoprice.model import build_model
+    from chronoprice.model.network import build_model
 
     model = build_model()
     layers = [(type(layer).__name__, getattr(layer, "units", None)) for layer in model.layers[1:]]
@@ -33,7 +47,7 @@ def test_training_pairs_are_scale_free():
 
 
 def test_split_by_time_never_puts_a_target_in_two_splits():
-    from chronoprice.model import split_by_time
+    from chronoprice.model.training import split_by_time
 
     splits = split_by_time(20_000, 60)
     targets = {name: set(range(part.start + 60, part.stop)) for name, part in splits.items()}
@@ -44,7 +58,7 @@ def test_split_by_time_never_puts_a_target_in_two_splits():
 
 
 def test_rolling_folds_tile_the_candles_before_the_holdout():
-    from chronoprice.model import rolling_folds, split_by_time
+    from chronoprice.model.training import rolling_folds, split_by_time
 
     folds = rolling_folds(20_000, 60, folds=3)
     splits = split_by_time(20_000, 60)
@@ -78,7 +92,7 @@ def test_candle_channels_are_scale_free_and_need_candle_rows():
 def test_the_recursion_feeds_back_a_predicted_candle_as_training_would_see_it(feature):
     """next_input must equal model_input of the window with the predicted candle appended: its
     close from the predicted return, its range and volume the window's means."""
-    from chronoprice.model import next_input
+    from chronoprice.model.network import next_input
 
     rows = candle_rows(make_candles(61))[:60]
     scale, step = 0.0007, 0.8
@@ -123,8 +137,7 @@ def test_keras_and_litert_engines_give_the_same_forecast(tiny_model):
 
 
 def test_keras_and_litert_agree_on_a_closes_only_model_too(tmp_path):
-    from chronoprice.forecast import KerasEngine, LiteRTEngine
-    from chronoprice.model import build_model, export_tflite
+    from chronoprice.model.network import build_model, export_tflite
 
     model = build_model(channels=1)  # untrained: the export, not the weights, is under test
     artifact = artifact_at(tmp_path / "closes-only")
@@ -156,7 +169,7 @@ def test_naive_forecaster_repeats_the_last_close():
 def test_litert_serving_path_never_imports_tensorflow(tiny_model):
     script = (
         "import sys, numpy as np\n"
-        "from chronoprice.forecast import load_forecaster\n"
+        "from chronoprice.model.forecasters import load_forecaster\n"
         f"f = load_forecaster({str(tiny_model)!r}, 'auto')\n"
         "closes = np.linspace(100, 101, 60)\n"
         "out = f.forecast(np.column_stack([closes * 1.001, closes * 0.999, closes, np.ones(60)])[None])\n"
@@ -184,10 +197,24 @@ def test_missing_or_corrupt_model_files_raise_model_unavailable(tiny_model, tmp_
         load_forecaster(broken)
 
 
-def test_shipped_model_metadata_is_complete(shipped_model):
-    metadata = json.loads(shipped_model.with_suffix(".json").read_text())
-    assert metadata["training"]["data"].startswith("btcusdt_1m_binanceus_2023-03-01_14.csv")
-    assert metadata["version"] == load_forecaster(shipped_model, "litert").version
+def test_shipped_model_version_is_the_hash_of_its_weight_files(shipped_model):
+    artifact = artifact_at(shipped_model)
+    digest = hashlib.sha256(artifact.keras_path.read_bytes() + artifact.tflite_path.read_bytes()).hexdigest()
+    metadata = read_metadata(artifact)
+    assert metadata["version"] == "lstm-" + digest[:12]
     assert metadata["feature"]["name"] == "log_returns+range+volume" and metadata["training"]["loss"] == "huber"
     assert len(metadata["selection"]["folds"]) == 3
-    assert all(row["mae_ratio"] <= 1.0 for row in metadata["holdout"])
+
+
+def test_shipped_model_holdout_scores_are_what_its_weights_give_on_the_data(shipped_model, shared_csv):
+    metadata = read_metadata(artifact_at(shipped_model))
+    candles = read_candle_csv(shared_csv).candles
+    assert metadata["training"]["data"].startswith(shared_csv.name) and metadata["training"]["candles"] == len(candles)
+    start, stop = metadata["training"]["splits"]["holdout"]
+    holdout = candle_rows(candles)[start:stop]
+    scores = step_metrics(walk_forward(load_forecaster(shipped_model, "keras"), holdout), DEFAULT_LEVEL)
+    saved = pd.DataFrame(metadata["holdout"])
+    np.testing.assert_allclose(scores["mae_naive"], saved["mae_naive"], rtol=1e-9)
+    np.testing.assert_allclose(scores["mae_model"], saved["mae_model"], rtol=1e-5)
+    np.testing.assert_allclose(scores["coverage"], saved["coverage"], atol=2 / len(holdout))
+    assert (scores["mae_ratio"] <= 1.0).all()

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from chronoprice.bench import free_port
-from chronoprice.candles import find_gaps
-from chronoprice.exchange_sim import BinanceSimulator
-from chronoprice.store import Market, open_store, read_candles
+from chronoprice.market.candles import find_gaps
+from chronoprice.market.simulator import BinanceSimulator
+from chronoprice.market.source import Market
+from chronoprice.store.sqlite import open_store, read_candles
+from chronoprice.testing import free_port
 from tests.conftest import MINUTE_MS, SERIES_START_MS
 
 PROJECT = Path(__file__).resolve().parents[1]

@@ -1,29 +1,31 @@
 import dataclasses
-import socket
-import time
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from chronoprice.candles import clean_candles, find_gaps
-from chronoprice.exchange_sim import BinanceSimulator, Fault, kline_row
-from chronoprice.sources import (
-    AutoSource,
-    CsvFormatError,
-    DemoSource,
-    LiveSource,
+from chronoprice.market.auto import AutoSource
+from chronoprice.market.candles import clean_candles, find_gaps
+from chronoprice.market.demo import DemoSource, demo_candles
+from chronoprice.market.files import CsvFormatError, read_candle_csv
+from chronoprice.market.live import LiveSource, rewrite_urls
+from chronoprice.market.replay import ReplaySource
+from chronoprice.market.simulator import BinanceSimulator, Fault, kline_row
+from chronoprice.market.source import (
     MalformedReply,
     RateLimited,
-    ReplaySource,
     SourceUnavailable,
     UnknownExchange,
     UnknownSymbol,
-    demo_candles,
-    read_candle_csv,
-    rewrite_urls,
 )
-from tests.conftest import MINUTE_MS, SERIES_START_MS, make_candles
+from chronoprice.testing import free_port
+from tests.conftest import (
+    MINUTE_MS,
+    SERIES_START_MS,
+    FakeClock,
+    make_candles,
+    wait_until,
+)
 
 SYMBOL = "BTC/USDT"
 
@@ -32,12 +34,6 @@ def nothing_stored(exchange):
     return None
 
 
-class FakeClock:
-    def __init__(self, seconds=1000.0):
-        self.seconds = seconds
-
-    def __call__(self):
-        return self.seconds
 
 
 def fast_live(url, **options):
@@ -188,9 +184,7 @@ def test_live_fails_over_after_persistent_unavailability(exchange, series):
 
 
 def test_live_reports_unavailable_when_no_exchange_answers():
-    with socket.socket() as closed:
-        closed.bind(("127.0.0.1", 0))
-        url = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    url = f"http://127.0.0.1:{free_port()}"
     source = fast_live(url)
     with pytest.raises(SourceUnavailable, match="no exchange answered"):
         source.fetch_closed(SYMBOL, nothing_stored)
@@ -251,11 +245,7 @@ def test_auto_falls_back_to_demo_then_returns_to_live(exchange):
     assert "live unreachable" in fetched.note
     clock.seconds += 61
     auto.fetch_closed(SYMBOL, nothing_stored)  # starts the background probe, which now succeeds
-    for _ in range(200):
-        if auto.label == "live: binance":
-            break
-        time.sleep(0.02)
-    assert auto.label == "live: binance"
+    assert wait_until(lambda: auto.label == "live: binance")
     assert auto.fetch_closed(SYMBOL, nothing_stored).exchange == "binance"
 
 

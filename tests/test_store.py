@@ -3,9 +3,9 @@ import sqlite3
 import pandas as pd
 import pytest
 
-from chronoprice.store import (
+from chronoprice.market.source import Market
+from chronoprice.store.sqlite import (
     MIGRATIONS,
-    Market,
     StoreError,
     has_forecast,
     newest_candle_ts,

@@ -5,19 +5,20 @@ from __future__ import annotations
 from dash import dcc, html
 
 from chronoprice.config import Settings
-from chronoprice.dashboard.figures import OVERLAYS
+from chronoprice.evaluation.metrics import ERROR_WINDOW_HOURS
+from chronoprice.web.dashboard.figures import OVERLAYS
 
 DEFAULT_SYMBOLS = ("BTC/USDT", "ETH/USDT")
 KPI_CARDS = (
     ("kpi-last-price", "Last price"),
-    ("kpi-forecast", "Forecast in 10 min"),
+    ("kpi-forecast", "Forecast"),
     ("kpi-mae-ratio", "MAE vs last close"),
     ("kpi-coverage", "Interval coverage"),
 )
 
 
 def _kpi_card(card_id: str, title: str) -> html.Div:
-    return html.Div(className="kpi", children=[html.Div(title, className="kpi-title"), html.Div("–", id=card_id, className="kpi-value"),
+    return html.Div(className="kpi", children=[html.Div(title, id=card_id + "-title", className="kpi-title"), html.Div("–", id=card_id, className="kpi-value"),
                                                html.Div(id=card_id + "-detail", className="kpi-detail")])
 
 
@@ -69,7 +70,7 @@ def build_layout(settings: Settings) -> html.Div:
                 dcc.Graph(id="price-chart", className="price-chart", config={"displaylogo": False, "responsive": True}),
             ]),
             html.Section(className="panel", children=[
-                html.H2("Forecast errors, last 24 hours"),
+                html.H2(f"Forecast errors, last {ERROR_WINDOW_HOURS} hours"),
                 html.P(id="verdict", className="verdict"),
                 html.Div(className="error-charts", children=[
                     dcc.Graph(id="error-chart", className="error-chart", config={"displaylogo": False, "responsive": True}),

@@ -1,5 +1,6 @@
-"""Accuracy, pure: walk-forward forecasts, per-step metrics against the naive baseline, and
-split-conformal interval calibration.
+"""Accuracy, pure: per-step errors against the naive baseline, significance (Diebold-Mariano,
+Wilson), split-conformal and adaptive interval calibration, and shrinkage. Arrays and
+DataFrames in, numbers out; nothing here runs a model.
 """
 
 from __future__ import annotations
@@ -9,24 +10,22 @@ import math
 import numpy as np
 import pandas as pd
 
-from chronoprice.features import HORIZON, VOLATILITY_WINDOW, WINDOW, recent_volatility, walk_forward_windows, window_closes
-
-INTERVAL_LEVELS = (0.8, 0.9, 0.95)
+INTERVAL_LEVELS = (0.8, 0.9, 0.95)  # calibrated with every model
+DEFAULT_LEVEL = 0.9  # the band the dashboard and the API serve
+ERROR_WINDOW_HOURS = 24  # live scores on the dashboard and the API's default window
+VOLATILITY_WINDOW = 15  # candles of returns that scale the interval, chosen on validation
 ADAPTIVE_WINDOW = 360  # matured scores per step that set the live interval (6 hours), chosen on validation
 ADAPTIVE_MIN_ERRORS = 120  # below this many, the validation calibration saved with the model is used
 
 
-def walk_forward(forecaster, closes: np.ndarray, window: int = WINDOW, horizon: int = HORIZON) -> dict[str, np.ndarray]:
-    """Forecast from every origin of `closes` (or candle rows [N, 4]) that has `horizon` actual
-    closes after it.
+def recent_volatility(closes: np.ndarray, span: int = VOLATILITY_WINDOW) -> np.ndarray:
+    """[B, W] closes -> [B, 1] standard deviation of the last `span` 1-step log returns: the unit
+    of the interval scores.
 
-    Returns arrays [N, horizon]: mean, lower, upper, actual; and origin_close [N, 1].
+    Floored at 1e-6 so a frozen market still gets a (tiny) interval.
     """
-    windows, actual = walk_forward_windows(closes, window, horizon)
-    if len(windows) == 0:
-        raise ValueError(f"walk-forward needs at least {window + horizon} closes, got {len(closes)}")
-    forecast = forecaster.forecast(windows)
-    return {**forecast, "actual": actual, "origin_close": window_closes(windows)[:, -1:]}
+    logs = np.log(np.asarray(closes, dtype="float64")[:, -span - 1 :])
+    return np.maximum(np.diff(logs, axis=1).std(axis=1, keepdims=True), 1e-6)
 
 
 def interval_scores(log_errors: np.ndarray, volatility: np.ndarray) -> np.ndarray:
@@ -65,11 +64,13 @@ def _direction_accuracy(predicted_move: np.ndarray, actual_move: np.ndarray) -> 
 def step_metrics(result: dict[str, np.ndarray], level: float) -> pd.DataFrame:
     """Per-step metrics of a walk-forward result and of the naive baseline on the same origins.
 
-    One row per step 1..horizon: mae/rmse/mape of model and naive (prices; MAPE in %), the MAE
-    ratio model/naive, the model's direction accuracy, and the interval's empirical coverage.
+    `result` holds [N, horizon] mean, lower, upper, actual and naive (the naive forecaster's
+    path) and [N, 1] origin_close. One row per step 1..horizon: mae/rmse/mape of model and naive
+    (prices; MAPE in %), the MAE ratio model/naive, the model's direction accuracy, and the
+    interval's empirical coverage.
     """
     actual, mean, origin = result["actual"], result["mean"], result["origin_close"]
-    model_error, naive_error = mean - actual, origin - actual
+    model_error, naive_error = mean - actual, result["naive"] - actual
     mae_model, mae_naive = np.abs(model_error).mean(axis=0), np.abs(naive_error).mean(axis=0)
     covered = (actual >= result["lower"]) & (actual <= result["upper"])
     return pd.DataFrame(
@@ -92,17 +93,17 @@ def step_metrics(result: dict[str, np.ndarray], level: float) -> pd.DataFrame:
 def matured_metrics(matured: pd.DataFrame) -> pd.DataFrame:
     """Live scores of stored forecasts against their actual closes, per step.
 
-    `matured` has columns step, predicted, lower, upper, actual and origin_close (the naive
-    baseline's forecast). Returns one row per step present: mae_model, mae_naive, mae_ratio,
+    `matured` has columns step, predicted, lower, upper, actual and naive (the naive
+    forecaster's prediction). Returns one row per step present: mae_model, mae_naive, mae_ratio,
     coverage (share of actuals inside [lower, upper]) and count.
     """
     frame = matured.assign(
         model=(matured["predicted"] - matured["actual"]).abs(),
-        naive=(matured["origin_close"] - matured["actual"]).abs(),
+        naive_error=(matured["naive"] - matured["actual"]).abs(),
         covered=(matured["actual"] >= matured["lower"]) & (matured["actual"] <= matured["upper"]),
     )
     grouped = frame.groupby("step")
-    table = pd.DataFrame({"mae_model": grouped["model"].mean(), "mae_naive": grouped["naive"].mean(),
+    table = pd.DataFrame({"mae_model": grouped["model"].mean(), "mae_naive": grouped["naive_error"].mean(),
                           "coverage": grouped["covered"].mean(), "count": grouped.size()}).reset_index()
     return table.assign(mae_ratio=table["mae_model"] / table["mae_naive"].where(table["mae_naive"] > 0))
 
@@ -111,7 +112,7 @@ def overall_metrics(matured: pd.DataFrame) -> dict:
     """MAE ratio model/naive and interval coverage over all matured steps; None when empty."""
     if matured.empty:
         return {"mae_ratio": None, "coverage": None, "count": 0}
-    naive = (matured["origin_close"] - matured["actual"]).abs().mean()
+    naive = (matured["naive"] - matured["actual"]).abs().mean()
     model = (matured["predicted"] - matured["actual"]).abs().mean()
     covered = (matured["actual"] >= matured["lower"]) & (matured["actual"] <= matured["upper"])
     return {"mae_ratio": float(model / naive) if naive > 0 else None, "coverage": float(covered.mean()), "count": len(matured)}
@@ -233,49 +234,3 @@ def diebold_mariano(model_errors: np.ndarray, baseline_errors: np.ndarray, horiz
     statistic = differential.mean() / math.sqrt(variance / count)
     statistic *= math.sqrt((count + 1 - 2 * horizon + horizon * (horizon - 1) / count) / count)
     return float(statistic), float(math.erfc(abs(statistic) / math.sqrt(2)))
-
-
-def evaluate_forecaster(forecaster, closes: np.ndarray, scored_from: int, level: float) -> tuple[pd.DataFrame, dict]:
-    """Walk forward over every origin of `closes`, scoring those from origin `scored_from` on.
-
-    Earlier origins only warm up the adaptive intervals (their errors matured before the first
-    scored origin). Returns one row per step (step_metrics, plus direction-accuracy Wilson
-    interval, Diebold-Mariano against naive, coverage at every level for adaptive and static
-    intervals, and the drift and moving-average baselines' MAE ratios) and the arrays of the
-    scored origins for plotting.
-    """
-    from chronoprice.forecast import DriftForecaster, MovingAverageForecaster, score_quantiles
-
-    window, horizon = forecaster.window, forecaster.horizon
-    result = walk_forward(forecaster, closes, window, horizon)
-    windows = walk_forward_windows(closes, window, horizon)[0]
-    volatility = recent_volatility(windows)
-    log_errors = np.log(result["actual"] / result["mean"])
-    scores = interval_scores(log_errors, volatility)
-    scored = slice(scored_from, None)
-    coverage = {}
-    for each in INTERVAL_LEVELS:
-        static = score_quantiles(forecaster.metadata, each)
-        adaptive = adaptive_quantiles(scores, each, static)
-        coverage[f"{each:.2f}"] = ((scores <= adaptive)[scored].mean(axis=0), (scores <= static)[scored].mean(axis=0),
-                                   adaptive[scored] * volatility[scored])
-    widths = coverage[f"{level:.2f}"][2]
-    mean = result["mean"][scored]
-    scored_result = {"mean": mean, "actual": result["actual"][scored], "origin_close": result["origin_close"][scored],
-                     "lower": mean * np.exp(-widths), "upper": mean * np.exp(widths)}
-    table = step_metrics(scored_result, level)
-    actual, origin = scored_result["actual"], scored_result["origin_close"]
-    moved = actual != origin
-    hits = (np.sign(mean - origin) == np.sign(actual - origin)) & moved
-    for baseline in (DriftForecaster(horizon), MovingAverageForecaster(horizon)):
-        error = np.abs(baseline.forecast(windows[scored])["mean"] - actual).mean(axis=0)
-        table[f"mae_{baseline.name}"] = error
-        table[f"mae_ratio_{baseline.name}"] = error / table["mae_naive"]
-    intervals = [wilson_interval(hits[:, k].sum(), int(moved[:, k].sum())) for k in range(horizon)]
-    tests = [diebold_mariano(mean[:, k] - actual[:, k], origin[:, 0] - actual[:, k], k + 1) for k in range(horizon)]
-    table["direction_ci_low"], table["direction_ci_high"] = zip(*intervals)
-    table["dm_statistic"], table["dm_p_value"] = zip(*tests)
-    for each, (adaptive, static, _) in coverage.items():
-        table[f"coverage_{each}"] = adaptive
-        table[f"coverage_static_{each}"] = static
-    return table, {**scored_result, "log_errors": log_errors[scored]}

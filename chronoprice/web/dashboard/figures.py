@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from chronoprice.evaluation import matured_metrics, overall_metrics
+from chronoprice.evaluation.metrics import (
+    DEFAULT_LEVEL,
+    matured_metrics,
+    overall_metrics,
+)
+from chronoprice.market.timeframes import span_text
 
 SHOWN_CANDLES = 60
 OVERLAYS = {"sma20": "SMA 20", "ema50": "EMA 50", "bollinger": "Bollinger 20/2", "rsi": "RSI 14"}
@@ -17,6 +24,29 @@ THEMES = {
     "light": {"template": "plotly_white", "paper": "#ffffff", "plot": "#ffffff", "grid": "#e3e7ee", "text": "#1d2430",
               "up": "#0f8f7e", "down": "#d63c3a", "forecast": "#c47d00", "band": "rgba(196, 125, 0, 0.14)", "volume": "rgba(90, 110, 140, 0.35)"},
 }
+
+
+def percent(level: float) -> str:
+    """0.9 -> '90 %'."""
+    return f"{level * 100:g} %"
+
+
+@dataclasses.dataclass(frozen=True)
+class Horizon:
+    """What the served forecast spans, for the words on the page: its steps, the candle
+    timeframe and the level of its band."""
+
+    steps: int
+    timeframe: str
+    level: float = DEFAULT_LEVEL
+
+    def ahead(self, steps: int | None = None) -> str:
+        """'10 minutes' for the whole horizon of 1-minute candles, or for `steps` of them."""
+        return span_text(self.steps if steps is None else steps, self.timeframe)
+
+    @property
+    def band(self) -> str:
+        return percent(self.level)
 
 
 def to_datetime(ts) -> pd.Series:
@@ -80,7 +110,8 @@ def empty_figure(message: str, theme: str) -> go.Figure:
     return _style(figure, theme, "empty")
 
 
-def price_figure(candles: pd.DataFrame, forecast: pd.DataFrame, theme: str, overlays=(), uirevision: str = "price") -> go.Figure:
+def price_figure(candles: pd.DataFrame, forecast: pd.DataFrame, theme: str, overlays=(), uirevision: str = "price",
+                 level: float = DEFAULT_LEVEL) -> go.Figure:
     """The last SHOWN_CANDLES candles, the forecast as hollow candles with its interval band,
     a divider at the forecast origin, volume bars, and the chosen overlays.
 
@@ -106,7 +137,8 @@ def price_figure(candles: pd.DataFrame, forecast: pd.DataFrame, theme: str, over
     )
     _add_overlays(figure, shown, when, overlays, colors)
     if not forecast.empty:
-        _add_forecast(figure, predicted_candles(float(shown["close"].iloc[-1]), forecast), int(shown["ts"].iloc[-1]), colors)
+        _add_forecast(figure, predicted_candles(float(shown["close"].iloc[-1]), forecast), int(shown["ts"].iloc[-1]), colors,
+                      f"{percent(level)} interval")
     figure.add_trace(
         go.Bar(x=when, y=shown["volume"], name="volume", marker_color=colors["volume"], showlegend=False,
                hovertemplate="volume %{y:,.4f}<extra></extra>"),
@@ -132,7 +164,7 @@ def _add_overlays(figure: go.Figure, shown: pd.DataFrame, when: pd.Series, overl
             figure.add_hline(y=level, line={"color": colors["grid"], "dash": "dot"}, row=3, col=1)
 
 
-def _add_forecast(figure: go.Figure, predicted: pd.DataFrame, origin_ts: int, colors: dict) -> None:
+def _add_forecast(figure: go.Figure, predicted: pd.DataFrame, origin_ts: int, colors: dict, band_name: str) -> None:
     when = to_datetime(predicted["ts"])
     figure.add_trace(
         go.Scatter(x=when, y=predicted["upper"], mode="lines", line={"width": 0}, hoverinfo="skip", showlegend=False, name="upper"),
@@ -140,10 +172,10 @@ def _add_forecast(figure: go.Figure, predicted: pd.DataFrame, origin_ts: int, co
     )
     figure.add_trace(
         go.Scatter(x=when, y=predicted["lower"], mode="lines", line={"width": 0}, fill="tonexty", fillcolor=colors["band"],
-                   hoverinfo="skip", name="90 % interval"),
+                   hoverinfo="skip", name=band_name),
         row=1, col=1,
     )
-    hover = [f"predicted close {close:,.2f}<br>90 % interval {lower:,.2f} – {upper:,.2f}"
+    hover = [f"predicted close {close:,.2f}<br>{band_name} {lower:,.2f} – {upper:,.2f}"
              for close, lower, upper in zip(predicted["close"], predicted["lower"], predicted["upper"])]
     figure.add_trace(
         go.Candlestick(
@@ -160,13 +192,13 @@ def _add_forecast(figure: go.Figure, predicted: pd.DataFrame, origin_ts: int, co
                           font={"color": colors["forecast"], "size": 11})
 
 
-def error_figure(matured: pd.DataFrame, theme: str, uirevision: str = "errors") -> go.Figure:
-    """Percentage error of the step-1 and step-10 forecasts by target time."""
+def error_figure(matured: pd.DataFrame, theme: str, horizon: Horizon, uirevision: str = "errors") -> go.Figure:
+    """Percentage error of the first and last steps' forecasts by target time."""
     if matured.empty:
-        return empty_figure("First forecasts mature in 10 minutes", theme)
+        return empty_figure(f"First forecasts mature in {horizon.ahead()}", theme)
     colors = THEMES[theme]
     figure = go.Figure()
-    for step, color in ((1, "#7aa2f7"), (10, colors["forecast"])):
+    for step, color in ((1, "#7aa2f7"), (horizon.steps, colors["forecast"])):
         rows = matured[matured["step"] == step]
         error = 100 * (rows["predicted"] - rows["actual"]) / rows["actual"]
         figure.add_trace(go.Scatter(x=to_datetime(rows["target_ts"]), y=error, mode="lines", name=f"step {step} error (%)",
@@ -175,8 +207,8 @@ def error_figure(matured: pd.DataFrame, theme: str, uirevision: str = "errors") 
     return _style(figure, theme, uirevision)
 
 
-def step_error_figure(matured: pd.DataFrame, theme: str, uirevision: str = "steps") -> go.Figure:
-    """Mean absolute error by step (minutes ahead), the LSTM beside the naive baseline."""
+def step_error_figure(matured: pd.DataFrame, theme: str, horizon: Horizon, uirevision: str = "steps") -> go.Figure:
+    """Mean absolute error by step, the LSTM beside the naive baseline."""
     if matured.empty:
         return empty_figure("Per-step accuracy appears once forecasts mature", theme)
     colors = THEMES[theme]
@@ -186,12 +218,12 @@ def step_error_figure(matured: pd.DataFrame, theme: str, uirevision: str = "step
     figure.add_trace(go.Bar(x=per_step["step"], y=per_step["mae_naive"], name="naive (last close)", marker_color=colors["volume"]))
     _style(figure, theme, uirevision)
     figure.update_layout(barmode="group", hovermode="x")
-    figure.update_xaxes(title_text="minutes ahead", dtick=1)
+    figure.update_xaxes(title_text=f"steps ahead (one step: {horizon.ahead(1)})", dtick=1)
     return figure
 
 
 def kpis(candles: pd.DataFrame, forecast: pd.DataFrame, matured: pd.DataFrame) -> dict:
-    """Headline numbers: last price, 10-minute forecast and % change, MAE ratio, coverage.
+    """Headline numbers: last price, the forecast's last step and its % change, MAE ratio, coverage.
 
     Values are None where there is nothing to compute them from yet.
     """

@@ -1,5 +1,7 @@
 """The OpenAPI 3 description of the JSON API, served at /api/openapi.json and fuzzed by the tests."""
 
+from chronoprice.evaluation.metrics import ERROR_WINDOW_HOURS
+
 _NUMBER = {"type": "number", "nullable": True}
 _ERROR = {
     "type": "object",
@@ -31,17 +33,17 @@ def _get(summary: str, parameters: list, responses: dict) -> dict:
 _LIMIT = {"name": "limit", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}}
 _HISTORY_LIMIT = {"name": "limit", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1, "maximum": 5000, "default": 500}}
 _WINDOW = {"name": "window", "in": "query", "required": False, "description": "minutes of matured forecasts to score",
-           "schema": {"type": "integer", "minimum": 10, "maximum": 10080, "default": 1440}}
+           "schema": {"type": "integer", "minimum": 10, "maximum": 10080, "default": ERROR_WINDOW_HOURS * 60}}
 _TIME = {"type": "integer", "minimum": 0, "maximum": 100_000_000_000_000,
          "description": "candle open time in epoch milliseconds (an ISO 8601 time is accepted too)"}
 
 OPENAPI = {
     "openapi": "3.0.3",
-    "info": {"title": "ChronoPrice API", "version": "1", "description": "Live 10-step forecasts of 1-minute candles, scored against the last close."},
+    "info": {"title": "ChronoPrice API", "version": "1"},
     "paths": {
         "/api/health": _get("liveness and runtime facts (never runs a tick)", [], _ok("Health", "the service is up")),
         "/api/v1/candles": _get("the newest closed candles", [_SYMBOL, _LIMIT], {**_ok("Candles", "candles, oldest first"), **_errors(400, 404)}),
-        "/api/v1/forecast": _get("the newest 10-step forecast", [_SYMBOL], {**_ok("Forecast", "the forecast"), **_errors(400, 404, 503)}),
+        "/api/v1/forecast": _get("the newest forecast, one step per candle of the model's horizon", [_SYMBOL], {**_ok("Forecast", "the forecast"), **_errors(400, 404, 503)}),
         "/api/v1/metrics": _get("live accuracy against the naive baseline", [_SYMBOL, _WINDOW], {**_ok("Metrics", "scores"), **_errors(400, 404)}),
         "/api/v1/history": _get(
             "matured forecasts with their actual closes",
@@ -105,3 +107,10 @@ OPENAPI = {
         }
     },
 }
+
+
+def openapi_document(horizon: int | None, timeframe: str) -> dict:
+    """OPENAPI with a description of what this server forecasts (horizon None: no model loaded)."""
+    steps = f"{horizon}-step" if horizon else "multi-step"
+    description = f"Live {steps} forecasts of {timeframe} candles, scored against the last close."
+    return {**OPENAPI, "info": {**OPENAPI["info"], "description": description}}

@@ -1,4 +1,4 @@
-"""SQLite store on sqlite-utils: candles and forecasts, the schema of DESIGN.md.
+"""SQLite store on sqlite-utils: candles and forecasts (schema in docs/ARCHITECTURE.md).
 
 Functions take a `sqlite_utils.Database`; `open_store` makes one with WAL, a busy timeout and
 the schema migrated. Timestamps are UTC epoch milliseconds of a candle's open time.
@@ -6,15 +6,16 @@ the schema migrated. Timestamps are UTC epoch milliseconds of a candle's open ti
 
 from __future__ import annotations
 
-import dataclasses
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
 import pandas as pd
 import sqlite_utils
 
-from chronoprice.candles import COLUMNS
+from chronoprice.market.candles import COLUMNS
+from chronoprice.market.source import Market
 
 BUSY_TIMEOUT_MS = 5_000
 MARKET_KEY = ["exchange", "symbol", "timeframe"]
@@ -25,16 +26,6 @@ FORECAST_COLUMNS = ["origin_ts", "step", "target_ts", "predicted", "lower", "upp
 
 class StoreError(RuntimeError):
     """The database file cannot be used; the message names the file and what to do."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Market:
-    exchange: str
-    symbol: str
-    timeframe: str = "1m"
-
-    def key(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 def _create_tables(db: sqlite_utils.Database) -> None:
@@ -219,25 +210,15 @@ def read_matured_forecasts(
     return pd.DataFrame(rows, columns=FORECAST_COLUMNS + ["actual", "origin_close"])
 
 
-def claim_tick(db: sqlite_utils.Database, key: str, now_ms: int, interval_ms: int) -> bool:
-    """Atomically claim the right to tick `key` unless it was claimed within `interval_ms`.
+class ConnectionPerThread:
+    """One connection to the file at `path` per thread: sqlite3 connections are not shared
+    between threads, and web servers answer each request on a thread of their own."""
 
-    One statement, so processes sharing the file (gunicorn workers) cannot both win.
-    """
-    with db.conn:
-        cursor = db.execute(
-            "insert into ticks (key, claimed_ms) values (?, ?) on conflict(key) do update "
-            "set claimed_ms = excluded.claimed_ms where ticks.claimed_ms <= excluded.claimed_ms - ?",
-            [key, int(now_ms), int(interval_ms)],
-        )
-    return cursor.rowcount == 1
+    def __init__(self, path: Path | str):
+        self.path = path
+        self._local = threading.local()
 
-
-def save_tick_status(db: sqlite_utils.Database, key: str, status_json: str) -> None:
-    with db.conn:
-        db.execute("update ticks set status = ? where key = ?", [status_json, key])
-
-
-def read_tick_status(db: sqlite_utils.Database, key: str) -> str | None:
-    row = db.execute("select status from ticks where key = ?", [key]).fetchone()
-    return row[0] if row else None
+    def __call__(self) -> sqlite_utils.Database:
+        if getattr(self._local, "db", None) is None:
+            self._local.db = open_store(self.path)
+        return self._local.db

@@ -8,28 +8,31 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from chronoprice.evaluation.metrics import DEFAULT_LEVEL, INTERVAL_LEVELS
+
 SHOWN_ORIGINS = 300
 
 
 def report_figures(table: pd.DataFrame, arrays: dict) -> list[go.Figure]:
     """Predicted vs actual, error by step against the baselines, interval coverage, residuals."""
     recent = slice(-SHOWN_ORIGINS, None)
-    predicted = go.Figure(layout_title_text=f"Predicted vs actual close by target minute, last {SHOWN_ORIGINS} origins")
-    minutes = np.arange(len(arrays["actual"]))[recent]
-    predicted.add_scatter(x=minutes + 1, y=arrays["actual"][recent, 0], name="actual", line={"color": "#444"})
-    for step in (1, 10):
-        predicted.add_scatter(x=minutes + step, y=arrays["mean"][recent, step - 1], name=f"predicted {step} min ahead")
-    predicted.update_xaxes(title_text="minute (origin index + steps ahead)")
+    shown_steps = (1, int(table["step"].max()))
+    predicted = go.Figure(layout_title_text=f"Predicted vs actual close by target candle, last {SHOWN_ORIGINS} origins")
+    origins = np.arange(len(arrays["actual"]))[recent]
+    predicted.add_scatter(x=origins + 1, y=arrays["actual"][recent, 0], name="actual", line={"color": "#444"})
+    for step in shown_steps:
+        predicted.add_scatter(x=origins + step, y=arrays["mean"][recent, step - 1], name=f"predicted {step} candles ahead")
+    predicted.update_xaxes(title_text="candle (origin index + steps ahead)")
     by_step = go.Figure(layout_title_text="Mean absolute error by step: model and baselines")
     for column, name in (("mae_model", "LSTM"), ("mae_naive", "naive (last close)"), ("mae_drift", "drift"),
                          ("mae_moving_average", "moving average")):
         by_step.add_bar(x=table["step"], y=table[column], name=name)
     coverage = go.Figure(layout_title_text="Interval coverage by step (adaptive split-conformal)")
-    for level in ("0.80", "0.90", "0.95"):
-        coverage.add_scatter(x=table["step"], y=table[f"coverage_{level}"], name=f"{float(level):.0%} interval", mode="lines+markers")
-        coverage.add_hline(y=float(level), line={"dash": "dot"})
+    for level in INTERVAL_LEVELS:
+        coverage.add_scatter(x=table["step"], y=table[f"coverage_{level:.2f}"], name=f"{level:.0%} interval", mode="lines+markers")
+        coverage.add_hline(y=level, line={"dash": "dot"})
     residuals = go.Figure(layout_title_text="Residuals, log(actual / predicted)")
-    for step in (1, 10):
+    for step in shown_steps:
         residuals.add_histogram(x=arrays["log_errors"][:, step - 1], name=f"step {step}", opacity=0.6, nbinsx=120)
     residuals.update_layout(barmode="overlay")
     for figure in (predicted, by_step, coverage, residuals):
@@ -37,14 +40,12 @@ def report_figures(table: pd.DataFrame, arrays: dict) -> list[go.Figure]:
     return [predicted, by_step, coverage, residuals]
 
 
-def write_report(path: Path, table: pd.DataFrame, arrays: dict, title: str) -> None:
+def write_report(path: Path, table: pd.DataFrame, arrays: dict, title: str, level: float = DEFAULT_LEVEL) -> None:
     """One HTML file with plotly.js embedded, so it opens offline."""
     figures = report_figures(table, arrays)
     parts = [figure.to_html(full_html=False, include_plotlyjs=(number == 0)) for number, figure in enumerate(figures)]
-    summary = table[["step", "mae_ratio", "direction_accuracy", "dm_p_value", "coverage_0.90"]].round(4).to_html(index=False)
+    summary = table[["step", "mae_ratio", "direction_accuracy", "dm_p_value", f"coverage_{level:.2f}"]].round(4).to_html(index=False)
     Path(path).write_text(
         f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title></head><body>"
         f"<h1>{title}</h1>{summary}{''.join(parts)}</body></html>"
     )
-
-

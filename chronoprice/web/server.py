@@ -1,22 +1,27 @@
-"""The Dash app: settings and pipeline in, the dashboard served by Flask out."""
+"""The Dash app: settings and ticker in, the dashboard and JSON API served by Flask out."""
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Mapping
 
 import dash
 from flask_caching import Cache
 
-from chronoprice.api import cache_config, register_api
 from chronoprice.config import PROJECT_ROOT, Settings
-from chronoprice.dashboard.callbacks import attach_callbacks
-from chronoprice.dashboard.layout import build_layout
-from chronoprice.pipeline import Pipeline, build_pipeline
-from chronoprice.store import open_store
+from chronoprice.service.build import build_ticker
+from chronoprice.service.tick import Ticker
+from chronoprice.store.sqlite import open_store
+from chronoprice.web.api import register_api
+from chronoprice.web.cache import cache_config
+from chronoprice.web.dashboard.callbacks import attach_callbacks
+from chronoprice.web.dashboard.layout import build_layout
+
+log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings, pipeline: Pipeline | None = None, env: Mapping[str, str] = os.environ) -> dash.Dash:
+def create_app(settings: Settings, ticker: Ticker | None = None, env: Mapping[str, str] = os.environ) -> dash.Dash:
     """The dashboard and JSON API; building it does no network, database or model I/O."""
     app = dash.Dash(
         __name__,
@@ -25,10 +30,10 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None, env: Mappin
         meta_tags=[{"name": "viewport", "content": "width=device-width, initial-scale=1"}],
     )
     app.layout = build_layout(settings)
-    pipeline = pipeline or build_pipeline(settings)
+    ticker = ticker or build_ticker(settings)
     cache = Cache(app.server, config=cache_config(env))
-    register_api(app.server, pipeline, settings.symbol, cache, settings.refresh_seconds)
-    attach_callbacks(app, pipeline, cache)
+    register_api(app.server, ticker, settings.symbol, cache, settings.refresh_seconds)
+    attach_callbacks(app, ticker, cache)
     # Dash registers its script bundles on the first request, after marking the setup done, so a
     # concurrent request can find none and answer 500 (plotly/dash#3971): register them now.
     app._setup_server()
@@ -39,5 +44,5 @@ def serve(settings: Settings) -> None:
     """Serve until interrupted; a database that cannot be used stops it here, with its name."""
     open_store(settings.db).close()
     app = create_app(settings)
-    print(f"ChronoPrice on http://{settings.host}:{settings.port}/ ({settings.source} source, {settings.symbol})", flush=True)
+    log.info("ChronoPrice on http://%s:%d/ (%s source, %s)", settings.host, settings.port, settings.source, settings.symbol)
     app.run(host=settings.host, port=settings.port, debug=settings.debug)

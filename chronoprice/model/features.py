@@ -127,16 +127,3 @@ def walk_forward_windows(series: np.ndarray, window: int = WINDOW, horizon: int 
     windows = _windows_of(series, window)[:count]
     actuals = sliding_window_view(closes[window:], horizon)[:count]
     return windows, actuals
-
-
-VOLATILITY_WINDOW = 15  # candles of returns that scale the interval, chosen on validation
-
-
-def recent_volatility(windows: np.ndarray, span: int = VOLATILITY_WINDOW) -> np.ndarray:
-    """[B, WINDOW] closes (or [B, WINDOW, 4] candles) -> [B, 1] standard deviation of the last
-    `span` 1-minute log returns.
-
-    Floored at 1e-6 so a frozen market still gets a (tiny) interval.
-    """
-    logs = np.log(window_closes(windows)[:, -span - 1 :])
-    return np.maximum(np.diff(logs, axis=1).std(axis=1, keepdims=True), 1e-6)

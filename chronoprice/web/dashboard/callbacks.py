@@ -12,14 +12,23 @@ from dash import Input, Output, State
 from dash.exceptions import PreventUpdate
 
 from chronoprice.config import SettingsError, settings_from
-from chronoprice.dashboard.figures import SHOWN_CANDLES, error_figure, kpis, price_figure, step_error_figure
-from chronoprice.dashboard.layout import DEFAULT_SYMBOLS, symbol_options
-from chronoprice.evaluation import matured_metrics
-from chronoprice.pipeline import Pipeline, TickStatus
-from chronoprice.store import StoreError, read_candles, read_latest_forecast, read_matured_forecasts
+from chronoprice.evaluation.metrics import ERROR_WINDOW_HOURS, matured_metrics
+from chronoprice.model.features import HORIZON
+from chronoprice.service.scoring import read_scored
+from chronoprice.service.status import TickStatus
+from chronoprice.service.tick import Ticker
+from chronoprice.store.sqlite import StoreError, read_candles, read_latest_forecast
+from chronoprice.web.dashboard.figures import (
+    SHOWN_CANDLES,
+    Horizon,
+    error_figure,
+    kpis,
+    price_figure,
+    step_error_figure,
+)
+from chronoprice.web.dashboard.layout import DEFAULT_SYMBOLS, symbol_options
 
 INDICATOR_WARM_UP = 60  # extra candles read so EMA 50 is settled on the first shown candle
-ERROR_WINDOW_MS = 24 * 3_600_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,20 +37,28 @@ class ViewData:
     candles: pd.DataFrame
     forecast: pd.DataFrame
     matured: pd.DataFrame
+    horizon: Horizon
 
 
-def load_view(pipeline: Pipeline, symbol: str) -> ViewData:
+def served_horizon(ticker: Ticker) -> Horizon:
+    """The loaded model's horizon on the ticker's timeframe (the training default if no model
+    could be loaded, so the page can still say what it waits for)."""
+    forecaster = ticker.forecaster()
+    return Horizon(forecaster.horizon if forecaster else HORIZON, ticker.timeframe)
+
+
+def load_view(ticker: Ticker, symbol: str) -> ViewData:
     """Run the market's tick (or take its fresh state) and read what the page shows."""
-    status = pipeline.tick(symbol)
-    market = pipeline.market(symbol, status.exchange)
-    db = pipeline.db()
+    status = ticker.tick(symbol)
+    market = ticker.market(symbol, status.exchange)
+    db = ticker.db()
     candles = read_candles(db, market, limit=SHOWN_CANDLES + INDICATOR_WARM_UP)
     forecast = read_latest_forecast(db, market)
     if not candles.empty and not forecast.empty and forecast["origin_ts"].iloc[0] != candles["ts"].iloc[-1]:
         forecast = forecast.iloc[:0]  # a forecast from an older candle would overlap real ones
     newest = int(candles["ts"].iloc[-1]) if not candles.empty else 0
-    matured = read_matured_forecasts(db, market, since_target_ts=newest - ERROR_WINDOW_MS)
-    return ViewData(status, candles, forecast, matured)
+    matured = read_scored(db, market, since_target_ts=newest - ERROR_WINDOW_HOURS * 3_600_000)
+    return ViewData(status, candles, forecast, matured, served_horizon(ticker))
 
 
 def _utc(ts: int | None) -> str:
@@ -59,28 +76,28 @@ def _against_naive(ratio: float) -> str:
     return f"{difference:.1f} % {'better' if ratio < 1 else 'worse'} than"
 
 
-def verdict(matured: pd.DataFrame) -> str:
-    """One plain sentence on model vs naive, e.g. '10-minute forecasts are 0.2 % worse than
-    repeating the last close; 1-minute ones: as accurate as it'."""
+def verdict(matured: pd.DataFrame, horizon: Horizon) -> str:
+    """One plain sentence on model vs naive, e.g. 'Forecasts 10 minutes ahead are 0.2 % worse
+    than repeating the last close; 1 minute ahead: as accurate as it'."""
     if matured.empty:
-        return "No forecast has matured yet: the first are scored 10 minutes after they are made."
+        return f"No forecast has matured yet: the first are scored {horizon.ahead()} after they are made."
     per_step = matured_metrics(matured).set_index("step")["mae_ratio"].dropna()
     if per_step.empty:
         return "The price has not moved since the forecasts were made: nothing to score yet."
     longest, shortest = int(per_step.index.max()), int(per_step.index.min())
-    sentence = f"{longest}-minute forecasts are {_against_naive(per_step[longest])} repeating the last close"
+    sentence = f"Forecasts {horizon.ahead(longest)} ahead are {_against_naive(per_step[longest])} repeating the last close"
     if shortest != longest:
-        sentence += f"; {shortest}-minute ones: {_against_naive(per_step[shortest])} it"
-    return f"{sentence} ({len(matured)} matured forecast steps, last 24 hours)."
+        sentence += f"; {horizon.ahead(shortest)} ahead: {_against_naive(per_step[shortest])} it"
+    return f"{sentence} ({len(matured)} matured forecast steps, last {ERROR_WINDOW_HOURS} hours)."
 
 
 def render_figures(view: ViewData, theme: str, overlays) -> dict:
     """The three charts, keyed by component id; they change only with a new candle."""
-    symbol = view.status.symbol
+    symbol, horizon = view.status.symbol, view.horizon
     return {
-        "price-chart": price_figure(view.candles, view.forecast, theme, overlays, uirevision=symbol),
-        "error-chart": error_figure(view.matured, theme, uirevision=symbol),
-        "step-chart": step_error_figure(view.matured, theme, uirevision=symbol),
+        "price-chart": price_figure(view.candles, view.forecast, theme, overlays, uirevision=symbol, level=horizon.level),
+        "error-chart": error_figure(view.matured, theme, horizon, uirevision=symbol),
+        "step-chart": step_error_figure(view.matured, theme, horizon, uirevision=symbol),
     }
 
 
@@ -91,21 +108,22 @@ def render_view(view: ViewData, theme: str, overlays) -> dict:
 
 def render_text(view: ViewData) -> dict:
     """Everything but the charts: KPIs, badges, banner, status line."""
-    status, numbers = view.status, kpis(view.candles, view.forecast, view.matured)
+    status, horizon, numbers = view.status, view.horizon, kpis(view.candles, view.forecast, view.matured)
     offline = status.source == "offline demo"
     change = "" if numbers["change_pct"] is None else f"{numbers['change_pct']:+.3f} % vs last price"
     problems = "; ".join(filter(None, [status.error, status.note if not offline else None]))
     return {
-        "price-title": f"{status.symbol}: last {SHOWN_CANDLES} candles and the next 10 forecast",
+        "price-title": f"{status.symbol}: last {SHOWN_CANDLES} candles and the next {horizon.steps} forecast",
         "kpi-last-price": _price(numbers["last_price"]),
         "kpi-last-price-detail": f"close of the {_utc(status.newest_ts)} candle",
+        "kpi-forecast-title": f"Forecast in {horizon.ahead()}",
         "kpi-forecast": _price(numbers["forecast"]),
         "kpi-forecast-detail": change,
         "kpi-mae-ratio": "–" if numbers["mae_ratio"] is None else f"{numbers['mae_ratio']:.3f}",
         "kpi-mae-ratio-detail": "LSTM error ÷ naive error (below 1 beats it)",
         "kpi-coverage": "–" if numbers["coverage"] is None else f"{100 * numbers['coverage']:.0f} %",
-        "kpi-coverage-detail": "of closes inside the 90 % band",
-        "verdict": verdict(view.matured),
+        "kpi-coverage-detail": f"of closes inside the {horizon.band} band",
+        "verdict": verdict(view.matured, horizon),
         "source-badge": status.source,
         "model-badge": f"model {status.model_version}" if status.model_version else "model unavailable",
         "newest-candle": f"newest candle {_utc(status.newest_ts)}",
@@ -129,7 +147,7 @@ def cached_figures(cache, view: ViewData, theme: str, overlays) -> dict:
 
 REFRESH_OUTPUTS = [
     ("price-chart", "figure"), ("error-chart", "figure"), ("step-chart", "figure"), ("price-title", "children"),
-    ("kpi-last-price", "children"), ("kpi-last-price-detail", "children"), ("kpi-forecast", "children"),
+    ("kpi-last-price", "children"), ("kpi-last-price-detail", "children"), ("kpi-forecast-title", "children"), ("kpi-forecast", "children"),
     ("kpi-forecast-detail", "children"), ("kpi-mae-ratio", "children"), ("kpi-mae-ratio-detail", "children"),
     ("kpi-coverage", "children"), ("kpi-coverage-detail", "children"), ("verdict", "children"),
     ("source-badge", "children"), ("model-badge", "children"), ("newest-candle", "children"),
@@ -137,24 +155,24 @@ REFRESH_OUTPUTS = [
 ]
 
 
-def check_symbol(pipeline: Pipeline, text: str | None, current: str) -> tuple[str, str]:
+def check_symbol(ticker: Ticker, text: str | None, current: str) -> tuple[str, str]:
     """(symbol to show, inline message) for what the user typed; a bad symbol keeps `current`."""
     try:
         symbol = settings_from({"symbol": text or ""}, {}).symbol
     except SettingsError:
         return current, f"“{text}” is not a symbol; use BASE/QUOTE, for example ETH/USDT."
-    status = pipeline.tick(symbol)
+    status = ticker.tick(symbol)
     if status.symbol_unknown:
         return current, f"{status.error}. Still showing {current}."
     return symbol, ""
 
 
-def attach_callbacks(app: dash.Dash, pipeline: Pipeline, cache) -> None:
+def attach_callbacks(app: dash.Dash, ticker: Ticker, cache) -> None:
     @app.callback([Output(component, prop) for component, prop in REFRESH_OUTPUTS],
                   Input("refresh", "n_intervals"), Input("active-symbol", "data"), Input("theme", "data"), Input("overlays", "value"))
     def refresh(_, symbol, theme, overlays):
         try:
-            view = load_view(pipeline, symbol)
+            view = load_view(ticker, symbol)
         except (StoreError, sqlite3.OperationalError):
             raise PreventUpdate from None  # a lock past the busy timeout: keep the last good page
         outputs = {**cached_figures(cache, view, theme or "dark", overlays or []), **render_text(view)}
@@ -163,11 +181,11 @@ def attach_callbacks(app: dash.Dash, pipeline: Pipeline, cache) -> None:
     @app.callback(Output("active-symbol", "data"), Output("symbol-message", "children"),
                   Input("symbol-input", "value"), State("active-symbol", "data"), prevent_initial_call=True)
     def choose_symbol(text, current):
-        return check_symbol(pipeline, text, current)
+        return check_symbol(ticker, text, current)
 
     @app.callback(Output("symbol-options", "children"), Input("symbols-once", "n_intervals"), prevent_initial_call=True)
     def list_symbols(_):
-        return symbol_options(dict.fromkeys((*DEFAULT_SYMBOLS, *pipeline.symbols())))
+        return symbol_options(dict.fromkeys((*DEFAULT_SYMBOLS, *ticker.symbols())))
 
     @app.callback(Output("theme", "data"), Input("theme-toggle", "n_clicks"), State("theme", "data"), prevent_initial_call=True)
     def toggle_theme(_, theme):

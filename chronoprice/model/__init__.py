@@ -1,0 +1,1 @@
+"""The forecasters: features, the Keras network and its training, serving engines, the artifact."""

@@ -1,0 +1,136 @@
+"""Forecasters, all of one shape: the recursive LSTM on a choice of engine and the baselines.
+
+Every forecaster has `horizon` and `forecast(windows) -> {"mean", "lower", "upper"}`: `windows`
+is [B, W] closes (or one window of W closes) or [B, W, 4] candle rows (features.CANDLE_COLUMNS;
+models with range or volume channels need these), and each returned array is [B, horizon]
+prices. The naive baseline (the last close) is a forecaster like any other: live scoring,
+evaluation and the dashboard all take it from here.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from chronoprice.evaluation.metrics import DEFAULT_LEVEL, recent_volatility
+from chronoprice.model.artifact import artifact_at, read_metadata
+from chronoprice.model.engines import PathEngine, feature_name, load_engine
+from chronoprice.model.features import (
+    HORIZON,
+    WINDOW,
+    model_input,
+    walk_forward_windows,
+    window_closes,
+)
+
+
+def _as_batch(windows: np.ndarray) -> np.ndarray:
+    windows = np.asarray(windows, dtype="float64")
+    return windows[None, :] if windows.ndim == 1 else windows
+
+
+def score_quantiles(metadata: dict, level: float) -> np.ndarray:
+    """Per-step interval size for `level` in units of recent volatility, as calibrated on the
+    validation split when the model was trained."""
+    table = metadata["intervals"]["score_quantile"]
+    key = f"{level:.2f}"
+    if key not in table:
+        raise ValueError(f"interval level {level} not calibrated; available: {', '.join(sorted(table))}")
+    return np.asarray(table[key], dtype="float64")
+
+
+class LSTMForecaster:
+    """The recursive LSTM forecast, its move weighted per step against the last close (the
+    metadata's `shrinkage`, fitted on validation), with split-conformal intervals scaled by
+    recent volatility."""
+
+    name = "lstm"
+
+    def __init__(self, engine: PathEngine, metadata: dict, level: float = DEFAULT_LEVEL):
+        self.engine, self.metadata, self.level = engine, metadata, level
+        self.version = metadata["version"]
+        self.window, self.horizon = metadata["window"], metadata["horizon"]
+        self._scale, self._feature = float(metadata["feature"]["scale"]), feature_name(metadata)
+        self.calibrated_quantiles = score_quantiles(metadata, level)
+        self._shrinkage = np.asarray(metadata.get("shrinkage", [1.0] * self.horizon), dtype="float64")
+
+    def forecast(self, windows: np.ndarray, quantiles: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """`quantiles` ([horizon] score quantiles) replaces the calibration saved with the model,
+        e.g. with one adapted to the latest matured errors."""
+        windows = _as_batch(windows)
+        if windows.shape[1] != self.window:
+            raise ValueError(f"a forecast needs windows of {self.window} candles, got {windows.shape[1]}")
+        raw_path = self.engine.path(model_input(windows, self._scale, self._feature)).astype("float64")
+        log_path = raw_path * self._scale * self._shrinkage
+        closes = window_closes(windows)
+        origin = closes[:, -1:]
+        widths = (self.calibrated_quantiles if quantiles is None else quantiles) * recent_volatility(closes)
+        return {
+            "mean": origin * np.exp(log_path),
+            "lower": origin * np.exp(log_path - widths),
+            "upper": origin * np.exp(log_path + widths),
+        }
+
+
+class PointBaseline:
+    """A baseline with no interval: each subclass maps [B, W] closes to a [B, horizon] path."""
+
+    name = "baseline"
+
+    def __init__(self, horizon: int = HORIZON):
+        self.horizon = horizon
+
+    def forecast(self, windows: np.ndarray) -> dict[str, np.ndarray]:
+        mean = self.path(window_closes(_as_batch(windows)))
+        return {"mean": mean, "lower": mean, "upper": mean}
+
+    def path(self, closes: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+class NaiveForecaster(PointBaseline):
+    """The last close, repeated: the baseline every model must beat."""
+
+    name = "naive"
+
+    def path(self, closes: np.ndarray) -> np.ndarray:
+        return np.repeat(closes[:, -1:], self.horizon, axis=1)
+
+
+class DriftForecaster(PointBaseline):
+    """The last close moved along the window's average log return: a trend-following baseline."""
+
+    name = "drift"
+
+    def path(self, closes: np.ndarray) -> np.ndarray:
+        drift = np.log(closes[:, -1:] / closes[:, :1]) / (closes.shape[1] - 1)
+        return closes[:, -1:] * np.exp(drift * np.arange(1, self.horizon + 1))
+
+
+class MovingAverageForecaster(PointBaseline):
+    """The mean close of the window, repeated: a mean-reverting baseline."""
+
+    name = "moving_average"
+
+    def path(self, closes: np.ndarray) -> np.ndarray:
+        return np.repeat(closes.mean(axis=1, keepdims=True), self.horizon, axis=1)
+
+
+def load_forecaster(model_path, engine: str = "auto", level: float = DEFAULT_LEVEL) -> LSTMForecaster:
+    """Read the artifact at `model_path` and make its forecaster; raises ModelUnavailable with the reason."""
+    artifact = artifact_at(model_path)
+    metadata = read_metadata(artifact)
+    return LSTMForecaster(load_engine(engine, artifact, metadata), metadata, level)
+
+
+def walk_forward(forecaster, series: np.ndarray, window: int = WINDOW, horizon: int = HORIZON) -> dict[str, np.ndarray]:
+    """Forecast from every origin of `series` (closes [N] or candle rows [N, 4]) that has
+    `horizon` actual closes after it, beside the naive baseline.
+
+    Returns arrays [M, horizon]: mean, lower, upper, actual, naive; and origin_close [M, 1].
+    """
+    windows, actual = walk_forward_windows(series, window, horizon)
+    if len(windows) == 0:
+        raise ValueError(f"walk-forward needs at least {window + horizon} candles, got {len(series)}")
+    forecast = forecaster.forecast(windows)
+    naive = NaiveForecaster(horizon).forecast(windows)["mean"]
+    return {**forecast, "actual": actual, "naive": naive, "origin_close": window_closes(windows)[:, -1:]}

@@ -1,0 +1,68 @@
+"""Forecasts from stored history: every gap-free origin that lacks one, batched, one transaction
+a chunk, so a cold start or `backfill` has a day of scores at once."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import numpy as np
+import pandas as pd
+import sqlite_utils
+from tqdm import tqdm
+
+from chronoprice.market.source import Market
+from chronoprice.market.timeframes import timeframe_ms
+from chronoprice.model.features import candle_rows
+from chronoprice.model.forecasters import LSTMForecaster
+from chronoprice.store.sqlite import has_forecast, read_candles, write_forecasts
+
+log = logging.getLogger(__name__)
+HISTORY_CHUNK = 200  # origins a transaction: short, rare write locks leave room for the live ticks
+
+
+def forecast_steps(origin_ts: int, step_ms: int, forecast: dict[str, np.ndarray], row: int = 0) -> pd.DataFrame:
+    """One origin's forecast as store rows: step 1..horizon, target_ts, predicted, lower, upper."""
+    horizon = forecast["mean"].shape[1]
+    steps = np.arange(1, horizon + 1)
+    return pd.DataFrame(
+        {
+            "step": steps,
+            "target_ts": origin_ts + steps * step_ms,
+            "predicted": forecast["mean"][row],
+            "lower": forecast["lower"][row],
+            "upper": forecast["upper"][row],
+        }
+    )
+
+
+def missing_origins(db: sqlite_utils.Database, market: Market, ts: np.ndarray, start_ts: int, forecaster: LSTMForecaster) -> list[int]:
+    """Positions in `ts` (stored candle times, oldest first) of origins at or after `start_ts`
+    with a full gap-free window and no forecast of this model version yet."""
+    window, step_ms = forecaster.window, timeframe_ms(market.timeframe)
+    return [
+        index for index in range(window - 1, len(ts))
+        if ts[index] >= start_ts
+        and ts[index] - ts[index - window + 1] == (window - 1) * step_ms
+        and not has_forecast(db, market, int(ts[index]), forecaster.version)
+    ]
+
+
+def forecast_history(db: sqlite_utils.Database, market: Market, forecaster: LSTMForecaster, start_ts: int,
+                     progress: bool = True, chunk: int = HISTORY_CHUNK) -> int:
+    """Forecast from every stored origin at or after `start_ts` that lacks one (missing_origins);
+    returns the count. Shows a progress bar on stderr."""
+    window, step_ms = forecaster.window, timeframe_ms(market.timeframe)
+    candles = read_candles(db, market, start=start_ts - window * step_ms)
+    ts, rows = candles["ts"].to_numpy(), candle_rows(candles)
+    origins = missing_origins(db, market, ts, start_ts, forecaster)
+    log.info("forecasting %d historical origins", len(origins), extra=market.key())
+    with tqdm(total=len(origins), desc=f"forecasting {market.symbol} history", unit="origin", file=sys.stderr,
+              disable=not progress, mininterval=2.0) as bar:
+        for start in range(0, len(origins), chunk):
+            batch = origins[start : start + chunk]
+            forecast = forecaster.forecast(np.stack([rows[index - window + 1 : index + 1] for index in batch]))
+            steps = [(int(ts[index]), forecast_steps(int(ts[index]), step_ms, forecast, row)) for row, index in enumerate(batch)]
+            write_forecasts(db, market, steps, forecaster.version)
+            bar.update(len(batch))
+    return len(origins)

@@ -1,0 +1,58 @@
+"""What a tick did, as the status line shows it and as it is saved beside the tick's claim."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pandas as pd
+
+STATUS_FORMAT = 1  # bump when a field changes meaning; saved statuses of another format are ignored
+
+
+@dataclasses.dataclass(frozen=True)
+class TickStatus:
+    source: str
+    exchange: str | None
+    symbol: str
+    newest_ts: int | None = None
+    new_candles: int = 0
+    forecast_origin_ts: int | None = None
+    model_version: str | None = None
+    error: str | None = None
+    note: str | None = None
+    symbol_unknown: bool = False
+    fetch_ms: float = 0.0
+    forecast_ms: float = 0.0
+    total_ms: float = 0.0
+    finished_at_ms: int = 0
+
+    def summary(self) -> str:
+        newest = pd.Timestamp(self.newest_ts, unit="ms", tz="UTC").strftime("%Y-%m-%d %H:%M UTC") if self.newest_ts else "none"
+        parts = [f"{self.source} {self.symbol}: newest candle {newest}, {self.new_candles} new"]
+        if self.forecast_origin_ts:
+            parts.append(f"forecast by {self.model_version}")
+        parts += [text for text in (self.note, f"error: {self.error}" if self.error else None) if text]
+        return "; ".join(parts)
+
+
+def status_to_json(status: TickStatus) -> str:
+    return json.dumps({"format": STATUS_FORMAT, **dataclasses.asdict(status)})
+
+
+def status_from_json(text: str | None) -> TickStatus | None:
+    """The saved status, or None when there is none or it was saved in another format (an older
+    or newer ChronoPrice sharing the file): the caller then shows "first update in progress"."""
+    if not text:
+        return None
+    try:
+        saved = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(saved, dict) or saved.pop("format", None) != STATUS_FORMAT:
+        return None
+    fields = {field.name for field in dataclasses.fields(TickStatus)}
+    try:
+        return TickStatus(**{key: value for key, value in saved.items() if key in fields})
+    except TypeError:
+        return None

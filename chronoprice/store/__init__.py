@@ -1,0 +1,1 @@
+"""Persistence: candles, forecasts and tick claims in SQLite through sqlite-utils."""

@@ -1,0 +1,82 @@
+"""The app as the tests and the benchmark run it: a free local port, JSON over HTTP, the app's
+settings on a local exchange, and gunicorn started the way render.yaml starts it.
+
+Product code never imports this module; `bench` and the tests do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from chronoprice.config import PROJECT_ROOT
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def get_json(url: str, timeout: float = 30.0) -> tuple[int, dict]:
+    """(status, parsed JSON body) of a GET, error statuses included."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"{}")
+
+
+def local_exchange_env(exchange_url: str, db_path: Path, refresh_seconds: float, workers: int = 1, **extra: str) -> dict:
+    """CHRONOPRICE_* settings for the app on the live source of one local exchange, no fail-over;
+    several workers share a file cache beside the database."""
+    env = {"CHRONOPRICE_SOURCE": "live", "CHRONOPRICE_EXCHANGE": "binance", "CHRONOPRICE_EXCHANGE_URL": exchange_url,
+           "CHRONOPRICE_FALLBACK_EXCHANGES": "none", "CHRONOPRICE_REFRESH_SECONDS": str(refresh_seconds),
+           "CHRONOPRICE_DB": str(db_path), "WEB_CONCURRENCY": str(workers), "CHRONOPRICE_CACHE_DIR": str(Path(db_path).parent / "cache")}
+    return {**env, **extra}
+
+
+@contextlib.contextmanager
+def gunicorn_service(env: dict, workers: int = 1, threads: int = 8):
+    """`gunicorn app:server` as render.yaml starts it, on a free local port.
+
+    Yields (base URL, process, seconds until GET / first answered 200, path of its log).
+    """
+    port = free_port()
+    command = [sys.executable, "-m", "gunicorn", "app:server", "--bind", f"127.0.0.1:{port}",
+               "--workers", str(workers), "--threads", str(threads), "--timeout", "120"]
+    started = time.monotonic()
+    log = tempfile.NamedTemporaryFile(prefix="chronoprice-gunicorn-", suffix=".log", delete=False)
+    process = subprocess.Popen(command, cwd=PROJECT_ROOT, env={**os.environ, **env}, stdout=log, stderr=log)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        while True:
+            try:
+                with urllib.request.urlopen(base + "/", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                if process.poll() is not None:
+                    raise RuntimeError(f"gunicorn exited: {Path(log.name).read_text()[-2000:]}") from None
+                if time.monotonic() - started > 60:
+                    raise RuntimeError("gunicorn did not answer GET / within 60 s") from None
+                time.sleep(0.05)
+        yield base, process, time.monotonic() - started, Path(log.name)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+        os.unlink(log.name)

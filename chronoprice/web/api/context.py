@@ -1,0 +1,73 @@
+"""What every API route needs: the ticker, the default symbol and the response cache, kept on
+the Flask app (`app.extensions["chronoprice"]`) rather than in a closure or a global."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pandas as pd
+from flask import current_app, jsonify
+from flask_caching import Cache
+
+from chronoprice.market.source import Market
+from chronoprice.service.status import TickStatus
+from chronoprice.service.tick import Ticker
+from chronoprice.web.api.errors import ApiError
+from chronoprice.web.api.params import parse_symbol
+
+
+@dataclasses.dataclass(frozen=True)
+class ApiContext:
+    ticker: Ticker
+    default_symbol: str
+    cache: Cache
+    refresh_seconds: float
+
+    @property
+    def retry_after_seconds(self) -> int:
+        return max(1, int(self.refresh_seconds))
+
+    @property
+    def cache_seconds(self) -> int:
+        return max(60, int(10 * self.refresh_seconds))
+
+
+def api_context() -> ApiContext:
+    return current_app.extensions["chronoprice"]
+
+
+def ticked_market(args) -> tuple[Market, TickStatus]:
+    """The market the request names (or the default), after its deduplicated tick; 404 if the
+    source does not list it."""
+    context = api_context()
+    symbol = parse_symbol(args, context.default_symbol)
+    status = context.ticker.tick(symbol)
+    if status.symbol_unknown:
+        raise ApiError(404, status.error, "symbol")
+    return context.ticker.market(symbol, status.exchange), status
+
+
+def cached_json(name: str, market: Market, status: TickStatus, parameters: tuple, build):
+    """`build()`'s payload as JSON, cached under a key that holds the newest candle and forecast,
+    so a new candle invalidates it."""
+    context = api_context()
+    key = f"api:{name}:{market.exchange}:{market.symbol}:{market.timeframe}:{status.newest_ts}:{status.forecast_origin_ts}:{parameters}"
+    payload = context.cache.get(key)
+    if payload is None:
+        payload = build()
+        context.cache.set(key, payload, timeout=context.cache_seconds)
+    return jsonify(payload)
+
+
+def number(value) -> float | None:
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def iso_time(ts: int) -> str:
+    return pd.Timestamp(int(ts), unit="ms", tz="UTC").isoformat().replace("+00:00", "Z")
+
+
+def market_fields(market: Market) -> dict:
+    return {"exchange": market.exchange, "symbol": market.symbol, "timeframe": market.timeframe}
