@@ -1,3 +1,5 @@
+import dataclasses
+import json
 import threading
 
 import numpy as np
@@ -12,6 +14,7 @@ from chronoprice.model.features import candle_rows
 from chronoprice.model.forecasters import load_forecaster
 from chronoprice.service.backfill import forecast_history
 from chronoprice.service.scoring import adapted_quantiles
+from chronoprice.service.status import STATUS_FORMAT, TickStatus, status_from_json, status_to_json
 from chronoprice.service.tick import Ticker
 from chronoprice.store.sqlite import (
     read_candles,
@@ -207,3 +210,23 @@ def test_forecasts_come_from_the_stored_highs_lows_and_volumes(exchange, db_path
     stored = read_latest_forecast(ticker.db(), market)
     np.testing.assert_allclose(stored["predicted"], expected["mean"][0], rtol=1e-9)
     np.testing.assert_allclose(stored["upper"], expected["upper"][0], rtol=1e-9)
+
+
+def test_saved_status_round_trips_and_another_format_is_ignored():
+    status = TickStatus("live: binance", "binance", SYMBOL, newest_ts=5 * MINUTE_MS, new_candles=3, error="x")
+    assert status_from_json(status_to_json(status)) == status
+    unversioned = json.dumps(dataclasses.asdict(status))  # what an older ChronoPrice saved
+    assert status_from_json(unversioned) is None
+    newer = json.dumps({"format": STATUS_FORMAT + 1, **dataclasses.asdict(status)})
+    assert status_from_json(newer) is None
+    with_extra_field = json.dumps({"format": STATUS_FORMAT, **dataclasses.asdict(status), "added_later": 1})
+    assert status_from_json(with_extra_field) == status
+    assert status_from_json("{not json") is None and status_from_json(None) is None
+
+
+def test_a_status_saved_in_another_format_reads_as_first_update(ticker, exchange):
+    with ticker.db().conn:
+        ticker.db().execute("insert into ticks (key, claimed_ms, status) values (?, ?, ?)",
+                            [f"LiveSource:{SYMBOL}:1m", 10**15, '{"source": "old", "symbol": "BTC/USDT"}'])
+    status = ticker.tick(SYMBOL)
+    assert status.note == "first update in progress" and exchange.requests["/api/v3/klines"] == 0
