@@ -178,7 +178,7 @@ def settings_from(flags: Mapping[str, str | None], env: Mapping[str, str]) -> Se
 
 def log_format_from(flag: str | None, env: Mapping[str, str]) -> str:
     """The log_format setting alone (flag, env, default), for commands that take no other setting."""
-    return settings_from({"log_format": flag}, {key: env[key] for key in ("CHRONOPRICE_LOG_FORMAT",) if key in env}).log_format
+    return settings_from({"log_format": flag}, {"CHRONOPRICE_LOG_FORMAT": env.get("CHRONOPRICE_LOG_FORMAT", "")}).log_format
 
 
 def settings_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
 import time
 from typing import Callable
@@ -10,6 +11,8 @@ from typing import Callable
 from chronoprice.market.demo import DemoSource
 from chronoprice.market.live import LiveSource
 from chronoprice.market.source import Fetched, SinceFor, SourceError, SourceUnavailable
+
+log = logging.getLogger(__name__)
 
 
 class AutoSource:
@@ -41,6 +44,7 @@ class AutoSource:
             except SourceUnavailable as error:
                 self._use_live, self._offline_reason = False, str(error)
                 self._next_probe = self._clock() + self._retry_seconds
+                log.warning("live unreachable, serving the offline demo and retrying live every %g s: %s", self._retry_seconds, error)
         self._probe_in_background(symbol)
         fetched = self._demo.fetch_closed(symbol, since_for)
         note = f"live unreachable ({self._offline_reason}); showing the offline demo and retrying live"
@@ -56,6 +60,7 @@ class AutoSource:
         try:
             self._live.fetch_closed(symbol, lambda exchange: None)
             self._use_live = True
+            log.info("live answers again: leaving the offline demo for %s", self._live.label)
         except SourceError as error:
             self._offline_reason = str(error)
         finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import math
 import time
 from typing import Callable, Sequence
@@ -24,6 +25,8 @@ from chronoprice.market.source import (
     UnknownExchange,
     UnknownSymbol,
 )
+
+log = logging.getLogger(__name__)
 
 
 def rewrite_urls(urls, base: str):
@@ -171,6 +174,7 @@ class LiveSource:
         self._failed_over_from.append(self.exchange)
         if self._index + 1 < len(self._venues):
             self._index += 1
+            log.warning("failing over from %s to %s: %s", self._failed_over_from[-1], self.exchange, reason)
             return
         tried = ", ".join(self._failed_over_from)
         self._index, self._failed_over_from = 0, []
