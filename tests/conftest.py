@@ -4,6 +4,7 @@ needs too, such as free ports and the gunicorn harness, are in chronoprice/testi
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from chronoprice.logs import StderrHandler  # noqa: E402
 from chronoprice.market.demo import demo_candles  # noqa: E402
 from chronoprice.market.simulator import BinanceSimulator  # noqa: E402
 from chronoprice.store.sqlite import open_store  # noqa: E402
@@ -48,6 +50,16 @@ class FakeClock:
 def make_candles(minutes: int, symbol: str = "BTC/USDT", start_ms: int = SERIES_START_MS):
     """`minutes` consecutive synthetic 1-minute candles (the demo market), deterministic."""
     return demo_candles(symbol, start_ms, start_ms + minutes * MINUTE_MS)
+
+
+@pytest.fixture(autouse=True)
+def no_log_handler_left_behind():
+    """Commands run in-process set up logging (chronoprice.logs); take it down after each test,
+    so later tests' records go to pytest's capture, not to the terminal."""
+    yield
+    root = logging.getLogger()
+    for handler in [each for each in root.handlers if isinstance(each, StderrHandler)]:
+        root.removeHandler(handler)
 
 
 @pytest.fixture(scope="session")

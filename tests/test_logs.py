@@ -7,12 +7,6 @@ from chronoprice.cli import main
 from chronoprice.logs import configure_logging, redact
 
 
-@pytest.fixture(autouse=True)
-def plain_logging_after():
-    yield
-    configure_logging("text")
-
-
 def test_json_logs_are_one_object_a_line_with_level_logger_message_and_market(capsys):
     configure_logging("json")
     logging.getLogger("chronoprice.service.tick").warning("fetch failed: %s", "timeout",
