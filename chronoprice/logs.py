@@ -50,9 +50,6 @@ class TextFormatter(logging.Formatter):
 class StderrHandler(logging.StreamHandler):
     """Writes to whatever sys.stderr is when a record comes (tests and tqdm swap it)."""
 
-    def __init__(self):
-        super().__init__()
-
     @property
     def stream(self):
         return sys.stderr

@@ -91,18 +91,16 @@ class LiteRTEngine:
         return np.stack(rows)
 
 
-ENGINES = ("auto", "keras", "litert")
-
-
 def load_engine(kind: str, artifact: ModelArtifact, metadata: dict) -> PathEngine:
-    """Make the engine `kind` (one of ENGINES); auto prefers LiteRT, which needs no TensorFlow."""
+    """Make the engine `kind` (auto, keras or litert: config.ENGINES validates the setting);
+    auto prefers LiteRT, which needs no TensorFlow."""
     if kind == "auto":
         kind = "litert" if artifact.tflite_path.exists() else "keras"
     if kind == "litert":
         return LiteRTEngine(artifact)
     if kind == "keras":
         return KerasEngine.load(artifact, metadata)
-    raise ValueError(f"unknown engine {kind!r}; one of {', '.join(ENGINES)}")
+    raise ValueError(f"unknown engine {kind!r}")
 
 
 def feature_name(metadata: dict) -> str:
