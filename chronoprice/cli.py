@@ -12,6 +12,7 @@ from pathlib import Path
 from chronoprice.bench import format_bench, run_benchmark
 from chronoprice.config import (
     DEFAULT_MODEL,
+    ENGINES,
     LOG_FORMATS,
     SettingsError,
     add_settings_arguments,
@@ -86,12 +87,15 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="walk-forward accuracy of a model against the naive baseline")
     evaluate.add_argument("--csv", type=Path, required=True, help="1-minute candle CSV")
     evaluate.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="model artifact (default: the shipped model)")
-    evaluate.add_argument("--engine", choices=["keras", "litert"], default="keras", help="forecast engine (default keras, batched)")
+    evaluate.add_argument("--engine", choices=ENGINES, default="auto", help="forecast engine (default auto: onnx, batched)")
     evaluate.add_argument("--level", type=float, default=DEFAULT_LEVEL, choices=INTERVAL_LEVELS,
                           help=f"interval level (default {DEFAULT_LEVEL})")
     evaluate.add_argument("--include-training-data", action="store_true", help="also score origins the model was trained or calibrated on")
     evaluate.add_argument("--report", type=Path, help="also write a Plotly HTML report to this path")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+
+    export = commands.add_parser("export", help="write a model's .onnx engine file from its .keras weights")
+    export.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="model artifact (default: the shipped model)")
 
     bench = commands.add_parser("bench", help="time the forecast engines and a full tick, in one run")
     bench.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="model artifact (default: the shipped model)")
@@ -103,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     backfill = commands.add_parser("backfill", help="fetch and store candle history, then forecast from it")
     add_settings_arguments(backfill)
     backfill.add_argument("--hours", type=float, default=24.0, help="hours of history to fetch (default 24)")
-    for command in (train, compare, evaluate, bench):
+    for command in (train, compare, evaluate, export, bench):
         command.add_argument("--log-format", choices=LOG_FORMATS, help="log lines as text (default) or json [env CHRONOPRICE_LOG_FORMAT]")
     return parser
 
@@ -140,7 +144,7 @@ def run_train(args: argparse.Namespace) -> int:
     chosen = {"feature": args.feature, "loss": args.loss, "train_days": args.train_days}
     variant = training.Variant(**{name: value for name, value in chosen.items() if value is not None})
     metadata = training.train_artifact(loaded.candles, artifact_at(args.out), args.epochs, description, variant, folds=args.folds)
-    print(f"wrote {args.out}.keras, .tflite and .json (version {metadata['version']})")
+    print(f"wrote {args.out}.keras, .tflite, .onnx and .json (version {metadata['version']})")
     print(format_step_table(metadata["holdout"], "holdout (last 15 %, never trained on)"))
     return 0
 
@@ -224,6 +228,13 @@ def format_step_table(rows: list[dict], title: str, level: float = DEFAULT_LEVEL
     return "\n".join(lines)
 
 
+def run_export(args: argparse.Namespace) -> int:
+    artifact = artifact_at(args.model)
+    metadata = _training().export_onnx_file(artifact)
+    print(f"wrote {artifact.onnx_path} (version {metadata['version']})")
+    return 0
+
+
 def run_bench(args: argparse.Namespace) -> int:
     report = run_benchmark(args.model, repeats=args.repeats, ticks=args.ticks, deploy_ticks=args.deploy_ticks)
     print(json.dumps(report) if args.json else format_bench(report))
@@ -237,4 +248,4 @@ def run_backfill(args: argparse.Namespace) -> int:
     return 0 if status.error is None else 1
 
 
-COMMANDS = {"serve": run_serve, "train": run_train, "compare": run_compare, "evaluate": run_evaluate, "bench": run_bench, "backfill": run_backfill}
+COMMANDS = {"serve": run_serve, "train": run_train, "compare": run_compare, "evaluate": run_evaluate, "export": run_export, "bench": run_bench, "backfill": run_backfill}

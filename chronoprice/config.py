@@ -16,7 +16,7 @@ from chronoprice.market.timeframes import TIMEFRAME_MS
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = PROJECT_ROOT / "models" / "chronoprice-lstm"
 SOURCES = ("auto", "live", "replay", "demo")
-ENGINES = ("auto", "keras", "litert")
+ENGINES = ("auto", "onnx", "litert", "keras")
 LOG_FORMATS = ("text", "json")
 
 
@@ -127,7 +127,7 @@ _OPTIONS = (
     _Option("timeframe", _choice(tuple(TIMEFRAME_MS)), "candle timeframe (default 1m)"),
     _Option("db", Path, "SQLite database file (default chronoprice.db in the working directory)"),
     _Option("model", Path, "model artifact path without extension (default: the shipped model in models/)"),
-    _Option("engine", _choice(ENGINES), "forecast engine: auto (litert if available), keras, litert"),
+    _Option("engine", _choice(ENGINES), "forecast engine: auto (the fastest that needs no TensorFlow: onnx, else litert), onnx, litert, keras"),
     _Option("refresh_seconds", _positive_float, "seconds between ticks (default 10)"),
     _Option("replay", Path, "CSV of 1-minute candles for the replay source"),
     _Option("replay_speed", _positive_float, "replayed candles per second (default 1)"),

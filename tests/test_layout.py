@@ -1,6 +1,7 @@
 """The package layout of docs/ARCHITECTURE.md, checked from the source: one package per stage,
 imports only downward, no import circle, no function-level import but the ones that keep
-TensorFlow off the serving path, no module over ~350 lines.
+TensorFlow off the serving path and an engine's runtime out of processes that serve with
+another, no module over ~350 lines.
 
 `python -m pytest tests/test_layout.py` is the check; it reads the code, it imports nothing.
 """
@@ -32,8 +33,11 @@ ALLOWED = {
 }
 # Third-party packages only one stage may touch.
 CONFINED = {"ccxt": ("market.live",), "tensorflow": ("model.network",), "keras": ("model.network", "model.training"),
+            "onnx": ("model.onnx_graph",), "onnxruntime": ("model.engines",), "ai_edge_litert": ("model.engines",),
             "dash": ("web",), "flask": ("web",), "flask_caching": ("web",), "sqlite_utils": ("store", "service")}
 TENSORFLOW_MODULES = {"model.network", "model.training"}
+# An engine's runtime is imported when the engine is made: a process carries only the one it uses.
+ENGINE_RUNTIMES = {"onnxruntime", "ai_edge_litert.interpreter"}
 
 
 def module_name(path: Path) -> str:
@@ -105,9 +109,9 @@ def test_heavy_and_io_libraries_stay_in_their_stage():
     assert wrong == []
 
 
-def test_function_level_imports_only_keep_tensorflow_off_the_serving_path():
+def test_function_level_imports_only_keep_tensorflow_and_unused_runtimes_out_of_a_process():
     wrong = [f"{module} imports {target} inside a function" for module, path in MODULES.items()
-             for target, inside in imports_of(path) if inside and target not in TENSORFLOW_MODULES]
+             for target, inside in imports_of(path) if inside and target not in TENSORFLOW_MODULES | ENGINE_RUNTIMES]
     assert wrong == []
 
 

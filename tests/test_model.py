@@ -166,14 +166,15 @@ def test_naive_forecaster_repeats_the_last_close():
     assert NaiveForecaster(horizon=2).forecast(windows)["mean"].tolist() == [[3.0, 3.0], [7.0, 7.0]]
 
 
-def test_litert_serving_path_never_imports_tensorflow(tiny_model):
+@pytest.mark.parametrize("engine", ["onnx", "litert"])
+def test_the_serving_engines_never_import_tensorflow(tiny_model, engine):
     script = (
         "import sys, numpy as np\n"
         "from chronoprice.model.forecasters import load_forecaster\n"
-        f"f = load_forecaster({str(tiny_model)!r}, 'auto')\n"
+        f"f = load_forecaster({str(tiny_model)!r}, {engine!r})\n"
         "closes = np.linspace(100, 101, 60)\n"
         "out = f.forecast(np.column_stack([closes * 1.001, closes * 0.999, closes, np.ones(60)])[None])\n"
-        "assert f.engine.name == 'litert', f.engine.name\n"
+        f"assert f.engine.name == {engine!r}, f.engine.name\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras')))\n"
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)

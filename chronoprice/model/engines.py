@@ -1,21 +1,31 @@
 """Forecast engines: the recursive network as a function from model input to the predicted path.
 
 An engine maps [B, window, channels] model input (features.model_input) to [B, horizon] scaled
-log returns from the origin. The litert engine never imports TensorFlow; the keras engine loads
-it when it is made.
+log returns from the origin. The onnx and litert engines never import TensorFlow; the keras
+engine loads it when it is made. Each engine imports its runtime when it is made, so a process
+carries only the one it serves with.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import threading
 from typing import Protocol
 
 import numpy as np
-from ai_edge_litert.interpreter import Interpreter
 
 from chronoprice.model.artifact import ModelArtifact, ModelUnavailable
+from chronoprice.model.features import recursive_windows
+
+log = logging.getLogger(__name__)
 
 EVALUATION_BATCH = 512
+# Origins per ONNX run: larger batches spill the LSTM sequences out of cache (docs/PERFORMANCE.md).
+ONNX_BATCH = 256
+SINGLE_THREAD_ORIGINS = 8
+# The fastest first, among engines that need no TensorFlow (bench measures the order).
+AUTO_ORDER = ("onnx", "litert")
 
 
 class PathEngine(Protocol):
@@ -64,12 +74,54 @@ class KerasEngine:
         return np.concatenate(parts)
 
 
+class OnnxEngine:
+    """The whole recursion as one ONNX graph (model.onnx_graph) on ONNX Runtime's CPU kernels.
+
+    Two sessions of the same graph: one thread for a few origins (a tick: a second thread's
+    hand-off costs more than it saves), every core for batches (history, evaluate). Neither
+    spins its threads between runs, which would take CPU from the web server.
+    """
+
+    name = "onnx"
+
+    def __init__(self, artifact: ModelArtifact, metadata: dict):
+        import onnxruntime
+
+        if not artifact.onnx_path.exists():
+            raise ModelUnavailable(f"{artifact.onnx_path} not found; run `python -m chronoprice export --model "
+                                   f"{artifact.base}` or use --engine litert")
+        graph = artifact.onnx_path.read_bytes()
+        try:
+            self._single, self._parallel = (self._session(onnxruntime, graph, threads) for threads in (1, os.cpu_count() or 1))
+        except Exception as error:  # onnxruntime raises its own classes, with no common base to name
+            raise ModelUnavailable(f"cannot load {artifact.onnx_path}: {error}; restore the file or re-export it") from None
+        self._horizon, self._feature = metadata["horizon"], feature_name(metadata)
+
+    @staticmethod
+    def _session(onnxruntime, graph: bytes, threads: int):
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.log_severity_level = 3  # its warnings would go to stderr, past our logging
+        return onnxruntime.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+
+    def path(self, relative: np.ndarray) -> np.ndarray:
+        # ONNX Runtime runs concurrent calls of one session safely: no lock.
+        session = self._single if len(relative) <= SINGLE_THREAD_ORIGINS else self._parallel
+        return np.concatenate([
+            session.run(["path"], {"windows": recursive_windows(relative[start : start + ONNX_BATCH], self._horizon, self._feature)})[0]
+            for start in range(0, len(relative), ONNX_BATCH)
+        ])
+
+
 class LiteRTEngine:
     """The exported recursive graph on the LiteRT interpreter (batch 1, one invoke per window)."""
 
     name = "litert"
 
     def __init__(self, artifact: ModelArtifact):
+        from ai_edge_litert.interpreter import Interpreter
+
         if not artifact.tflite_path.exists():
             raise ModelUnavailable(f"{artifact.tflite_path} not found; retrain or use --engine keras")
         try:
@@ -92,10 +144,26 @@ class LiteRTEngine:
 
 
 def load_engine(kind: str, artifact: ModelArtifact, metadata: dict) -> PathEngine:
-    """Make the engine `kind` (auto, keras or litert: config.ENGINES validates the setting);
-    auto prefers LiteRT, which needs no TensorFlow."""
+    """Make the engine `kind` (config.ENGINES validates the setting). auto takes the first of
+    AUTO_ORDER whose file loads, and keras only when neither does."""
     if kind == "auto":
-        kind = "litert" if artifact.tflite_path.exists() else "keras"
+        problems = []
+        for candidate in AUTO_ORDER:
+            try:
+                engine = load_engine(candidate, artifact, metadata)
+            except ModelUnavailable as problem:
+                problems.append(str(problem))
+                continue
+            if problems:
+                log.warning("%s; serving with the %s engine", "; ".join(problems), engine.name)
+            return engine
+        # Only an artifact with no TensorFlow-free file at all falls back to Keras: a damaged
+        # file must not quietly load TensorFlow into the web process.
+        if artifact.onnx_path.exists() or artifact.tflite_path.exists() or not artifact.keras_path.exists():
+            raise ModelUnavailable("; ".join(problems))
+        kind = "keras"
+    if kind == "onnx":
+        return OnnxEngine(artifact, metadata)
     if kind == "litert":
         return LiteRTEngine(artifact)
     if kind == "keras":

@@ -18,6 +18,8 @@ Extra channels (they need candle rows, not closes alone):
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
@@ -92,6 +94,58 @@ def model_input(windows: np.ndarray, scale: float, feature: str = "relative_clos
             volume = windows[..., VOLUME]
             channels.append(np.log1p(volume / np.maximum(volume.mean(axis=1, keepdims=True), 1e-12)))
     return np.stack(channels, axis=-1).astype("float32")
+
+
+def recursive_windows(inputs: np.ndarray, horizon: int, feature: str) -> np.ndarray:
+    """The model inputs of a recursive forecast's `horizon` windows, before anything is predicted:
+    [B, W, C] model input -> [horizon, W, B, C] float32 (time-major, as ONNX's LSTM reads it).
+
+    Window k is window 0 moved on by k candles, the last k of them predicted. Their closes stay
+    0 here (for relative closes, nothing is re-referenced either): the engine adds them as it
+    predicts them. Everything else is known up front, because network.next_input gives a
+    predicted candle the mean range and volume of the window before it, and re-expresses
+    volumes against each window's mean: this is its arithmetic with a zero step.
+    """
+    form, extras = parse_feature(feature)
+    inputs = np.asarray(inputs, dtype="float32")
+    window = inputs.shape[1]
+    moving = _moving_windows(window, horizon)
+    closes = np.concatenate([inputs[:, :, 0], np.zeros((len(inputs), horizon - 1), dtype="float32")], axis=1)
+    channels = [closes[:, moving]]
+    if form == "log_returns":
+        channels[0][:, :, 0] = 0  # the oldest log return has no previous close in its window
+    for number, extra in enumerate(extras, 1):
+        values = inputs[:, :, number]
+        if extra == "range":
+            channels.append(_extended_by_window_means(values, horizon)[:, moving])
+        else:
+            # exp - 1 and log(1 + x), as in network.next_input (LiteRT has no expm1 or log1p).
+            ratios = _extended_by_window_means(np.exp(values) - 1, horizon)[:, moving]
+            volumes = np.log(1 + ratios / np.maximum(ratios.mean(axis=2, keepdims=True), np.float32(1e-12)))
+            volumes[:, 0] = values  # window 0 as given, not recomputed through exp and log
+            channels.append(volumes)
+    return np.ascontiguousarray(np.stack(channels, axis=-1).transpose(1, 2, 0, 3))
+
+
+@functools.lru_cache(maxsize=8)
+def _moving_windows(window: int, horizon: int) -> np.ndarray:
+    """Indices [horizon, window] of the windows moving one candle at a time along W + horizon - 1."""
+    return np.arange(horizon)[:, None] + np.arange(window)
+
+
+@functools.lru_cache(maxsize=8)
+def _window_means_operator(window: int, horizon: int) -> np.ndarray:
+    """[W, horizon - 1] float32: the mean each predicted candle gets is linear in the window's
+    values, so one matrix product gives all of them (the mean of the window before each)."""
+    extended = np.concatenate([np.eye(window), np.zeros((window, horizon - 1))], axis=1)
+    for step in range(horizon - 1):
+        extended[:, window + step] = extended[:, step : window + step].mean(axis=1)
+    return extended[:, window:].astype("float32")
+
+
+def _extended_by_window_means(values: np.ndarray, horizon: int) -> np.ndarray:
+    """[B, W] -> [B, W + horizon - 1], the predicted candles' values appended."""
+    return np.concatenate([values, values @ _window_means_operator(values.shape[1], horizon)], axis=1)
 
 
 def training_pairs(series: np.ndarray, scale: float, window: int = WINDOW, feature: str = "relative_closes") -> tuple[np.ndarray, np.ndarray]:

@@ -20,8 +20,8 @@ from chronoprice.evaluation.metrics import (
     recent_volatility,
     step_metrics,
 )
-from chronoprice.model.artifact import ModelArtifact, content_version, write_metadata
-from chronoprice.model.engines import KerasEngine
+from chronoprice.model.artifact import ModelArtifact, content_version, read_metadata, write_metadata
+from chronoprice.model.engines import KerasEngine, feature_name
 from chronoprice.model.features import (
     CLOSE,
     HORIZON,
@@ -34,7 +34,8 @@ from chronoprice.model.features import (
     window_closes,
 )
 from chronoprice.model.forecasters import LSTMForecaster, walk_forward
-from chronoprice.model.network import export_tflite, fit_model, save_keras_model
+from chronoprice.model.network import export_tflite, fit_model, load_keras_model, save_keras_model
+from chronoprice.model.onnx_graph import export_onnx
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +177,7 @@ def train_artifact(
     out.base.parent.mkdir(parents=True, exist_ok=True)
     save_keras_model(model, out.keras_path)
     out.tflite_path.write_bytes(export_tflite(model, window, horizon, variant.feature))
+    out.onnx_path.write_bytes(export_onnx(model.get_weights(), window, horizon, variant.feature))
     ts = candles["ts"].to_numpy()
     validation_end = splits["validation"].stop
     metadata.update(
@@ -199,6 +201,15 @@ def train_artifact(
         }
     )
     write_metadata(out, metadata)
+    return metadata
+
+
+def export_onnx_file(artifact: ModelArtifact) -> dict:
+    """Write the .onnx graph of an existing artifact from its .keras weights (its version, a hash
+    of the weight files, stays). Returns the artifact's metadata."""
+    metadata = read_metadata(artifact)
+    graph = export_onnx(load_keras_model(artifact).get_weights(), metadata["window"], metadata["horizon"], feature_name(metadata))
+    artifact.onnx_path.write_bytes(graph)
     return metadata
 
 
