@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import platform
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -18,17 +20,22 @@ from chronoprice.market.demo import demo_candles
 from chronoprice.market.live import LiveSource
 from chronoprice.market.simulator import BinanceSimulator
 from chronoprice.model.engines import feature_name
-from chronoprice.model.features import candle_rows, model_input
+from chronoprice.market.source import Market
+from chronoprice.model.features import candle_rows, model_input, walk_forward_windows
 from chronoprice.model.forecasters import LSTMForecaster, load_forecaster
+from chronoprice.service.backfill import forecast_history
+from chronoprice.service.build import COLD_START_HOURS
 from chronoprice.service.tick import Ticker
-from chronoprice.store.sqlite import open_store
+from chronoprice.store.sqlite import open_store, upsert_candles
 from chronoprice.testing import get_json, gunicorn_service, local_exchange_env
 
 BENCH_START_MS = 1_735_689_600_000  # 2025-01-01 00:00 UTC, a fixed stretch of the demo market
+ENGINE_NAMES = ("onnx", "litert", "keras")
+BATCH_ORIGINS = 4096  # origins each engine forecasts in one call for its batch throughput
 
 
-def median_ms(action: Callable[[], object], repeats: int, clock: Callable[[], float] = time.perf_counter) -> float:
-    """Median wall time of `repeats` calls of `action` in ms, after one untimed warm-up call:
+def timings_ms(action: Callable[[], object], repeats: int, clock: Callable[[], float] = time.perf_counter) -> np.ndarray:
+    """Wall time of `repeats` calls of `action` in ms, after one untimed warm-up call:
     compilation and first allocations are not what a tick pays."""
     action()
     timings = []
@@ -36,7 +43,29 @@ def median_ms(action: Callable[[], object], repeats: int, clock: Callable[[], fl
         started = clock()
         action()
         timings.append((clock() - started) * 1000)
-    return float(np.median(timings))
+    return np.array(timings)
+
+
+def single_core_matmul_gmacs(size: int = 1024, repeats: int = 5) -> float:
+    """Multiply-adds a second of one core at its best: a float32 matrix product, best of
+    `repeats`, in a child process whose BLAS may use one thread only."""
+    code = (
+        "import time, numpy as np\n"
+        f"a = np.random.default_rng(0).random(({size}, {size}), dtype='float32'); a @ a; best = 1e9\n"
+        f"for _ in range({repeats}):\n"
+        "    started = time.perf_counter(); a @ a; best = min(best, time.perf_counter() - started)\n"
+        f"print({size} ** 3 / best / 1e9)\n"
+    )
+    one_thread = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-c", code], env=one_thread, capture_output=True, text=True, timeout=300, check=True)
+    return float(result.stdout)
+
+
+def forecast_macs(model, window: int, horizon: int) -> int:
+    """Multiply-adds of the LSTM matrices in one recursive forecast: every window runs both LSTMs
+    over all its steps (the dense head, once a window, is under 0.1% and left out)."""
+    matrices = [weight for weight in model.weights if "lstm" in weight.path and weight.path.endswith("kernel")]
+    return horizon * window * sum(int(np.prod(weight.shape)) for weight in matrices)
 
 
 def predict_loop_path(model, relative: np.ndarray, horizon: int, feature: str) -> np.ndarray:
@@ -73,7 +102,7 @@ def _tick_timings(model_path: Path, engine: str, ticks: int) -> list[float]:
 
 
 def _evaluate_seconds(forecaster: LSTMForecaster, origins: int) -> float:
-    """Wall time of the evaluate command's walk-forward (keras engine, batched) over `origins`."""
+    """Wall time of the evaluate command's walk-forward over `origins`."""
     count = origins + forecaster.window + forecaster.horizon - 1
     rows = candle_rows(demo_candles("BTC/USDT", BENCH_START_MS, BENCH_START_MS + count * 60_000))
     started = time.perf_counter()
@@ -81,34 +110,74 @@ def _evaluate_seconds(forecaster: LSTMForecaster, origins: int) -> float:
     return time.perf_counter() - started
 
 
-def run_benchmark(model_path: Path, repeats: int = 200, ticks: int = 40, deploy_ticks: int = 100) -> dict:
-    """Time every engine and the predict loop on the same window, `ticks` live ticks, and the
-    Render configuration under gunicorn (the shipped model) for `deploy_ticks` ticks."""
+def _history_seconds(forecaster: LSTMForecaster, hours: float = COLD_START_HOURS) -> float:
+    """Wall time of a cold start's history: every origin of `hours` of stored candles forecast
+    and written to a new SQLite store, as the ticker does in the background."""
+    origins = int(hours * 60)
+    candles = demo_candles("BTC/USDT", BENCH_START_MS, BENCH_START_MS + (origins + forecaster.window - 1) * 60_000)
+    market = Market("binance", "BTC/USDT")
+    with tempfile.TemporaryDirectory() as folder:
+        db = open_store(Path(folder) / "history.db")
+        upsert_candles(db, market, candles)
+        started = time.perf_counter()
+        written = forecast_history(db, market, forecaster, int(candles["ts"].iloc[forecaster.window - 1]), progress=False)
+        seconds = time.perf_counter() - started
+    if written != origins:
+        raise RuntimeError(f"history benchmark forecast {written} origins, expected {origins}")
+    return seconds
+
+
+def _batch_windows(origins: int) -> np.ndarray:
+    rows = candle_rows(demo_candles("BTC/USDT", BENCH_START_MS, BENCH_START_MS + (origins + 59) * 60_000))
+    return walk_forward_windows(rows, horizon=1)[0][:origins]
+
+
+def run_benchmark(model_path: Path, repeats: int = 200, ticks: int = 40, deploy_ticks: int = 100,
+                  batch_origins: int = BATCH_ORIGINS) -> dict:
+    """Every engine and the predict loop on the same window, each engine's batch throughput and
+    agreement with keras, the arithmetic floor, the serving engine's history and evaluate
+    times, `ticks` live ticks, and the Render configuration under gunicorn for `deploy_ticks`."""
     window = candle_rows(demo_candles("BTC/USDT", BENCH_START_MS, BENCH_START_MS + 60 * 60_000))[None]
-    forecast_ms, forecasters = {}, {}
-    for engine in ("keras", "litert"):
-        forecasters[engine] = load_forecaster(model_path, engine)
-        forecast_ms[engine] = median_ms(lambda: forecasters[engine].forecast(window), repeats)
+    serving = load_forecaster(model_path, "auto")
+    forecasters = {engine: load_forecaster(model_path, engine) for engine in ENGINE_NAMES}
+    timings = {engine: timings_ms(lambda: forecasters[engine].forecast(window), repeats) for engine in ENGINE_NAMES}
     keras_forecaster = forecasters["keras"]
     metadata = keras_forecaster.metadata
     relative = model_input(window, float(metadata["feature"]["scale"]), feature_name(metadata))
-    forecast_ms["predict_loop"] = median_ms(
+    timings["predict_loop"] = timings_ms(
         lambda: predict_loop_path(keras_forecaster.engine.model, relative, keras_forecaster.horizon, feature_name(metadata)),
         max(3, repeats // 40),
     )
-    keras_path, litert_path = (forecasters[engine].engine.path(relative) for engine in ("keras", "litert"))
-    # Relative to the size of the predicted move, not the price: a far stricter comparison.
-    agreement = np.abs(keras_path - litert_path).max() / np.abs(keras_path).max()
+    batch = _batch_windows(batch_origins)
+    throughput, paths = {}, {}
+    for engine in ENGINE_NAMES:
+        # LiteRT runs one window an invoke, at ~10 ms: a slice of the batch measures it as well.
+        windows = batch[: max(1, batch_origins // 16)] if engine == "litert" else batch
+        inputs = model_input(windows, float(metadata["feature"]["scale"]), feature_name(metadata))
+        started = time.perf_counter()
+        paths[engine] = forecasters[engine].engine.path(inputs)
+        throughput[engine] = round(len(windows) / (time.perf_counter() - started))
+    reference = paths["keras"]
+    # Against the size of the predicted moves, not the price: a far stricter comparison.
+    difference = {engine: float(np.abs(paths[engine] - reference[: len(paths[engine])]).max() / np.abs(reference).max())
+                  for engine in ENGINE_NAMES if engine != "keras"}
+    gmacs = single_core_matmul_gmacs()
+    floor_ms = forecast_macs(keras_forecaster.engine.model, keras_forecaster.window, keras_forecaster.horizon) / gmacs / 1e6
+    medians = {name: float(np.median(values)) for name, values in timings.items()}
     tick_ms = _tick_timings(model_path, "auto", ticks)
-    evaluate_seconds = _evaluate_seconds(keras_forecaster, origins=10_000)
     return {
         "model_version": keras_forecaster.version,
-        "forecast_ms": {name: round(value, 3) for name, value in forecast_ms.items()},
-        "speedup_vs_predict_loop": {
-            engine: round(forecast_ms["predict_loop"] / forecast_ms[engine], 1) for engine in ("keras", "litert")
-        },
-        "engines_path_relative_difference": float(agreement),
-        "evaluate_10000_origins_seconds": round(evaluate_seconds, 2),
+        "serving_engine": serving.engine.name,
+        "forecast_ms": {name: {"median": round(medians[name], 3), "p99": round(float(np.percentile(values, 99)), 3)}
+                        for name, values in timings.items()},
+        "speedup_vs_predict_loop": {engine: round(medians["predict_loop"] / medians[engine], 1) for engine in ENGINE_NAMES},
+        "batch_origins_per_second": throughput,
+        "engines_path_relative_difference": difference,
+        "compute_floor_ms": round(floor_ms, 3),
+        "single_core_matmul_gmacs": round(gmacs, 1),
+        "serving_engine_to_floor": round(medians[serving.engine.name] / floor_ms, 1),
+        "history_24h_seconds": round(_history_seconds(serving), 2),
+        "evaluate_10000_origins_seconds": round(_evaluate_seconds(serving, origins=10_000), 2),
         "tick_ms_p50": round(float(np.percentile(tick_ms, 50)), 2),
         "tick_ms_p95": round(float(np.percentile(tick_ms, 95)), 2),
         "repeats": repeats,
@@ -119,13 +188,21 @@ def run_benchmark(model_path: Path, repeats: int = 200, ticks: int = 40, deploy_
 
 
 def format_bench(report: dict) -> str:
-    lines = [f"model {report['model_version']} on {report['machine']['cpus']} CPUs, median of {report['repeats']} forecasts"]
+    serving = report["serving_engine"]
+    lines = [f"model {report['model_version']} on {report['machine']['cpus']} CPUs; serving engine (auto): {serving}",
+             f"10-step forecast of one window, {report['repeats']} times:"]
     for name, value in report["forecast_ms"].items():
         speedup = report["speedup_vs_predict_loop"].get(name)
-        lines.append(f"  10-step forecast, {name:<12} {value:9.3f} ms" + (f"  ({speedup}x faster than the predict loop)" if speedup else ""))
-    lines.append(f"  keras vs litert: largest difference in predicted moves {report['engines_path_relative_difference']:.2e} of the largest move")
-    lines.append(f"  evaluate walk-forward over 10,000 origins (keras, batched): {report['evaluate_10000_origins_seconds']} s")
-    lines.append(f"  full tick against the local exchange: p50 {report['tick_ms_p50']} ms, p95 {report['tick_ms_p95']} ms over {report['ticks']} ticks")
+        lines.append(f"  {name:<12} median {value['median']:8.3f} ms, p99 {value['p99']:8.3f} ms"
+                     + (f"  ({speedup}x faster than the predict loop)" if speedup else ""))
+    lines.append(f"  arithmetic floor {report['compute_floor_ms']} ms (one core at {report['single_core_matmul_gmacs']} GMAC/s); "
+                 f"{serving} is {report['serving_engine_to_floor']}x the floor")
+    lines.append("batches: " + ", ".join(f"{engine} {rate} origins/s" for engine, rate in report["batch_origins_per_second"].items()))
+    lines.append("largest difference from keras in predicted moves, of the largest move: "
+                 + ", ".join(f"{engine} {value:.1e}" for engine, value in report["engines_path_relative_difference"].items()))
+    lines.append(f"24 h cold-start history ({serving}, forecast and stored): {report['history_24h_seconds']} s; "
+                 f"evaluate walk-forward over 10,000 origins: {report['evaluate_10000_origins_seconds']} s")
+    lines.append(f"full tick against the local exchange: p50 {report['tick_ms_p50']} ms, p95 {report['tick_ms_p95']} ms over {report['ticks']} ticks")
     deploy = report["deploy"]
     if deploy:
         lines.append(f"gunicorn, 1 worker, {deploy['engine']} engine: first 200 on / after {deploy['first_200_seconds']} s; "
@@ -148,13 +225,13 @@ def _wait_for_history(db_file: Path, expected_origins: int, timeout_seconds: flo
 
 
 def run_deploy_benchmark(model_path: Path, ticks: int = 100) -> dict:
-    """Start-up time and memory of the Render configuration (gunicorn, 1 worker, litert) against
+    """Start-up time and memory of the Render configuration (gunicorn, 1 worker, auto engine) against
     the local exchange: after the 24-hour cold start and its history are done, `ticks` API reads
     each with one new candle, then the worker's resident memory."""
     candles = demo_candles("BTC/USDT", BENCH_START_MS, BENCH_START_MS + (ticks + 1600) * 60_000)
     with BinanceSimulator({"BTC/USDT": candles}, now_ms=BENCH_START_MS + 1500 * 60_000 + 20_000) as exchange, \
             tempfile.TemporaryDirectory() as folder:
-        env = local_exchange_env(exchange.url, Path(folder) / "deploy.db", 0.05, CHRONOPRICE_ENGINE="litert",
+        env = local_exchange_env(exchange.url, Path(folder) / "deploy.db", 0.05, CHRONOPRICE_ENGINE="auto",
                                  CHRONOPRICE_MODEL=str(model_path))
         with gunicorn_service(env) as (base, _, first_200_seconds, _log):
             cold_started = time.monotonic()

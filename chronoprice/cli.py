@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from chronoprice.bench import format_bench, run_benchmark
+from chronoprice.bench import BATCH_ORIGINS, format_bench, run_benchmark
 from chronoprice.config import (
     DEFAULT_MODEL,
     ENGINES,
@@ -101,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="model artifact (default: the shipped model)")
     bench.add_argument("--repeats", type=_positive_int, default=200, help="timed forecasts per engine (default 200)")
     bench.add_argument("--ticks", type=_positive_int, default=40, help="timed ticks against the local exchange (default 40)")
+    bench.add_argument("--batch-origins", type=_positive_int, default=BATCH_ORIGINS,
+                       help=f"origins each engine forecasts in one call for its throughput (default {BATCH_ORIGINS})")
     bench.add_argument("--deploy-ticks", type=int, default=100, help="ticks against the Render configuration under gunicorn (default 100; 0 skips it)")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -236,7 +238,8 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    report = run_benchmark(args.model, repeats=args.repeats, ticks=args.ticks, deploy_ticks=args.deploy_ticks)
+    report = run_benchmark(args.model, repeats=args.repeats, ticks=args.ticks, deploy_ticks=args.deploy_ticks,
+                           batch_origins=args.batch_origins)
     print(json.dumps(report) if args.json else format_bench(report))
     return 0
 

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from chronoprice.bench import median_ms
+from chronoprice.bench import forecast_macs, timings_ms
 from chronoprice.cli import main
 from chronoprice.market.source import Market
 from chronoprice.model.artifact import artifact_at, read_metadata
@@ -82,24 +82,40 @@ def test_compare_refuses_an_unknown_feature_before_training(synthetic_csv, capsy
 
 
 def test_bench_json_reports_every_engine_in_one_run(tiny_model, capsys):
-    assert main(["bench", "--model", str(tiny_model), "--repeats", "5", "--ticks", "3", "--deploy-ticks", "0", "--json"]) == 0
+    assert main(["bench", "--model", str(tiny_model), "--repeats", "5", "--ticks", "3", "--deploy-ticks", "0",
+                 "--batch-origins", "300", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert set(report["forecast_ms"]) == {"keras", "litert", "predict_loop"}
-    assert set(report["speedup_vs_predict_loop"]) == {"keras", "litert"}
-    assert report["engines_path_relative_difference"] <= 1e-4, "the engines forecast the same path"
+    assert report["serving_engine"] == "onnx"
+    assert set(report["forecast_ms"]) == {"onnx", "keras", "litert", "predict_loop"}
+    for timing in report["forecast_ms"].values():
+        assert 0 < timing["median"] <= timing["p99"]
+    assert set(report["speedup_vs_predict_loop"]) == set(report["batch_origins_per_second"]) == {"onnx", "keras", "litert"}
+    assert all(rate > 0 for rate in report["batch_origins_per_second"].values())
+    assert set(report["engines_path_relative_difference"]) == {"onnx", "litert"}
+    assert max(report["engines_path_relative_difference"].values()) <= 1e-4, "the engines forecast the same path"
+    assert report["compute_floor_ms"] > 0 and report["single_core_matmul_gmacs"] > 0
+    assert report["serving_engine_to_floor"] == pytest.approx(report["forecast_ms"]["onnx"]["median"] / report["compute_floor_ms"], rel=0.01)
+    assert report["history_24h_seconds"] > 0 and report["evaluate_10000_origins_seconds"] > 0
     assert report["model_version"] == read_metadata(artifact_at(tiny_model))["version"]
 
 
-def test_bench_times_the_median_after_one_untimed_warm_up():
+def test_bench_times_every_call_after_one_untimed_warm_up():
     clock = FakeClock(0.0)
     durations = iter([9.0, 0.004, 0.001, 0.003, 0.002, 0.005])  # the 9 s first call is compilation
 
     def action():
         clock.seconds += next(durations)
 
-    assert median_ms(action, repeats=5, clock=clock) == pytest.approx(3.0)
+    assert timings_ms(action, repeats=5, clock=clock) == pytest.approx([4.0, 1.0, 3.0, 2.0, 5.0])
     with pytest.raises(StopIteration):
         action()
+
+
+def test_the_compute_floor_counts_the_multiply_adds_of_both_lstms_in_every_window():
+    from chronoprice.model.network import build_model
+
+    per_step = 3 * 256 + 64 * 256 + 64 * 128 + 32 * 128  # input and recurrent matrices of both layers
+    assert forecast_macs(build_model(channels=3), window=60, horizon=10) == 10 * 60 * per_step == 17_664_000
 
 
 def test_backfill_stores_history_and_forecasts_it(tiny_model, tmp_path, capsys):

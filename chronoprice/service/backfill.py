@@ -21,17 +21,20 @@ log = logging.getLogger(__name__)
 HISTORY_CHUNK = 200  # origins a transaction: short, rare write locks leave room for the live ticks
 
 
-def forecast_steps(origin_ts: int, step_ms: int, forecast: dict[str, np.ndarray], row: int = 0) -> pd.DataFrame:
-    """One origin's forecast as store rows: step 1..horizon, target_ts, predicted, lower, upper."""
-    horizon = forecast["mean"].shape[1]
-    steps = np.arange(1, horizon + 1)
+def forecast_rows(origins_ts: np.ndarray, step_ms: int, forecast: dict[str, np.ndarray]) -> pd.DataFrame:
+    """Forecasts from `origins_ts` (one per forecast row) as store rows, one per origin and step:
+    origin_ts, step 1..horizon, target_ts, predicted, lower, upper."""
+    count, horizon = forecast["mean"].shape
+    origins = np.repeat(np.asarray(origins_ts, dtype="int64"), horizon)
+    steps = np.tile(np.arange(1, horizon + 1), count)
     return pd.DataFrame(
         {
+            "origin_ts": origins,
             "step": steps,
-            "target_ts": origin_ts + steps * step_ms,
-            "predicted": forecast["mean"][row],
-            "lower": forecast["lower"][row],
-            "upper": forecast["upper"][row],
+            "target_ts": origins + steps * step_ms,
+            "predicted": forecast["mean"].ravel(),
+            "lower": forecast["lower"].ravel(),
+            "upper": forecast["upper"].ravel(),
         }
     )
 
@@ -62,7 +65,6 @@ def forecast_history(db: sqlite_utils.Database, market: Market, forecaster: LSTM
         for start in range(0, len(origins), chunk):
             batch = origins[start : start + chunk]
             forecast = forecaster.forecast(np.stack([rows[index - window + 1 : index + 1] for index in batch]))
-            steps = [(int(ts[index]), forecast_steps(int(ts[index]), step_ms, forecast, row)) for row, index in enumerate(batch)]
-            write_forecasts(db, market, steps, forecaster.version)
+            write_forecasts(db, market, forecast_rows(ts[batch], step_ms, forecast), forecaster.version)
             bar.update(len(batch))
     return len(origins)

@@ -19,7 +19,7 @@ from chronoprice.market.source import CandleSource, Market, SourceError, Unknown
 from chronoprice.market.timeframes import timeframe_ms
 from chronoprice.model.features import candle_rows
 from chronoprice.model.forecasters import LSTMForecaster
-from chronoprice.service.backfill import forecast_history, forecast_steps
+from chronoprice.service.backfill import forecast_history, forecast_rows
 from chronoprice.service.models import ModelSlot
 from chronoprice.service.scoring import adapted_quantiles
 from chronoprice.service.status import TickStatus, status_from_json, status_to_json
@@ -30,7 +30,7 @@ from chronoprice.store.sqlite import (
     newest_candle_ts,
     read_candles,
     upsert_candles,
-    write_forecast,
+    write_forecasts,
 )
 
 log = logging.getLogger(__name__)
@@ -199,5 +199,5 @@ class Ticker:
         origin = int(window["ts"].iloc[-1])
         if not has_forecast(self.db(), market, origin, forecaster.version):
             forecast = forecaster.forecast(candle_rows(window)[None], adapted_quantiles(self.db(), market, forecaster))
-            write_forecast(self.db(), market, origin, forecast_steps(origin, self._step_ms, forecast), forecaster.version)
+            write_forecasts(self.db(), market, forecast_rows([origin], self._step_ms, forecast), forecaster.version)
         return origin, forecaster.version, None
