@@ -224,14 +224,14 @@ def _wait_for_history(db_file: Path, expected_origins: int, timeout_seconds: flo
         time.sleep(0.5)
 
 
-def run_deploy_benchmark(model_path: Path, ticks: int = 100) -> dict:
-    """Start-up time and memory of the Render configuration (gunicorn, 1 worker, auto engine) against
+def run_deploy_benchmark(model_path: Path, ticks: int = 100, engine: str = "auto") -> dict:
+    """Start-up time and memory of the Render configuration (gunicorn, 1 worker, `engine`) against
     the local exchange: after the 24-hour cold start and its history are done, `ticks` API reads
     each with one new candle, then the worker's resident memory."""
     candles = demo_candles("BTC/USDT", BENCH_START_MS, BENCH_START_MS + (ticks + 1600) * 60_000)
     with BinanceSimulator({"BTC/USDT": candles}, now_ms=BENCH_START_MS + 1500 * 60_000 + 20_000) as exchange, \
             tempfile.TemporaryDirectory() as folder:
-        env = local_exchange_env(exchange.url, Path(folder) / "deploy.db", 0.05, CHRONOPRICE_ENGINE="auto",
+        env = local_exchange_env(exchange.url, Path(folder) / "deploy.db", 0.05, CHRONOPRICE_ENGINE=engine,
                                  CHRONOPRICE_MODEL=str(model_path))
         with gunicorn_service(env) as (base, _, first_200_seconds, _log):
             cold_started = time.monotonic()

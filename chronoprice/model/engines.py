@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 EVALUATION_BATCH = 512
 # Origins per ONNX run: ONNX's LSTM holds every step's gate inputs at once (60 x 10 rows x 256 floats
 # an origin), so larger runs grow memory more than they gain speed (docs/PERFORMANCE.md).
-ONNX_BATCH = 32
+ONNX_BATCH = 16
 SINGLE_THREAD_ORIGINS = 8
 # The fastest first, among engines that need no TensorFlow (bench measures the order).
 AUTO_ORDER = ("onnx", "litert")
@@ -80,8 +80,7 @@ class OnnxEngine:
 
     Two sessions of the same graph: one thread for a few origins (a tick: a second thread's
     hand-off costs more than it saves), every core for batches (history, evaluate). Neither
-    spins its threads between runs, which would take CPU from the web server, and the batch
-    session frees its buffers after each run instead of keeping an arena of the largest one.
+    spins its threads between runs, which would take CPU from the web server.
     """
 
     name = "onnx"
@@ -94,16 +93,14 @@ class OnnxEngine:
                                    f"{artifact.base}` or use --engine litert")
         graph = artifact.onnx_path.read_bytes()
         try:
-            self._single = self._session(onnxruntime, graph, threads=1, arena=True)
-            self._parallel = self._session(onnxruntime, graph, threads=os.cpu_count() or 1, arena=False)
+            self._single, self._parallel = (self._session(onnxruntime, graph, threads) for threads in (1, os.cpu_count() or 1))
         except Exception as error:  # onnxruntime raises its own classes, with no common base to name
             raise ModelUnavailable(f"cannot load {artifact.onnx_path}: {error}; restore the file or re-export it") from None
         self._horizon, self._feature = metadata["horizon"], feature_name(metadata)
 
     @staticmethod
-    def _session(onnxruntime, graph: bytes, threads: int, arena: bool):
+    def _session(onnxruntime, graph: bytes, threads: int):
         options = onnxruntime.SessionOptions()
-        options.enable_cpu_mem_arena = arena
         options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = 3  # its warnings would go to stderr, past our logging
