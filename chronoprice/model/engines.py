@@ -146,7 +146,7 @@ class LiteRTEngine:
 
 def load_engine(kind: str, artifact: ModelArtifact, metadata: dict) -> PathEngine:
     """Make the engine `kind` (config.ENGINES validates the setting). auto takes the first of
-    AUTO_ORDER whose file loads, and keras only when neither does."""
+    AUTO_ORDER whose file loads, and keras only when none of their files exists."""
     if kind == "auto":
         problems = []
         for candidate in AUTO_ORDER:
