@@ -31,7 +31,7 @@ def test_health_says_what_is_running(client):
     body = client.get("/api/health").get_json()
     assert body["status"] == "ok" and body["source"] == "offline demo"
     assert body["model_available"] is True and body["model_version"].startswith("lstm-")
-    assert body["engine"] == "litert" and body["resident_mb"] > 0
+    assert body["engine"] == "onnx" and body["resident_mb"] > 0
 
 
 def test_candles_endpoint(client):

@@ -15,15 +15,15 @@ from tests.conftest import MINUTE_MS, SERIES_START_MS
 PROJECT = Path(__file__).resolve().parents[1]
 
 
-def test_render_yaml_is_one_free_gunicorn_service_on_litert():
+def test_render_yaml_is_one_free_gunicorn_service_on_onnx():
     blueprint = yaml.safe_load((PROJECT / "render.yaml").read_text())
     (service,) = blueprint["services"]
     assert service["type"] == "web" and service["plan"] == "free" and service["runtime"] == "python"
     assert service["startCommand"].startswith("gunicorn app:server --bind 0.0.0.0:$PORT --workers 1 --threads")
     assert service["healthCheckPath"] == "/api/health"
     env = {item["key"]: item["value"] for item in service["envVars"]}
-    assert env["PYTHON_VERSION"].startswith("3.11."), "TensorFlow 2.21 and ai-edge-litert 2.3 ship cp311 wheels"
-    assert env["CHRONOPRICE_ENGINE"] == "litert"
+    assert env["PYTHON_VERSION"].startswith("3.11."), "TensorFlow 2.21, ai-edge-litert 2.3 and onnxruntime 1.32 ship cp311 wheels"
+    assert env["CHRONOPRICE_ENGINE"] == "onnx"
     assert env["CHRONOPRICE_EXCHANGE"] != "binance", "Binance answers HTTP 451 to US hosts"
 
 
@@ -50,7 +50,7 @@ def test_two_workers_and_twenty_clients_cause_one_exchange_fetch_per_interval(se
 def test_render_configuration_never_imports_tensorflow(shipped_model):
     # Memory and start-up time are measured by `python -m chronoprice bench` (docs/PERFORMANCE.md).
     report = run_deploy_benchmark(shipped_model, ticks=3)
-    assert report["engine"] == "litert"
+    assert report["engine"] == "onnx"
     assert report["tensorflow_imported"] is False, "sys.modules of the gunicorn worker after forecasts"
 
 
