@@ -139,7 +139,7 @@ def run_benchmark(model_path: Path, repeats: int = 200, ticks: int = 40, deploy_
     times, `ticks` live ticks, and the Render configuration under gunicorn for `deploy_ticks`."""
     window = candle_rows(demo_candles("BTC/USDT", BENCH_START_MS, BENCH_START_MS + 60 * 60_000))[None]
     serving = load_forecaster(model_path, "auto")
-    forecasters = {engine: load_forecaster(model_path, engine) for engine in ENGINE_NAMES}
+    forecasters = {engine: serving if engine == serving.engine.name else load_forecaster(model_path, engine) for engine in ENGINE_NAMES}
     timings = {engine: timings_ms(lambda: forecasters[engine].forecast(window), repeats) for engine in ENGINE_NAMES}
     keras_forecaster = forecasters["keras"]
     metadata = keras_forecaster.metadata

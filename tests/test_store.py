@@ -14,7 +14,7 @@ from chronoprice.store.sqlite import (
     read_latest_forecast,
     read_matured_forecasts,
     upsert_candles,
-    write_forecast,
+    write_forecasts,
 )
 from tests.conftest import MINUTE_MS, make_candles
 
@@ -24,6 +24,7 @@ MARKET = Market("binance", "BTC/USDT", "1m")
 def steps_from(origin_ts, closes):
     return pd.DataFrame(
         {
+            "origin_ts": origin_ts,
             "step": range(1, len(closes) + 1),
             "target_ts": [origin_ts + step * MINUTE_MS for step in range(1, len(closes) + 1)],
             "predicted": closes,
@@ -63,8 +64,8 @@ def test_read_candles_limit_and_range(db):
 
 
 def test_forecast_steps_are_written_together_and_the_newest_is_read(db):
-    write_forecast(db, MARKET, 0, steps_from(0, [1.0] * 10), "v1")
-    write_forecast(db, MARKET, MINUTE_MS, steps_from(MINUTE_MS, [2.0] * 10), "v1")
+    write_forecasts(db, MARKET, steps_from(0, [1.0] * 10), "v1")
+    write_forecasts(db, MARKET, steps_from(MINUTE_MS, [2.0] * 10), "v1")
     latest = read_latest_forecast(db, MARKET)
     assert latest["origin_ts"].unique().tolist() == [MINUTE_MS]
     assert latest["step"].tolist() == list(range(1, 11))
@@ -75,7 +76,7 @@ def test_a_failed_forecast_write_leaves_no_partial_forecast(db):
     steps = steps_from(0, [1.0] * 10)
     steps.loc[7, "predicted"] = None  # NOT NULL violation on the 8th step
     with pytest.raises(sqlite3.IntegrityError):
-        write_forecast(db, MARKET, 0, steps, "v1")
+        write_forecasts(db, MARKET, steps, "v1")
     assert db["forecasts"].count == 0
 
 
@@ -83,7 +84,7 @@ def test_matured_forecasts_join_actual_and_origin_closes(db):
     candles = make_candles(20)
     upsert_candles(db, MARKET, candles)
     origin = int(candles["ts"].iloc[14])
-    write_forecast(db, MARKET, origin, steps_from(origin, [100.0] * 10), "v1")
+    write_forecasts(db, MARKET, steps_from(origin, [100.0] * 10), "v1")
     matured = read_matured_forecasts(db, MARKET)
     assert matured["step"].tolist() == [1, 2, 3, 4, 5]
     assert matured["actual"].tolist() == candles["close"].iloc[15:20].tolist()

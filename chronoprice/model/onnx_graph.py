@@ -69,15 +69,15 @@ class _Network:
         self.head = [graph.constant(np.asarray(value, dtype="float32")) for value in (dense1, dense_bias1, dense2, dense_bias2)]
 
     def lstm(self, layer: int, sequence: str, lengths: str = "", state: tuple[str, str] | None = None) -> list[str]:
-        """[T, N, in] -> sequence [T, N, units], last h [1, N, units], last c [1, N, units]
+        """[T, N, in] -> sequence [T, 1, N, units], last h [1, N, units], last c [1, N, units]
         (the last valid step of each row when `lengths` is given)."""
         inputs = [sequence, *self.layers[layer], lengths, *(state or ())]
-        outputs, last_h, last_c = self.graph.op("LSTM", *inputs, outputs=3, hidden_size=self.units[layer])
-        return [self.graph.op("Squeeze", outputs, self.graph.ints(1)), last_h, last_c]
+        return self.graph.op("LSTM", *inputs, outputs=3, hidden_size=self.units[layer])
 
     def both_layers(self, sequence: str, lengths: str = "", state: list[str] | None = None) -> list[str]:
         """Both LSTMs over `sequence`; returns the new state [h1, c1, h2, c2], each [1, N, units]."""
         first, h1, c1 = self.lstm(0, sequence, lengths, state and (state[0], state[1]))
+        first = self.graph.op("Squeeze", first, self.graph.ints(1))  # [T, 1 direction, N, units] -> [T, N, units]
         _, h2, c2 = self.lstm(1, first, lengths, state and (state[2], state[3]))
         return [h1, c1, h2, c2]
 

@@ -135,13 +135,6 @@ def read_candles(
     return frame.iloc[::-1].reset_index(drop=True).astype({"ts": "int64"})
 
 
-def write_forecast(
-    db: sqlite_utils.Database, market: Market, origin_ts: int, steps: pd.DataFrame, model_version: str
-) -> None:
-    """Store one forecast's steps (columns step, target_ts, predicted, lower, upper) in one transaction."""
-    write_forecasts(db, market, steps.assign(origin_ts=int(origin_ts)), model_version)
-
-
 def write_forecasts(db: sqlite_utils.Database, market: Market, rows: pd.DataFrame, model_version: str) -> None:
     """Store the steps of several forecasts (columns origin_ts, step, target_ts, predicted,
     lower, upper) in one transaction: all or none."""
