@@ -175,7 +175,7 @@ def run_benchmark(model_path: Path, repeats: int = 200, ticks: int = 40, deploy_
         "engines_path_relative_difference": difference,
         "compute_floor_ms": round(floor_ms, 3),
         "single_core_matmul_gmacs": round(gmacs, 1),
-        "serving_engine_to_floor": round(medians[serving.engine.name] / floor_ms, 1),
+        "serving_engine_to_floor": round(medians[serving.engine.name] / floor_ms, 2),
         "history_24h_seconds": round(_history_seconds(serving), 2),
         "evaluate_10000_origins_seconds": round(_evaluate_seconds(serving, origins=10_000), 2),
         "tick_ms_p50": round(float(np.percentile(tick_ms, 50)), 2),
