@@ -1,8 +1,10 @@
 import math
 
 import numpy as np
+import pytest
 
-from chronoprice.market.candles import clean_candles, find_gaps, trusted_prefix
+from chronoprice.market.candles import aggregate_candles, clean_candles, find_gaps, trusted_prefix
+from tests.conftest import MINUTE_MS, SERIES_START_MS, make_candles
 
 M = 60_000
 
@@ -66,3 +68,16 @@ def test_find_gaps_reports_missing_candles():
     ]
     assert find_gaps(np.array([0, M, 2 * M]), M).empty
 
+
+
+def test_aggregate_candles_builds_whole_buckets_only():
+    minutes = make_candles(47, start_ms=SERIES_START_MS + 3 * MINUTE_MS)  # starts 3 minutes into a bucket
+    minutes = minutes.drop(index=30)  # minute 33: a hole in the third bucket
+    fifteen = aggregate_candles(minutes, 15 * MINUTE_MS)
+    bucket = SERIES_START_MS + 15 * MINUTE_MS
+    assert fifteen["ts"].tolist() == [bucket], "the partial first, the holed and the unfinished last bucket are dropped"
+    inside = minutes[(minutes["ts"] >= bucket) & (minutes["ts"] < bucket + 15 * MINUTE_MS)]
+    candle = fifteen.iloc[0]
+    assert candle["open"] == inside["open"].iloc[0] and candle["close"] == inside["close"].iloc[-1]
+    assert candle["high"] == inside["high"].max() and candle["low"] == inside["low"].min()
+    assert candle["volume"] == pytest.approx(inside["volume"].sum())

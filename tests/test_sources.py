@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from chronoprice.market.auto import AutoSource
-from chronoprice.market.candles import clean_candles, find_gaps
+from chronoprice.market.candles import aggregate_candles, clean_candles, find_gaps
 from chronoprice.market.demo import DemoSource, demo_candles
 from chronoprice.market.files import CsvFormatError, read_candle_csv
 from chronoprice.market.live import LiveSource, rewrite_urls
@@ -34,10 +34,11 @@ def nothing_stored(exchange):
     return None
 
 
+HISTORY = 500  # candles of a cold start in these tests
 
 
 def fast_live(url, **options):
-    return LiveSource("binance", url, (), backoff_seconds=0.01, sleep=lambda seconds: None, **options)
+    return LiveSource("binance", url, (), history=HISTORY, backoff_seconds=0.01, sleep=lambda seconds: None, **options)
 
 
 # ------------------------------------------------------------------------ contract, every source
@@ -58,7 +59,7 @@ def write_data_vision_csv(path, candles):
 def harness(request, exchange, tmp_path, series):
     if request.param in ("live", "auto"):
         live = fast_live(exchange.url)
-        source = live if request.param == "live" else AutoSource(live, DemoSource())
+        source = live if request.param == "live" else AutoSource(live, DemoSource(history=HISTORY))
         return Harness(source, exchange.advance)
     if request.param == "replay":
         path = tmp_path / "BTCUSDT-1m.csv"
@@ -75,11 +76,11 @@ def harness(request, exchange, tmp_path, series):
     def advance(minutes):
         now["ms"] += minutes * MINUTE_MS
 
-    return Harness(DemoSource(now_ms=lambda: now["ms"]), advance)
+    return Harness(DemoSource(history=HISTORY, now_ms=lambda: now["ms"]), advance)
 
 
 def test_source_contract_closed_valid_candles_then_contiguous_catch_up(harness):
-    first = harness.source.fetch_closed(SYMBOL, nothing_stored)
+    first = harness.source.fetch_closed(SYMBOL, "1m", nothing_stored)
     candles = first.candles
     assert len(candles) == 500
     assert list(candles.columns) == ["ts", "open", "high", "low", "close", "volume"]
@@ -89,9 +90,28 @@ def test_source_contract_closed_valid_candles_then_contiguous_catch_up(harness):
 
     newest = int(candles["ts"].iloc[-1])
     harness.advance(5)
-    later = harness.source.fetch_closed(SYMBOL, lambda exchange: newest + MINUTE_MS)
+    later = harness.source.fetch_closed(SYMBOL, "1m", lambda exchange: newest + MINUTE_MS)
     assert later.exchange == first.exchange
     assert later.candles["ts"].tolist() == [newest + step * MINUTE_MS for step in range(1, 6)]
+
+
+def test_every_source_serves_longer_timeframes_as_whole_buckets_of_its_minutes(harness):
+    quarter = 15 * MINUTE_MS
+    fifteen = harness.source.fetch_closed(SYMBOL, "15m", nothing_stored).candles
+    minutes = harness.source.fetch_closed(SYMBOL, "1m", nothing_stored).candles
+    assert len(fifteen) >= 20
+    assert (fifteen["ts"] % quarter == 0).all() and find_gaps(fifteen["ts"].to_numpy(), quarter).empty
+    expected = aggregate_candles(minutes, quarter)
+    common = fifteen[fifteen["ts"].isin(expected["ts"])].reset_index(drop=True)
+    assert len(common) >= 20
+    pd.testing.assert_frame_equal(common, expected[expected["ts"].isin(common["ts"])].reset_index(drop=True), rtol=1e-9)
+
+
+def test_live_fetches_each_timeframe_natively_from_the_exchange(exchange):
+    hourly = fast_live(exchange.url).fetch_closed(SYMBOL, "1h", nothing_stored).candles
+    assert exchange.requests["/api/v3/klines"] == 1
+    pd.testing.assert_frame_equal(hourly, exchange.closed_candles(SYMBOL, "1h").tail(len(hourly)).reset_index(drop=True))
+    assert hourly["ts"].iloc[-1] + 60 * MINUTE_MS <= exchange.now_ms < hourly["ts"].iloc[-1] + 120 * MINUTE_MS
 
 
 # ------------------------------------------------------------------------------- live (ccxt)
@@ -99,10 +119,10 @@ def test_source_contract_closed_valid_candles_then_contiguous_catch_up(harness):
 
 def test_live_stores_exactly_the_exchanges_closed_candles_after_catch_up(exchange):
     source = fast_live(exchange.url)
-    first = source.fetch_closed(SYMBOL, nothing_stored)
+    first = source.fetch_closed(SYMBOL, "1m", nothing_stored)
     exchange.advance(2500)  # more than two pages of 1000: catch-up must paginate
     newest = int(first.candles["ts"].iloc[-1])
-    later = source.fetch_closed(SYMBOL, lambda _: newest + MINUTE_MS)
+    later = source.fetch_closed(SYMBOL, "1m", lambda _: newest + MINUTE_MS)
     stored = pd.concat([first.candles, later.candles], ignore_index=True)
     closed = exchange.closed_candles(SYMBOL)
     assert stored["ts"].iloc[-1] == closed["ts"].iloc[-1], "the newest closed candle is stored"
@@ -112,7 +132,7 @@ def test_live_stores_exactly_the_exchanges_closed_candles_after_catch_up(exchang
 
 
 def test_live_never_returns_the_in_progress_candle(exchange):
-    candles = fast_live(exchange.url).fetch_closed(SYMBOL, nothing_stored).candles
+    candles = fast_live(exchange.url).fetch_closed(SYMBOL, "1m", nothing_stored).candles
     forming_ts = exchange.now_ms // MINUTE_MS * MINUTE_MS
     assert candles["ts"].max() == forming_ts - MINUTE_MS
     assert (candles["ts"] + MINUTE_MS <= exchange.now_ms).all()
@@ -121,7 +141,7 @@ def test_live_never_returns_the_in_progress_candle(exchange):
 def test_live_ignores_the_local_clock_when_the_exchange_clock_is_hours_away(series):
     hours_behind = SERIES_START_MS + 3000 * MINUTE_MS + 10_000
     with BinanceSimulator(series, now_ms=hours_behind) as exchange:
-        candles = fast_live(exchange.url).fetch_closed(SYMBOL, nothing_stored).candles
+        candles = fast_live(exchange.url).fetch_closed(SYMBOL, "1m", nothing_stored).candles
         assert candles["ts"].max() == hours_behind // MINUTE_MS * MINUTE_MS - MINUTE_MS
 
 
@@ -136,7 +156,7 @@ def test_rewrite_urls_keeps_paths_and_nesting():
 
 def test_live_retries_server_errors_then_succeeds(exchange):
     exchange.queue(Fault(status=503, times=2))
-    candles = fast_live(exchange.url).fetch_closed(SYMBOL, nothing_stored).candles
+    candles = fast_live(exchange.url).fetch_closed(SYMBOL, "1m", nothing_stored).candles
     assert len(candles) == 500
     assert exchange.requests["/api/v3/klines"] == 3
 
@@ -144,28 +164,28 @@ def test_live_retries_server_errors_then_succeeds(exchange):
 def test_live_honours_retry_after_on_429(exchange):
     sleeps = []
     clock = FakeClock()
-    source = LiveSource("binance", exchange.url, (), backoff_seconds=0.01, sleep=sleeps.append, clock=clock)
+    source = LiveSource("binance", exchange.url, (), history=HISTORY, backoff_seconds=0.01, sleep=sleeps.append, clock=clock)
     exchange.queue(Fault(status=429, headers={"Retry-After": "2"}))
-    assert len(source.fetch_closed(SYMBOL, nothing_stored).candles) == 500
+    assert len(source.fetch_closed(SYMBOL, "1m", nothing_stored).candles) == 500
     assert sleeps == [2.0]
 
     exchange.queue(Fault(status=429, headers={"Retry-After": "120"}))
     with pytest.raises(RateLimited, match="120 s"):
-        source.fetch_closed(SYMBOL, nothing_stored)
+        source.fetch_closed(SYMBOL, "1m", nothing_stored)
     calls = exchange.requests["/api/v3/klines"]
     clock.seconds += 60
     with pytest.raises(RateLimited):
-        source.fetch_closed(SYMBOL, nothing_stored)
+        source.fetch_closed(SYMBOL, "1m", nothing_stored)
     assert exchange.requests["/api/v3/klines"] == calls, "no request before Retry-After has passed"
     clock.seconds += 61
-    assert len(source.fetch_closed(SYMBOL, nothing_stored).candles) == 500
+    assert len(source.fetch_closed(SYMBOL, "1m", nothing_stored).candles) == 500
 
 
 def test_live_fails_over_on_geo_block(exchange, series):
     with BinanceSimulator(series, now_ms=exchange.now_ms) as mirror:
-        source = LiveSource("binance", exchange.url, (f"binanceus={mirror.url}",), backoff_seconds=0.01)
+        source = LiveSource("binance", exchange.url, (f"binanceus={mirror.url}",), history=HISTORY, backoff_seconds=0.01)
         exchange.queue(Fault(path="/", status=451, body='{"code":0,"msg":"Service unavailable from a restricted location"}', times=10))
-        fetched = source.fetch_closed(SYMBOL, nothing_stored)
+        fetched = source.fetch_closed(SYMBOL, "1m", nothing_stored)
         assert fetched.exchange == "binanceus"
         assert "failed over from binance" in fetched.note
         assert source.label == "live: binanceus"
@@ -174,20 +194,20 @@ def test_live_fails_over_on_geo_block(exchange, series):
 
 def test_live_fails_over_after_persistent_unavailability(exchange, series):
     with BinanceSimulator(series, now_ms=exchange.now_ms) as mirror:
-        source = LiveSource("binance", exchange.url, (f"binanceus={mirror.url}",), backoff_seconds=0.0,
+        source = LiveSource("binance", exchange.url, (f"binanceus={mirror.url}",), history=HISTORY, backoff_seconds=0.0,
                             sleep=lambda s: None, failures_before_failover=2)
-        assert source.fetch_closed(SYMBOL, nothing_stored).exchange == "binance"
+        assert source.fetch_closed(SYMBOL, "1m", nothing_stored).exchange == "binance"
         exchange.queue(Fault(path="/", status=503, times=100))
         with pytest.raises(SourceUnavailable, match="binance unreachable"):
-            source.fetch_closed(SYMBOL, nothing_stored)
-        assert source.fetch_closed(SYMBOL, nothing_stored).exchange == "binanceus"
+            source.fetch_closed(SYMBOL, "1m", nothing_stored)
+        assert source.fetch_closed(SYMBOL, "1m", nothing_stored).exchange == "binanceus"
 
 
 def test_live_reports_unavailable_when_no_exchange_answers():
     url = f"http://127.0.0.1:{free_port()}"
     source = fast_live(url)
     with pytest.raises(SourceUnavailable, match="no exchange answered"):
-        source.fetch_closed(SYMBOL, nothing_stored)
+        source.fetch_closed(SYMBOL, "1m", nothing_stored)
 
 
 @pytest.mark.parametrize(
@@ -203,7 +223,7 @@ def test_live_reports_unavailable_when_no_exchange_answers():
 def test_live_malformed_replies_are_reported_and_store_nothing(exchange, body):
     exchange.queue(Fault(status=200, body=body))
     with pytest.raises(MalformedReply):
-        fast_live(exchange.url).fetch_closed(SYMBOL, nothing_stored)
+        fast_live(exchange.url).fetch_closed(SYMBOL, "1m", nothing_stored)
 
 
 def test_live_keeps_only_candles_before_a_bad_row(exchange, series):
@@ -212,7 +232,7 @@ def test_live_keeps_only_candles_before_a_bad_row(exchange, series):
     rows[3], rows[4] = rows[4], rows[3]  # out of order
     rows.insert(2, list(rows[2]))  # duplicated
     exchange.queue(Fault(status=200, body=pd.Series([rows]).to_json(orient="values")[1:-1]))
-    fetched = fast_live(exchange.url).fetch_closed(SYMBOL, lambda _: int(series[SYMBOL]["ts"].iloc[100]))
+    fetched = fast_live(exchange.url).fetch_closed(SYMBOL, "1m", lambda _: int(series[SYMBOL]["ts"].iloc[100]))
     expected = series[SYMBOL].iloc[100:105].reset_index(drop=True)
     pd.testing.assert_frame_equal(fetched.candles, expected)  # 106 was bad; 105 is withheld as possibly forming
     assert "malformed" in fetched.note
@@ -220,7 +240,7 @@ def test_live_keeps_only_candles_before_a_bad_row(exchange, series):
 
 def test_live_unknown_symbol_is_a_clear_error(exchange):
     with pytest.raises(UnknownSymbol, match="does not list"):
-        fast_live(exchange.url).fetch_closed("DOGE/EUR", nothing_stored)
+        fast_live(exchange.url).fetch_closed("DOGE/EUR", "1m", nothing_stored)
 
 
 def test_live_unknown_exchange_id_lists_close_matches():
@@ -237,16 +257,16 @@ def test_live_lists_spot_symbols(exchange):
 
 def test_auto_falls_back_to_demo_then_returns_to_live(exchange):
     exchange.queue(Fault(path="/", status=503))
-    live = LiveSource("binance", exchange.url, (), backoff_seconds=0.0, sleep=lambda s: None, attempts=1)
+    live = LiveSource("binance", exchange.url, (), history=HISTORY, backoff_seconds=0.0, sleep=lambda s: None, attempts=1)
     clock = FakeClock()
-    auto = AutoSource(live, DemoSource(), retry_seconds=60, clock=clock)
-    fetched = auto.fetch_closed(SYMBOL, nothing_stored)
+    auto = AutoSource(live, DemoSource(history=HISTORY), retry_seconds=60, clock=clock)
+    fetched = auto.fetch_closed(SYMBOL, "1m", nothing_stored)
     assert fetched.exchange == "demo" and auto.label == "offline demo"
     assert "live unreachable" in fetched.note
     clock.seconds += 61
-    auto.fetch_closed(SYMBOL, nothing_stored)  # starts the background probe, which now succeeds
+    auto.fetch_closed(SYMBOL, "1m", nothing_stored)  # starts the background probe, which now succeeds
     assert wait_until(lambda: auto.label == "live: binance")
-    assert auto.fetch_closed(SYMBOL, nothing_stored).exchange == "binance"
+    assert auto.fetch_closed(SYMBOL, "1m", nothing_stored).exchange == "binance"
 
 
 # ------------------------------------------------------------------------------------- demo
@@ -336,10 +356,10 @@ def test_replay_advances_at_its_speed_and_says_when_finished(tmp_path):
     write_data_vision_csv(path, make_candles(600))
     clock = FakeClock()
     source = ReplaySource(path, speed=10.0, history=500, clock=clock)
-    assert len(source.fetch_closed(SYMBOL, nothing_stored).candles) == 500
+    assert len(source.fetch_closed(SYMBOL, "1m", nothing_stored).candles) == 500
     clock.seconds += 3
-    assert len(source.fetch_closed(SYMBOL, nothing_stored).candles) == 530
+    assert len(source.fetch_closed(SYMBOL, "1m", nothing_stored).candles) == 530
     clock.seconds += 100
-    fetched = source.fetch_closed(SYMBOL, nothing_stored)
+    fetched = source.fetch_closed(SYMBOL, "1m", nothing_stored)
     assert len(fetched.candles) == 600 and "replay finished" in fetched.note
     assert source.label == "replay: short.csv"

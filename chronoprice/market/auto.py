@@ -37,16 +37,16 @@ class AutoSource:
     def symbols(self) -> list[str]:
         return self._live.symbols() if self._use_live else self._demo.symbols()
 
-    def fetch_closed(self, symbol: str, since_for: SinceFor) -> Fetched:
+    def fetch_closed(self, symbol: str, timeframe: str, since_for: SinceFor) -> Fetched:
         if self._use_live:
             try:
-                return self._live.fetch_closed(symbol, since_for)
+                return self._live.fetch_closed(symbol, timeframe, since_for)
             except SourceUnavailable as error:
                 self._use_live, self._offline_reason = False, str(error)
                 self._next_probe = self._clock() + self._retry_seconds
                 log.warning("live unreachable, serving the offline demo and retrying live every %g s: %s", self._retry_seconds, error)
         self._probe_in_background(symbol)
-        fetched = self._demo.fetch_closed(symbol, since_for)
+        fetched = self._demo.fetch_closed(symbol, timeframe, since_for)
         note = f"live unreachable ({self._offline_reason}); showing the offline demo and retrying live"
         return dataclasses.replace(fetched, note=note)
 
@@ -58,7 +58,7 @@ class AutoSource:
 
     def _probe(self, symbol: str) -> None:
         try:
-            self._live.fetch_closed(symbol, lambda exchange: None)
+            self._live.fetch_closed(symbol, "1m", lambda exchange: None)
             self._use_live = True
             log.info("live answers again: leaving the offline demo for %s", self._live.label)
         except SourceError as error:

@@ -116,3 +116,28 @@ def find_gaps(ts: np.ndarray, timeframe_ms: int) -> pd.DataFrame:
         {"after_ts": ts[where], "before_ts": ts[where + 1], "missing": (steps[where] - 1).astype("int64")}
     )
 
+
+
+def aggregate_candles(candles: pd.DataFrame, timeframe_ms: int, source_ms: int = 60_000) -> pd.DataFrame:
+    """Candles of `timeframe_ms` from finer ones, each from a complete bucket only.
+
+    A bucket starts at a multiple of `timeframe_ms` (as exchanges align them); it becomes a
+    candle when all its `timeframe_ms // source_ms` finer candles are present, so a bucket still
+    forming or holding a gap never becomes a candle that would have to be corrected later.
+    """
+    if timeframe_ms == source_ms or candles.empty:
+        return candles[COLUMNS].reset_index(drop=True)
+    bucket = candles["ts"].to_numpy() // timeframe_ms * timeframe_ms
+    grouped = candles.groupby(bucket, sort=True)
+    frame = pd.DataFrame(
+        {
+            "ts": grouped["ts"].min().index.to_numpy(dtype="int64"),
+            "open": grouped["open"].first().to_numpy(),
+            "high": grouped["high"].max().to_numpy(),
+            "low": grouped["low"].min().to_numpy(),
+            "close": grouped["close"].last().to_numpy(),
+            "volume": grouped["volume"].sum().to_numpy(),
+        }
+    )
+    complete = grouped.size().to_numpy() == timeframe_ms // source_ms
+    return frame[complete].reset_index(drop=True)

@@ -1,4 +1,5 @@
-"""The offline demo market: seeded synthetic BTC-like 1-minute candles on the local clock."""
+"""The offline demo market: seeded synthetic BTC-like 1-minute candles on the local clock, and
+candles of longer timeframes aggregated from them."""
 
 from __future__ import annotations
 
@@ -6,13 +7,14 @@ import math
 import time
 import zlib
 from functools import lru_cache
-from typing import Callable
+from typing import Callable, Mapping
 
 import numpy as np
 import pandas as pd
 
-from chronoprice.market.candles import COLUMNS, empty_candles
+from chronoprice.market.candles import COLUMNS, aggregate_candles, empty_candles
 from chronoprice.market.source import Fetched, SinceFor, UnknownSymbol
+from chronoprice.market.timeframes import cold_start_candles, history_for, timeframe_ms
 
 DEMO_ANCHOR_MS = 1_704_067_200_000  # 2024-01-01 00:00 UTC: the demo market's first minute
 MINUTES_PER_DAY = 1440
@@ -91,20 +93,22 @@ class DemoSource:
 
     def __init__(
         self,
-        history: int = 500,
-        max_catch_up: int = 7 * MINUTES_PER_DAY,
+        history: int | Mapping[str, int] | None = None,
+        max_catch_up_ms: int = 7 * MINUTES_PER_DAY * 60_000,
         now_ms: Callable[[], int] = lambda: int(time.time() * 1000),
     ):
-        self._history, self._max_catch_up, self._now_ms = history, max_catch_up, now_ms
+        self._history = cold_start_candles() if history is None else history
+        self._max_catch_up_ms, self._now_ms = max_catch_up_ms, now_ms
 
     def symbols(self) -> list[str]:
         return sorted(f"{base}/USDT" for base in DEMO_START_PRICES)
 
-    def fetch_closed(self, symbol: str, since_for: SinceFor) -> Fetched:
+    def fetch_closed(self, symbol: str, timeframe: str, since_for: SinceFor) -> Fetched:
         if symbol.split("/")[0] not in DEMO_START_PRICES:
             raise UnknownSymbol(f"the offline demo has no {symbol}; it offers {', '.join(self.symbols())}")
-        forming = self._now_ms() // 60_000 * 60_000
+        length = timeframe_ms(timeframe)
+        forming = self._now_ms() // length * length
         since = since_for(self.exchange)
-        oldest = forming - (self._history if since is None else self._max_catch_up) * 60_000
+        oldest = forming - (history_for(self._history, timeframe) * length if since is None else self._max_catch_up_ms)
         start = oldest if since is None else max(since, oldest)
-        return Fetched(self.exchange, demo_candles(symbol, start, forming))
+        return Fetched(self.exchange, aggregate_candles(demo_candles(symbol, start, forming), length))

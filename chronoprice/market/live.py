@@ -7,7 +7,7 @@ import difflib
 import logging
 import math
 import time
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 from urllib.parse import urlsplit
 
 import ccxt
@@ -25,6 +25,7 @@ from chronoprice.market.source import (
     UnknownExchange,
     UnknownSymbol,
 )
+from chronoprice.market.timeframes import cold_start_candles, history_for, timeframe_ms
 
 log = logging.getLogger(__name__)
 
@@ -93,9 +94,7 @@ class LiveSource:
         exchange: str,
         exchange_url: str | None = None,
         fallback_exchanges: Sequence[str] = (),
-        timeframe: str = "1m",
-        timeframe_ms: int = 60_000,
-        history: int = 500,
+        history: int | Mapping[str, int] | None = None,
         timeout_ms: int = 4_000,
         attempts: int = 3,
         backoff_seconds: float = 0.5,
@@ -111,8 +110,7 @@ class LiveSource:
         for venue in self._venues:
             self._client(venue)  # makes every client now, so an unknown id is refused at start-up
         self._index = 0
-        self._timeframe, self._timeframe_ms = timeframe, timeframe_ms
-        self._history = history
+        self._history = cold_start_candles() if history is None else history
         self._attempts, self._backoff, self._max_wait = attempts, backoff_seconds, max_wait_seconds
         self._page_limit, self._max_pages = page_limit, max_pages
         self._failures_before_failover = failures_before_failover
@@ -147,14 +145,14 @@ class LiveSource:
         markets = self._call(venue, lambda client: client.load_markets())
         return sorted(symbol for symbol, market in markets.items() if market.get("spot") and market.get("active") is not False)
 
-    def fetch_closed(self, symbol: str, since_for: SinceFor) -> Fetched:
+    def fetch_closed(self, symbol: str, timeframe: str, since_for: SinceFor) -> Fetched:
         wait = self._resume_at - self._clock()
         if wait > 0:
             raise RateLimited(f"{self.exchange} asked us to wait; next request in {math.ceil(wait)} s")
         while True:
             venue = self._venues[self._index]
             try:
-                candles, note = self._fetch_from(venue, symbol, since_for(venue.exchange_id))
+                candles, note = self._fetch_from(venue, symbol, timeframe, since_for(venue.exchange_id))
             except GeoBlocked as error:
                 reason = str(error)
             except SourceUnavailable as error:
@@ -180,22 +178,23 @@ class LiveSource:
         self._index, self._failed_over_from = 0, []
         raise SourceUnavailable(f"no exchange answered (tried {tried}); last error: {reason}")
 
-    def _fetch_from(self, venue: _Venue, symbol: str, since: int | None) -> tuple[pd.DataFrame, str | None]:
-        if since is None and self._history + 1 > self._page_limit:
+    def _fetch_from(self, venue: _Venue, symbol: str, timeframe: str, since: int | None) -> tuple[pd.DataFrame, str | None]:
+        history, length = history_for(self._history, timeframe), timeframe_ms(timeframe)
+        if since is None and history + 1 > self._page_limit:
             # More history than one page: start from the exchange's own newest candle, not our clock.
-            since = self._newest_ts(venue, symbol) - self._history * self._timeframe_ms
+            since = self._newest_ts(venue, symbol, timeframe) - history * length
         if since is None:
-            rows = self._fetch_page(venue, symbol, None, self._history + 1)
+            rows = self._fetch_page(venue, symbol, timeframe, None, history + 1)
         else:
             rows = []
             cursor = since
             for _ in range(self._max_pages):
-                page = self._fetch_page(venue, symbol, cursor, self._page_limit)
+                page = self._fetch_page(venue, symbol, timeframe, cursor, self._page_limit)
                 rows.extend(page)
                 if len(page) < self._page_limit:
                     break
                 cursor = self._next_cursor(page, cursor)
-        result = clean_candles(rows, self._timeframe_ms)
+        result = clean_candles(rows, length)
         if rows and result.candles.empty:
             raise MalformedReply(f"{venue.exchange_id} sent no valid candle: {result.rejected[0].reason}")
         trusted = trusted_prefix(result)
@@ -210,8 +209,8 @@ class LiveSource:
             note = f"{venue.exchange_id}: {len(result.rejected)} malformed candle rows not stored ({first.reason})"
         return closed, note
 
-    def _newest_ts(self, venue: _Venue, symbol: str) -> int:
-        page = self._fetch_page(venue, symbol, None, 1)
+    def _newest_ts(self, venue: _Venue, symbol: str, timeframe: str) -> int:
+        page = self._fetch_page(venue, symbol, timeframe, None, 1)
         try:
             return int(page[-1][0])
         except (TypeError, ValueError, IndexError):
@@ -227,8 +226,8 @@ class LiveSource:
             raise MalformedReply("exchange returned candles older than requested")
         return newest + 1
 
-    def _fetch_page(self, venue: _Venue, symbol: str, since: int | None, limit: int) -> list:
-        rows = self._call(venue, lambda client: client.fetch_ohlcv(symbol, self._timeframe, since, limit))
+    def _fetch_page(self, venue: _Venue, symbol: str, timeframe: str, since: int | None, limit: int) -> list:
+        rows = self._call(venue, lambda client: client.fetch_ohlcv(symbol, timeframe, since, limit))
         if venue.client.last_json_response is None:
             body = (venue.client.last_http_response or "")[:60]
             raise MalformedReply(f"{venue.exchange_id} answered with something that is not JSON: {body!r}")

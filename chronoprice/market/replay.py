@@ -1,4 +1,5 @@
-"""A candle CSV replayed as if it were a live market, at a chosen speed."""
+"""A CSV of 1-minute candles replayed as if it were a live market, at a chosen speed; longer
+timeframes are aggregated from the minutes shown so far."""
 
 from __future__ import annotations
 
@@ -6,12 +7,15 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from chronoprice.market.candles import aggregate_candles
 from chronoprice.market.files import read_candle_csv
 from chronoprice.market.source import Fetched, SinceFor
+from chronoprice.market.timeframes import MINUTE_MS, timeframe_ms
 
 
 class ReplaySource:
-    """A candle CSV replayed at `speed` candles per second of a simulated clock."""
+    """A 1-minute candle CSV replayed at `speed` candles per second of a simulated clock,
+    starting with `history` of them shown."""
 
     exchange = "replay"
 
@@ -20,11 +24,10 @@ class ReplaySource:
         path: Path,
         speed: float = 1.0,
         history: int = 500,
-        timeframe_ms: int = 60_000,
         clock: Callable[[], float] = time.monotonic,
     ):
         self._path = Path(path)
-        loaded = read_candle_csv(self._path, timeframe_ms)
+        loaded = read_candle_csv(self._path, MINUTE_MS)
         self._candles, self.bad_rows = loaded.candles, loaded.bad_rows
         self._speed, self._history, self._clock = speed, history, clock
         self._started = clock()
@@ -36,9 +39,9 @@ class ReplaySource:
     def symbols(self) -> list[str]:
         return []
 
-    def fetch_closed(self, symbol: str, since_for: SinceFor) -> Fetched:
+    def fetch_closed(self, symbol: str, timeframe: str, since_for: SinceFor) -> Fetched:
         shown = min(len(self._candles), self._history + int((self._clock() - self._started) * self._speed))
-        visible = self._candles.iloc[:shown]
+        visible = aggregate_candles(self._candles.iloc[:shown], timeframe_ms(timeframe))
         since = since_for(self.exchange)
         if since is not None:
             visible = visible[visible["ts"] >= since]

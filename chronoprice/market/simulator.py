@@ -17,6 +17,9 @@ from urllib.parse import parse_qs, urlsplit
 
 import pandas as pd
 
+from chronoprice.market.candles import aggregate_candles
+from chronoprice.market.timeframes import TIMEFRAME_MS
+
 MINUTE_MS = 60_000
 
 
@@ -63,7 +66,7 @@ def _market_entry(symbol: str) -> dict:
     }
 
 
-def kline_row(candle, close_fraction: float = 1.0) -> list:
+def kline_row(candle, close_fraction: float = 1.0, length_ms: int = MINUTE_MS) -> list:
     """A Binance kline array; `close_fraction` < 1 gives the in-progress version of the candle."""
     ts, open_, high, low, close, volume = (candle[column] for column in ["ts", "open", "high", "low", "close", "volume"])
     if close_fraction < 1.0:
@@ -71,12 +74,13 @@ def kline_row(candle, close_fraction: float = 1.0) -> list:
         high, low, volume = max(open_, close), min(open_, close), volume * close_fraction
     return [
         int(ts), f"{open_:.8f}", f"{high:.8f}", f"{low:.8f}", f"{close:.8f}", f"{volume:.8f}",
-        int(ts) + MINUTE_MS - 1, f"{volume * close:.8f}", 100, f"{volume / 2:.8f}", f"{volume * close / 2:.8f}", "0",
+        int(ts) + length_ms - 1, f"{volume * close:.8f}", 100, f"{volume / 2:.8f}", f"{volume * close / 2:.8f}", "0",
     ]
 
 
 class BinanceSimulator:
-    """Serve `series` (symbol -> closed candles DataFrame) on 127.0.0.1 at a settable exchange clock."""
+    """Serve `series` (symbol -> 1-minute candles DataFrame) on 127.0.0.1 at a settable exchange
+    clock, in every interval of TIMEFRAME_MS (longer ones aggregated from the minutes)."""
 
     def __init__(self, series: dict[str, pd.DataFrame], now_ms: int | None = None):
         self.series = {symbol: frame.reset_index(drop=True) for symbol, frame in series.items()}
@@ -86,6 +90,7 @@ class BinanceSimulator:
         self.requests: collections.Counter[str] = collections.Counter()
         self.lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
+        self._aggregated: dict[tuple[str, int, int], pd.DataFrame] = {}
 
     # ----------------------------------------------------------------------- control
     def start(self) -> str:
@@ -128,10 +133,11 @@ class BinanceSimulator:
         with self.lock:
             self.faults.append(fault)
 
-    def closed_candles(self, symbol: str) -> pd.DataFrame:
+    def closed_candles(self, symbol: str, timeframe: str = "1m") -> pd.DataFrame:
         """What the exchange has closed by now: the candles a correct client ends up storing."""
-        frame = self.series[symbol]
-        return frame[frame["ts"] + MINUTE_MS <= self.now_ms].reset_index(drop=True)
+        length = TIMEFRAME_MS[timeframe]
+        frame = self._candles(symbol, length)
+        return frame[frame["ts"] + length <= self.now_ms].reset_index(drop=True)
 
     # ---------------------------------------------------------------------- serving
     def _take_fault(self, path: str) -> Fault | None:
@@ -170,7 +176,10 @@ class BinanceSimulator:
         by_id = {symbol.replace("/", ""): symbol for symbol in self.series}
         if query.get("symbol") not in by_id:
             return self._send(request, 400, json.dumps({"code": -1121, "msg": "Invalid symbol."}))
-        frame = self.series[by_id[query["symbol"]]]
+        if query.get("interval", "1m") not in TIMEFRAME_MS:
+            return self._send(request, 400, json.dumps({"code": -1120, "msg": "Invalid interval."}))
+        length = TIMEFRAME_MS[query.get("interval", "1m")]
+        frame = self._candles(by_id[query["symbol"]], length)
         limit = min(int(query.get("limit", 500)), 1000)
         with self.lock:
             now = self.now_ms
@@ -181,9 +190,20 @@ class BinanceSimulator:
             visible = visible.tail(limit)
         rows = []
         for candle in visible.to_dict("records"):
-            fraction = min(1.0, (now - candle["ts"]) / MINUTE_MS)
-            rows.append(kline_row(candle, fraction))
+            fraction = min(1.0, (now - candle["ts"]) / length)
+            rows.append(kline_row(candle, fraction, length))
         self._send(request, 200, json.dumps(rows))
+
+    def _candles(self, symbol: str, length_ms: int) -> pd.DataFrame:
+        """The series in candles of `length_ms`; the forming one is served as a fraction of its
+        whole candle by the clock, as for minutes."""
+        minutes = self.series[symbol]
+        if length_ms == MINUTE_MS:
+            return minutes
+        key = (symbol, length_ms, id(minutes))  # a test may swap the series for one with holes
+        if key not in self._aggregated:
+            self._aggregated[key] = aggregate_candles(minutes, length_ms)
+        return self._aggregated[key]
 
     @staticmethod
     def _send(request, status: int, body: str, headers: dict | None = None) -> None:

@@ -1,7 +1,7 @@
 """What every candle source shares: the interface, the market key and the errors a source raises.
 
-Every source answers `fetch_closed(symbol, since_for)` with closed, validated candles and the
-exchange name they belong to in the store. `since_for(exchange)` gives the first timestamp the
+Every source answers `fetch_closed(symbol, timeframe, since_for)` with closed, validated candles
+of that timeframe and the exchange name they belong to in the store. `since_for(exchange)` gives the first timestamp the
 caller still needs for that exchange (None when it has nothing), so a source that fails over
 to another exchange catches up from that exchange's own history.
 """
@@ -73,6 +73,6 @@ class CandleSource(Protocol):
     @property
     def label(self) -> str: ...
 
-    def fetch_closed(self, symbol: str, since_for: SinceFor) -> Fetched: ...
+    def fetch_closed(self, symbol: str, timeframe: str, since_for: SinceFor) -> Fetched: ...
 
     def symbols(self) -> list[str]: ...
