@@ -24,7 +24,6 @@ from chronoprice.market.source import Market
 from chronoprice.model.features import candle_rows, model_input, walk_forward_windows
 from chronoprice.model.forecasters import LSTMForecaster, load_forecaster
 from chronoprice.service.backfill import forecast_history
-from chronoprice.service.build import COLD_START_HOURS
 from chronoprice.service.tick import Ticker
 from chronoprice.store.sqlite import open_store, upsert_candles
 from chronoprice.testing import get_json, gunicorn_service, local_exchange_env
@@ -110,7 +109,7 @@ def _evaluate_seconds(forecaster: LSTMForecaster, origins: int) -> float:
     return time.perf_counter() - started
 
 
-def _history_seconds(forecaster: LSTMForecaster, hours: float = COLD_START_HOURS) -> float:
+def _history_seconds(forecaster: LSTMForecaster, hours: float = 24) -> float:
     """Wall time of a cold start's history: every origin of `hours` of stored candles forecast
     and written to a new SQLite store, as the ticker does in the background."""
     origins = int(hours * 60)

@@ -17,7 +17,7 @@ from tests.conftest import MINUTE_MS, wait_until
 def demo_server(tmp_path_factory, tiny_model):
     folder = tmp_path_factory.mktemp("api")
     settings = settings_from({"source": "demo", "db": str(folder / "api.db"), "model": str(tiny_model)}, {})
-    ticker = build_ticker(settings, history_hours=3)
+    ticker = build_ticker(settings)
     ticker.backfill("BTC/USDT", hours=2)
     return create_app(settings, ticker, env={}).server
 

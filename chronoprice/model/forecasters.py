@@ -9,9 +9,11 @@ evaluation and the dashboard all take it from here.
 
 from __future__ import annotations
 
+from statistics import NormalDist
+
 import numpy as np
 
-from chronoprice.evaluation.metrics import DEFAULT_LEVEL, recent_volatility
+from chronoprice.evaluation.metrics import DEFAULT_LEVEL, VOLATILITY_WINDOW, recent_volatility
 from chronoprice.model.artifact import artifact_at, read_metadata
 from chronoprice.model.engines import PathEngine, feature_name, load_engine
 from chronoprice.model.features import (
@@ -69,6 +71,28 @@ class LSTMForecaster:
             "lower": origin * np.exp(log_path - widths),
             "upper": origin * np.exp(log_path + widths),
         }
+
+
+class NaiveBandForecaster:
+    """The last close with a band: the forecast of a timeframe the model has shown no skill on.
+
+    Until a market has matured errors of its own to calibrate it (service.scoring), the band is
+    the random walk's: the step-h change is about sqrt(h) recent volatilities, so the level's
+    normal quantile times sqrt(h).
+    """
+
+    name = "naive"
+    version = "naive"
+
+    def __init__(self, horizon: int = HORIZON, window: int = VOLATILITY_WINDOW + 1, level: float = DEFAULT_LEVEL):
+        self.horizon, self.window, self.level = horizon, window, level
+        self.calibrated_quantiles = NormalDist().inv_cdf(0.5 + level / 2) * np.sqrt(np.arange(1, horizon + 1))
+
+    def forecast(self, windows: np.ndarray, quantiles: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        closes = window_closes(_as_batch(windows))
+        origin = closes[:, -1:]
+        widths = (self.calibrated_quantiles if quantiles is None else quantiles) * recent_volatility(closes)
+        return {"mean": np.repeat(origin, self.horizon, axis=1), "lower": origin * np.exp(-widths), "upper": origin * np.exp(widths)}
 
 
 class PointBaseline:

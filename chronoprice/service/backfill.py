@@ -52,19 +52,21 @@ def missing_origins(db: sqlite_utils.Database, market: Market, ts: np.ndarray, s
 
 
 def forecast_history(db: sqlite_utils.Database, market: Market, forecaster: LSTMForecaster, start_ts: int,
-                     progress: bool = True, chunk: int = HISTORY_CHUNK) -> int:
+                     progress: bool = True, chunk: int = HISTORY_CHUNK, quantiles: np.ndarray | None = None) -> int:
     """Forecast from every stored origin at or after `start_ts` that lacks one (missing_origins);
-    returns the count. Shows a progress bar on stderr."""
+    returns the count. Shows a progress bar on stderr. `quantiles` replaces the forecaster's
+    interval calibration (LSTMForecaster.forecast)."""
     window, step_ms = forecaster.window, timeframe_ms(market.timeframe)
     candles = read_candles(db, market, start=start_ts - window * step_ms)
     ts, rows = candles["ts"].to_numpy(), candle_rows(candles)
     origins = missing_origins(db, market, ts, start_ts, forecaster)
-    log.info("forecasting %d historical origins", len(origins), extra=market.key())
+    if len(origins) > 1:  # one is a routine tick, not history
+        log.info("forecasting %d historical origins", len(origins), extra=market.key())
     with tqdm(total=len(origins), desc=f"forecasting {market.symbol} history", unit="origin", file=sys.stderr,
               disable=not progress, mininterval=2.0) as bar:
         for start in range(0, len(origins), chunk):
             batch = origins[start : start + chunk]
-            forecast = forecaster.forecast(np.stack([rows[index - window + 1 : index + 1] for index in batch]))
+            forecast = forecaster.forecast(np.stack([rows[index - window + 1 : index + 1] for index in batch]), quantiles)
             write_forecasts(db, market, forecast_rows(ts[batch], step_ms, forecast), forecaster.version)
             bar.update(len(batch))
     return len(origins)

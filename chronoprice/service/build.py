@@ -1,4 +1,4 @@
-"""Settings in, working objects out: the candle source and the ticker of the settings."""
+"""Settings in, working objects out: the candle source, the ticker and the scheduler of the settings."""
 
 from __future__ import annotations
 
@@ -8,27 +8,26 @@ from chronoprice.market.demo import DemoSource
 from chronoprice.market.live import LiveSource
 from chronoprice.market.replay import ReplaySource
 from chronoprice.market.source import CandleSource
-from chronoprice.market.timeframes import timeframe_ms
+from chronoprice.market.timeframes import cold_start_candles
 from chronoprice.model.forecasters import load_forecaster
+from chronoprice.service.scheduler import Scheduler
 from chronoprice.service.tick import Ticker
+from chronoprice.service.watchlist import seed_watchlist
 
-COLD_START_HOURS = 24
 
-
-def build_source(settings: Settings, history_hours: float = COLD_START_HOURS) -> CandleSource:
-    """The source of the settings; an empty store starts with `history_hours` of candles."""
-    step_ms = timeframe_ms(settings.timeframe)
-    history = int(history_hours * 3_600_000 // step_ms)
+def build_source(settings: Settings, history_hours: float | None = None) -> CandleSource:
+    """The source of the settings; an empty store starts with `history_hours` of candles of
+    each timeframe, or by default with timeframes.COLD_START_MS."""
+    history = cold_start_candles(history_hours)
     if settings.source == "demo":
         return DemoSource(history=history)
     if settings.source == "replay":
-        return ReplaySource(settings.replay, settings.replay_speed, timeframe_ms=step_ms)
-    live = LiveSource(settings.exchange, settings.exchange_url, settings.fallback_exchanges, settings.timeframe,
-                      step_ms, history=history)
+        return ReplaySource(settings.replay, settings.replay_speed, history=history["1m"])
+    live = LiveSource(settings.exchange, settings.exchange_url, settings.fallback_exchanges, history=history)
     return live if settings.source == "live" else AutoSource(live, DemoSource(history=history))
 
 
-def build_ticker(settings: Settings, history_hours: float = COLD_START_HOURS) -> Ticker:
+def build_ticker(settings: Settings, history_hours: float | None = None) -> Ticker:
     return Ticker(
         build_source(settings, history_hours),
         settings.db,
@@ -36,3 +35,15 @@ def build_ticker(settings: Settings, history_hours: float = COLD_START_HOURS) ->
         settings.timeframe,
         settings.refresh_seconds,
     )
+
+
+def build_scheduler(settings: Settings, ticker: Ticker) -> Scheduler:
+    """The scheduler of the store's watchlist, seeded from the settings (it ticks only while
+    its process holds the store's scheduler lease)."""
+    seed_watchlist(ticker.db(), settings.watch, settings.watch_limit)
+    return Scheduler(ticker)
+
+
+def start_scheduler(settings: Settings, ticker: Ticker) -> Scheduler:
+    """build_scheduler, ticking in a background thread."""
+    return build_scheduler(settings, ticker).start()

@@ -13,6 +13,9 @@ from chronoprice.model.forecasters import LSTMForecaster
 log = logging.getLogger(__name__)
 
 
+MODEL_TIMEFRAME = "1m"  # of models whose metadata names none: the shipped one is trained on 1-minute candles
+
+
 class ModelSlot:
     def __init__(self, load: Callable[[], LSTMForecaster]):
         self._load = load
@@ -31,3 +34,8 @@ class ModelSlot:
                     self.error = str(error)
                     log.error("model unavailable: %s", error)
             return self._forecaster
+
+    @property
+    def timeframe(self) -> str:
+        """The timeframe the model was trained on (the default one until it has loaded)."""
+        return self._forecaster.metadata.get("timeframe", MODEL_TIMEFRAME) if self._forecaster else MODEL_TIMEFRAME

@@ -7,7 +7,7 @@ import json
 
 import pandas as pd
 
-STATUS_FORMAT = 1  # bump when a field changes meaning; saved statuses of another format are ignored
+STATUS_FORMAT = 2  # bump when a field changes meaning; saved statuses of another format are ignored
 
 
 @dataclasses.dataclass(frozen=True)
@@ -15,6 +15,7 @@ class TickStatus:
     source: str
     exchange: str | None
     symbol: str
+    timeframe: str = "1m"
     newest_ts: int | None = None
     new_candles: int = 0
     forecast_origin_ts: int | None = None
@@ -29,7 +30,7 @@ class TickStatus:
 
     def summary(self) -> str:
         newest = pd.Timestamp(self.newest_ts, unit="ms", tz="UTC").strftime("%Y-%m-%d %H:%M UTC") if self.newest_ts else "none"
-        parts = [f"{self.source} {self.symbol}: newest candle {newest}, {self.new_candles} new"]
+        parts = [f"{self.source} {self.symbol} {self.timeframe}: newest candle {newest}, {self.new_candles} new"]
         if self.forecast_origin_ts:
             parts.append(f"forecast by {self.model_version}")
         parts += [text for text in (self.note, f"error: {self.error}" if self.error else None) if text]

@@ -1,5 +1,5 @@
-"""One tick of one market: fetch new closed candles -> store -> forecast from the newest window
--> store.
+"""One tick of one market (symbol and timeframe): fetch new closed candles -> store -> forecast
+from the newest window -> store.
 
 Ticks are deduplicated per market: at most one per refresh interval, never two at once, across
 threads (a lock per market) and processes sharing the SQLite file (a claim in the store); a
@@ -9,6 +9,7 @@ caller that finds a tick running, or one that ran recently, gets the saved statu
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import threading
 import time
@@ -17,28 +18,29 @@ from typing import Callable
 from chronoprice.market.candles import find_gaps
 from chronoprice.market.source import CandleSource, Market, SourceError, UnknownSymbol
 from chronoprice.market.timeframes import timeframe_ms
-from chronoprice.model.features import candle_rows
-from chronoprice.model.forecasters import LSTMForecaster
-from chronoprice.service.backfill import forecast_history, forecast_rows
+from chronoprice.model.features import HORIZON, WINDOW
+from chronoprice.model.forecasters import LSTMForecaster, NaiveBandForecaster
+from chronoprice.service.backfill import forecast_history
 from chronoprice.service.models import ModelSlot
 from chronoprice.service.scoring import adapted_quantiles
 from chronoprice.service.status import TickStatus, status_from_json, status_to_json
 from chronoprice.store.claims import claim_tick, read_tick_status, save_tick_status
 from chronoprice.store.sqlite import (
     ConnectionPerThread,
-    has_forecast,
     newest_candle_ts,
+    newest_forecast_origin_ts,
     read_candles,
     upsert_candles,
-    write_forecasts,
 )
 
 log = logging.getLogger(__name__)
 REPAIR_CANDLES = 60  # holes this recent are fetched again each tick; older ones stay recorded gaps
+CATCH_UP_ORIGINS = 1_440  # origins a tick forecasts after an outage; a day of 1m, a month of 30 min
 
 
 class Ticker:
-    """Runs ticks for any symbol against one source, one SQLite file and one (lazily loaded) model."""
+    """Runs ticks for any symbol and timeframe against one source, one SQLite file and one
+    (lazily loaded) model; `timeframe` is the one a call that names none gets."""
 
     def __init__(
         self,
@@ -53,18 +55,24 @@ class Ticker:
         self.source = source
         self.db = ConnectionPerThread(db_path)
         self._model = ModelSlot(load_forecaster)
-        self.timeframe, self._step_ms = timeframe, timeframe_ms(timeframe)
+        self.timeframe = timeframe
         self._refresh_ms = int(refresh_seconds * 1000)
         self._clock, self._progress = clock, progress
-        self._locks: dict[str, threading.Lock] = {}
+        self._locks: dict[tuple[str, str], threading.Lock] = {}
         self._locks_lock = threading.Lock()
 
-    def market(self, symbol: str, exchange: str | None = None) -> Market:
-        return Market(exchange or self.source.exchange, symbol, self.timeframe)
+    def market(self, symbol: str, exchange: str | None = None, timeframe: str | None = None) -> Market:
+        return Market(exchange or self.source.exchange, symbol, timeframe or self.timeframe)
 
-    def forecaster(self) -> LSTMForecaster | None:
-        """The model's forecaster, loaded on first use; None (see forecaster_error) if unavailable."""
-        return self._model.get()
+    def forecaster(self, timeframe: str | None = None) -> LSTMForecaster | NaiveBandForecaster | None:
+        """The forecaster of `timeframe`: the model, loaded on first use, on the timeframe it was
+        trained on (None, see forecaster_error, if it is unavailable); on any other, the last
+        close with a band, since the model has shown no skill there."""
+        timeframe = timeframe or self.timeframe
+        model = self._model.get()
+        if timeframe == self._model.timeframe:
+            return model
+        return self._naive_band(model.window if model else None, model.horizon if model else None)
 
     @property
     def forecaster_error(self) -> str | None:
@@ -77,83 +85,97 @@ class Ticker:
         except SourceError:
             return []
 
-    def _now_ms(self) -> int:
+    def now_ms(self) -> int:
         return int(self._clock() * 1000)
 
-    def _lock(self, symbol: str) -> threading.Lock:
+    @staticmethod
+    @functools.lru_cache(maxsize=4)
+    def _naive_band(window: int | None, horizon: int | None) -> NaiveBandForecaster:
+        return NaiveBandForecaster(horizon or HORIZON, window or WINDOW)
+
+    def _lock(self, symbol: str, timeframe: str) -> threading.Lock:
         with self._locks_lock:
-            return self._locks.setdefault(symbol, threading.Lock())
+            return self._locks.setdefault((symbol, timeframe), threading.Lock())
 
-    def _tick_key(self, symbol: str) -> str:
-        return f"{type(self.source).__name__}:{symbol}:{self.timeframe}"
+    def _tick_key(self, symbol: str, timeframe: str) -> str:
+        return f"{type(self.source).__name__}:{symbol}:{timeframe}"
 
-    def _stored_status(self, symbol: str) -> TickStatus:
-        saved = status_from_json(read_tick_status(self.db(), self._tick_key(symbol)))
-        return saved or TickStatus(self.source.label, None, symbol, note="first update in progress")
+    def stored_status(self, symbol: str, timeframe: str | None = None) -> TickStatus:
+        """The status the last tick of this market saved, from any process sharing the store."""
+        timeframe = timeframe or self.timeframe
+        saved = status_from_json(read_tick_status(self.db(), self._tick_key(symbol, timeframe)))
+        return saved or TickStatus(self.source.label, None, symbol, timeframe=timeframe, note="first update in progress")
 
-    def tick(self, symbol: str, force: bool = False) -> TickStatus:
-        """Run a tick for `symbol` unless one is running or ran within the refresh interval
-        (in any process sharing the database); otherwise return the stored status at once."""
-        lock = self._lock(symbol)
+    def tick(self, symbol: str, timeframe: str | None = None, force: bool = False, min_interval_ms: int | None = None) -> TickStatus:
+        """Run a tick for the market unless one is running or ran within the refresh interval
+        (or `min_interval_ms`) in any process sharing the database; otherwise return the stored
+        status at once."""
+        timeframe = timeframe or self.timeframe
+        lock = self._lock(symbol, timeframe)
         if not lock.acquire(blocking=False):
-            return self._stored_status(symbol)
+            return self.stored_status(symbol, timeframe)
         try:
-            key = self._tick_key(symbol)
-            if not claim_tick(self.db(), key, self._now_ms(), 0 if force else self._refresh_ms):
-                return self._stored_status(symbol)
-            status = self.run_tick(symbol, history_in_background=True)
+            key = self._tick_key(symbol, timeframe)
+            interval = 0 if force else self._refresh_ms if min_interval_ms is None else min_interval_ms
+            if not claim_tick(self.db(), key, self.now_ms(), interval):
+                return self.stored_status(symbol, timeframe)
+            status = self.run_tick(symbol, timeframe, history_in_background=True)
             save_tick_status(self.db(), key, status_to_json(status))
             return status
         finally:
             lock.release()
 
-    def backfill(self, symbol: str, hours: float) -> TickStatus:
+    def backfill(self, symbol: str, hours: float, timeframe: str | None = None) -> TickStatus:
         """Catch up (an empty store gets the source's cold-start history), then forecast from
         every origin of the last `hours` that has no forecast yet, so accuracy is scored at once."""
-        status = self.run_tick(symbol, history_in_background=False)
-        forecaster = self.forecaster()
+        timeframe = timeframe or self.timeframe
+        status = self.run_tick(symbol, timeframe, history_in_background=False)
+        forecaster = self.forecaster(timeframe)
         if status.newest_ts is not None and forecaster is not None:
-            market = self.market(symbol, status.exchange)
+            market = self.market(symbol, status.exchange, timeframe)
             written = forecast_history(self.db(), market, forecaster, status.newest_ts - int(hours * 3_600_000), self._progress)
             status = dataclasses.replace(status, note="; ".join(filter(None, [status.note, f"{written} historical forecasts written"])))
         return status
 
-    def _since_for(self, symbol: str, cold_starts: list) -> Callable[[str], int | None]:
+    def _since_for(self, symbol: str, timeframe: str, cold_starts: list) -> Callable[[str], int | None]:
         """Catch up from the newest stored candle, or from the first hole among the last
         REPAIR_CANDLES (an exchange may fill candles late); None (the source's cold-start
         history) if nothing is stored."""
 
+        step_ms = timeframe_ms(timeframe)
+
         def since(exchange: str) -> int | None:
-            market = self.market(symbol, exchange)
+            market = self.market(symbol, exchange, timeframe)
             newest = newest_candle_ts(self.db(), market)
             if newest is None:
                 cold_starts.append(exchange)
                 return None
-            recent = read_candles(self.db(), market, start=newest - REPAIR_CANDLES * self._step_ms)
-            gaps = find_gaps(recent["ts"].to_numpy(), self._step_ms)
+            recent = read_candles(self.db(), market, start=newest - REPAIR_CANDLES * step_ms)
+            gaps = find_gaps(recent["ts"].to_numpy(), step_ms)
             if not gaps.empty:
-                return int(gaps["after_ts"].iloc[0]) + self._step_ms
-            return newest + self._step_ms
+                return int(gaps["after_ts"].iloc[0]) + step_ms
+            return newest + step_ms
 
         return since
 
-    def run_tick(self, symbol: str, history_in_background: bool) -> TickStatus:
-        """One tick now, unclaimed: fetch, store, forecast the newest origin, and on a cold
+    def run_tick(self, symbol: str, timeframe: str, history_in_background: bool) -> TickStatus:
+        """One tick now, unclaimed: fetch, store, forecast every origin since the newest
+        forecast (one after a tick a candle ago, all of them after an outage), and on a cold
         start forecast the fetched history (in a background thread if asked)."""
         started = time.perf_counter()
         error = note = None
         exchange = self.source.exchange
         new, cold_starts = 0, []
         try:
-            fetched = self.source.fetch_closed(symbol, self._since_for(symbol, cold_starts))
+            fetched = self.source.fetch_closed(symbol, timeframe, self._since_for(symbol, timeframe, cold_starts))
             exchange, note = fetched.exchange, fetched.note
-            new = upsert_candles(self.db(), self.market(symbol, exchange), fetched.candles)
+            new = upsert_candles(self.db(), self.market(symbol, exchange, timeframe), fetched.candles)
         except UnknownSymbol as failure:
-            return TickStatus(self.source.label, exchange, symbol, error=str(failure), symbol_unknown=True,
-                              finished_at_ms=self._now_ms())
+            return TickStatus(self.source.label, exchange, symbol, timeframe=timeframe, error=str(failure),
+                              symbol_unknown=True, finished_at_ms=self.now_ms())
         except SourceError as failure:
             error = str(failure)
-        market = self.market(symbol, exchange)
+        market = self.market(symbol, exchange, timeframe)
         if error:
             log.warning("fetch failed: %s", error, extra=market.key())
         fetched_at = time.perf_counter()
@@ -162,7 +184,7 @@ class Ticker:
             error = "; ".join(filter(None, [error, forecast_note]))
         if new and exchange in cold_starts:
             log.info("cold start: stored %d candles", new, extra=market.key())
-            if history_in_background and self.forecaster() is not None:
+            if history_in_background and self.forecaster(timeframe) is not None:
                 oldest = int(fetched.candles["ts"].iloc[0])
                 threading.Thread(target=self._forecast_history_in_background, args=(market, oldest), daemon=True,
                                  name="chronoprice-history").start()
@@ -171,6 +193,7 @@ class Ticker:
             source=self.source.label,
             exchange=exchange,
             symbol=symbol,
+            timeframe=timeframe,
             newest_ts=newest_candle_ts(self.db(), market),
             new_candles=new,
             forecast_origin_ts=origin,
@@ -180,24 +203,28 @@ class Ticker:
             fetch_ms=(fetched_at - started) * 1000,
             forecast_ms=(finished - fetched_at) * 1000,
             total_ms=(finished - started) * 1000,
-            finished_at_ms=self._now_ms(),
+            finished_at_ms=self.now_ms(),
         )
 
     def _forecast_history_in_background(self, market: Market, start_ts: int) -> None:
-        forecast_history(self.db(), market, self.forecaster(), start_ts, self._progress)
+        forecast_history(self.db(), market, self.forecaster(market.timeframe), start_ts, self._progress)
 
     def _forecast_newest(self, market: Market) -> tuple[int | None, str | None, str | None]:
-        """Forecast from the newest stored window unless already done; (origin, version, problem)."""
-        forecaster = self.forecaster()
+        """Forecast from every origin since this forecaster's newest (at most CATCH_UP_ORIGINS
+        back), batched, so an outage leaves no origin unforecast; (newest origin, version, problem)."""
+        forecaster = self.forecaster(market.timeframe)
         if forecaster is None:
             return None, None, f"model unavailable: {self.forecaster_error}"
+        step_ms = timeframe_ms(market.timeframe)
         window = read_candles(self.db(), market, limit=forecaster.window)
         if len(window) < forecaster.window:
             return None, forecaster.version, f"waiting for {forecaster.window} candles to forecast (have {len(window)})"
-        if not find_gaps(window["ts"].to_numpy(), self._step_ms).empty:
-            return None, forecaster.version, "gap in the last candles: no forecast until it fills"
         origin = int(window["ts"].iloc[-1])
-        if not has_forecast(self.db(), market, origin, forecaster.version):
-            forecast = forecaster.forecast(candle_rows(window)[None], adapted_quantiles(self.db(), market, forecaster))
-            write_forecasts(self.db(), market, forecast_rows([origin], self._step_ms, forecast), forecaster.version)
+        previous = newest_forecast_origin_ts(self.db(), market, forecaster.version)
+        start = origin if previous is None else max(previous + step_ms, origin - CATCH_UP_ORIGINS * step_ms)
+        if start <= origin:
+            forecast_history(self.db(), market, forecaster, start, progress=False,
+                             quantiles=adapted_quantiles(self.db(), market, forecaster))
+        if not find_gaps(window["ts"].to_numpy(), step_ms).empty:
+            return None, forecaster.version, "gap in the last candles: no forecast until it fills"
         return origin, forecaster.version, None

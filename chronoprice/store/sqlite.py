@@ -50,9 +50,15 @@ def _create_tick_claims(db: sqlite_utils.Database) -> None:
     db["ticks"].create({"key": str, "claimed_ms": int, "status": str}, pk="key", if_not_exists=True)
 
 
+def _create_watchlist_and_leases(db: sqlite_utils.Database) -> None:
+    db["watchlist"].create({"symbol": str, "timeframe": str, "added_ms": int}, pk=["symbol", "timeframe"], if_not_exists=True)
+    db["meta"].create({"key": str, "value": str}, pk="key", if_not_exists=True)
+    db["leases"].create({"name": str, "owner": str, "expires_ms": int}, pk="name", if_not_exists=True)
+
+
 # Each migration brings a file from version N to N + 1; an old file runs the ones it lacks.
 # Migrations are idempotent, because processes opening a new file at once may both run them.
-MIGRATIONS = [_create_tables, _create_tick_claims]
+MIGRATIONS = [_create_tables, _create_tick_claims, _create_watchlist_and_leases]
 
 
 def migrate(db: sqlite_utils.Database) -> None:
@@ -147,6 +153,14 @@ def write_forecasts(db: sqlite_utils.Database, market: Market, rows: pd.DataFram
     with db.conn:
         # Every column is written, so replacing a row is upserting it, in one statement instead of two.
         db["forecasts"].insert_all(records, pk=FORECAST_KEY, replace=True)
+
+
+def newest_forecast_origin_ts(db: sqlite_utils.Database, market: Market, model_version: str | None = None) -> int | None:
+    """The newest origin with a forecast of `market` (by `model_version` if given)."""
+    where, params = _market_where(market)
+    if model_version is not None:
+        where, params = where + " and model_version = ?", params + [model_version]
+    return db.execute(f"select max(origin_ts) from forecasts where {where}", params).fetchone()[0]
 
 
 def has_forecast(db: sqlite_utils.Database, market: Market, origin_ts: int, model_version: str) -> bool:

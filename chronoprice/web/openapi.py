@@ -1,6 +1,7 @@
 """The OpenAPI 3 description of the JSON API, served at /api/openapi.json and fuzzed by the tests."""
 
 from chronoprice.evaluation.metrics import ERROR_WINDOW_HOURS
+from chronoprice.market.timeframes import TIMEFRAME_MS
 
 _NUMBER = {"type": "number", "nullable": True}
 _ERROR = {
@@ -13,6 +14,11 @@ _SYMBOL = {
     "name": "symbol", "in": "query", "required": False,
     "description": "market as BASE/QUOTE; default: the server's --symbol",
     "schema": {"type": "string", "pattern": "^[A-Za-z0-9]+/[A-Za-z0-9]+$", "example": "BTC/USDT"},
+}
+
+_TIMEFRAME = {
+    "name": "timeframe", "in": "query", "required": False, "description": "candle timeframe; default: the server's --timeframe",
+    "schema": {"type": "string", "enum": list(TIMEFRAME_MS), "default": "1m"},
 }
 
 
@@ -33,7 +39,7 @@ def _get(summary: str, parameters: list, responses: dict) -> dict:
 _LIMIT = {"name": "limit", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}}
 _HISTORY_LIMIT = {"name": "limit", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1, "maximum": 5000, "default": 500}}
 _WINDOW = {"name": "window", "in": "query", "required": False, "description": "minutes of matured forecasts to score",
-           "schema": {"type": "integer", "minimum": 10, "maximum": 10080, "default": ERROR_WINDOW_HOURS * 60}}
+           "schema": {"type": "integer", "minimum": 10, "maximum": 43200, "default": ERROR_WINDOW_HOURS * 60}}
 _TIME = {"type": "integer", "minimum": 0, "maximum": 100_000_000_000_000,
          "description": "candle open time in epoch milliseconds (an ISO 8601 time is accepted too)"}
 
@@ -42,18 +48,18 @@ OPENAPI = {
     "info": {"title": "ChronoPrice API", "version": "1"},
     "paths": {
         "/api/health": _get("liveness and runtime facts (never runs a tick)", [], _ok("Health", "the service is up")),
-        "/api/v1/candles": _get("the newest closed candles", [_SYMBOL, _LIMIT], {**_ok("Candles", "candles, oldest first"), **_errors(400, 404)}),
-        "/api/v1/forecast": _get("the newest forecast, one step per candle of the model's horizon", [_SYMBOL], {**_ok("Forecast", "the forecast"), **_errors(400, 404, 503)}),
-        "/api/v1/metrics": _get("live accuracy against the naive baseline", [_SYMBOL, _WINDOW], {**_ok("Metrics", "scores"), **_errors(400, 404)}),
+        "/api/v1/candles": _get("the newest closed candles", [_SYMBOL, _TIMEFRAME, _LIMIT], {**_ok("Candles", "candles, oldest first"), **_errors(400, 404)}),
+        "/api/v1/forecast": _get("the newest forecast, one step per candle of the model's horizon", [_SYMBOL, _TIMEFRAME], {**_ok("Forecast", "the forecast"), **_errors(400, 404, 503)}),
+        "/api/v1/metrics": _get("live accuracy against the naive baseline", [_SYMBOL, _TIMEFRAME, _WINDOW], {**_ok("Metrics", "scores"), **_errors(400, 404)}),
         "/api/v1/history": _get(
             "matured forecasts with their actual closes",
-            [_SYMBOL, {"name": "start", "in": "query", "required": False, "schema": _TIME},
+            [_SYMBOL, _TIMEFRAME, {"name": "start", "in": "query", "required": False, "schema": _TIME},
              {"name": "end", "in": "query", "required": False, "schema": _TIME}, _HISTORY_LIMIT],
             {**_ok("History", "forecast steps, oldest target first"), **_errors(400, 404)},
         ),
-        "/price/latest": _get("the newest close (seed-compatible)", [_SYMBOL], {**_ok("LatestPrice", "the newest close"), **_errors(400, 404, 503)}),
-        "/price/prediction": _get("alias of /api/v1/forecast", [_SYMBOL], {**_ok("Forecast", "the forecast"), **_errors(400, 404, 503)}),
-        "/metrics/model": _get("alias of /api/v1/metrics", [_SYMBOL, _WINDOW], {**_ok("Metrics", "scores"), **_errors(400, 404)}),
+        "/price/latest": _get("the newest close (seed-compatible)", [_SYMBOL, _TIMEFRAME], {**_ok("LatestPrice", "the newest close"), **_errors(400, 404, 503)}),
+        "/price/prediction": _get("alias of /api/v1/forecast", [_SYMBOL, _TIMEFRAME], {**_ok("Forecast", "the forecast"), **_errors(400, 404, 503)}),
+        "/metrics/model": _get("alias of /api/v1/metrics", [_SYMBOL, _TIMEFRAME, _WINDOW], {**_ok("Metrics", "scores"), **_errors(400, 404)}),
     },
     "components": {
         "schemas": {

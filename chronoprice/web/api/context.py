@@ -14,7 +14,7 @@ from chronoprice.market.source import Market
 from chronoprice.service.status import TickStatus
 from chronoprice.service.tick import Ticker
 from chronoprice.web.api.errors import ApiError
-from chronoprice.web.api.params import parse_symbol
+from chronoprice.web.api.params import parse_symbol, parse_timeframe
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,6 +23,8 @@ class ApiContext:
     default_symbol: str
     cache: Cache
     refresh_seconds: float
+    watch_limit: int = 50
+    admin_token: str | None = dataclasses.field(default=None, repr=False)
 
     @property
     def retry_after_seconds(self) -> int:
@@ -38,14 +40,15 @@ def api_context() -> ApiContext:
 
 
 def ticked_market(args) -> tuple[Market, TickStatus]:
-    """The market the request names (or the default), after its deduplicated tick; 404 if the
-    source does not list it."""
+    """The market the request names (symbol and timeframe, or the defaults), after its
+    deduplicated tick; 404 if the source does not list it."""
     context = api_context()
     symbol = parse_symbol(args, context.default_symbol)
-    status = context.ticker.tick(symbol)
+    timeframe = parse_timeframe(args, context.ticker.timeframe)
+    status = context.ticker.tick(symbol, timeframe)
     if status.symbol_unknown:
         raise ApiError(404, status.error, "symbol")
-    return context.ticker.market(symbol, status.exchange), status
+    return context.ticker.market(symbol, status.exchange, timeframe), status
 
 
 def cached_json(name: str, market: Market, status: TickStatus, parameters: tuple, build):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from chronoprice.config import SettingsError, settings_from
+from chronoprice.market.timeframes import TIMEFRAME_MS
 from chronoprice.web.api.errors import ApiError
 
 
@@ -16,6 +17,15 @@ def parse_symbol(args, default: str) -> str:
         return settings_from({"symbol": raw}, {}).symbol
     except SettingsError:
         raise ApiError(400, f"symbol {raw[:40]!r} must look like BASE/QUOTE, for example BTC/USDT", "symbol") from None
+
+
+def parse_timeframe(args, default: str) -> str:
+    raw = args.get("timeframe")
+    if raw is None:
+        return default
+    if raw not in TIMEFRAME_MS:
+        raise ApiError(400, f"timeframe {raw[:20]!r} is not supported; use one of {', '.join(TIMEFRAME_MS)}", "timeframe")
+    return raw
 
 
 def parse_int(args, name: str, default: int | None, low: int, high: int) -> int | None:

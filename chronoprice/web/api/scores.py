@@ -24,7 +24,7 @@ from chronoprice.web.api.errors import api_blueprint
 from chronoprice.web.api.params import parse_int, parse_time_ms
 
 MAX_HISTORY = 5000
-WINDOW_MINUTES = (10, 7 * 24 * 60)
+WINDOW_MINUTES = (10, 30 * 24 * 60)  # up to a month: 720 candles of 1h
 blueprint = api_blueprint("scores")
 
 
