@@ -129,7 +129,7 @@ def demo_ticker(tmp_path, tiny_model):
 
 
 def test_render_view_fills_every_output_from_a_real_tick(demo_ticker):
-    outputs = render_view(load_view(demo_ticker, "BTC/USDT"), "dark", [])
+    outputs = render_view(load_view(demo_ticker, "BTC/USDT", "1m"), "dark", [])
     assert outputs["source-badge"] == "offline demo"
     assert outputs["banner-hidden"] is False and outputs["banner"].startswith("Offline demo")
     assert outputs["model-badge"].startswith("model lstm-")
@@ -141,8 +141,19 @@ def test_render_view_fills_every_output_from_a_real_tick(demo_ticker):
     assert outputs["newest-candle"].startswith("newest candle ") and outputs["updated-at"] > 0
 
 
+def test_a_timeframe_without_a_skilled_model_shows_the_last_close_and_says_so(demo_ticker):
+    outputs = render_view(load_view(demo_ticker, "BTC/USDT", "15m"), "dark", [])
+    assert outputs["model-badge"] == "last close: no model has shown skill on 15m candles"
+    assert outputs["kpi-forecast-title"] == "Forecast in 150 minutes"
+    assert outputs["price-title"].startswith("BTC/USDT 15m: last 60 candles")
+    forecast = traces(outputs["price-chart"], "forecast")[0]
+    assert len(set(forecast.close)) == 1, "every step is the last close"
+    candles = traces(outputs["price-chart"], "candles")[0]
+    assert all(pd.Timestamp(x).minute % 15 == 0 for x in candles.x)
+
+
 def test_render_view_shows_a_failing_source_as_a_status_message(demo_ticker):
-    view = load_view(demo_ticker, "BTC/USDT")
+    view = load_view(demo_ticker, "BTC/USDT", "1m")
     failing = dataclasses.replace(view, status=dataclasses.replace(view.status, error="binance unreachable after 3 attempts"))
     outputs = render_view(failing, "dark", [])
     assert outputs["status-message"] == "⚠ binance unreachable after 3 attempts. Showing the last good data."
@@ -167,7 +178,7 @@ def test_chart_cache_is_keyed_by_the_newest_candle(demo_ticker):
         return list(figures["price-chart"]["data"][0]["x"])[-1]
 
     cache = Cache(Flask(__name__), config={"CACHE_TYPE": "SimpleCache"})
-    view = load_view(demo_ticker, "BTC/USDT")
+    view = load_view(demo_ticker, "BTC/USDT", "1m")
     first = cached_figures(cache, view, "dark", [])
     assert set(first) == {"price-chart", "error-chart", "step-chart"}
     shorter = dataclasses.replace(view, candles=view.candles.iloc[:-1])

@@ -34,7 +34,7 @@ def dashboard_refresh(client) -> dict:
     """POST the dashboard's refresh callback as the browser does; returns its outputs by id."""
     dependency = next(item for item in client.get("/_dash-dependencies").get_json() if "price-chart.figure" in item["output"])
     outputs = [dict(zip(("id", "property"), part.rsplit(".", 1))) for part in dependency["output"].strip(".").split("...")]
-    values = {"refresh.n_intervals": 1, "active-symbol.data": SYMBOL, "theme.data": "dark", "overlays.value": []}
+    values = {"refresh.n_intervals": 1, "active-symbol.data": SYMBOL, "timeframe.value": "1m", "theme.data": "dark", "overlays.value": []}
     inputs = [{**item, "value": values[f"{item['id']}.{item['property']}"]} for item in dependency["inputs"]]
     response = client.post("/_dash-update-component", json={"output": dependency["output"], "outputs": outputs, "inputs": inputs,
                                                              "changedPropIds": ["refresh.n_intervals"], "state": []})

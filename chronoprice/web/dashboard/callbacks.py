@@ -13,7 +13,9 @@ from dash.exceptions import PreventUpdate
 
 from chronoprice.config import SettingsError, settings_from
 from chronoprice.evaluation.metrics import ERROR_WINDOW_HOURS, matured_metrics
+from chronoprice.market.timeframes import TIMEFRAME_MS
 from chronoprice.model.features import HORIZON
+from chronoprice.model.forecasters import NaiveBandForecaster
 from chronoprice.service.scoring import read_scored
 from chronoprice.service.status import TickStatus
 from chronoprice.service.tick import Ticker
@@ -40,17 +42,17 @@ class ViewData:
     horizon: Horizon
 
 
-def served_horizon(ticker: Ticker) -> Horizon:
-    """The loaded model's horizon on the ticker's timeframe (the training default if no model
-    could be loaded, so the page can still say what it waits for)."""
-    forecaster = ticker.forecaster()
-    return Horizon(forecaster.horizon if forecaster else HORIZON, ticker.timeframe)
+def served_horizon(ticker: Ticker, timeframe: str) -> Horizon:
+    """The forecaster's horizon on `timeframe` (the training default if no model could be
+    loaded, so the page can still say what it waits for)."""
+    forecaster = ticker.forecaster(timeframe)
+    return Horizon(forecaster.horizon if forecaster else HORIZON, timeframe)
 
 
-def load_view(ticker: Ticker, symbol: str) -> ViewData:
+def load_view(ticker: Ticker, symbol: str, timeframe: str) -> ViewData:
     """Run the market's tick (or take its fresh state) and read what the page shows."""
-    status = ticker.tick(symbol)
-    market = ticker.market(symbol, status.exchange)
+    status = ticker.tick(symbol, timeframe)
+    market = ticker.market(symbol, status.exchange, timeframe)
     db = ticker.db()
     candles = read_candles(db, market, limit=SHOWN_CANDLES + INDICATOR_WARM_UP)
     forecast = read_latest_forecast(db, market)
@@ -58,7 +60,7 @@ def load_view(ticker: Ticker, symbol: str) -> ViewData:
         forecast = forecast.iloc[:0]  # a forecast from an older candle would overlap real ones
     newest = int(candles["ts"].iloc[-1]) if not candles.empty else 0
     matured = read_scored(db, market, since_target_ts=newest - ERROR_WINDOW_HOURS * 3_600_000)
-    return ViewData(status, candles, forecast, matured, served_horizon(ticker))
+    return ViewData(status, candles, forecast, matured, served_horizon(ticker, timeframe))
 
 
 def _utc(ts: int | None) -> str:
@@ -93,7 +95,7 @@ def verdict(matured: pd.DataFrame, horizon: Horizon) -> str:
 
 def render_figures(view: ViewData, theme: str, overlays) -> dict:
     """The three charts, keyed by component id; they change only with a new candle."""
-    symbol, horizon = view.status.symbol, view.horizon
+    symbol, horizon = f"{view.status.symbol}@{view.status.timeframe}", view.horizon
     return {
         "price-chart": price_figure(view.candles, view.forecast, theme, overlays, uirevision=symbol, level=horizon.level),
         "error-chart": error_figure(view.matured, theme, horizon, uirevision=symbol),
@@ -112,20 +114,23 @@ def render_text(view: ViewData) -> dict:
     offline = status.source == "offline demo"
     change = "" if numbers["change_pct"] is None else f"{numbers['change_pct']:+.3f} % vs last price"
     problems = "; ".join(filter(None, [status.error, status.note if not offline else None]))
+    naive = status.model_version == NaiveBandForecaster.version
     return {
-        "price-title": f"{status.symbol}: last {SHOWN_CANDLES} candles and the next {horizon.steps} forecast",
+        "price-title": f"{status.symbol} {status.timeframe}: last {SHOWN_CANDLES} candles and the next {horizon.steps} forecast",
         "kpi-last-price": _price(numbers["last_price"]),
         "kpi-last-price-detail": f"close of the {_utc(status.newest_ts)} candle",
         "kpi-forecast-title": f"Forecast in {horizon.ahead()}",
         "kpi-forecast": _price(numbers["forecast"]),
         "kpi-forecast-detail": change,
         "kpi-mae-ratio": "–" if numbers["mae_ratio"] is None else f"{numbers['mae_ratio']:.3f}",
-        "kpi-mae-ratio-detail": "LSTM error ÷ naive error (below 1 beats it)",
+        "kpi-mae-ratio-detail": ("no model here: the forecast is the last close" if naive
+                                 else "LSTM error ÷ naive error (below 1 beats it)"),
         "kpi-coverage": "–" if numbers["coverage"] is None else f"{100 * numbers['coverage']:.0f} %",
         "kpi-coverage-detail": f"of closes inside the {horizon.band} band",
         "verdict": verdict(view.matured, horizon),
         "source-badge": status.source,
-        "model-badge": f"model {status.model_version}" if status.model_version else "model unavailable",
+        "model-badge": (f"last close: no model has shown skill on {status.timeframe} candles" if naive
+                        else f"model {status.model_version}" if status.model_version else "model unavailable"),
         "newest-candle": f"newest candle {_utc(status.newest_ts)}",
         "banner": (f"Offline demo: synthetic prices, not a real market. {status.note or ''}" if offline else ""),
         "banner-hidden": not offline,
@@ -137,7 +142,7 @@ def render_text(view: ViewData) -> dict:
 def cached_figures(cache, view: ViewData, theme: str, overlays) -> dict:
     """The charts from the cache, keyed by the newest candle and forecast, or built and cached."""
     status = view.status
-    key = f"figures:{status.exchange}:{status.symbol}:{status.newest_ts}:{status.forecast_origin_ts}:{theme}:{sorted(overlays)}"
+    key = f"figures:{status.exchange}:{status.symbol}:{status.timeframe}:{status.newest_ts}:{status.forecast_origin_ts}:{theme}:{sorted(overlays)}"
     figures = cache.get(key)
     if figures is None:
         figures = {name: figure.to_dict() for name, figure in render_figures(view, theme, overlays).items()}
@@ -169,10 +174,11 @@ def check_symbol(ticker: Ticker, text: str | None, current: str) -> tuple[str, s
 
 def attach_callbacks(app: dash.Dash, ticker: Ticker, cache) -> None:
     @app.callback([Output(component, prop) for component, prop in REFRESH_OUTPUTS],
-                  Input("refresh", "n_intervals"), Input("active-symbol", "data"), Input("theme", "data"), Input("overlays", "value"))
-    def refresh(_, symbol, theme, overlays):
+                  Input("refresh", "n_intervals"), Input("active-symbol", "data"), Input("timeframe", "value"),
+                  Input("theme", "data"), Input("overlays", "value"))
+    def refresh(_, symbol, timeframe, theme, overlays):
         try:
-            view = load_view(ticker, symbol)
+            view = load_view(ticker, symbol, timeframe if timeframe in TIMEFRAME_MS else ticker.timeframe)
         except (StoreError, sqlite3.OperationalError):
             raise PreventUpdate from None  # a lock past the busy timeout: keep the last good page
         outputs = {**cached_figures(cache, view, theme or "dark", overlays or []), **render_text(view)}

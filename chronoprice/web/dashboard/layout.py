@@ -6,6 +6,7 @@ from dash import dcc, html
 
 from chronoprice.config import Settings
 from chronoprice.evaluation.metrics import ERROR_WINDOW_HOURS
+from chronoprice.market.timeframes import TIMEFRAME_MS
 from chronoprice.web.dashboard.figures import OVERLAYS
 
 DEFAULT_SYMBOLS = ("BTC/USDT", "ETH/USDT")
@@ -52,6 +53,8 @@ def build_layout(settings: Settings) -> html.Div:
                             html.Div(id="symbol-message", className="inline-message", role="alert"),
                         ],
                     ),
+                    dcc.RadioItems(id="timeframe", options=list(TIMEFRAME_MS), value=settings.timeframe, inline=True,
+                                   className="timeframes"),
                     html.Div(className="meta", children=[
                         html.Span(id="newest-candle"), html.Span(id="updated-ago"), html.Span(id="model-badge", className="badge badge-model"),
                     ]),
