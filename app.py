@@ -6,6 +6,7 @@ import sys
 
 from chronoprice.config import add_settings_arguments, settings_from, settings_from_args
 from chronoprice.logs import configure_logging
+from chronoprice.service.build import build_ticker, start_scheduler
 from chronoprice.web.server import create_app, serve
 
 
@@ -25,8 +26,15 @@ def main(argv=None) -> int:
 if __name__ == "__main__":
     sys.exit(main())
 else:
-    # Under gunicorn, settings come from the environment only; building the app does no I/O.
+    # Under gunicorn, settings come from the environment only; importing does no I/O. Each
+    # worker starts its scheduler from gunicorn.conf.py once it has booted; the store's lease
+    # lets one of them tick the watchlist, and another takes over if it dies.
     settings = settings_from({}, os.environ)
     configure_logging(settings.log_format)
-    app = create_app(settings)
+    ticker = build_ticker(settings)
+    app = create_app(settings, ticker)
     server = app.server
+
+    def start_worker_scheduler() -> None:
+        if settings.scheduler:
+            start_scheduler(settings, ticker)

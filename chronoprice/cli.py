@@ -1,4 +1,4 @@
-"""`python -m chronoprice serve|train|compare|evaluate|bench|backfill`."""
+"""`python -m chronoprice serve|worker|train|compare|evaluate|export|bench|backfill`."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -31,7 +32,8 @@ from chronoprice.market.files import read_candle_csv
 from chronoprice.model.artifact import artifact_at
 from chronoprice.model.features import candle_rows, parse_feature
 from chronoprice.model.forecasters import load_forecaster
-from chronoprice.service.build import build_ticker
+from chronoprice.service.build import build_scheduler, build_ticker
+from chronoprice.store.sqlite import open_store
 from chronoprice.web.server import serve
 
 log = logging.getLogger(__name__)
@@ -62,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="serve the dashboard (same as python app.py)")
     add_settings_arguments(serve)
+    worker = commands.add_parser("worker", help="tick the watchlist on every candle close, with no web server")
+    add_settings_arguments(worker)
 
     train = commands.add_parser("train", help="train the LSTM on a candle CSV and write the model artifact")
     train.add_argument("--csv", type=Path, required=True, help="1-minute candle CSV (Binance Data Vision or headed OHLCV)")
@@ -237,6 +241,18 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_worker(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args, os.environ)
+    open_store(settings.db).close()
+    scheduler = build_scheduler(settings, build_ticker(settings))
+    signal.signal(signal.SIGTERM, lambda *_: scheduler.request_stop())
+    try:
+        scheduler.run_forever()
+    except KeyboardInterrupt:
+        scheduler.stop()
+    return 0
+
+
 def run_bench(args: argparse.Namespace) -> int:
     report = run_benchmark(args.model, repeats=args.repeats, ticks=args.ticks, deploy_ticks=args.deploy_ticks,
                            batch_origins=args.batch_origins)
@@ -251,4 +267,4 @@ def run_backfill(args: argparse.Namespace) -> int:
     return 0 if status.error is None else 1
 
 
-COMMANDS = {"serve": run_serve, "train": run_train, "compare": run_compare, "evaluate": run_evaluate, "export": run_export, "bench": run_bench, "backfill": run_backfill}
+COMMANDS = {"serve": run_serve, "worker": run_worker, "train": run_train, "compare": run_compare, "evaluate": run_evaluate, "export": run_export, "bench": run_bench, "backfill": run_backfill}

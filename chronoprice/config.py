@@ -42,6 +42,10 @@ class Settings:
     port: int = 8050
     debug: bool = False
     log_format: str = "text"
+    watch: str | None = None  # None: the store's watchlist (the default one on a new store)
+    watch_limit: int = 50
+    scheduler: bool = True
+    admin_token: str | None = dataclasses.field(default=None, repr=False)
 
 
 def _choice(allowed: tuple[str, ...]) -> Callable[[str], str]:
@@ -65,6 +69,20 @@ def _port(text: str) -> int:
     value = int(text)
     if not 1 <= value <= 65535:
         raise ValueError("must be a whole number from 1 to 65535")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError("must be a whole number of at least 1")
+    return value
+
+
+def _token(text: str) -> str:
+    value = text.strip()
+    if len(value) < 16:
+        raise ValueError("must be at least 16 characters (a long random string)")
     return value
 
 
@@ -116,6 +134,7 @@ class _Option:
     name: str
     parse: Callable[[str], object]
     help: str
+    secret: bool = False  # its value never appears in a message
 
 
 _OPTIONS = (
@@ -135,6 +154,11 @@ _OPTIONS = (
     _Option("port", _port, "port to listen on (default 8050, or $PORT)"),
     _Option("debug", _boolean, "Dash debug mode (default off)"),
     _Option("log_format", _choice(LOG_FORMATS), "log lines as text (default) or json, one object a line"),
+    _Option("watch", str.strip, "markets ticked on every candle close, comma-separated SYMBOL[@TIMEFRAME] "
+            "(default on a new store: BTC/USDT@1m,ETH/USDT@1m,BTC/USDT@15m,BTC/USDT@1h; when given, it replaces the stored watchlist)"),
+    _Option("watch_limit", _positive_int, "most markets the watchlist holds (default 50)"),
+    _Option("scheduler", _boolean, "tick the watchlist in this process (default on; one process per store does it)"),
+    _Option("admin_token", _token, "token that allows watchlist writes from anywhere (Authorization: Bearer TOKEN); unset: writes only from loopback", secret=True),
 )
 
 
@@ -165,7 +189,8 @@ def settings_from(flags: Mapping[str, str | None], env: Mapping[str, str]) -> Se
         try:
             values[option.name] = option.parse(raw)
         except ValueError as error:
-            raise SettingsError(f"{origin}={raw!r}: {error}") from None
+            shown = "(hidden)" if option.secret else repr(raw)
+            raise SettingsError(f"{origin}={shown}: {error}") from None
     if "host" not in values and env.get("PORT"):
         values["host"] = "0.0.0.0"
     if "source" not in values and "replay" in values:

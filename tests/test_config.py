@@ -48,7 +48,9 @@ def test_settings_replay_path_implies_replay_source():
         ({"symbol": "BTCUSDT"}, {}, "must look like BASE/QUOTE"),
         ({"debug": "maybe"}, {}, "--debug='maybe'"),
         ({"exchange_url": "ftp://x"}, {}, "must start with http://"),
-        ({"timeframe": "5m"}, {}, "--timeframe='5m': must be one of 1m"),
+        ({"timeframe": "2m"}, {}, "--timeframe='2m': must be one of 1m, 5m, 15m, 1h"),
+        ({"watch_limit": "0"}, {}, "--watch-limit='0': must be a whole number of at least 1"),
+        ({}, {"CHRONOPRICE_ADMIN_TOKEN": "short-secret"}, "CHRONOPRICE_ADMIN_TOKEN=(hidden): must be at least 16"),
         ({"source": "replay"}, {}, "--source replay needs --replay PATH"),
     ],
 )
@@ -56,3 +58,11 @@ def test_settings_reject_bad_values_naming_the_setting(flags, env, named):
     with pytest.raises(SettingsError) as error:
         settings_from(flags, env)
     assert named in str(error.value)
+
+
+def test_the_admin_token_never_appears_in_messages_or_the_settings_repr():
+    with pytest.raises(SettingsError) as error:
+        settings_from({}, {"CHRONOPRICE_ADMIN_TOKEN": "short-secret"})
+    assert "short-secret" not in str(error.value)
+    settings = settings_from({"admin_token": "a-long-enough-secret-token"}, {})
+    assert settings.admin_token == "a-long-enough-secret-token" and "a-long-enough-secret-token" not in repr(settings)

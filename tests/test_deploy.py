@@ -9,8 +9,10 @@ import yaml
 
 from chronoprice.bench import run_deploy_benchmark
 from chronoprice.market.simulator import BinanceSimulator
+from chronoprice.market.source import Market
+from chronoprice.store.sqlite import newest_candle_ts, newest_forecast_origin_ts, open_store
 from chronoprice.testing import get_json, gunicorn_service, local_exchange_env
-from tests.conftest import MINUTE_MS, SERIES_START_MS
+from tests.conftest import MINUTE_MS, SERIES_START_MS, wait_until
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -30,7 +32,8 @@ def test_render_yaml_is_one_free_gunicorn_service_on_onnx():
 def test_two_workers_and_twenty_clients_cause_one_exchange_fetch_per_interval(series, tmp_path):
     now = SERIES_START_MS + 3000 * MINUTE_MS + 20_000
     with BinanceSimulator(series, now_ms=now) as exchange:
-        env = local_exchange_env(exchange.url, tmp_path / "shared.db", 3, workers=2)
+        # The scheduler is off: this is about reads of markets nobody watches.
+        env = local_exchange_env(exchange.url, tmp_path / "shared.db", 3, workers=2, CHRONOPRICE_SCHEDULER="false")
         with gunicorn_service(env, workers=2, threads=8) as (base, _, _first_200, _log):
             status, body = get_json(base + "/api/v1/candles?limit=3")
             assert status == 200, body
@@ -45,6 +48,26 @@ def test_two_workers_and_twenty_clients_cause_one_exchange_fetch_per_interval(se
                 assert exchange.requests["/api/v3/klines"] - fetches == 1
                 newest = exchange.closed_candles("BTC/USDT")["ts"].iloc[-1]
                 assert get_json(base + "/price/latest")[1]["ts"] == newest
+
+
+def test_of_two_gunicorn_workers_exactly_one_ticks_the_watchlist_with_nobody_reading(series, tmp_path):
+    now = SERIES_START_MS + 3000 * MINUTE_MS + 20_000
+    db_path = tmp_path / "watched.db"
+    with BinanceSimulator(series, now_ms=now) as exchange:
+        env = local_exchange_env(exchange.url, db_path, 3, workers=2, CHRONOPRICE_WATCH="ETH/USDT@1m,BTC/USDT@15m")
+        with gunicorn_service(env, workers=2, threads=8) as (base, process, _first_200, log_path):
+            db = open_store(db_path)
+            for symbol, timeframe in (("ETH/USDT", "1m"), ("BTC/USDT", "15m")):
+                market = Market("binance", symbol, timeframe)
+                closed = exchange.closed_candles(symbol, timeframe)["ts"].iloc[-1]
+                assert wait_until(lambda: newest_candle_ts(db, market) == closed), f"{symbol} {timeframe} ticked unread"
+                assert wait_until(lambda: newest_forecast_origin_ts(db, market) == closed)
+            owners = {row[0] for row in db.execute("select owner from leases where name = 'scheduler'")}
+            assert len(owners) == 1
+            workers = {int(pid) for pid in Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()}
+            assert int(owners.pop().split(":")[1]) in workers
+            assert "holds the lease" in log_path.read_text()
+            assert log_path.read_text().count("holds the lease") == 1, "one worker schedules, the other stands by"
 
 
 def test_render_configuration_never_imports_tensorflow(shipped_model):

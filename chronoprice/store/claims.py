@@ -1,6 +1,7 @@
-"""Who ticks which market: a row per tick key in the store, claimed in one statement so that
-processes sharing the SQLite file (gunicorn workers) never both win, with the last tick's
-status beside it for everyone who did not run it."""
+"""Who ticks which market, and who schedules: a row per tick key in the store, claimed in one
+statement so that processes sharing the SQLite file (gunicorn workers) never both win, with the
+last tick's status beside it for everyone who did not run it; and leases, held by one owner
+until they expire unless renewed."""
 
 from __future__ import annotations
 
@@ -29,3 +30,21 @@ def save_tick_status(db: sqlite_utils.Database, key: str, status_json: str) -> N
 def read_tick_status(db: sqlite_utils.Database, key: str) -> str | None:
     row = db.execute("select status from ticks where key = ?", [key]).fetchone()
     return row[0] if row else None
+
+
+def hold_lease(db: sqlite_utils.Database, name: str, owner: str, now_ms: int, ttl_ms: int) -> bool:
+    """Take or renew the lease `name` for `owner` until now + ttl; False while another owner's
+    lease has not expired. One statement, so two processes never both hold it."""
+    with db.conn:
+        cursor = db.execute(
+            "insert into leases (name, owner, expires_ms) values (?, ?, ?) on conflict(name) do update "
+            "set owner = excluded.owner, expires_ms = excluded.expires_ms "
+            "where leases.owner = excluded.owner or leases.expires_ms < ?",
+            [name, owner, int(now_ms + ttl_ms), int(now_ms)],
+        )
+    return cursor.rowcount == 1
+
+
+def release_lease(db: sqlite_utils.Database, name: str, owner: str) -> None:
+    with db.conn:
+        db.execute("delete from leases where name = ? and owner = ?", [name, owner])

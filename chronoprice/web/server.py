@@ -10,7 +10,7 @@ import dash
 from flask_caching import Cache
 
 from chronoprice.config import PROJECT_ROOT, Settings
-from chronoprice.service.build import build_ticker
+from chronoprice.service.build import build_ticker, start_scheduler
 from chronoprice.service.tick import Ticker
 from chronoprice.store.sqlite import open_store
 from chronoprice.web.api import register_api
@@ -32,7 +32,7 @@ def create_app(settings: Settings, ticker: Ticker | None = None, env: Mapping[st
     app.layout = build_layout(settings)
     ticker = ticker or build_ticker(settings)
     cache = Cache(app.server, config=cache_config(env))
-    register_api(app.server, ticker, settings.symbol, cache, settings.refresh_seconds)
+    register_api(app.server, ticker, settings, cache)
     attach_callbacks(app, ticker, cache)
     # Dash registers its script bundles on the first request, after marking the setup done, so a
     # concurrent request can find none and answer 500 (plotly/dash#3971): register them now.
@@ -41,8 +41,12 @@ def create_app(settings: Settings, ticker: Ticker | None = None, env: Mapping[st
 
 
 def serve(settings: Settings) -> None:
-    """Serve until interrupted; a database that cannot be used stops it here, with its name."""
+    """Serve (and tick the watchlist, unless the scheduler is off) until interrupted; a
+    database that cannot be used stops it here, with its name."""
     open_store(settings.db).close()
-    app = create_app(settings)
+    ticker = build_ticker(settings)
+    app = create_app(settings, ticker)
+    if settings.scheduler:
+        start_scheduler(settings, ticker)
     log.info("ChronoPrice on http://%s:%d/ (%s source, %s)", settings.host, settings.port, settings.source, settings.symbol)
     app.run(host=settings.host, port=settings.port, debug=settings.debug)

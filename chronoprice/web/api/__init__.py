@@ -12,7 +12,8 @@ from flask import Flask, request
 from flask_caching import Cache
 
 from chronoprice.service.tick import Ticker
-from chronoprice.web.api import candles, forecasts, health, scores
+from chronoprice.config import Settings
+from chronoprice.web.api import candles, forecasts, health, markets, scores
 from chronoprice.web.api.context import ApiContext
 from chronoprice.web.api.errors import (
     ApiError,
@@ -30,9 +31,10 @@ def unknown(rest):
     raise ApiError(404, f"no such endpoint: {request.path}; see /api/openapi.json")
 
 
-def register_api(server: Flask, ticker: Ticker, default_symbol: str, cache: Cache, refresh_seconds: float) -> None:
+def register_api(server: Flask, ticker: Ticker, settings: Settings, cache: Cache) -> None:
     """Add the API's routes and JSON error handling to the Flask server."""
-    server.extensions["chronoprice"] = ApiContext(ticker, default_symbol, cache, refresh_seconds)
-    for blueprint in (health.blueprint, candles.blueprint, forecasts.blueprint, scores.blueprint, unknown_paths):
+    server.extensions["chronoprice"] = ApiContext(ticker, settings.symbol, cache, settings.refresh_seconds,
+                                                  settings.watch_limit, settings.admin_token)
+    for blueprint in (health.blueprint, candles.blueprint, forecasts.blueprint, scores.blueprint, markets.blueprint, unknown_paths):
         server.register_blueprint(blueprint)
     server.register_error_handler(405, method_not_allowed_response)

@@ -1,0 +1,153 @@
+"""The scheduler: every watched market is ticked a moment after each of its candles closes,
+whether or not anyone is looking, with one scheduler per store.
+
+A small loop over the candle boundaries, not a scheduling library: the due times follow each
+market's own candle clock and its retries, the watchlist changes at run time, and the lease
+that makes one process of many the scheduler lives in the store; APScheduler or schedule would
+add a job store and a second clock without removing any of that.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from typing import Callable
+
+from chronoprice.market.timeframes import timeframe_ms
+from chronoprice.service.status import TickStatus
+from chronoprice.service.tick import Ticker
+from chronoprice.store.claims import hold_lease, release_lease
+from chronoprice.store.watchlist import read_watchlist
+
+log = logging.getLogger(__name__)
+SETTLE_SECONDS = 2.0  # exchanges publish a closed candle a moment after its boundary
+LATE_RETRY_SECONDS = 2.0  # the candle that just closed is not published yet: ask again this soon
+LATE_RETRIES = 3
+BACKOFF_SECONDS = (5.0, 15.0, 60.0, 300.0)  # a failing market's waits between attempts
+LEASE_NAME, LEASE_SECONDS = "scheduler", 30.0
+TICK_THREADS = 4  # markets ticked at once, so a slow one never delays the others
+
+
+def next_close_seconds(now: float, length_ms: int) -> float:
+    """When the candle forming at `now` (epoch seconds) closes."""
+    return (int(now * 1000) // length_ms + 1) * length_ms / 1000
+
+
+def newest_closed_ts(now: float, length_ms: int) -> int:
+    """Open time of the newest candle closed by `now`."""
+    return (int(now * 1000) // length_ms - 1) * length_ms
+
+
+@dataclasses.dataclass
+class _Due:
+    at: float
+    failures: int = 0
+    late: int = 0
+
+
+def next_due(status: TickStatus, due: _Due, now: float, length_ms: int) -> _Due:
+    """When to tick a market again after a tick at `now` that ended in `status`: at the next
+    close once the newest closed candle is stored; soon if the exchange has not published it
+    yet; with growing backoff while the market fails."""
+    current = (status.newest_ts or 0) >= newest_closed_ts(now, length_ms)
+    if status.symbol_unknown or (status.error and not current):
+        wait = BACKOFF_SECONDS[min(due.failures, len(BACKOFF_SECONDS) - 1)]
+        return _Due(now + wait, due.failures + 1)
+    if not current and due.late < LATE_RETRIES:
+        return _Due(now + LATE_RETRY_SECONDS, 0, due.late + 1)
+    return _Due(next_close_seconds(now, length_ms) + SETTLE_SECONDS)
+
+
+class Scheduler:
+    """Ticks the store's watchlist on candle close while this process holds the scheduler lease."""
+
+    def __init__(self, ticker: Ticker, clock: Callable[[], float] = time.time, threads: int = TICK_THREADS):
+        self.ticker, self._clock = ticker, clock
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._due: dict[tuple[str, str], _Due] = {}
+        self._running: dict[tuple[str, str], concurrent.futures.Future] = {}
+        self._pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="chronoprice-tick")
+        self._stop = threading.Event()
+        self._lease_until = 0.0
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> Scheduler:
+        self._thread = threading.Thread(target=self.run, daemon=True, name="chronoprice-scheduler")
+        self._thread.start()
+        return self
+
+    def request_stop(self) -> None:
+        """Make the loop end after its current pass (safe from a signal handler)."""
+        self._stop.set()
+
+    def stop(self) -> None:
+        """End the loop, wait for running ticks, and hand the lease on at once."""
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=10)
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        release_lease(self.ticker.db(), LEASE_NAME, self.owner)
+
+    def run(self) -> None:
+        log.info("scheduler %s started", self.owner)
+        while not self._stop.is_set():
+            try:
+                wait = self.run_once()
+            except Exception:  # the loop must outlive a locked store or a bug in one market
+                log.exception("scheduler pass failed; retrying")
+                wait = BACKOFF_SECONDS[0]
+            self._stop.wait(wait)
+
+    def holds_lease(self) -> bool:
+        now = self._clock()
+        if now > self._lease_until - LEASE_SECONDS / 2:
+            if hold_lease(self.ticker.db(), LEASE_NAME, self.owner, int(now * 1000), int(LEASE_SECONDS * 1000)):
+                if self._lease_until <= now:
+                    log.info("scheduler %s holds the lease: ticking the watchlist", self.owner)
+                self._lease_until = now + LEASE_SECONDS
+            else:
+                self._lease_until = 0.0
+        return self._lease_until > now
+
+    def run_once(self) -> float:
+        """Start the ticks that are due; seconds until the loop should look again."""
+        if not self.holds_lease():
+            return LEASE_SECONDS / 3
+        now = self._clock()
+        watched = read_watchlist(self.ticker.db())
+        for market in list(self._due):
+            if market not in watched:
+                del self._due[market]
+        for market in watched:
+            due = self._due.setdefault(market, _Due(now))
+            running = self._running.get(market)
+            if due.at <= now and (running is None or running.done()):
+                self._running[market] = self._pool.submit(self._tick, market, due)
+        pending = [due.at for due in self._due.values()] or [now + 1.0]
+        return min(1.0, max(0.05, min(pending) - self._clock()))
+
+    def _tick(self, market: tuple[str, str], due: _Due) -> None:
+        symbol, timeframe = market
+        length_ms = timeframe_ms(timeframe)
+        try:
+            status = self.ticker.tick(symbol, timeframe, force=True)
+        except Exception as error:  # a store error or a bug in one market must not stop the others
+            log.exception("tick of %s %s failed", symbol, timeframe)
+            status = TickStatus(self.ticker.source.label, None, symbol, timeframe, error=f"{type(error).__name__}: {error}")
+        if status.error:
+            log.warning("%s %s: %s", symbol, timeframe, status.error)
+        if market in self._due:
+            self._due[market] = next_due(status, due, self._clock(), length_ms)
+
+    def run_forever(self) -> None:
+        """Run in this thread until interrupted (the worker command)."""
+        try:
+            self.run()
+        finally:
+            self.stop()

@@ -1,0 +1,73 @@
+"""The watchlist setting: `SYMBOL[@TIMEFRAME]` entries, read leniently so one bad entry is
+reported and skipped while the others are watched, and seeded into the store once."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import sqlite_utils
+
+from chronoprice.config import SettingsError, settings_from
+from chronoprice.market.timeframes import TIMEFRAME_MS
+from chronoprice.store.watchlist import read_watchlist, replace_watchlist, seeded_from
+
+log = logging.getLogger(__name__)
+DEFAULT_WATCH = "BTC/USDT@1m,ETH/USDT@1m,BTC/USDT@15m,BTC/USDT@1h"
+
+
+@dataclasses.dataclass(frozen=True)
+class ParsedWatchlist:
+    markets: list[tuple[str, str]]
+    problems: list[str]
+
+
+def parse_market(entry: str) -> tuple[str, str]:
+    """`SYMBOL[@TIMEFRAME]` -> (symbol, timeframe); ValueError saying what is wrong."""
+    symbol_text, _, timeframe = entry.strip().partition("@")
+    timeframe = timeframe.strip() or "1m"
+    if ":" in symbol_text:
+        raise ValueError(f"{entry!r}: an exchange prefix is not supported; markets are watched on --exchange")
+    try:
+        symbol = settings_from({"symbol": symbol_text}, {}).symbol
+    except SettingsError:
+        raise ValueError(f"{entry!r}: the symbol must look like BASE/QUOTE, for example BTC/USDT") from None
+    if timeframe not in TIMEFRAME_MS:
+        raise ValueError(f"{entry!r}: timeframe {timeframe!r} is not supported; use one of {', '.join(TIMEFRAME_MS)}")
+    return symbol, timeframe
+
+
+def parse_watchlist(text: str, limit: int) -> ParsedWatchlist:
+    """The markets of a comma-separated watch setting, in order, without duplicates and at most
+    `limit` of them, with a sentence for every entry that was skipped."""
+    markets, problems = [], []
+    for entry in filter(None, (part.strip() for part in text.split(","))):
+        try:
+            market = parse_market(entry)
+        except ValueError as error:
+            problems.append(f"watch entry skipped: {error}")
+            continue
+        if market not in markets:
+            markets.append(market)
+    if len(markets) > limit:
+        problems.append(f"{len(markets) - limit} watch entries beyond the limit of {limit} skipped (--watch-limit)")
+        markets = markets[:limit]
+    if not markets:
+        problems.append("the watchlist is empty: markets are ticked only when read, until one is added")
+    return ParsedWatchlist(markets, problems)
+
+
+def seed_watchlist(db: sqlite_utils.Database, watch: str | None, limit: int) -> ParsedWatchlist:
+    """The store's watchlist at start. A new store is seeded from `watch` (DEFAULT_WATCH when not
+    given); a watch setting that differs from the one last seeded replaces the list; otherwise
+    the list stays as the dashboard and the API left it, across restarts and gunicorn workers."""
+    seeded = seeded_from(db)
+    if seeded is not None and watch in (None, seeded):
+        return ParsedWatchlist(read_watchlist(db), [])
+    setting = DEFAULT_WATCH if watch is None else watch
+    parsed = parse_watchlist(setting, limit)
+    replace_watchlist(db, parsed.markets, setting)
+    for problem in parsed.problems:
+        log.warning("%s", problem)
+    log.info("watching %d markets: %s", len(parsed.markets), ", ".join(f"{symbol}@{timeframe}" for symbol, timeframe in parsed.markets))
+    return parsed
