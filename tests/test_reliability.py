@@ -1,7 +1,9 @@
 """Crash safety: the app is killed with SIGKILL again and again, during backfills and ticks."""
 
+import contextlib
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -15,7 +17,7 @@ from chronoprice.market.simulator import BinanceSimulator
 from chronoprice.market.source import Market
 from chronoprice.store.sqlite import open_store, read_candles
 from chronoprice.testing import free_port
-from tests.conftest import MINUTE_MS, SERIES_START_MS
+from tests.conftest import MINUTE_MS, SERIES_START_MS, wait_until
 
 PROJECT = Path(__file__).resolve().parents[1]
 KILLS = 20
@@ -39,6 +41,24 @@ def keep_ticking(port: int, until: float) -> None:
             time.sleep(0.05)
 
 
+def forecast_count(db_path: Path) -> int:
+    """Stored forecast rows, read without writing (the app may be mid-transaction)."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5)) as connection:
+            return connection.execute("select count(*) from forecasts").fetchone()[0]
+    except sqlite3.OperationalError:  # no file or no table yet
+        return 0
+
+
+def tick_until_written(port: int, db_path: Path, written_before: int) -> bool:
+    """Ask the app for forecasts until it has stored more than `written_before` rows."""
+    def written() -> bool:
+        keep_ticking(port, time.monotonic() + 0.1)
+        return forecast_count(db_path) > written_before
+
+    return wait_until(written)
+
+
 def test_kill_9_during_backfill_and_ticks_never_corrupts_the_store(series, tmp_path, tiny_model):
     rng = random.Random(11)
     db_path = tmp_path / "crash.db"
@@ -47,12 +67,16 @@ def test_kill_9_during_backfill_and_ticks_never_corrupts_the_store(series, tmp_p
     with BinanceSimulator(series, now_ms=SERIES_START_MS + 2000 * MINUTE_MS + 10_000) as exchange:
         for kill in range(KILLS):
             port = free_port()
+            written_before = forecast_count(db_path)
             app = start_app("backfill" if kill % 2 == 0 else "serve", exchange.url, db_path, tiny_model, port)
-            until = time.monotonic() + rng.uniform(1.5, 4.0)
-            keep_ticking(port, until)
+            if kill % 4 < 2:  # at a random moment: start-up, fetching, history or ticks
+                keep_ticking(port, time.monotonic() + rng.uniform(1.0, 4.0))
+            else:  # soon after this run's first write, so the kill strikes amid writes on any machine
+                assert tick_until_written(port, db_path, written_before), "the run wrote nothing"
+                time.sleep(rng.uniform(0.0, 0.3))
             app.send_signal(signal.SIGKILL)
             app.wait(timeout=10)
-            exchange.advance(rng.randint(0, 3))
+            exchange.advance(rng.randint(1, 3))  # every run has a new candle to forecast
 
             db = open_store(db_path)
             assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
