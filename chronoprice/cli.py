@@ -28,7 +28,9 @@ from chronoprice.evaluation.metrics import (
 from chronoprice.evaluation.report import write_report
 from chronoprice.evaluation.walkforward import evaluate_forecaster
 from chronoprice.logs import configure_logging
+from chronoprice.market.candles import aggregate_candles
 from chronoprice.market.files import read_candle_csv
+from chronoprice.market.timeframes import TIMEFRAME_MS, timeframe_ms
 from chronoprice.model.artifact import artifact_at
 from chronoprice.model.features import candle_rows, parse_feature
 from chronoprice.model.forecasters import load_forecaster
@@ -90,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("evaluate", help="walk-forward accuracy of a model against the naive baseline")
     evaluate.add_argument("--csv", type=Path, required=True, help="1-minute candle CSV")
+    evaluate.add_argument("--timeframe", choices=list(TIMEFRAME_MS), default="1m",
+                          help="evaluate on candles of this timeframe, aggregated from the CSV's minutes (default 1m)")
     evaluate.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="model artifact (default: the shipped model)")
     evaluate.add_argument("--engine", choices=ENGINES, default="auto", help="forecast engine (default auto: onnx, batched)")
     evaluate.add_argument("--level", type=float, default=DEFAULT_LEVEL, choices=INTERVAL_LEVELS,
@@ -177,7 +181,7 @@ def run_compare(args: argparse.Namespace) -> int:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     forecaster = load_forecaster(args.model, args.engine, args.level)
-    candles = read_candle_csv(args.csv).candles
+    candles = aggregate_candles(read_candle_csv(args.csv).candles, timeframe_ms(args.timeframe))
     first_scored_close = forecaster.window - 1
     if not args.include_training_data:
         trained_until = forecaster.metadata.get("training", {}).get("trained_until_ts")
@@ -195,13 +199,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.report:
         write_report(args.report, table, arrays, f"{forecaster.version} on {args.csv.name}: {origins} unseen origins", args.level)
     if args.json:
-        report = {"origins": origins, "model_version": forecaster.version, "skipped_training_origins": skipped,
+        report = {"origins": origins, "model_version": forecaster.version, "timeframe": args.timeframe, "skipped_training_origins": skipped,
                   "interval": {"method": "split-conformal, adapted to the last errors", "window": ADAPTIVE_WINDOW},
                   "steps": table.to_dict("records")}
         print(json.dumps(report))
     else:
         print(f"{origins} origins, model {forecaster.version}, {skipped} earlier origins skipped (seen in training)")
-        print(format_step_table(table.to_dict("records"), f"walk-forward on {args.csv.name}", args.level))
+        print(format_step_table(table.to_dict("records"), f"walk-forward on {args.csv.name}, {args.timeframe} candles", args.level))
     return 0
 
 

@@ -18,7 +18,7 @@ def synthetic_csv(tmp_path_factory):
     return path
 
 
-@pytest.mark.parametrize("command", ["serve", "train", "compare", "evaluate", "bench", "backfill"])
+@pytest.mark.parametrize("command", ["serve", "worker", "train", "compare", "evaluate", "export", "bench", "backfill"])
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_:
         main([command, "--help"])
@@ -35,6 +35,13 @@ def test_evaluate_json_follows_the_design_contract(tiny_model, synthetic_csv, ca
         assert {"mae_model", "mae_naive", "mae_ratio", "direction_accuracy", "coverage", "interval_level"} <= set(step)
         assert step["interval_level"] == 0.9
         assert step["mae_ratio"] == pytest.approx(step["mae_model"] / step["mae_naive"])
+
+
+def test_evaluate_aggregates_the_csv_to_the_timeframe_asked(tiny_model, synthetic_csv, capsys):
+    assert main(["evaluate", "--csv", str(synthetic_csv), "--model", str(tiny_model), "--json", "--include-training-data",
+                 "--timeframe", "5m"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["timeframe"] == "5m" and report["origins"] == 1500 // 5 - 60 - 10 + 1
 
 
 def test_evaluate_skips_what_the_model_was_trained_on(shipped_model, shared_csv, capsys):

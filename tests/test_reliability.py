@@ -15,6 +15,7 @@ import pandas as pd
 from chronoprice.market.candles import find_gaps
 from chronoprice.market.simulator import BinanceSimulator
 from chronoprice.market.source import Market
+from chronoprice.service.tick import CATCH_UP_ORIGINS
 from chronoprice.store.sqlite import open_store, read_candles
 from chronoprice.testing import free_port
 from tests.conftest import MINUTE_MS, SERIES_START_MS, wait_until
@@ -28,7 +29,7 @@ def start_app(kind: str, exchange_url: str, db_path: Path, model: Path, port: in
     settings = ["--source", "live", "--exchange-url", exchange_url, "--fallback-exchanges", "none", "--db", str(db_path),
                 "--model", str(model), "--refresh-seconds", "0.2"]
     command = ([sys.executable, "-m", "chronoprice", "backfill", *settings, "--hours", "24"] if kind == "backfill"
-               else [sys.executable, "app.py", *settings, "--port", str(port)])
+               else [sys.executable, "app.py", *settings, "--port", str(port), "--watch", "BTC/USDT@1m"])
     return subprocess.Popen(command, cwd=PROJECT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -104,3 +105,7 @@ def test_kill_9_during_backfill_and_ticks_never_corrupts_the_store(series, tmp_p
         stored = read_candles(db, market)
         assert stored["ts"].iloc[-1] == exchange.closed_candles("BTC/USDT")["ts"].iloc[-1]
         assert stored["ts"].is_unique and find_gaps(stored["ts"].to_numpy(), MINUTE_MS).empty
+        forecast = {row[0] for row in db.execute(
+            "select distinct origin_ts from forecasts where symbol = 'BTC/USDT' and timeframe = '1m'")}
+        recent = stored["ts"].iloc[59:].tail(CATCH_UP_ORIGINS)
+        assert set(recent) <= forecast, f"{len(set(recent) - forecast)} origins left without a forecast by the kills"

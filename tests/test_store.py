@@ -7,7 +7,8 @@ from chronoprice.market.source import Market
 from chronoprice.store.sqlite import (
     MIGRATIONS,
     StoreError,
-    has_forecast,
+    forecast_origins_since,
+    newest_forecast_origin_ts,
     newest_candle_ts,
     open_store,
     read_candles,
@@ -69,7 +70,9 @@ def test_forecast_steps_are_written_together_and_the_newest_is_read(db):
     latest = read_latest_forecast(db, MARKET)
     assert latest["origin_ts"].unique().tolist() == [MINUTE_MS]
     assert latest["step"].tolist() == list(range(1, 11))
-    assert has_forecast(db, MARKET, 0, "v1") and not has_forecast(db, MARKET, 0, "v2")
+    assert forecast_origins_since(db, MARKET, "v1", 0) == {0, MINUTE_MS} and forecast_origins_since(db, MARKET, "v1", 1) == {MINUTE_MS}
+    assert forecast_origins_since(db, MARKET, "v2", 0) == set()
+    assert newest_forecast_origin_ts(db, MARKET) == MINUTE_MS and newest_forecast_origin_ts(db, MARKET, "v2") is None
 
 
 def test_a_failed_forecast_write_leaves_no_partial_forecast(db):

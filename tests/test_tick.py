@@ -230,3 +230,21 @@ def test_a_status_saved_in_another_format_reads_as_first_update(ticker, exchange
                             [f"LiveSource:{SYMBOL}:1m", 10**15, '{"source": "old", "symbol": "BTC/USDT"}'])
     status = ticker.tick(SYMBOL)
     assert status.note == "first update in progress" and exchange.requests["/api/v3/klines"] == 0
+
+
+def test_a_restarted_process_completes_a_history_a_killed_one_left_half_done(ticker, exchange, db_path, tiny_model):
+    ticker.tick(SYMBOL)
+    market = ticker.market(SYMBOL, "binance")
+    origins = read_candles(ticker.db(), market)["ts"].iloc[59:].tolist()
+    assert wait_until(lambda: forecast_count(ticker.db(), market) == len(origins)), "the cold start's history"
+    with ticker.db().conn:
+        ticker.db().execute("delete from forecasts where origin_ts between ? and ?", [origins[10], origins[30]])
+    restarted = Ticker(ticker.source, db_path, lambda: load_forecaster(tiny_model, "litert"), refresh_seconds=10, clock=FakeClock())
+    exchange.advance(1)
+    restarted.tick(SYMBOL, force=True)
+    assert forecast_count(ticker.db(), market) == len(origins) + 1, "the hole is forecast again, and the new candle"
+
+
+def forecast_count(db, market) -> int:
+    return db.execute("select count(distinct origin_ts) from forecasts where symbol = ? and timeframe = ?",
+                      [market.symbol, market.timeframe]).fetchone()[0]

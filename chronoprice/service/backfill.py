@@ -15,7 +15,7 @@ from chronoprice.market.source import Market
 from chronoprice.market.timeframes import timeframe_ms
 from chronoprice.model.features import candle_rows
 from chronoprice.model.forecasters import LSTMForecaster
-from chronoprice.store.sqlite import has_forecast, read_candles, write_forecasts
+from chronoprice.store.sqlite import forecast_origins_since, read_candles, write_forecasts
 
 log = logging.getLogger(__name__)
 HISTORY_CHUNK = 200  # origins a transaction: short, rare write locks leave room for the live ticks
@@ -43,11 +43,12 @@ def missing_origins(db: sqlite_utils.Database, market: Market, ts: np.ndarray, s
     """Positions in `ts` (stored candle times, oldest first) of origins at or after `start_ts`
     with a full gap-free window and no forecast of this model version yet."""
     window, step_ms = forecaster.window, timeframe_ms(market.timeframe)
+    done = forecast_origins_since(db, market, forecaster.version, start_ts)
     return [
         index for index in range(window - 1, len(ts))
         if ts[index] >= start_ts
         and ts[index] - ts[index - window + 1] == (window - 1) * step_ms
-        and not has_forecast(db, market, int(ts[index]), forecaster.version)
+        and int(ts[index]) not in done
     ]
 
 

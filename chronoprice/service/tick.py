@@ -60,6 +60,7 @@ class Ticker:
         self._clock, self._progress = clock, progress
         self._locks: dict[tuple[str, str], threading.Lock] = {}
         self._locks_lock = threading.Lock()
+        self._completed: set[Market] = set()  # markets whose recent origins this process has checked
 
     def market(self, symbol: str, exchange: str | None = None, timeframe: str | None = None) -> Market:
         return Market(exchange or self.source.exchange, symbol, timeframe or self.timeframe)
@@ -179,7 +180,7 @@ class Ticker:
         if error:
             log.warning("fetch failed: %s", error, extra=market.key())
         fetched_at = time.perf_counter()
-        origin, version, forecast_note = self._forecast_newest(market)
+        origin, version, forecast_note = self._forecast_newest(market, cold_start=bool(new and exchange in cold_starts))
         if forecast_note:
             error = "; ".join(filter(None, [error, forecast_note]))
         if new and exchange in cold_starts:
@@ -209,9 +210,12 @@ class Ticker:
     def _forecast_history_in_background(self, market: Market, start_ts: int) -> None:
         forecast_history(self.db(), market, self.forecaster(market.timeframe), start_ts, self._progress)
 
-    def _forecast_newest(self, market: Market) -> tuple[int | None, str | None, str | None]:
-        """Forecast from every origin since this forecaster's newest (at most CATCH_UP_ORIGINS
-        back), batched, so an outage leaves no origin unforecast; (newest origin, version, problem)."""
+    def _forecast_newest(self, market: Market, cold_start: bool) -> tuple[int | None, str | None, str | None]:
+        """Forecast from every origin since this forecaster's newest, batched, so an outage
+        leaves no origin unforecast; on this process's first tick of the market, from every
+        origin of the last CATCH_UP_ORIGINS that lacks one, so a history a killed process left
+        half done is completed. (A cold start's history is forecast in the background.)
+        Returns (newest origin, version, problem)."""
         forecaster = self.forecaster(market.timeframe)
         if forecaster is None:
             return None, None, f"model unavailable: {self.forecaster_error}"
@@ -221,7 +225,14 @@ class Ticker:
             return None, forecaster.version, f"waiting for {forecaster.window} candles to forecast (have {len(window)})"
         origin = int(window["ts"].iloc[-1])
         previous = newest_forecast_origin_ts(self.db(), market, forecaster.version)
-        start = origin if previous is None else max(previous + step_ms, origin - CATCH_UP_ORIGINS * step_ms)
+        oldest = origin - CATCH_UP_ORIGINS * step_ms
+        if cold_start or (previous is None and market in self._completed):
+            start = origin
+        elif market not in self._completed:
+            start = oldest
+        else:
+            start = max(previous + step_ms, oldest)
+        self._completed.add(market)
         if start <= origin:
             forecast_history(self.db(), market, forecaster, start, progress=False,
                              quantiles=adapted_quantiles(self.db(), market, forecaster))

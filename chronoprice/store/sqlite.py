@@ -163,10 +163,11 @@ def newest_forecast_origin_ts(db: sqlite_utils.Database, market: Market, model_v
     return db.execute(f"select max(origin_ts) from forecasts where {where}", params).fetchone()[0]
 
 
-def has_forecast(db: sqlite_utils.Database, market: Market, origin_ts: int, model_version: str) -> bool:
+def forecast_origins_since(db: sqlite_utils.Database, market: Market, model_version: str, start_ts: int) -> set[int]:
+    """Origins at or after `start_ts` with a forecast of `model_version`."""
     where, params = _market_where(market)
-    sql = f"select 1 from forecasts where {where} and origin_ts = ? and model_version = ? limit 1"
-    return db.execute(sql, params + [int(origin_ts), model_version]).fetchone() is not None
+    sql = f"select distinct origin_ts from forecasts where {where} and model_version = ? and origin_ts >= ?"
+    return {row[0] for row in db.execute(sql, params + [model_version, int(start_ts)])}
 
 
 def read_latest_forecast(db: sqlite_utils.Database, market: Market) -> pd.DataFrame:
