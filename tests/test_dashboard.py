@@ -6,6 +6,7 @@ import pytest
 
 from chronoprice.config import settings_from
 from chronoprice.service.build import build_ticker
+from chronoprice.store.sqlite import read_candles
 from chronoprice.web.dashboard.callbacks import (
     check_symbol,
     load_view,
@@ -139,6 +140,15 @@ def test_render_view_fills_every_output_from_a_real_tick(demo_ticker):
     assert outputs["kpi-coverage-detail"] == "of closes inside the 90 % band"
     assert outputs["kpi-mae-ratio"] == "–" and outputs["status-message"] == ""
     assert outputs["newest-candle"].startswith("newest candle ") and outputs["updated-at"] > 0
+
+
+def test_the_forming_candle_is_drawn_and_priced_but_never_stored(demo_ticker):
+    view = load_view(demo_ticker, "BTC/USDT", "1m")
+    outputs = render_view(view, "dark", [])
+    (forming,) = traces(outputs["price-chart"], "forming (not closed)")
+    newest_closed = read_candles(demo_ticker.db(), demo_ticker.market("BTC/USDT", "demo"))["ts"].iloc[-1]
+    assert pd.Timestamp(forming.x[0]) == pd.Timestamp(newest_closed + MINUTE_MS, unit="ms")
+    assert outputs["kpi-last-price"] == f"{forming.close[0]:,.2f}" and outputs["kpi-last-price-detail"].endswith("still forming")
 
 
 def test_a_timeframe_without_a_skilled_model_shows_the_last_close_and_says_so(demo_ticker):

@@ -114,6 +114,24 @@ def test_live_fetches_each_timeframe_natively_from_the_exchange(exchange):
     assert hourly["ts"].iloc[-1] + 60 * MINUTE_MS <= exchange.now_ms < hourly["ts"].iloc[-1] + 120 * MINUTE_MS
 
 
+def test_live_and_demo_report_the_forming_candle_apart_from_the_closed_ones(exchange):
+    fetched = fast_live(exchange.url).fetch_closed(SYMBOL, "15m", nothing_stored)
+    quarter = 15 * MINUTE_MS
+    forming = fetched.forming.iloc[0]
+    assert forming["ts"] == exchange.now_ms // quarter * quarter == fetched.candles["ts"].iloc[-1] + quarter
+    whole = exchange.closed_candles(SYMBOL, "15m")  # the simulator's whole candle of that bucket is not closed yet
+    assert forming["ts"] not in set(whole["ts"]) and forming["open"] > 0 and forming["low"] <= forming["close"] <= forming["high"]
+
+    now = SERIES_START_MS + 800 * MINUTE_MS + 30_000  # 5 minutes and a half into a 15-minute candle
+    demo = DemoSource(history=HISTORY, now_ms=lambda: now).fetch_closed(SYMBOL, "15m", nothing_stored)
+    minutes = demo_candles(SYMBOL, now // quarter * quarter, now // MINUTE_MS * MINUTE_MS)
+    so_far = demo.forming.iloc[0]
+    assert so_far["ts"] == now // quarter * quarter == demo.candles["ts"].iloc[-1] + quarter
+    assert so_far["open"] == minutes["open"].iloc[0] and len(minutes) == 5
+    assert so_far["high"] >= minutes["high"].max() and so_far["low"] <= minutes["low"].min()
+    assert minutes["volume"].sum() < so_far["volume"]
+
+
 # ------------------------------------------------------------------------------- live (ccxt)
 
 

@@ -141,3 +141,23 @@ def aggregate_candles(candles: pd.DataFrame, timeframe_ms: int, source_ms: int =
     )
     complete = grouped.size().to_numpy() == timeframe_ms // source_ms
     return frame[complete].reset_index(drop=True)
+
+
+def forming_candle(minutes: pd.DataFrame, open_ts: int, elapsed_fraction: float) -> pd.DataFrame:
+    """The candle opened at `open_ts` as it stands now, from its 1-minute candles so far, the
+    last of which is only `elapsed_fraction` done (its move and volume scaled down to that):
+    one row of COLUMNS, or none if no minute of it has started."""
+    rows = minutes[minutes["ts"] >= open_ts]
+    if rows.empty:
+        return empty_candles()
+    last = rows.iloc[-1]
+    close = last["open"] + (last["close"] - last["open"]) * elapsed_fraction
+    partial = rows.iloc[:-1]
+    return pd.DataFrame({
+        "ts": [int(open_ts)],
+        "open": [float(rows["open"].iloc[0])],
+        "high": [max([close, last["open"], *partial["high"]])],
+        "low": [min([close, last["open"], *partial["low"]])],
+        "close": [close],
+        "volume": [float(partial["volume"].sum() + last["volume"] * elapsed_fraction)],
+    })

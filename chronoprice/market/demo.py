@@ -12,7 +12,7 @@ from typing import Callable, Mapping
 import numpy as np
 import pandas as pd
 
-from chronoprice.market.candles import COLUMNS, aggregate_candles, empty_candles
+from chronoprice.market.candles import COLUMNS, aggregate_candles, empty_candles, forming_candle
 from chronoprice.market.source import Fetched, SinceFor, UnknownSymbol
 from chronoprice.market.timeframes import cold_start_candles, history_for, timeframe_ms
 
@@ -106,9 +106,11 @@ class DemoSource:
     def fetch_closed(self, symbol: str, timeframe: str, since_for: SinceFor) -> Fetched:
         if symbol.split("/")[0] not in DEMO_START_PRICES:
             raise UnknownSymbol(f"the offline demo has no {symbol}; it offers {', '.join(self.symbols())}")
-        length = timeframe_ms(timeframe)
-        forming = self._now_ms() // length * length
+        now, length = self._now_ms(), timeframe_ms(timeframe)
+        forming = now // length * length
         since = since_for(self.exchange)
         oldest = forming - (history_for(self._history, timeframe) * length if since is None else self._max_catch_up_ms)
         start = oldest if since is None else max(since, oldest)
-        return Fetched(self.exchange, aggregate_candles(demo_candles(symbol, start, forming), length))
+        minute = now // 60_000 * 60_000
+        so_far = forming_candle(demo_candles(symbol, forming, minute + 60_000), forming, (now - minute) / 60_000)
+        return Fetched(self.exchange, aggregate_candles(demo_candles(symbol, start, forming), length), forming=so_far)

@@ -152,7 +152,7 @@ class LiveSource:
         while True:
             venue = self._venues[self._index]
             try:
-                candles, note = self._fetch_from(venue, symbol, timeframe, since_for(venue.exchange_id))
+                candles, note, forming = self._fetch_from(venue, symbol, timeframe, since_for(venue.exchange_id))
             except GeoBlocked as error:
                 reason = str(error)
             except SourceUnavailable as error:
@@ -164,7 +164,7 @@ class LiveSource:
                 venue.answered, self._failures = True, 0
                 if self._failed_over_from:
                     note = "; ".join(filter(None, [f"failed over from {', '.join(self._failed_over_from)}", note]))
-                return Fetched(venue.exchange_id, candles, note)
+                return Fetched(venue.exchange_id, candles, note, forming)
             self._fail_over(reason)
 
     def _fail_over(self, reason: str) -> None:
@@ -178,7 +178,8 @@ class LiveSource:
         self._index, self._failed_over_from = 0, []
         raise SourceUnavailable(f"no exchange answered (tried {tried}); last error: {reason}")
 
-    def _fetch_from(self, venue: _Venue, symbol: str, timeframe: str, since: int | None) -> tuple[pd.DataFrame, str | None]:
+    def _fetch_from(self, venue: _Venue, symbol: str, timeframe: str, since: int | None
+                    ) -> tuple[pd.DataFrame, str | None, pd.DataFrame | None]:
         history, length = history_for(self._history, timeframe), timeframe_ms(timeframe)
         if since is None and history + 1 > self._page_limit:
             # More history than one page: start from the exchange's own newest candle, not our clock.
@@ -203,11 +204,12 @@ class LiveSource:
         # The newest candle an exchange returns is normally still forming, and its clock may
         # differ from ours, so it is never stored; the next catch-up fetches it once closed.
         closed = trusted.iloc[:-1].reset_index(drop=True)
+        forming = trusted.tail(1).reset_index(drop=True) if not result.rejected and not trusted.empty else None
         note = None
         if result.rejected:
             first = result.rejected[0]
             note = f"{venue.exchange_id}: {len(result.rejected)} malformed candle rows not stored ({first.reason})"
-        return closed, note
+        return closed, note, forming
 
     def _newest_ts(self, venue: _Venue, symbol: str, timeframe: str) -> int:
         page = self._fetch_page(venue, symbol, timeframe, None, 1)

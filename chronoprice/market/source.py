@@ -58,9 +58,13 @@ class UnknownExchange(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Fetched:
+    """Closed candles to store, and the candle still forming (one row, or None where the source
+    cannot tell): shown, never stored, never a model input."""
+
     exchange: str
     candles: pd.DataFrame
     note: str | None = None
+    forming: pd.DataFrame | None = None
 
 
 class CandleSource(Protocol):

@@ -27,6 +27,7 @@ class TickStatus:
     forecast_ms: float = 0.0
     total_ms: float = 0.0
     finished_at_ms: int = 0
+    forming: list | None = None  # [ts, open, high, low, close, volume] of the candle still forming, as fetched
 
     def summary(self) -> str:
         newest = pd.Timestamp(self.newest_ts, unit="ms", tz="UTC").strftime("%Y-%m-%d %H:%M UTC") if self.newest_ts else "none"

@@ -15,7 +15,9 @@ import threading
 import time
 from typing import Callable
 
-from chronoprice.market.candles import find_gaps
+import pandas as pd
+
+from chronoprice.market.candles import COLUMNS, find_gaps
 from chronoprice.market.source import CandleSource, Market, SourceError, UnknownSymbol
 from chronoprice.market.timeframes import timeframe_ms
 from chronoprice.model.features import HORIZON, WINDOW
@@ -36,6 +38,14 @@ from chronoprice.store.sqlite import (
 log = logging.getLogger(__name__)
 REPAIR_CANDLES = 60  # holes this recent are fetched again each tick; older ones stay recorded gaps
 CATCH_UP_ORIGINS = 1_440  # origins a tick forecasts after an outage; a day of 1m, a month of 30 min
+
+
+def forming_row(forming: pd.DataFrame | None) -> list | None:
+    """The forming candle as the status carries it: [ts, open, high, low, close, volume]."""
+    if forming is None or forming.empty:
+        return None
+    row = forming.iloc[0]
+    return [int(row["ts"]), *(float(row[column]) for column in COLUMNS[1:])]
 
 
 class Ticker:
@@ -166,10 +176,10 @@ class Ticker:
         started = time.perf_counter()
         error = note = None
         exchange = self.source.exchange
-        new, cold_starts = 0, []
+        new, cold_starts, forming = 0, [], None
         try:
             fetched = self.source.fetch_closed(symbol, timeframe, self._since_for(symbol, timeframe, cold_starts))
-            exchange, note = fetched.exchange, fetched.note
+            exchange, note, forming = fetched.exchange, fetched.note, forming_row(fetched.forming)
             new = upsert_candles(self.db(), self.market(symbol, exchange, timeframe), fetched.candles)
         except UnknownSymbol as failure:
             return TickStatus(self.source.label, exchange, symbol, timeframe=timeframe, error=str(failure),
@@ -187,7 +197,9 @@ class Ticker:
             log.info("cold start: stored %d candles", new, extra=market.key())
             if history_in_background and self.forecaster(timeframe) is not None:
                 oldest = int(fetched.candles["ts"].iloc[0])
-                threading.Thread(target=self._forecast_history_in_background, args=(market, oldest), daemon=True,
+                # Not a daemon: exit waits the second or two it takes, since ONNX Runtime aborts
+                # the process when the interpreter stops a thread inside it.
+                threading.Thread(target=self._forecast_history_in_background, args=(market, oldest), daemon=False,
                                  name="chronoprice-history").start()
         finished = time.perf_counter()
         return TickStatus(
@@ -205,6 +217,7 @@ class Ticker:
             forecast_ms=(finished - fetched_at) * 1000,
             total_ms=(finished - started) * 1000,
             finished_at_ms=self.now_ms(),
+            forming=forming,
         )
 
     def _forecast_history_in_background(self, market: Market, start_ts: int) -> None:

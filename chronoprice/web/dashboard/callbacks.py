@@ -13,7 +13,8 @@ from dash.exceptions import PreventUpdate
 
 from chronoprice.config import SettingsError, settings_from
 from chronoprice.evaluation.metrics import ERROR_WINDOW_HOURS, matured_metrics
-from chronoprice.market.timeframes import TIMEFRAME_MS
+from chronoprice.market.candles import COLUMNS
+from chronoprice.market.timeframes import TIMEFRAME_MS, timeframe_ms
 from chronoprice.model.features import HORIZON
 from chronoprice.model.forecasters import NaiveBandForecaster
 from chronoprice.service.scoring import read_scored
@@ -40,6 +41,7 @@ class ViewData:
     forecast: pd.DataFrame
     matured: pd.DataFrame
     horizon: Horizon
+    forming: pd.DataFrame | None = None
 
 
 def served_horizon(ticker: Ticker, timeframe: str) -> Horizon:
@@ -60,7 +62,18 @@ def load_view(ticker: Ticker, symbol: str, timeframe: str) -> ViewData:
         forecast = forecast.iloc[:0]  # a forecast from an older candle would overlap real ones
     newest = int(candles["ts"].iloc[-1]) if not candles.empty else 0
     matured = read_scored(db, market, since_target_ts=newest - ERROR_WINDOW_HOURS * 3_600_000)
-    return ViewData(status, candles, forecast, matured, served_horizon(ticker, timeframe))
+    return ViewData(status, candles, forecast, matured, served_horizon(ticker, timeframe),
+                    fresh_forming(status, candles, ticker.now_ms()))
+
+
+def fresh_forming(status: TickStatus, candles: pd.DataFrame, now_ms: int) -> pd.DataFrame | None:
+    """The forming candle the last tick fetched, if it is the one right after the newest closed
+    candle shown and has not been over for a whole candle (a failing exchange leaves it stale)."""
+    if status.forming is None or candles.empty:
+        return None
+    forming, length = pd.DataFrame([status.forming], columns=COLUMNS), timeframe_ms(status.timeframe)
+    opened = int(forming["ts"].iloc[0])
+    return forming if opened == candles["ts"].iloc[-1] + length and now_ms < opened + 2 * length else None
 
 
 def _utc(ts: int | None) -> str:
@@ -97,7 +110,8 @@ def render_figures(view: ViewData, theme: str, overlays) -> dict:
     """The three charts, keyed by component id; they change only with a new candle."""
     symbol, horizon = f"{view.status.symbol}@{view.status.timeframe}", view.horizon
     return {
-        "price-chart": price_figure(view.candles, view.forecast, theme, overlays, uirevision=symbol, level=horizon.level),
+        "price-chart": price_figure(view.candles, view.forecast, theme, overlays, uirevision=symbol, level=horizon.level,
+                                    forming=view.forming),
         "error-chart": error_figure(view.matured, theme, horizon, uirevision=symbol),
         "step-chart": step_error_figure(view.matured, theme, horizon, uirevision=symbol),
     }
@@ -110,7 +124,7 @@ def render_view(view: ViewData, theme: str, overlays) -> dict:
 
 def render_text(view: ViewData) -> dict:
     """Everything but the charts: KPIs, badges, banner, status line."""
-    status, horizon, numbers = view.status, view.horizon, kpis(view.candles, view.forecast, view.matured)
+    status, horizon, numbers = view.status, view.horizon, kpis(view.candles, view.forecast, view.matured, view.forming)
     offline = status.source == "offline demo"
     change = "" if numbers["change_pct"] is None else f"{numbers['change_pct']:+.3f} % vs last price"
     problems = "; ".join(filter(None, [status.error, status.note if not offline else None]))
@@ -118,7 +132,8 @@ def render_text(view: ViewData) -> dict:
     return {
         "price-title": f"{status.symbol} {status.timeframe}: last {SHOWN_CANDLES} candles and the next {horizon.steps} forecast",
         "kpi-last-price": _price(numbers["last_price"]),
-        "kpi-last-price-detail": f"close of the {_utc(status.newest_ts)} candle",
+        "kpi-last-price-detail": (f"the {_utc(int(view.forming['ts'].iloc[0]))} candle, still forming" if view.forming is not None
+                                  else f"close of the {_utc(status.newest_ts)} candle"),
         "kpi-forecast-title": f"Forecast in {horizon.ahead()}",
         "kpi-forecast": _price(numbers["forecast"]),
         "kpi-forecast-detail": change,
@@ -142,7 +157,7 @@ def render_text(view: ViewData) -> dict:
 def cached_figures(cache, view: ViewData, theme: str, overlays) -> dict:
     """The charts from the cache, keyed by the newest candle and forecast, or built and cached."""
     status = view.status
-    key = f"figures:{status.exchange}:{status.symbol}:{status.timeframe}:{status.newest_ts}:{status.forecast_origin_ts}:{theme}:{sorted(overlays)}"
+    key = f"figures:{status.exchange}:{status.symbol}:{status.timeframe}:{status.newest_ts}:{status.forming}:{status.forecast_origin_ts}:{theme}:{sorted(overlays)}"
     figures = cache.get(key)
     if figures is None:
         figures = {name: figure.to_dict() for name, figure in render_figures(view, theme, overlays).items()}

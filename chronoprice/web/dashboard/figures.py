@@ -20,9 +20,11 @@ SHOWN_CANDLES = 60
 OVERLAYS = {"sma20": "SMA 20", "ema50": "EMA 50", "bollinger": "Bollinger 20/2", "rsi": "RSI 14"}
 THEMES = {
     "dark": {"template": "plotly_dark", "paper": "#11161f", "plot": "#11161f", "grid": "#263040", "text": "#d7dde8",
-             "up": "#26a69a", "down": "#ef5350", "forecast": "#f5b942", "band": "rgba(245, 185, 66, 0.16)", "volume": "rgba(130, 150, 180, 0.45)"},
+             "up": "#26a69a", "down": "#ef5350", "forecast": "#f5b942", "band": "rgba(245, 185, 66, 0.16)", "volume": "rgba(130, 150, 180, 0.45)",
+             "forming": "#9aa5b8"},
     "light": {"template": "plotly_white", "paper": "#ffffff", "plot": "#ffffff", "grid": "#e3e7ee", "text": "#1d2430",
-              "up": "#0f8f7e", "down": "#d63c3a", "forecast": "#c47d00", "band": "rgba(196, 125, 0, 0.14)", "volume": "rgba(90, 110, 140, 0.35)"},
+              "up": "#0f8f7e", "down": "#d63c3a", "forecast": "#c47d00", "band": "rgba(196, 125, 0, 0.14)", "volume": "rgba(90, 110, 140, 0.35)",
+              "forming": "#6b7588"},
 }
 
 
@@ -111,9 +113,10 @@ def empty_figure(message: str, theme: str) -> go.Figure:
 
 
 def price_figure(candles: pd.DataFrame, forecast: pd.DataFrame, theme: str, overlays=(), uirevision: str = "price",
-                 level: float = DEFAULT_LEVEL) -> go.Figure:
+                 level: float = DEFAULT_LEVEL, forming: pd.DataFrame | None = None) -> go.Figure:
     """The last SHOWN_CANDLES candles, the forecast as hollow candles with its interval band,
-    a divider at the forecast origin, volume bars, and the chosen overlays.
+    a divider at the forecast origin, volume bars, the chosen overlays, and the candle still
+    forming (grey, named so in the legend and on hover).
 
     `candles` may hold more history than is shown; indicators use it so they start warmed up.
     `forecast` is one stored forecast (step, target_ts, predicted, lower, upper), or empty.
@@ -136,6 +139,16 @@ def price_figure(candles: pd.DataFrame, forecast: pd.DataFrame, theme: str, over
         row=1, col=1,
     )
     _add_overlays(figure, shown, when, overlays, colors)
+    if forming is not None and not forming.empty:
+        figure.add_trace(
+            go.Candlestick(
+                x=to_datetime(forming["ts"]), open=forming["open"], high=forming["high"], low=forming["low"],
+                close=forming["close"], name="forming (not closed)", opacity=0.55,
+                increasing={"line": {"color": colors["forming"]}, "fillcolor": colors["forming"]},
+                decreasing={"line": {"color": colors["forming"]}, "fillcolor": "rgba(0, 0, 0, 0)"},
+            ),
+            row=1, col=1,
+        )
     if not forecast.empty:
         _add_forecast(figure, predicted_candles(float(shown["close"].iloc[-1]), forecast), int(shown["ts"].iloc[-1]), colors,
                       f"{percent(level)} interval")
@@ -222,12 +235,14 @@ def step_error_figure(matured: pd.DataFrame, theme: str, horizon: Horizon, uirev
     return figure
 
 
-def kpis(candles: pd.DataFrame, forecast: pd.DataFrame, matured: pd.DataFrame) -> dict:
-    """Headline numbers: last price, the forecast's last step and its % change, MAE ratio, coverage.
+def kpis(candles: pd.DataFrame, forecast: pd.DataFrame, matured: pd.DataFrame, forming: pd.DataFrame | None = None) -> dict:
+    """Headline numbers: last price (the forming candle's, when there is one), the forecast's
+    last step and its % change from it, MAE ratio, coverage.
 
     Values are None where there is nothing to compute them from yet.
     """
-    last = float(candles["close"].iloc[-1]) if not candles.empty else None
+    newest = forming if forming is not None and not forming.empty else candles
+    last = float(newest["close"].iloc[-1]) if not newest.empty else None
     ahead = float(forecast["predicted"].iloc[-1]) if not forecast.empty else None
     scores = overall_metrics(matured)
     return {
