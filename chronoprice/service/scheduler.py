@@ -12,6 +12,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import logging
+import math
 import os
 import socket
 import threading
@@ -128,9 +129,10 @@ class Scheduler:
             due = self._due.setdefault(market, _Due(now))
             running = self._running.get(market)
             if due.at <= now and (running is None or running.done()):
+                self._due[market] = dataclasses.replace(due, at=math.inf)  # until the tick says when next
                 self._running[market] = self._pool.submit(self._tick, market, due)
         pending = [due.at for due in self._due.values()] or [now + 1.0]
-        return min(1.0, max(0.05, min(pending) - self._clock()))
+        return min(1.0, max(0.05, min(pending) - self._clock()))  # at least once a second: the watchlist may change
 
     def _tick(self, market: tuple[str, str], due: _Due) -> None:
         symbol, timeframe = market
