@@ -117,9 +117,9 @@ class Ticker:
         saved = status_from_json(read_tick_status(self.db(), self._tick_key(symbol, timeframe)))
         return saved or TickStatus(self.source.label, None, symbol, timeframe=timeframe, note="first update in progress")
 
-    def tick(self, symbol: str, timeframe: str | None = None, force: bool = False, min_interval_ms: int | None = None) -> TickStatus:
-        """Run a tick for the market unless one is running or ran within the refresh interval
-        (or `min_interval_ms`) in any process sharing the database; otherwise return the stored
+    def tick(self, symbol: str, timeframe: str | None = None, force: bool = False) -> TickStatus:
+        """Run a tick for the market unless one is running or ran within the refresh interval (any
+        time ago with `force`) in any process sharing the database; otherwise return the stored
         status at once."""
         timeframe = timeframe or self.timeframe
         lock = self._lock(symbol, timeframe)
@@ -127,8 +127,7 @@ class Ticker:
             return self.stored_status(symbol, timeframe)
         try:
             key = self._tick_key(symbol, timeframe)
-            interval = 0 if force else self._refresh_ms if min_interval_ms is None else min_interval_ms
-            if not claim_tick(self.db(), key, self.now_ms(), interval):
+            if not claim_tick(self.db(), key, self.now_ms(), 0 if force else self._refresh_ms):
                 return self.stored_status(symbol, timeframe)
             status = self.run_tick(symbol, timeframe, history_in_background=True)
             save_tick_status(self.db(), key, status_to_json(status))
