@@ -27,10 +27,12 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
 
+# Closed and predicted candles; the forming one comes and goes with the clock (tests/test_dashboard.py).
 CANDLES_DRAWN = """() => {
     const plot = document.querySelector('#price-chart .js-plotly-plot');
     if (!plot || !plot.data) { return 0; }
-    return plot.data.filter(trace => trace.type === 'candlestick').reduce((sum, trace) => sum + trace.x.length, 0);
+    return plot.data.filter(trace => trace.type === 'candlestick' && trace.name !== 'forming (not closed)')
+        .reduce((sum, trace) => sum + trace.x.length, 0);
 }"""
 
 

@@ -68,12 +68,12 @@ def load_view(ticker: Ticker, symbol: str, timeframe: str) -> ViewData:
 
 def fresh_forming(status: TickStatus, candles: pd.DataFrame, now_ms: int) -> pd.DataFrame | None:
     """The forming candle the last tick fetched, if it is the one right after the newest closed
-    candle shown and has not been over for a whole candle (a failing exchange leaves it stale)."""
+    candle shown and was fetched less than a candle ago (by our clock: an exchange's may differ)."""
     if status.forming is None or candles.empty:
         return None
     forming, length = pd.DataFrame([status.forming], columns=COLUMNS), timeframe_ms(status.timeframe)
-    opened = int(forming["ts"].iloc[0])
-    return forming if opened == candles["ts"].iloc[-1] + length and now_ms < opened + 2 * length else None
+    follows = int(forming["ts"].iloc[0]) == candles["ts"].iloc[-1] + length
+    return forming if follows and now_ms - status.finished_at_ms < length else None
 
 
 def _utc(ts: int | None) -> str:
