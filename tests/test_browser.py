@@ -18,11 +18,13 @@ from werkzeug.serving import make_server
 
 from chronoprice.config import settings_from
 from chronoprice.service.build import build_ticker
+from chronoprice.service.watchlist import seed_watchlist
 from chronoprice.testing import free_port
 from chronoprice.web.server import create_app
 from tests.conftest import LIVENESS_SECONDS
 
 PROJECT = Path(__file__).resolve().parents[1]
+WATCHED = [("BTC/USDT", "1m"), ("ETH/USDT", "1m"), ("BTC/USDT", "15m")]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
@@ -44,6 +46,9 @@ def dashboard_url(tmp_path_factory, shipped_model):
     ticker = build_ticker(settings)
     status = ticker.backfill("BTC/USDT", hours=6)
     assert status.error is None, status.summary()
+    seed_watchlist(ticker.db(), ",".join(f"{symbol}@{timeframe}" for symbol, timeframe in WATCHED), 50)
+    for symbol, timeframe in WATCHED[1:]:
+        ticker.tick(symbol, timeframe)
     server = make_server("127.0.0.1", 0, create_app(settings, ticker).server, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -67,7 +72,7 @@ def page(browser, dashboard_url):
     problems = []
     page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
     page.on("pageerror", lambda error: problems.append(str(error)))
-    page.goto(dashboard_url)
+    page.goto(dashboard_url + "market")
     page.wait_for_function(f"() => ({CANDLES_DRAWN})() > 0", timeout=LIVENESS_SECONDS * 1000)
     page.problems = problems
     yield page
@@ -112,9 +117,36 @@ def test_symbol_switch_and_unknown_symbol_message(page):
     assert page.problems == []
 
 
-def test_dashboard_fits_a_phone(browser, dashboard_url):
+def test_the_overview_lists_every_watched_market_and_opens_its_chart(browser, dashboard_url):
     page = browser.new_page(viewport={"width": 390, "height": 844})
     page.goto(dashboard_url)
+    page.wait_for_function(f"() => document.querySelectorAll('#overview-body tr').length === {len(WATCHED)}",
+                           timeout=LIVENESS_SECONDS * 1000)
+    text = page.inner_text("#overview-table")
+    for symbol, timeframe in WATCHED:
+        assert f"{symbol} {timeframe}" in text
+    assert "┆" in text and "last close" in text, "sparklines with forecasts; 15m is served by the last close"
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= 390, "the table scrolls inside its panel"
+    if os.environ.get("CHRONOPRICE_OVERVIEW_SCREENSHOT"):
+        page.screenshot(path=os.environ["CHRONOPRICE_OVERVIEW_SCREENSHOT"], full_page=True)
+    first_markets = "() => document.querySelector('#overview-body tr td').innerText"
+    page.click("#overview-table th >> text=Market")  # the second click on the sorted column reverses it
+    page.wait_for_function(f"() => ({first_markets})() === 'ETH/USDT 1m'")
+    page.click("text=ETH/USDT 1m")
+    page.wait_for_function("() => document.querySelector('#price-title').innerText.startsWith('ETH/USDT 1m')",
+                           timeout=LIVENESS_SECONDS * 1000)
+    page.wait_for_function(f"() => ({CANDLES_DRAWN})() === 70", timeout=LIVENESS_SECONDS * 1000)
+    assert "symbol=ETH%2FUSDT" in page.url and page.is_hidden("#overview-page")
+    page.click("#timeframe >> text=15m")
+    page.wait_for_function("() => document.querySelector('#price-title').innerText.startsWith('ETH/USDT 15m')",
+                           timeout=LIVENESS_SECONDS * 1000)
+    assert page.inner_text("#model-badge") == "last close: no model has shown skill on 15m candles"
+    page.close()
+
+
+def test_dashboard_fits_a_phone(browser, dashboard_url):
+    page = browser.new_page(viewport={"width": 390, "height": 844})
+    page.goto(dashboard_url + "market")
     page.wait_for_function(f"() => ({CANDLES_DRAWN})() === 70", timeout=LIVENESS_SECONDS * 1000)
     widths = page.evaluate("() => [document.documentElement.scrollWidth, Number(document.querySelector('#price-chart .main-svg').getAttribute('width'))]")
     assert widths[0] <= 390 and widths[1] <= 390
@@ -132,7 +164,7 @@ def test_python_app_py_offline_shows_the_demo_and_a_forecast(browser, tmp_path):
         page = browser.new_page(viewport={"width": 1280, "height": 1000})
         while True:
             try:
-                page.goto(f"http://127.0.0.1:{port}/")
+                page.goto(f"http://127.0.0.1:{port}/market")
                 break
             except PlaywrightError:
                 assert process.poll() is None, process.stdout.read()

@@ -6,10 +6,12 @@ import pytest
 
 from chronoprice.config import settings_from
 from chronoprice.service.build import build_ticker
+from chronoprice.service.overview import SPARK_CANDLES, change_pct, summarise_watchlist
 from chronoprice.store.sqlite import read_candles
 from chronoprice.web.dashboard.callbacks import (
     check_symbol,
     load_view,
+    page_of,
     render_view,
     verdict,
 )
@@ -22,6 +24,7 @@ from chronoprice.web.dashboard.figures import (
     step_error_figure,
     with_indicators,
 )
+from chronoprice.web.dashboard.overview import overview_row, sort_after_click, sorted_rows, sparkline
 from tests.conftest import MINUTE_MS, make_candles
 
 
@@ -195,3 +198,29 @@ def test_chart_cache_is_keyed_by_the_newest_candle(demo_ticker):
     assert last_time(cached_figures(cache, shorter, "dark", [])) == last_time(first), "same newest candle: from the cache"
     moved = dataclasses.replace(shorter, status=dataclasses.replace(view.status, newest_ts=view.status.newest_ts + MINUTE_MS))
     assert last_time(cached_figures(cache, moved, "dark", [])) != last_time(first), "a new candle: rebuilt"
+
+
+def test_overview_sparkline_sorting_and_24h_change_are_plain_arithmetic():
+    assert sparkline([1.0, 2.0, 3.0], [3.0, 4.0]) == "▁▃▆┆▆█"
+    assert sparkline([], []) == "" and sparkline([5.0, 5.0], []) == "▁▁"
+    rows = [{"market": "B", "change": 1.5}, {"market": "A", "change": None}, {"market": "C", "change": -2.0}]
+    assert [row["market"] for row in sorted_rows(rows, {"key": "change", "descending": False})] == ["C", "B", "A"]
+    assert [row["market"] for row in sorted_rows(rows, {"key": "change", "descending": True})] == ["B", "C", "A"], "empty last"
+    assert sort_after_click({"key": "market", "descending": False}, "market") == {"key": "market", "descending": True}
+    assert sort_after_click({"key": "market", "descending": True}, "price") == {"key": "price", "descending": False}
+    day = make_candles(24 * 60 + 5)
+    assert change_pct(day, 110.0, MINUTE_MS) == pytest.approx(100 * (110.0 / day["open"].iloc[5] - 1))
+    assert change_pct(day.tail(600), 110.0, MINUTE_MS) is None, "less than a day stored: no 24 h change"
+
+
+def test_overview_summarises_every_watched_market_from_the_store(demo_ticker):
+    demo_ticker.tick("BTC/USDT", "1m")
+    demo_ticker.tick("BTC/USDT", "15m")
+    lstm, naive = summarise_watchlist(demo_ticker, [("BTC/USDT", "1m"), ("BTC/USDT", "15m")])
+    assert lstm.status == "ok" and lstm.model_version.startswith("lstm-") and len(lstm.closes) == SPARK_CANDLES
+    assert len(lstm.forecast) == 10 and lstm.lower < lstm.forecast[-1] < lstm.upper and lstm.change_24h_pct is not None
+    assert naive.model_version == "naive" and set(naive.forecast) == {naive.last_price}
+    row = overview_row(naive, demo_ticker.now_ms())
+    assert row["path"] == "/market?symbol=BTC%2FUSDT&timeframe=15m" and row["mae_ratio"] is None and "last close" in row["forecast"]
+    assert page_of("/market", "?symbol=eth/usdt&timeframe=1h", "BTC/USDT", "1m") == ("ETH/USDT", "1h", True)
+    assert page_of("/", "?symbol=nonsense&timeframe=2m", "BTC/USDT", "1m") == ("BTC/USDT", "1m", False)

@@ -95,7 +95,7 @@ def test_fifty_api_clients_and_an_open_dashboard_for_a_minute(series, tmp_path):
             page = browser.new_page()
             console_errors = []
             page.on("console", lambda message: console_errors.append(message.text) if message.type == "error" else None)
-            page.goto(base + "/")
+            page.goto(base + "/market")
             try:
                 page.wait_for_function(f"() => ({CANDLES_DRAWN})() === 70", timeout=60_000)
             except PlaywrightError:

@@ -12,7 +12,7 @@ from flask import jsonify, request
 
 from chronoprice.market.source import Market
 from chronoprice.market.timeframes import timeframe_ms
-from chronoprice.service.status import TickStatus
+from chronoprice.service.overview import market_status
 from chronoprice.store.sqlite import newest_candle_ts, newest_forecast_origin_ts
 from chronoprice.store.watchlist import WatchlistFull, add_to_watchlist, read_watchlist, remove_from_watchlist
 from chronoprice.web.api.context import api_context
@@ -21,20 +21,6 @@ from chronoprice.web.api.params import parse_symbol, parse_timeframe
 
 LOOPBACK = ("127.0.0.1", "::1")
 blueprint = api_blueprint("markets")
-
-
-def market_status(status: TickStatus, now_ms: int, length_ms: int) -> str:
-    """One word for a watched market: waiting (no tick yet), unknown_symbol, failing (the last
-    tick could not fetch), stale (the newest candle is over two candles old) or ok."""
-    if status.finished_at_ms == 0:
-        return "waiting"
-    if status.symbol_unknown:
-        return "unknown_symbol"
-    newest_closed = (now_ms // length_ms - 1) * length_ms
-    behind = newest_closed - (status.newest_ts or 0)
-    if status.error and behind > 0:
-        return "failing"
-    return "stale" if behind >= 2 * length_ms else "ok"
 
 
 def market_entry(symbol: str, timeframe: str) -> dict:

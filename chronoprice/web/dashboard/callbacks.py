@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 import sqlite3
+from urllib.parse import parse_qs
 
 import dash
 import pandas as pd
-from dash import Input, Output, State
+from dash import ALL, Input, Output, State
 from dash.exceptions import PreventUpdate
 
 from chronoprice.config import SettingsError, settings_from
@@ -17,10 +18,12 @@ from chronoprice.market.candles import COLUMNS
 from chronoprice.market.timeframes import TIMEFRAME_MS, timeframe_ms
 from chronoprice.model.features import HORIZON
 from chronoprice.model.forecasters import NaiveBandForecaster
+from chronoprice.service.overview import summarise_watchlist
 from chronoprice.service.scoring import read_scored
 from chronoprice.service.status import TickStatus
 from chronoprice.service.tick import Ticker
 from chronoprice.store.sqlite import StoreError, read_candles, read_latest_forecast
+from chronoprice.store.watchlist import read_watchlist
 from chronoprice.web.dashboard.figures import (
     SHOWN_CANDLES,
     Horizon,
@@ -30,6 +33,7 @@ from chronoprice.web.dashboard.figures import (
     step_error_figure,
 )
 from chronoprice.web.dashboard.layout import DEFAULT_SYMBOLS, symbol_options
+from chronoprice.web.dashboard.overview import DEFAULT_SORT, overview_row, sort_after_click, table_body
 
 INDICATOR_WARM_UP = 60  # extra candles read so EMA 50 is settled on the first shown candle
 
@@ -187,6 +191,18 @@ def check_symbol(ticker: Ticker, text: str | None, current: str) -> tuple[str, s
     return symbol, ""
 
 
+def page_of(pathname: str | None, search: str | None, symbol: str, timeframe: str) -> tuple[str, str, bool]:
+    """(symbol, timeframe, whether it is a market page) for a URL such as
+    /market?symbol=ETH/USDT&timeframe=15m; what the query lacks or gets wrong stays as it was."""
+    query = parse_qs((search or "").lstrip("?"))
+    try:
+        symbol = settings_from({"symbol": query["symbol"][0]}, {}).symbol if "symbol" in query else symbol
+    except SettingsError:
+        pass
+    timeframe = query["timeframe"][0] if query.get("timeframe", [""])[0] in TIMEFRAME_MS else timeframe
+    return symbol, timeframe, (pathname or "/").rstrip("/").endswith("/market")
+
+
 def attach_callbacks(app: dash.Dash, ticker: Ticker, cache) -> None:
     @app.callback([Output(component, prop) for component, prop in REFRESH_OUTPUTS],
                   Input("refresh", "n_intervals"), Input("active-symbol", "data"), Input("timeframe", "value"),
@@ -199,10 +215,33 @@ def attach_callbacks(app: dash.Dash, ticker: Ticker, cache) -> None:
         outputs = {**cached_figures(cache, view, theme or "dark", overlays or []), **render_text(view)}
         return [outputs[component + ("-hidden" if prop == "hidden" else "")] for component, prop in REFRESH_OUTPUTS]
 
-    @app.callback(Output("active-symbol", "data"), Output("symbol-message", "children"),
-                  Input("symbol-input", "value"), State("active-symbol", "data"), prevent_initial_call=True)
-    def choose_symbol(text, current):
-        return check_symbol(ticker, text, current)
+    @app.callback(Output("active-symbol", "data"), Output("symbol-message", "children"), Output("symbol-input", "value"),
+                  Output("timeframe", "value"), Output("overview-page", "hidden"), Output("market-page", "hidden"),
+                  Output("market-controls", "hidden"),
+                  Input("url", "pathname"), Input("url", "search"), Input("symbol-input", "value"),
+                  State("active-symbol", "data"), State("timeframe", "value"))
+    def route(pathname, search, text, current, timeframe):
+        if dash.ctx.triggered_id == "symbol-input":
+            symbol, message = check_symbol(ticker, text, current)
+            return symbol, message, *[dash.no_update] * 5
+        symbol, timeframe, on_market = page_of(pathname, search, current, timeframe)
+        return symbol, "", symbol, timeframe, on_market, not on_market, not on_market
+
+    @app.callback(Output("overview-body", "children"), Input("refresh", "n_intervals"), Input("overview-page", "hidden"),
+                  Input("overview-sort", "data"))
+    def refresh_overview(_, hidden, sort):
+        if hidden:
+            raise PreventUpdate
+        try:
+            summaries = summarise_watchlist(ticker, read_watchlist(ticker.db()))
+        except (StoreError, sqlite3.OperationalError):
+            raise PreventUpdate from None
+        return table_body([overview_row(summary, ticker.now_ms()) for summary in summaries], sort or DEFAULT_SORT)
+
+    @app.callback(Output("overview-sort", "data"), Input({"type": "overview-sort", "key": ALL}, "n_clicks"),
+                  State("overview-sort", "data"), prevent_initial_call=True)
+    def sort_overview(_, sort):
+        return sort_after_click(sort or DEFAULT_SORT, dash.ctx.triggered_id["key"])
 
     @app.callback(Output("symbol-options", "children"), Input("symbols-once", "n_intervals"), prevent_initial_call=True)
     def list_symbols(_):

@@ -8,6 +8,7 @@ from chronoprice.config import Settings
 from chronoprice.evaluation.metrics import ERROR_WINDOW_HOURS
 from chronoprice.market.timeframes import TIMEFRAME_MS
 from chronoprice.web.dashboard.figures import OVERLAYS
+from chronoprice.web.dashboard.overview import overview_section
 
 DEFAULT_SYMBOLS = ("BTC/USDT", "ETH/USDT")
 KPI_CARDS = (
@@ -34,6 +35,7 @@ def build_layout(settings: Settings) -> html.Div:
         id="root",
         className="theme-dark",
         children=[
+            dcc.Location(id="url"),
             dcc.Store(id="theme", storage_type="local", data="dark"),
             dcc.Store(id="active-symbol", data=settings.symbol),
             dcc.Store(id="updated-at"),
@@ -43,41 +45,50 @@ def build_layout(settings: Settings) -> html.Div:
             html.Header(
                 className="header",
                 children=[
-                    html.Div(className="brand", children=[html.H1("ChronoPrice"), html.Span(id="source-badge", className="badge")]),
-                    html.Div(
-                        className="symbol-picker",
-                        children=[
-                            dcc.Input(id="symbol-input", type="text", value=settings.symbol, list="symbol-options", debounce=True,
-                                      disabled=replay, spellCheck=False, autoComplete="off", placeholder="symbol, e.g. ETH/USDT"),
-                            html.Datalist(id="symbol-options", children=symbol_options(symbols)),
-                            html.Div(id="symbol-message", className="inline-message", role="alert"),
-                        ],
-                    ),
-                    dcc.RadioItems(id="timeframe", options=list(TIMEFRAME_MS), value=settings.timeframe, inline=True,
-                                   className="timeframes"),
-                    html.Div(className="meta", children=[
-                        html.Span(id="newest-candle"), html.Span(id="updated-ago"), html.Span(id="model-badge", className="badge badge-model"),
+                    html.Div(className="brand", children=[
+                        html.H1(html.A("ChronoPrice", href="/", title="all watched markets")),
+                        html.Span(id="source-badge", className="badge"),
+                        html.A("Overview", href="/", className="nav-link"),
+                    ]),
+                    html.Div(id="market-controls", className="market-controls", hidden=True, children=[
+                        html.Div(
+                            className="symbol-picker",
+                            children=[
+                                dcc.Input(id="symbol-input", type="text", value=settings.symbol, list="symbol-options", debounce=True,
+                                          disabled=replay, spellCheck=False, autoComplete="off", placeholder="symbol, e.g. ETH/USDT"),
+                                html.Datalist(id="symbol-options", children=symbol_options(symbols)),
+                                html.Div(id="symbol-message", className="inline-message", role="alert"),
+                            ],
+                        ),
+                        dcc.RadioItems(id="timeframe", options=list(TIMEFRAME_MS), value=settings.timeframe, inline=True,
+                                       className="timeframes"),
+                        html.Div(className="meta", children=[
+                            html.Span(id="newest-candle"), html.Span(id="updated-ago"), html.Span(id="model-badge", className="badge badge-model"),
+                        ]),
                     ]),
                     html.Button("Light theme", id="theme-toggle", n_clicks=0, className="theme-toggle"),
                 ],
             ),
             html.Div(id="banner", className="banner", hidden=True),
-            html.Div(id="status-message", className="status-message"),
-            html.Section(className="kpis", children=[_kpi_card(card_id, title) for card_id, title in KPI_CARDS]),
-            html.Section(className="panel", children=[
-                html.Div(className="panel-head", children=[
-                    html.H2(id="price-title", children="Price"),
-                    dcc.Checklist(id="overlays", options=[{"label": label, "value": key} for key, label in OVERLAYS.items()],
-                                  value=[], inline=True, className="overlays"),
+            html.Div(id="overview-page", children=[overview_section()]),
+            html.Div(id="market-page", hidden=True, children=[
+                html.Div(id="status-message", className="status-message"),
+                html.Section(className="kpis", children=[_kpi_card(card_id, title) for card_id, title in KPI_CARDS]),
+                html.Section(className="panel", children=[
+                    html.Div(className="panel-head", children=[
+                        html.H2(id="price-title", children="Price"),
+                        dcc.Checklist(id="overlays", options=[{"label": label, "value": key} for key, label in OVERLAYS.items()],
+                                      value=[], inline=True, className="overlays"),
+                    ]),
+                    dcc.Graph(id="price-chart", className="price-chart", config={"displaylogo": False, "responsive": True}),
                 ]),
-                dcc.Graph(id="price-chart", className="price-chart", config={"displaylogo": False, "responsive": True}),
-            ]),
-            html.Section(className="panel", children=[
-                html.H2(f"Forecast errors, last {ERROR_WINDOW_HOURS} hours"),
-                html.P(id="verdict", className="verdict"),
-                html.Div(className="error-charts", children=[
-                    dcc.Graph(id="error-chart", className="error-chart", config={"displaylogo": False, "responsive": True}),
-                    dcc.Graph(id="step-chart", className="error-chart", config={"displaylogo": False, "responsive": True}),
+                html.Section(className="panel", children=[
+                    html.H2(f"Forecast errors, last {ERROR_WINDOW_HOURS} hours"),
+                    html.P(id="verdict", className="verdict"),
+                    html.Div(className="error-charts", children=[
+                        dcc.Graph(id="error-chart", className="error-chart", config={"displaylogo": False, "responsive": True}),
+                        dcc.Graph(id="step-chart", className="error-chart", config={"displaylogo": False, "responsive": True}),
+                    ]),
                 ]),
             ]),
             html.Footer("Forecasts are a teaching tool, not trading advice. The naive baseline repeats the last close; "

@@ -1,0 +1,101 @@
+"""One summary per watched market for the overview page: price, 24 h change, recent closes and
+the forecast, live accuracy against the naive forecaster, freshness and status."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pandas as pd
+
+from chronoprice.evaluation.metrics import ERROR_WINDOW_HOURS, diebold_mariano, overall_metrics
+from chronoprice.market.source import Market
+from chronoprice.market.timeframes import HOUR_MS, timeframe_ms
+from chronoprice.service.scoring import read_scored
+from chronoprice.service.status import TickStatus
+from chronoprice.service.tick import Ticker
+from chronoprice.store.sqlite import newest_candle_ts, read_candles, read_latest_forecast
+
+SPARK_CANDLES = 30  # closes drawn before the forecast in the overview's sparkline
+
+
+@dataclasses.dataclass(frozen=True)
+class MarketSummary:
+    symbol: str
+    timeframe: str
+    status: str
+    error: str | None
+    newest_ts: int | None
+    last_price: float | None
+    change_24h_pct: float | None
+    closes: list[float]
+    forecast: list[float]
+    lower: float | None
+    upper: float | None
+    mae_ratio: float | None
+    dm_p_value: float | None
+    coverage: float | None
+    model_version: str | None
+
+
+def market_status(status: TickStatus, now_ms: int, length_ms: int) -> str:
+    """One word for a watched market: waiting (no tick yet), unknown_symbol, failing (the last
+    tick could not fetch), stale (the newest candle is over two candles old) or ok."""
+    if status.finished_at_ms == 0:
+        return "waiting"
+    if status.symbol_unknown:
+        return "unknown_symbol"
+    newest_closed = (now_ms // length_ms - 1) * length_ms
+    behind = newest_closed - (status.newest_ts or 0)
+    if status.error and behind > 0:
+        return "failing"
+    return "stale" if behind >= 2 * length_ms else "ok"
+
+
+def last_step_p_value(matured: pd.DataFrame) -> float | None:
+    """Diebold-Mariano p-value of the model against naive on the matured last-step forecasts."""
+    if matured.empty:
+        return None
+    horizon = int(matured["step"].max())
+    last = matured[matured["step"] == horizon]
+    if len(last) < 2 * horizon:
+        return None
+    return diebold_mariano((last["predicted"] - last["actual"]).to_numpy(), (last["naive"] - last["actual"]).to_numpy(), horizon)[1]
+
+
+def change_pct(candles: pd.DataFrame, now_price: float | None, length_ms: int) -> float | None:
+    """% change over the 24 hours that end with the newest candle's close: from the open of the
+    candle that began then, if it is stored."""
+    if candles.empty or now_price is None:
+        return None
+    began = int(candles["ts"].iloc[-1]) + length_ms - 24 * HOUR_MS
+    first = candles[candles["ts"] == began]
+    return None if first.empty else 100 * (now_price / float(first["open"].iloc[0]) - 1)
+
+
+def summarise_market(ticker: Ticker, symbol: str, timeframe: str) -> MarketSummary:
+    """What the overview shows of one watched market, from the store and its saved tick status."""
+    status = ticker.stored_status(symbol, timeframe)
+    market = Market(status.exchange or ticker.source.exchange, symbol, timeframe)
+    db, length = ticker.db(), timeframe_ms(timeframe)
+    newest = newest_candle_ts(db, market) or 0
+    candles = read_candles(db, market, start=newest - 24 * HOUR_MS - length)
+    forecast = read_latest_forecast(db, market)
+    if not candles.empty and not forecast.empty and forecast["origin_ts"].iloc[0] != candles["ts"].iloc[-1]:
+        forecast = forecast.iloc[:0]
+    last = float(candles["close"].iloc[-1]) if not candles.empty else None
+    matured = read_scored(db, market, since_target_ts=newest - ERROR_WINDOW_HOURS * HOUR_MS)
+    scores = overall_metrics(matured)
+    return MarketSummary(
+        symbol=symbol, timeframe=timeframe, status=market_status(status, ticker.now_ms(), length), error=status.error,
+        newest_ts=int(candles["ts"].iloc[-1]) if not candles.empty else None, last_price=last,
+        change_24h_pct=change_pct(candles, last, length),
+        closes=candles["close"].tail(SPARK_CANDLES).tolist(), forecast=forecast["predicted"].tolist(),
+        lower=float(forecast["lower"].iloc[-1]) if not forecast.empty else None,
+        upper=float(forecast["upper"].iloc[-1]) if not forecast.empty else None,
+        mae_ratio=scores["mae_ratio"], dm_p_value=last_step_p_value(matured), coverage=scores["coverage"],
+        model_version=str(forecast["model_version"].iloc[0]) if not forecast.empty else status.model_version,
+    )
+
+
+def summarise_watchlist(ticker: Ticker, watched: list[tuple[str, str]]) -> list[MarketSummary]:
+    return [summarise_market(ticker, symbol, timeframe) for symbol, timeframe in watched]
