@@ -129,6 +129,13 @@ def test_the_overview_lists_every_watched_market_and_opens_its_chart(browser, da
     assert page.evaluate("() => document.documentElement.scrollWidth") <= 390, "the table scrolls inside its panel"
     if os.environ.get("CHRONOPRICE_OVERVIEW_SCREENSHOT"):
         page.screenshot(path=os.environ["CHRONOPRICE_OVERVIEW_SCREENSHOT"], full_page=True)
+    page.fill("#watch-symbol", "SOL/USDT")
+    page.click("#watch-add")
+    page.wait_for_function("() => document.querySelector('#watch-message').innerText.startsWith('Watching SOL/USDT 1m')")
+    page.wait_for_function(f"() => document.querySelectorAll('#overview-body tr').length === {len(WATCHED) + 1}")
+    page.click("button[title='stop watching SOL/USDT 1m']")
+    page.wait_for_function(f"() => document.querySelectorAll('#overview-body tr').length === {len(WATCHED)}")
+    assert page.inner_text("#watch-message") == "Stopped watching SOL/USDT 1m."
     first_markets = "() => document.querySelector('#overview-body tr td').innerText"
     page.click("#overview-table th >> text=Market")  # the second click on the sorted column reverses it
     page.wait_for_function(f"() => ({first_markets})() === 'ETH/USDT 1m'")

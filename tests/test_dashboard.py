@@ -7,13 +7,17 @@ import pytest
 from chronoprice.config import settings_from
 from chronoprice.service.build import build_ticker
 from chronoprice.service.overview import SPARK_CANDLES, change_pct, summarise_watchlist
+from chronoprice.service.watchlist import seed_watchlist
 from chronoprice.store.sqlite import read_candles
+from chronoprice.store.watchlist import read_watchlist
+from chronoprice.web.access import write_refusal
 from chronoprice.web.dashboard.callbacks import (
     check_symbol,
     load_view,
     page_of,
     render_view,
     verdict,
+    watch_message,
 )
 from chronoprice.web.dashboard.figures import (
     Horizon,
@@ -224,3 +228,22 @@ def test_overview_summarises_every_watched_market_from_the_store(demo_ticker):
     assert row["path"] == "/market?symbol=BTC%2FUSDT&timeframe=15m" and row["mae_ratio"] is None and "last close" in row["forecast"]
     assert page_of("/market", "?symbol=eth/usdt&timeframe=1h", "BTC/USDT", "1m") == ("ETH/USDT", "1h", True)
     assert page_of("/", "?symbol=nonsense&timeframe=2m", "BTC/USDT", "1m") == ("BTC/USDT", "1m", False)
+
+
+def test_the_overview_form_watches_and_explains(demo_ticker):
+    limit = 3
+    seed_watchlist(demo_ticker.db(), "BTC/USDT@1m,ETH/USDT@1m", limit)
+    assert watch_message(demo_ticker, "sol/usdt", "5m", limit) == "Watching SOL/USDT 5m: it is forecast from its next candle close on."
+    assert watch_message(demo_ticker, "SOL/USDT", "5m", limit) == "SOL/USDT 5m is watched already."
+    assert "BASE/QUOTE" in watch_message(demo_ticker, "bitcoin", "1m", limit)
+    assert watch_message(demo_ticker, "DOGE/EUR", "1m", limit) == "offline demo does not list DOGE/EUR."
+    assert "watchlist is full (3 of 3" in watch_message(demo_ticker, "BNB/USDT", "1h", limit)
+    assert read_watchlist(demo_ticker.db()) == [("BTC/USDT", "1m"), ("ETH/USDT", "1m"), ("SOL/USDT", "5m")]
+
+
+def test_watchlist_writes_are_refused_to_strangers_and_to_a_wrong_token():
+    assert write_refusal("127.0.0.1", None, None) is None
+    assert write_refusal("203.0.113.9", None, None)[0] == 403
+    assert write_refusal("127.0.0.1", None, "a-long-admin-token-for-tests")[0] == 401, "with a token set, loopback needs it too"
+    assert write_refusal("203.0.113.9", "a-long-admin-token-for-tests", "a-long-admin-token-for-tests") is None
+    assert "a-long" not in write_refusal("203.0.113.9", "wrong", "a-long-admin-token-for-tests")[1]

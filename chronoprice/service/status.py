@@ -7,6 +7,8 @@ import json
 
 import pandas as pd
 
+from chronoprice.market.candles import COLUMNS
+
 STATUS_FORMAT = 2  # bump when a field changes meaning; saved statuses of another format are ignored
 
 
@@ -58,3 +60,16 @@ def status_from_json(text: str | None) -> TickStatus | None:
         return TickStatus(**{key: value for key, value in saved.items() if key in fields})
     except TypeError:
         return None
+
+
+def forming_frame(status: TickStatus) -> pd.DataFrame | None:
+    """The forming candle the tick fetched, as a one-row candles frame; None if it had none."""
+    return None if status.forming is None else pd.DataFrame([status.forming], columns=COLUMNS)
+
+
+def forming_row(forming: pd.DataFrame | None) -> list | None:
+    """A source's forming candle (one-row frame) as the status carries it: [ts, open, high, low, close, volume]."""
+    if forming is None or forming.empty:
+        return None
+    row = forming.iloc[0]
+    return [int(row["ts"]), *(float(row[column]) for column in COLUMNS[1:])]

@@ -15,9 +15,7 @@ import threading
 import time
 from typing import Callable
 
-import pandas as pd
-
-from chronoprice.market.candles import COLUMNS, find_gaps
+from chronoprice.market.candles import find_gaps
 from chronoprice.market.source import CandleSource, Market, SourceError, UnknownSymbol
 from chronoprice.market.timeframes import timeframe_ms
 from chronoprice.model.features import HORIZON, WINDOW
@@ -25,7 +23,7 @@ from chronoprice.model.forecasters import LSTMForecaster, NaiveBandForecaster
 from chronoprice.service.backfill import forecast_history
 from chronoprice.service.models import ModelSlot
 from chronoprice.service.scoring import adapted_quantiles
-from chronoprice.service.status import TickStatus, status_from_json, status_to_json
+from chronoprice.service.status import TickStatus, forming_row, status_from_json, status_to_json
 from chronoprice.store.claims import claim_tick, read_tick_status, save_tick_status
 from chronoprice.store.sqlite import (
     ConnectionPerThread,
@@ -38,14 +36,6 @@ from chronoprice.store.sqlite import (
 log = logging.getLogger(__name__)
 REPAIR_CANDLES = 60  # holes this recent are fetched again each tick; older ones stay recorded gaps
 CATCH_UP_ORIGINS = 1_440  # origins a tick forecasts after an outage; a day of 1m, a month of 30 min
-
-
-def forming_row(forming: pd.DataFrame | None) -> list | None:
-    """The forming candle as the status carries it: [ts, open, high, low, close, volume]."""
-    if forming is None or forming.empty:
-        return None
-    row = forming.iloc[0]
-    return [int(row["ts"]), *(float(row[column]) for column in COLUMNS[1:])]
 
 
 class Ticker:

@@ -10,7 +10,8 @@ import sqlite_utils
 
 from chronoprice.config import SettingsError, settings_from
 from chronoprice.market.timeframes import TIMEFRAME_MS
-from chronoprice.store.watchlist import read_watchlist, replace_watchlist, seeded_from
+from chronoprice.service.tick import Ticker
+from chronoprice.store.watchlist import add_to_watchlist, read_watchlist, replace_watchlist, seeded_from
 
 log = logging.getLogger(__name__)
 DEFAULT_WATCH = "BTC/USDT@1m,ETH/USDT@1m,BTC/USDT@15m,BTC/USDT@1h"
@@ -71,3 +72,16 @@ def seed_watchlist(db: sqlite_utils.Database, watch: str | None, limit: int) -> 
         log.warning("%s", problem)
     log.info("watching %d markets: %s", len(parsed.markets), ", ".join(f"{symbol}@{timeframe}" for symbol, timeframe in parsed.markets))
     return parsed
+
+
+class NotListed(ValueError):
+    """The source does not list the symbol."""
+
+
+def watch_market(ticker: Ticker, symbol: str, timeframe: str, limit: int) -> bool:
+    """Add the market to the store's watchlist; False if it was watched already. Raises
+    NotListed when the source lists symbols and not this one, WatchlistFull at the limit."""
+    offered = ticker.symbols()
+    if offered and symbol not in offered:
+        raise NotListed(f"{ticker.source.label} does not list {symbol}")
+    return add_to_watchlist(ticker.db(), symbol, timeframe, limit)

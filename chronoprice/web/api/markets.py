@@ -6,20 +6,19 @@ loopback when none is, so a public deployment is read-only by default.
 
 from __future__ import annotations
 
-import hmac
-
 from flask import jsonify, request
 
 from chronoprice.market.source import Market
 from chronoprice.market.timeframes import timeframe_ms
 from chronoprice.service.overview import market_status
 from chronoprice.store.sqlite import newest_candle_ts, newest_forecast_origin_ts
-from chronoprice.store.watchlist import WatchlistFull, add_to_watchlist, read_watchlist, remove_from_watchlist
+from chronoprice.service.watchlist import NotListed, watch_market
+from chronoprice.store.watchlist import WatchlistFull, read_watchlist, remove_from_watchlist
+from chronoprice.web.access import write_refusal
 from chronoprice.web.api.context import api_context
 from chronoprice.web.api.errors import ApiError, api_blueprint
 from chronoprice.web.api.params import parse_symbol, parse_timeframe
 
-LOOPBACK = ("127.0.0.1", "::1")
 blueprint = api_blueprint("markets")
 
 
@@ -38,14 +37,11 @@ def market_entry(symbol: str, timeframe: str) -> dict:
 
 
 def require_write_access() -> None:
-    token = api_context().admin_token
-    if token is None:
-        if request.remote_addr not in LOOPBACK:
-            raise ApiError(403, "watchlist writes come only from this machine unless CHRONOPRICE_ADMIN_TOKEN is set")
-        return
-    given = request.headers.get("Authorization", "")
-    if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-        raise ApiError(401, "watchlist writes need the header Authorization: Bearer <CHRONOPRICE_ADMIN_TOKEN>")
+    header = request.headers.get("Authorization", "")
+    token = header[len("Bearer "):] if header.startswith("Bearer ") else None
+    refusal = write_refusal(request.remote_addr, token, api_context().admin_token)
+    if refusal:
+        raise ApiError(*refusal)
 
 
 def market_from_body() -> tuple[str, str]:
@@ -71,11 +67,10 @@ def add_market():
     require_write_access()
     symbol, timeframe = market_from_body()
     context = api_context()
-    offered = context.ticker.symbols()
-    if offered and symbol not in offered:
-        raise ApiError(404, f"{context.ticker.source.label} does not list {symbol}", "symbol")
     try:
-        added = add_to_watchlist(context.ticker.db(), symbol, timeframe, context.watch_limit)
+        added = watch_market(context.ticker, symbol, timeframe, context.watch_limit)
+    except NotListed as error:
+        raise ApiError(404, str(error), "symbol") from None
     except WatchlistFull as error:
         raise ApiError(409, str(error)) from None
     return jsonify(market_entry(symbol, timeframe)), 201 if added else 200

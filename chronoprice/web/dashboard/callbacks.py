@@ -8,22 +8,24 @@ import sqlite3
 from urllib.parse import parse_qs
 
 import dash
+import flask
 import pandas as pd
 from dash import ALL, Input, Output, State
 from dash.exceptions import PreventUpdate
 
-from chronoprice.config import SettingsError, settings_from
+from chronoprice.config import Settings, SettingsError, settings_from
 from chronoprice.evaluation.metrics import ERROR_WINDOW_HOURS, matured_metrics
-from chronoprice.market.candles import COLUMNS
 from chronoprice.market.timeframes import TIMEFRAME_MS, timeframe_ms
 from chronoprice.model.features import HORIZON
 from chronoprice.model.forecasters import NaiveBandForecaster
 from chronoprice.service.overview import summarise_watchlist
+from chronoprice.service.watchlist import parse_market, watch_market
 from chronoprice.service.scoring import read_scored
-from chronoprice.service.status import TickStatus
+from chronoprice.service.status import TickStatus, forming_frame
 from chronoprice.service.tick import Ticker
 from chronoprice.store.sqlite import StoreError, read_candles, read_latest_forecast
-from chronoprice.store.watchlist import read_watchlist
+from chronoprice.store.watchlist import WatchlistFull, read_watchlist, remove_from_watchlist
+from chronoprice.web.access import write_refusal
 from chronoprice.web.dashboard.figures import (
     SHOWN_CANDLES,
     Horizon,
@@ -73,9 +75,9 @@ def load_view(ticker: Ticker, symbol: str, timeframe: str) -> ViewData:
 def fresh_forming(status: TickStatus, candles: pd.DataFrame, now_ms: int) -> pd.DataFrame | None:
     """The forming candle the last tick fetched, if it is the one right after the newest closed
     candle shown and was fetched less than a candle ago (by our clock: an exchange's may differ)."""
-    if status.forming is None or candles.empty:
+    forming, length = forming_frame(status), timeframe_ms(status.timeframe)
+    if forming is None or candles.empty:
         return None
-    forming, length = pd.DataFrame([status.forming], columns=COLUMNS), timeframe_ms(status.timeframe)
     follows = int(forming["ts"].iloc[0]) == candles["ts"].iloc[-1] + length
     return forming if follows and now_ms - status.finished_at_ms < length else None
 
@@ -203,7 +205,19 @@ def page_of(pathname: str | None, search: str | None, symbol: str, timeframe: st
     return symbol, timeframe, (pathname or "/").rstrip("/").endswith("/market")
 
 
-def attach_callbacks(app: dash.Dash, ticker: Ticker, cache) -> None:
+def watch_message(ticker: Ticker, symbol: str | None, timeframe: str, limit: int) -> str:
+    """Watch the market the form names; the sentence that says what happened."""
+    try:
+        symbol, timeframe = parse_market(f"{symbol or ''}@{timeframe}")
+        added = watch_market(ticker, symbol, timeframe, limit)
+    except (ValueError, WatchlistFull) as error:
+        return str(error).replace("@", " ") + "."
+    if not added:
+        return f"{symbol} {timeframe} is watched already."
+    return f"Watching {symbol} {timeframe}: it is forecast from its next candle close on."
+
+
+def attach_callbacks(app: dash.Dash, ticker: Ticker, cache, settings: Settings) -> None:
     @app.callback([Output(component, prop) for component, prop in REFRESH_OUTPUTS],
                   Input("refresh", "n_intervals"), Input("active-symbol", "data"), Input("timeframe", "value"),
                   Input("theme", "data"), Input("overlays", "value"))
@@ -228,8 +242,8 @@ def attach_callbacks(app: dash.Dash, ticker: Ticker, cache) -> None:
         return symbol, "", symbol, timeframe, on_market, not on_market, not on_market
 
     @app.callback(Output("overview-body", "children"), Input("refresh", "n_intervals"), Input("overview-page", "hidden"),
-                  Input("overview-sort", "data"))
-    def refresh_overview(_, hidden, sort):
+                  Input("overview-sort", "data"), Input("watchlist-changed", "data"))
+    def refresh_overview(_, hidden, sort, __):
         if hidden:
             raise PreventUpdate
         try:
@@ -237,6 +251,22 @@ def attach_callbacks(app: dash.Dash, ticker: Ticker, cache) -> None:
         except (StoreError, sqlite3.OperationalError):
             raise PreventUpdate from None
         return table_body([overview_row(summary, ticker.now_ms()) for summary in summaries], sort or DEFAULT_SORT)
+
+    @app.callback(Output("watch-message", "children"), Output("watchlist-changed", "data"),
+                  Input("watch-add", "n_clicks"), Input({"type": "unwatch", "market": ALL}, "n_clicks"),
+                  State("watch-symbol", "value"), State("watch-timeframe", "value"), State("admin-token", "value"),
+                  State("watchlist-changed", "data"), prevent_initial_call=True)
+    def edit_watchlist(_, __, symbol, timeframe, token, changes):
+        if not dash.ctx.triggered or not dash.ctx.triggered[0]["value"]:
+            raise PreventUpdate  # new rows' buttons appearing, not a click
+        refusal = write_refusal(flask.request.remote_addr, token, settings.admin_token)
+        if refusal:
+            return refusal[1] + ".", dash.no_update
+        target = dash.ctx.triggered_id
+        if isinstance(target, dict):
+            removed = remove_from_watchlist(ticker.db(), *parse_market(target["market"].replace(" ", "@")))
+            return (f"Stopped watching {target['market']}." if removed else f"{target['market']} was not watched."), changes + 1
+        return watch_message(ticker, symbol, timeframe, settings.watch_limit), changes + 1
 
     @app.callback(Output("overview-sort", "data"), Input({"type": "overview-sort", "key": ALL}, "n_clicks"),
                   State("overview-sort", "data"), prevent_initial_call=True)

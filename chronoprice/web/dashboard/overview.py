@@ -11,6 +11,7 @@ from urllib.parse import urlencode
 
 from dash import dcc, html
 
+from chronoprice.market.timeframes import TIMEFRAME_MS
 from chronoprice.model.forecasters import NaiveBandForecaster
 from chronoprice.service.overview import MarketSummary
 
@@ -73,10 +74,16 @@ def _cell(row: dict, key: str, digits: int | None) -> html.Td:
     return html.Td(f"{value:,.{digits}f}", className="number")
 
 
+def _unwatch(row: dict) -> html.Td:
+    return html.Td(html.Button("✕", id={"type": "unwatch", "market": row["market"]}, n_clicks=0, className="unwatch",
+                               title=f"stop watching {row['market']}"))
+
+
 def table_body(rows: list[dict], sort: dict) -> list[html.Tr]:
     if not rows:
-        return [html.Tr(html.Td("No market is watched: add one with POST /api/v1/markets or --watch.", colSpan=len(COLUMNS)))]
-    return [html.Tr([_cell(row, key, digits) for key, _, digits in COLUMNS]) for row in sorted_rows(rows, sort)]
+        return [html.Tr(html.Td("No market is watched: add one above, with POST /api/v1/markets or --watch.",
+                                colSpan=len(COLUMNS) + 1))]
+    return [html.Tr([_cell(row, key, digits) for key, _, digits in COLUMNS] + [_unwatch(row)]) for row in sorted_rows(rows, sort)]
 
 
 def sort_after_click(sort: dict, key: str) -> dict:
@@ -91,9 +98,18 @@ def overview_section() -> html.Section:
                "MAE below 1 beats repeating the last close; DM p is the Diebold-Mariano test of that at the last step "
                "(small means significant). Click a heading to sort, a market for its chart.", className="verdict"),
         dcc.Store(id="overview-sort", data=DEFAULT_SORT),
+        dcc.Store(id="watchlist-changed", data=0),
+        html.Div(className="watch-form", children=[
+            dcc.Input(id="watch-symbol", type="text", placeholder="add a market, e.g. SOL/USDT", spellCheck=False, autoComplete="off"),
+            dcc.Dropdown(id="watch-timeframe", options=list(TIMEFRAME_MS), value="1m", clearable=False, searchable=False,
+                         className="watch-timeframe"),
+            dcc.Input(id="admin-token", type="password", placeholder="admin token, if the server has one", autoComplete="off"),
+            html.Button("Watch", id="watch-add", n_clicks=0),
+            html.Div(id="watch-message", className="inline-message", role="status"),
+        ]),
         html.Div(className="table-scroll", children=html.Table(id="overview-table", className="overview", children=[
             html.Thead(html.Tr([html.Th(html.Button(heading, id={"type": "overview-sort", "key": key}, n_clicks=0))
-                                for key, heading, _ in COLUMNS])),
+                                for key, heading, _ in COLUMNS] + [html.Th("")])),
             html.Tbody(id="overview-body"),
         ])),
     ])

@@ -1,0 +1,21 @@
+"""Who may change the watchlist, for the API and the dashboard alike: anyone holding the admin
+token when one is set, and only this machine when none is, so a public deployment is read-only
+by default."""
+
+from __future__ import annotations
+
+import hmac
+
+LOOPBACK = ("127.0.0.1", "::1")
+
+
+def write_refusal(remote_addr: str | None, token_given: str | None, admin_token: str | None) -> tuple[int, str] | None:
+    """None if the write may go ahead; else the HTTP status and why. The token is compared in
+    constant time and never repeated."""
+    if admin_token is None:
+        if remote_addr not in LOOPBACK:
+            return 403, "watchlist writes come only from this machine unless CHRONOPRICE_ADMIN_TOKEN is set"
+        return None
+    if not hmac.compare_digest((token_given or "").encode(), admin_token.encode()):
+        return 401, "watchlist writes need the admin token (the header Authorization: Bearer <CHRONOPRICE_ADMIN_TOKEN>)"
+    return None
