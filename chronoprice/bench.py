@@ -16,6 +16,7 @@ from typing import Callable
 import numpy as np
 
 from chronoprice.evaluation.walkforward import evaluate_forecaster
+from chronoprice.bench_watchlist import run_in_child
 from chronoprice.market.demo import demo_candles
 from chronoprice.market.live import LiveSource
 from chronoprice.market.simulator import BinanceSimulator
@@ -132,7 +133,7 @@ def _batch_windows(origins: int) -> np.ndarray:
 
 
 def run_benchmark(model_path: Path, repeats: int = 200, ticks: int = 40, deploy_ticks: int = 100,
-                  batch_origins: int = BATCH_ORIGINS) -> dict:
+                  batch_origins: int = BATCH_ORIGINS, watch_markets: int = 20, watch_minutes: int = 30) -> dict:
     """Every engine and the predict loop on the same window, each engine's batch throughput and
     agreement with keras, the arithmetic floor, the serving engine's history and evaluate
     times, `ticks` live ticks, and the Render configuration under gunicorn for `deploy_ticks`."""
@@ -183,6 +184,7 @@ def run_benchmark(model_path: Path, repeats: int = 200, ticks: int = 40, deploy_
         "ticks": ticks,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "processor": platform.machine()},
         "deploy": run_deploy_benchmark(model_path, deploy_ticks) if deploy_ticks > 0 else None,
+        "watchlist": run_in_child(model_path, watch_markets, watch_minutes) if watch_markets > 0 else None,
     }
 
 
@@ -208,6 +210,12 @@ def format_bench(report: dict) -> str:
                      f"24 h cold start forecast in {deploy['cold_start_history_seconds']} s; "
                      f"{deploy['resident_mb_after_ticks']} MB resident after {deploy['ticks']} ticks; "
                      f"tensorflow imported: {deploy['tensorflow_imported']}; API tick p50 {deploy['api_tick_ms_p50']} ms, p95 {deploy['api_tick_ms_p95']} ms")
+    watch = report.get("watchlist")
+    if watch:
+        lines.append(f"watchlist, {watch['markets']} markets over {watch['simulated_minutes']} simulated minutes: close to forecast "
+                     f"stored p50 {watch['close_to_forecast_seconds_p50']} s, p95 {watch['close_to_forecast_seconds_p95']} s; "
+                     f"{watch['origins_missing']} origins missing; {watch['resident_mb']} MB resident; "
+                     f"overview p50 {watch['overview_ms_median']} ms, p95 {watch['overview_ms_p95']} ms")
     return "\n".join(lines)
 
 

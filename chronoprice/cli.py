@@ -112,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--batch-origins", type=_positive_int, default=BATCH_ORIGINS,
                        help=f"origins each engine forecasts in one call for its throughput (default {BATCH_ORIGINS})")
     bench.add_argument("--deploy-ticks", type=int, default=100, help="ticks against the Render configuration under gunicorn (default 100; 0 skips it)")
+    bench.add_argument("--watch-markets", type=int, default=20, help="watched markets for the scheduler's benchmark (default 20; 0 skips it)")
+    bench.add_argument("--watch-minutes", type=_positive_int, default=30, help="simulated minutes of that benchmark (default 30)")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
 
     backfill = commands.add_parser("backfill", help="fetch and store candle history, then forecast from it")
@@ -259,6 +261,7 @@ def run_worker(args: argparse.Namespace) -> int:
 
 def run_bench(args: argparse.Namespace) -> int:
     report = run_benchmark(args.model, repeats=args.repeats, ticks=args.ticks, deploy_ticks=args.deploy_ticks,
+                           watch_markets=args.watch_markets, watch_minutes=args.watch_minutes,
                            batch_origins=args.batch_origins)
     print(json.dumps(report) if args.json else format_bench(report))
     return 0

@@ -90,7 +90,7 @@ def test_compare_refuses_an_unknown_feature_before_training(synthetic_csv, capsy
 
 def test_bench_json_reports_every_engine_in_one_run(tiny_model, capsys):
     assert main(["bench", "--model", str(tiny_model), "--repeats", "5", "--ticks", "3", "--deploy-ticks", "0",
-                 "--batch-origins", "300", "--json"]) == 0
+                 "--batch-origins", "300", "--watch-markets", "2", "--watch-minutes", "2", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["serving_engine"] == "onnx"
     assert set(report["forecast_ms"]) == {"onnx", "keras", "litert", "predict_loop"}
@@ -105,6 +105,9 @@ def test_bench_json_reports_every_engine_in_one_run(tiny_model, capsys):
     assert report["serving_engine_to_floor"] == pytest.approx(report["forecast_ms"]["onnx"]["median"] / report["compute_floor_ms"], rel=0.01, abs=0.005)
     assert report["history_24h_seconds"] > 0 and report["evaluate_10000_origins_seconds"] > 0
     assert report["model_version"] == read_metadata(artifact_at(tiny_model))["version"]
+    watch = report["watchlist"]
+    assert watch["markets"] == 2 and watch["ticks_timed"] >= 2 and watch["origins_missing"] == 0
+    assert 0 < watch["close_to_forecast_seconds_p50"] <= watch["close_to_forecast_seconds_p95"] and watch["resident_mb"] > 0
 
 
 def test_bench_times_every_call_after_one_untimed_warm_up():

@@ -1,4 +1,5 @@
 import dataclasses
+import threading
 
 import numpy as np
 import pandas as pd
@@ -6,6 +7,8 @@ import pytest
 
 from chronoprice.config import settings_from
 from chronoprice.service.build import build_ticker
+from chronoprice.evaluation.metrics import overall_metrics
+from chronoprice.service.scoring import read_scored
 from chronoprice.service.overview import SPARK_CANDLES, change_pct, summarise_watchlist
 from chronoprice.service.watchlist import seed_watchlist
 from chronoprice.store.sqlite import read_candles
@@ -220,9 +223,16 @@ def test_overview_sparkline_sorting_and_24h_change_are_plain_arithmetic():
 def test_overview_summarises_every_watched_market_from_the_store(demo_ticker):
     demo_ticker.tick("BTC/USDT", "1m")
     demo_ticker.tick("BTC/USDT", "15m")
+    for thread in threading.enumerate():
+        if thread.name == "chronoprice-history":
+            thread.join()  # the cold starts' histories, so forecasts have matured
     lstm, naive = summarise_watchlist(demo_ticker, [("BTC/USDT", "1m"), ("BTC/USDT", "15m")])
     assert lstm.status == "ok" and lstm.model_version.startswith("lstm-") and len(lstm.closes) == SPARK_CANDLES
     assert len(lstm.forecast) == 10 and lstm.lower < lstm.forecast[-1] < lstm.upper and lstm.change_24h_pct is not None
+    market = demo_ticker.market("BTC/USDT", "demo", "1m")
+    rows = read_scored(demo_ticker.db(), market, since_target_ts=lstm.newest_ts - 24 * 3_600_000)
+    assert lstm.mae_ratio == pytest.approx(overall_metrics(rows)["mae_ratio"]) and lstm.mae_ratio is not None
+    assert lstm.coverage == pytest.approx(overall_metrics(rows)["coverage"]), "summed in the database as in pandas"
     assert naive.model_version == "naive" and set(naive.forecast) == {naive.last_price}
     row = overview_row(naive, demo_ticker.now_ms())
     assert row["path"] == "/market?symbol=BTC%2FUSDT&timeframe=15m" and row["mae_ratio"] is None and "last close" in row["forecast"]

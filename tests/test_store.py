@@ -1,4 +1,5 @@
 import sqlite3
+import threading
 
 import pandas as pd
 import pytest
@@ -111,3 +112,23 @@ def test_corrupt_database_file_names_the_file_and_what_to_do(tmp_path):
     with pytest.raises(StoreError) as error:
         open_store(path)
     assert str(path) in str(error.value) and "move it aside" in str(error.value)
+
+
+def test_many_threads_opening_a_new_file_at_once_all_get_the_store(tmp_path):
+    """SQLite refuses a second connection's switch of a new file to WAL at once, without waiting."""
+    failures = []
+    for trial in range(40):
+        path = tmp_path / f"new-{trial}.db"
+
+        def open_it():
+            try:
+                open_store(path).execute("select count(*) from ticks").fetchone()
+            except Exception as error:  # noqa: BLE001 - any failure is the finding
+                failures.append(repr(error))
+
+        threads = [threading.Thread(target=open_it) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert failures == []

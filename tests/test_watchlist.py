@@ -135,8 +135,7 @@ def test_watchlist_writes_need_loopback_or_the_admin_token(demo_app):
 def run_pass(scheduler: Scheduler) -> None:
     """One scheduler pass, waiting for the ticks it started."""
     scheduler.run_once()
-    for future in list(scheduler._running.values()):
-        future.result(timeout=120)
+    scheduler.wait_for_ticks()
 
 
 def forecast_origins(db, market: Market) -> pd.DataFrame:

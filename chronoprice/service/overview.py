@@ -7,13 +7,13 @@ import dataclasses
 
 import pandas as pd
 
-from chronoprice.evaluation.metrics import ERROR_WINDOW_HOURS, diebold_mariano, overall_metrics
+from chronoprice.evaluation.metrics import ERROR_WINDOW_HOURS, diebold_mariano
 from chronoprice.market.source import Market
 from chronoprice.market.timeframes import HOUR_MS, timeframe_ms
 from chronoprice.service.scoring import read_scored
 from chronoprice.service.status import TickStatus
 from chronoprice.service.tick import Ticker
-from chronoprice.store.sqlite import newest_candle_ts, read_candles, read_latest_forecast
+from chronoprice.store.sqlite import matured_error_sums, newest_candle_ts, read_candles, read_latest_forecast
 
 SPARK_CANDLES = 30  # closes drawn before the forecast in the overview's sparkline
 
@@ -83,8 +83,12 @@ def summarise_market(ticker: Ticker, symbol: str, timeframe: str) -> MarketSumma
     if not candles.empty and not forecast.empty and forecast["origin_ts"].iloc[0] != candles["ts"].iloc[-1]:
         forecast = forecast.iloc[:0]
     last = float(candles["close"].iloc[-1]) if not candles.empty else None
-    matured = read_scored(db, market, since_target_ts=newest - ERROR_WINDOW_HOURS * HOUR_MS)
-    scores = overall_metrics(matured)
+    since = newest - ERROR_WINDOW_HOURS * HOUR_MS
+    # The naive forecast is the origin close at every step (NaiveForecaster), so its error sums in the database.
+    sums = matured_error_sums(db, market, since)
+    mae_ratio = sums["mae"] / sums["mae_origin_close"] if sums["count"] and sums["mae_origin_close"] else None
+    forecaster = ticker.forecaster(timeframe)
+    horizon = forecaster.horizon if forecaster else None
     return MarketSummary(
         symbol=symbol, timeframe=timeframe, status=market_status(status, ticker.now_ms(), length), error=status.error,
         newest_ts=int(candles["ts"].iloc[-1]) if not candles.empty else None, last_price=last,
@@ -92,7 +96,8 @@ def summarise_market(ticker: Ticker, symbol: str, timeframe: str) -> MarketSumma
         closes=candles["close"].tail(SPARK_CANDLES).tolist(), forecast=forecast["predicted"].tolist(),
         lower=float(forecast["lower"].iloc[-1]) if not forecast.empty else None,
         upper=float(forecast["upper"].iloc[-1]) if not forecast.empty else None,
-        mae_ratio=scores["mae_ratio"], dm_p_value=last_step_p_value(matured), coverage=scores["coverage"],
+        mae_ratio=mae_ratio, coverage=sums["coverage"] if sums["count"] else None,
+        dm_p_value=last_step_p_value(read_scored(db, market, since_target_ts=since, step=horizon)) if horizon else None,
         model_version=str(forecast["model_version"].iloc[0]) if not forecast.empty else status.model_version,
     )
 

@@ -77,6 +77,7 @@ class Scheduler:
         self._stop = threading.Event()
         self._lease_until = 0.0
         self._thread: threading.Thread | None = None
+        self.started_last_pass: list[tuple[str, str]] = []
 
     def start(self) -> Scheduler:
         self._thread = threading.Thread(target=self.run, daemon=True, name="chronoprice-scheduler")
@@ -125,16 +126,22 @@ class Scheduler:
         for market in list(self._due):
             if market not in watched:
                 del self._due[market]
+        self.started_last_pass = []
         for market in watched:
             due = self._due.setdefault(market, _Due(now))
             running = self._running.get(market)
             if due.at <= now and (running is None or running.done()):
                 self._due[market] = dataclasses.replace(due, at=math.inf)  # until the tick says when next
                 self._running[market] = self._pool.submit(self._tick, market, due)
+                self.started_last_pass.append(market)
         pending = [due.at for due in self._due.values()] or [now + 1.0]
         return min(1.0, max(0.05, min(pending) - self._clock()))  # at least once a second: the watchlist may change
 
-    def _tick(self, market: tuple[str, str], due: _Due) -> None:
+    def wait_for_ticks(self) -> dict[tuple[str, str], float]:
+        """Wait for the ticks the last pass started; when each finished (time.perf_counter)."""
+        return {market: self._running[market].result() for market in self.started_last_pass}
+
+    def _tick(self, market: tuple[str, str], due: _Due) -> float:
         symbol, timeframe = market
         length_ms = timeframe_ms(timeframe)
         try:
@@ -146,6 +153,7 @@ class Scheduler:
             log.warning("%s %s: %s", symbol, timeframe, status.error)
         if market in self._due:
             self._due[market] = next_due(status, due, self._clock(), length_ms)
+        return time.perf_counter()
 
     def run_forever(self) -> None:
         """Run in this thread until interrupted (the worker command)."""

@@ -89,13 +89,27 @@ def db_path(db: sqlite_utils.Database) -> str:
     return row[2] or ":memory:"
 
 
+def _use_wal(db: sqlite_utils.Database) -> None:
+    """Switch the file to WAL. SQLite answers "database is locked" at once, without the busy
+    handler, while another connection is switching a new file too, so wait here instead."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
 def open_store(path: Path | str) -> sqlite_utils.Database:
     """Open (creating if needed) the database at `path`, in WAL mode with the schema up to date."""
     try:
         connection = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
         db = sqlite_utils.Database(connection)
         db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        db.execute("PRAGMA journal_mode = WAL")
+        _use_wal(db)
         db.execute("PRAGMA synchronous = NORMAL")
         migrate(db)
     except sqlite3.DatabaseError as error:
@@ -184,38 +198,56 @@ def read_latest_forecast(db: sqlite_utils.Database, market: Market) -> pd.DataFr
     return frame[frame["model_version"] == newest_version].sort_values("step").reset_index(drop=True)
 
 
+def _matured_join(market: Market, since_target_ts: int | None, until_target_ts: int | None,
+                  step: int | None) -> tuple[str, list]:
+    """The FROM and WHERE of forecast steps joined with their target candle (actual) and origin candle."""
+    where, params = _market_where(market)
+    where = " and ".join(f"f.{clause.strip()}" for clause in where.split(" and "))
+    for clause, value in (("f.target_ts >= ?", since_target_ts), ("f.target_ts <= ?", until_target_ts), ("f.step = ?", step)):
+        if value is not None:
+            where, params = f"{where} and {clause}", params + [int(value)]
+    sql = (
+        "from forecasts f "
+        "join candles actual on actual.exchange = f.exchange and actual.symbol = f.symbol "
+        "and actual.timeframe = f.timeframe and actual.ts = f.target_ts "
+        "join candles origin on origin.exchange = f.exchange and origin.symbol = f.symbol "
+        f"and origin.timeframe = f.timeframe and origin.ts = f.origin_ts where {where}"
+    )
+    return sql, params
+
+
 def read_matured_forecasts(
     db: sqlite_utils.Database,
     market: Market,
     since_target_ts: int | None = None,
     until_target_ts: int | None = None,
     limit: int | None = None,
+    step: int | None = None,
 ) -> pd.DataFrame:
     """Forecast steps whose target candle is stored, with the actual close and the origin close.
 
     Columns: FORECAST_COLUMNS + actual (close at target_ts) + origin_close (close at origin_ts,
     the naive baseline's forecast for every step), oldest target first; with `limit`, the
-    newest `limit` rows.
+    newest `limit` rows; with `step`, that step's rows only.
     """
-    where, params = _market_where(market)
-    where = " and ".join(f"f.{clause.strip()}" for clause in where.split(" and "))
-    if since_target_ts is not None:
-        where, params = where + " and f.target_ts >= ?", params + [int(since_target_ts)]
-    if until_target_ts is not None:
-        where, params = where + " and f.target_ts <= ?", params + [int(until_target_ts)]
+    joined, params = _matured_join(market, since_target_ts, until_target_ts, step)
     columns = ", ".join(f"f.{column}" for column in FORECAST_COLUMNS)
-    sql = (
-        f"select {columns}, actual.close, origin.close from forecasts f "
-        "join candles actual on actual.exchange = f.exchange and actual.symbol = f.symbol "
-        "and actual.timeframe = f.timeframe and actual.ts = f.target_ts "
-        "join candles origin on origin.exchange = f.exchange and origin.symbol = f.symbol "
-        "and origin.timeframe = f.timeframe and origin.ts = f.origin_ts "
-        f"where {where} order by f.target_ts desc, f.step desc"
-    )
+    sql = f"select {columns}, actual.close, origin.close {joined} order by f.target_ts desc, f.step desc"
     if limit is not None:
         sql, params = sql + " limit ?", params + [int(limit)]
     rows = db.execute(sql, params).fetchall()[::-1]
     return pd.DataFrame(rows, columns=FORECAST_COLUMNS + ["actual", "origin_close"])
+
+
+def matured_error_sums(db: sqlite_utils.Database, market: Market, since_target_ts: int) -> dict:
+    """Over the matured forecast steps since `since_target_ts`, summed in the database rather
+    than read row by row: their count, mean absolute error, mean absolute error of the origin
+    close, and the share of actual closes inside [lower, upper]."""
+    joined, params = _matured_join(market, since_target_ts, None, None)
+    count, mae, mae_origin, inside = db.execute(
+        "select count(*), avg(abs(f.predicted - actual.close)), avg(abs(origin.close - actual.close)), "
+        f"avg(actual.close between f.lower and f.upper) {joined}", params).fetchone()
+    return {"count": count, "mae": mae, "mae_origin_close": mae_origin, "coverage": inside}
 
 
 class ConnectionPerThread:

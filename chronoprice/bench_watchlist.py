@@ -1,0 +1,124 @@
+"""The watchlist benchmark: N watched markets of mixed timeframes on the local exchange, ticked by
+the scheduler through simulated candle closes, in a process of its own (so its memory is the
+scheduler's, not the rest of the bench's): from each close to its forecast stored, the track
+record's completeness, resident memory, and the overview's server-side time.
+
+Run by `python -m chronoprice bench` (`--watch-markets`); `python -m chronoprice.bench_watchlist
+MODEL N MINUTES` prints the same JSON alone.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from chronoprice.market.demo import demo_candles
+from chronoprice.market.live import LiveSource
+from chronoprice.market.simulator import BinanceSimulator
+from chronoprice.market.source import Market
+from chronoprice.model.forecasters import load_forecaster
+from chronoprice.service.overview import summarise_watchlist
+from chronoprice.service.scheduler import SETTLE_SECONDS, Scheduler
+from chronoprice.service.tick import Ticker
+from chronoprice.service.watchlist import seed_watchlist
+from chronoprice.store.sqlite import forecast_origins_since, read_candles
+from chronoprice.web.api.health import resident_mb
+from chronoprice.web.dashboard.overview import overview_row
+
+START_MS = 1_735_689_600_000  # 2025-01-01 00:00 UTC
+HISTORY_DAYS = 31  # a month of 1-minute candles, so a 1h market's cold start is whole
+OTHER_TIMEFRAMES = ("5m", "15m", "1h")
+
+
+class _Clock:
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def __call__(self) -> float:
+        return self.seconds
+
+
+def watched_markets(count: int) -> list[tuple[str, str]]:
+    """Half on 1m (the model), half on 5m, 15m and 1h in turn (the last close), over count // 2 symbols."""
+    symbols = [f"S{number}/USDT" for number in range((count + 1) // 2)]
+    markets = [(symbol, "1m") for symbol in symbols]
+    markets += [(symbol, OTHER_TIMEFRAMES[number % 3]) for number, symbol in enumerate(symbols)]
+    return markets[:count]
+
+
+def _wait_for_histories() -> None:
+    for thread in threading.enumerate():
+        if thread.name == "chronoprice-history":
+            thread.join()
+
+
+def run(model_path: Path, count: int, minutes: int) -> dict:
+    markets = watched_markets(count)
+    first_open = START_MS + HISTORY_DAYS * 86_400_000
+    series = {symbol: demo_candles(symbol, START_MS, first_open + (minutes + 1) * 60_000) for symbol, _ in markets}
+    clock = _Clock(first_open / 1000 + SETTLE_SECONDS)
+    with BinanceSimulator(series, now_ms=int(clock.seconds * 1000)) as exchange, tempfile.TemporaryDirectory() as folder:
+        ticker = Ticker(LiveSource("binance", exchange.url, ()), Path(folder) / "watch.db", lambda: load_forecaster(model_path),
+                        clock=clock, progress=False)
+        seed_watchlist(ticker.db(), ",".join(f"{symbol}@{timeframe}" for symbol, timeframe in markets), count)
+        scheduler = Scheduler(ticker, clock=clock)
+        scheduler.run_once()
+        scheduler.wait_for_ticks()
+        _wait_for_histories()
+        cold_origins = {market: _newest(ticker, market) for market in markets}
+        latencies = []
+        for _ in range(minutes):
+            exchange.advance(1)
+            clock.seconds += 60
+            started = time.perf_counter()
+            scheduler.run_once()
+            for seconds in scheduler.wait_for_ticks().values():
+                latencies.append(SETTLE_SECONDS + seconds - started)
+        missing = sum(_missing_origins(ticker, market, cold_origins[market]) for market in markets)
+        overview_ms = []
+        for _ in range(20):
+            began = time.perf_counter()
+            [overview_row(summary, ticker.now_ms()) for summary in summarise_watchlist(ticker, markets)]
+            overview_ms.append((time.perf_counter() - began) * 1000)
+        scheduler.stop()
+        return {
+            "markets": count, "simulated_minutes": minutes, "ticks_timed": len(latencies),
+            "close_to_forecast_seconds_p50": round(float(np.percentile(latencies, 50)), 2),
+            "close_to_forecast_seconds_p95": round(float(np.percentile(latencies, 95)), 2),
+            "close_to_forecast_seconds_max": round(float(np.max(latencies)), 2),
+            "origins_missing": int(missing), "resident_mb": resident_mb(),
+            "overview_ms_median": round(float(np.median(overview_ms)), 1),
+            "overview_ms_p95": round(float(np.percentile(overview_ms, 95)), 1),
+        }
+
+
+def _newest(ticker: Ticker, market: tuple[str, str]) -> int:
+    return int(read_candles(ticker.db(), Market("binance", *market), limit=1)["ts"].iloc[-1])
+
+
+def _missing_origins(ticker: Ticker, market: tuple[str, str], since_ts: int) -> int:
+    """Closed candles after the cold start with no forecast from their origin."""
+    key = Market("binance", *market)
+    stored = read_candles(ticker.db(), key, start=since_ts)["ts"]
+    forecast = forecast_origins_since(ticker.db(), key, ticker.forecaster(market[1]).version, since_ts)
+    return int((~stored.isin(forecast)).sum())
+
+
+def run_in_child(model_path: Path, count: int, minutes: int) -> dict:
+    """`run` in a new interpreter: its resident memory is the scheduler's alone."""
+    command = [sys.executable, "-m", "chronoprice.bench_watchlist", str(model_path), str(count), str(minutes)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=1800)
+    if result.returncode != 0:
+        raise RuntimeError(f"watchlist benchmark failed: {result.stderr[-2000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+if __name__ == "__main__":
+    print(json.dumps(run(Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]))))
