@@ -13,7 +13,6 @@ import json
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -29,20 +28,13 @@ from chronoprice.service.scheduler import SETTLE_SECONDS, Scheduler
 from chronoprice.service.tick import Ticker
 from chronoprice.service.watchlist import seed_watchlist
 from chronoprice.store.sqlite import forecast_origins_since, read_candles
+from chronoprice.testing import FakeClock
 from chronoprice.web.api.health import resident_mb
 from chronoprice.web.dashboard.overview import overview_row
 
 START_MS = 1_735_689_600_000  # 2025-01-01 00:00 UTC
 HISTORY_DAYS = 31  # a month of 1-minute candles, so a 1h market's cold start is whole
 OTHER_TIMEFRAMES = ("5m", "15m", "1h")
-
-
-class _Clock:
-    def __init__(self, seconds: float):
-        self.seconds = seconds
-
-    def __call__(self) -> float:
-        return self.seconds
 
 
 def watched_markets(count: int) -> list[tuple[str, str]]:
@@ -53,17 +45,11 @@ def watched_markets(count: int) -> list[tuple[str, str]]:
     return markets[:count]
 
 
-def _wait_for_histories() -> None:
-    for thread in threading.enumerate():
-        if thread.name == "chronoprice-history":
-            thread.join()
-
-
 def run(model_path: Path, count: int, minutes: int) -> dict:
     markets = watched_markets(count)
     first_open = START_MS + HISTORY_DAYS * 86_400_000
     series = {symbol: demo_candles(symbol, START_MS, first_open + (minutes + 1) * 60_000) for symbol, _ in markets}
-    clock = _Clock(first_open / 1000 + SETTLE_SECONDS)
+    clock = FakeClock(first_open / 1000 + SETTLE_SECONDS)
     with BinanceSimulator(series, now_ms=int(clock.seconds * 1000)) as exchange, tempfile.TemporaryDirectory() as folder:
         ticker = Ticker(LiveSource("binance", exchange.url, ()), Path(folder) / "watch.db", lambda: load_forecaster(model_path),
                         clock=clock, progress=False)
@@ -71,7 +57,7 @@ def run(model_path: Path, count: int, minutes: int) -> dict:
         scheduler = Scheduler(ticker, clock=clock)
         scheduler.run_once()
         scheduler.wait_for_ticks()
-        _wait_for_histories()
+        ticker.wait_for_histories()
         cold_origins = {market: _newest(ticker, market) for market in markets}
         latencies = []
         for _ in range(minutes):

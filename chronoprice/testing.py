@@ -21,6 +21,16 @@ from pathlib import Path
 from chronoprice.config import PROJECT_ROOT
 
 
+class FakeClock:
+    """A clock moved by hand: `clock.seconds += 10`."""
+
+    def __init__(self, seconds: float = 1000.0):
+        self.seconds = seconds
+
+    def __call__(self) -> float:
+        return self.seconds
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as probe:

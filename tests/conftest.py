@@ -17,6 +17,7 @@ from chronoprice.logs import StderrHandler  # noqa: E402
 from chronoprice.market.demo import demo_candles  # noqa: E402
 from chronoprice.market.simulator import BinanceSimulator  # noqa: E402
 from chronoprice.store.sqlite import open_store  # noqa: E402
+from chronoprice.testing import FakeClock  # noqa: E402,F401 (tests import it from here)
 
 SERIES_START_MS = 1_735_689_600_000  # 2025-01-01 00:00 UTC
 MINUTE_MS = 60_000
@@ -35,16 +36,6 @@ def wait_until(condition, liveness_seconds: float = LIVENESS_SECONDS, interval: 
             return False
         time.sleep(interval)
     return True
-
-
-class FakeClock:
-    """A clock the test moves by hand: `clock.seconds += 10`."""
-
-    def __init__(self, seconds: float = 1000.0):
-        self.seconds = seconds
-
-    def __call__(self) -> float:
-        return self.seconds
 
 
 def make_candles(minutes: int, symbol: str = "BTC/USDT", start_ms: int = SERIES_START_MS):

@@ -1,5 +1,4 @@
 import dataclasses
-import threading
 
 import numpy as np
 import pandas as pd
@@ -223,9 +222,7 @@ def test_overview_sparkline_sorting_and_24h_change_are_plain_arithmetic():
 def test_overview_summarises_every_watched_market_from_the_store(demo_ticker):
     demo_ticker.tick("BTC/USDT", "1m")
     demo_ticker.tick("BTC/USDT", "15m")
-    for thread in threading.enumerate():
-        if thread.name == "chronoprice-history":
-            thread.join()  # the cold starts' histories, so forecasts have matured
+    demo_ticker.wait_for_histories()  # so forecasts have matured
     lstm, naive = summarise_watchlist(demo_ticker, [("BTC/USDT", "1m"), ("BTC/USDT", "15m")])
     assert lstm.status == "ok" and lstm.model_version.startswith("lstm-") and len(lstm.closes) == SPARK_CANDLES
     assert len(lstm.forecast) == 10 and lstm.lower < lstm.forecast[-1] < lstm.upper and lstm.change_24h_pct is not None

@@ -14,6 +14,7 @@ from chronoprice.model.forecasters import load_forecaster
 from chronoprice.service.tick import Ticker
 from chronoprice.store.sqlite import read_candles
 from chronoprice.web.server import create_app
+from chronoprice.testing import FakeClock
 
 SYMBOL = "BTC/USDT"
 KLINES = "/klines"
@@ -42,16 +43,9 @@ def dashboard_refresh(client) -> dict:
     return {key: next(iter(value.values())) for key, value in response.get_json()["response"].items()}
 
 
-class Clock:
-    seconds = 1000.0
-
-    def __call__(self):
-        return self.seconds
-
-
 @pytest.fixture
 def product(exchange, tmp_path, tiny_model):
-    clock = Clock()
+    clock = FakeClock()
     source = LiveSource("binance", exchange.url, (), history=200, timeout_ms=300, attempts=2, backoff_seconds=0.0,
                         sleep=lambda seconds: None, clock=clock)
     ticker = Ticker(source, tmp_path / "faults.db", lambda: load_forecaster(tiny_model, "litert"), refresh_seconds=10, clock=clock)

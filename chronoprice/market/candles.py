@@ -118,17 +118,10 @@ def find_gaps(ts: np.ndarray, timeframe_ms: int) -> pd.DataFrame:
 
 
 
-def aggregate_candles(candles: pd.DataFrame, timeframe_ms: int, source_ms: int = 60_000) -> pd.DataFrame:
-    """Candles of `timeframe_ms` from finer ones, each from a complete bucket only.
-
-    A bucket starts at a multiple of `timeframe_ms` (as exchanges align them); it becomes a
-    candle when all its `timeframe_ms // source_ms` finer candles are present, so a bucket still
-    forming or holding a gap never becomes a candle that would have to be corrected later.
-    """
-    if timeframe_ms == source_ms or candles.empty:
-        return candles[COLUMNS].reset_index(drop=True)
-    bucket = candles["ts"].to_numpy() // timeframe_ms * timeframe_ms
-    grouped = candles.groupby(bucket, sort=True)
+def _merge_buckets(candles: pd.DataFrame, bucket_ts: np.ndarray) -> tuple[pd.DataFrame, np.ndarray]:
+    """One candle per bucket (open time `bucket_ts` of each row; rows sorted by ts): first open,
+    highest high, lowest low, last close, summed volume; and how many rows each bucket had."""
+    grouped = candles.groupby(bucket_ts, sort=True)
     frame = pd.DataFrame(
         {
             "ts": grouped["ts"].min().index.to_numpy(dtype="int64"),
@@ -139,25 +132,37 @@ def aggregate_candles(candles: pd.DataFrame, timeframe_ms: int, source_ms: int =
             "volume": grouped["volume"].sum().to_numpy(),
         }
     )
-    complete = grouped.size().to_numpy() == timeframe_ms // source_ms
-    return frame[complete].reset_index(drop=True)
+    return frame, grouped.size().to_numpy()
+
+
+def aggregate_candles(candles: pd.DataFrame, timeframe_ms: int, source_ms: int = 60_000) -> pd.DataFrame:
+    """Candles of `timeframe_ms` from finer ones, each from a complete bucket only.
+
+    A bucket starts at a multiple of `timeframe_ms` (as exchanges align them); it becomes a
+    candle when all its `timeframe_ms // source_ms` finer candles are present, so a bucket still
+    forming or holding a gap never becomes a candle that would have to be corrected later.
+    """
+    if timeframe_ms == source_ms or candles.empty:
+        return candles[COLUMNS].reset_index(drop=True)
+    frame, sizes = _merge_buckets(candles, candles["ts"].to_numpy() // timeframe_ms * timeframe_ms)
+    return frame[sizes == timeframe_ms // source_ms].reset_index(drop=True)
+
+
+def partial_candle(candle, fraction: float) -> dict:
+    """A candle `fraction` of the way through: its move and volume scaled down to that, its
+    range only what the scaled move covers (how a forming candle is approximated)."""
+    close = candle["open"] + (candle["close"] - candle["open"]) * fraction
+    return {"ts": int(candle["ts"]), "open": float(candle["open"]), "high": float(max(candle["open"], close)),
+            "low": float(min(candle["open"], close)), "close": float(close), "volume": float(candle["volume"] * fraction)}
 
 
 def forming_candle(minutes: pd.DataFrame, open_ts: int, elapsed_fraction: float) -> pd.DataFrame:
     """The candle opened at `open_ts` as it stands now, from its 1-minute candles so far, the
-    last of which is only `elapsed_fraction` done (its move and volume scaled down to that):
-    one row of COLUMNS, or none if no minute of it has started."""
+    last of which is only `elapsed_fraction` done (partial_candle): one row of COLUMNS, or none
+    if no minute of it has started."""
     rows = minutes[minutes["ts"] >= open_ts]
     if rows.empty:
         return empty_candles()
-    last = rows.iloc[-1]
-    close = last["open"] + (last["close"] - last["open"]) * elapsed_fraction
-    partial = rows.iloc[:-1]
-    return pd.DataFrame({
-        "ts": [int(open_ts)],
-        "open": [float(rows["open"].iloc[0])],
-        "high": [max([close, last["open"], *partial["high"]])],
-        "low": [min([close, last["open"], *partial["low"]])],
-        "close": [close],
-        "volume": [float(partial["volume"].sum() + last["volume"] * elapsed_fraction)],
-    })
+    so_far = pd.concat([rows.iloc[:-1][COLUMNS], pd.DataFrame([partial_candle(rows.iloc[-1], elapsed_fraction)])],
+                       ignore_index=True)
+    return _merge_buckets(so_far, np.full(len(so_far), int(open_ts)))[0]

@@ -17,7 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pandas as pd
 
-from chronoprice.market.candles import aggregate_candles
+from chronoprice.market.candles import aggregate_candles, partial_candle
 from chronoprice.market.timeframes import TIMEFRAME_MS
 
 MINUTE_MS = 60_000
@@ -68,10 +68,8 @@ def _market_entry(symbol: str) -> dict:
 
 def kline_row(candle, close_fraction: float = 1.0, length_ms: int = MINUTE_MS) -> list:
     """A Binance kline array; `close_fraction` < 1 gives the in-progress version of the candle."""
-    ts, open_, high, low, close, volume = (candle[column] for column in ["ts", "open", "high", "low", "close", "volume"])
-    if close_fraction < 1.0:
-        close = open_ + (close - open_) * close_fraction
-        high, low, volume = max(open_, close), min(open_, close), volume * close_fraction
+    shown = partial_candle(candle, close_fraction) if close_fraction < 1.0 else candle
+    ts, open_, high, low, close, volume = (shown[column] for column in ["ts", "open", "high", "low", "close", "volume"])
     return [
         int(ts), f"{open_:.8f}", f"{high:.8f}", f"{low:.8f}", f"{close:.8f}", f"{volume:.8f}",
         int(ts) + length_ms - 1, f"{volume * close:.8f}", 100, f"{volume / 2:.8f}", f"{volume * close / 2:.8f}", "0",

@@ -8,7 +8,6 @@ import dataclasses
 import pandas as pd
 
 from chronoprice.evaluation.metrics import ERROR_WINDOW_HOURS, diebold_mariano
-from chronoprice.market.source import Market
 from chronoprice.market.timeframes import HOUR_MS, timeframe_ms
 from chronoprice.service.scoring import read_scored
 from chronoprice.service.status import TickStatus
@@ -75,7 +74,7 @@ def change_pct(candles: pd.DataFrame, now_price: float | None, length_ms: int) -
 def summarise_market(ticker: Ticker, symbol: str, timeframe: str) -> MarketSummary:
     """What the overview shows of one watched market, from the store and its saved tick status."""
     status = ticker.stored_status(symbol, timeframe)
-    market = Market(status.exchange or ticker.source.exchange, symbol, timeframe)
+    market = ticker.market(symbol, status.exchange, timeframe)
     db, length = ticker.db(), timeframe_ms(timeframe)
     newest = newest_candle_ts(db, market) or 0
     candles = read_candles(db, market, start=newest - 24 * HOUR_MS - length)

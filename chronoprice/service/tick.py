@@ -18,9 +18,9 @@ from typing import Callable
 from chronoprice.market.candles import find_gaps
 from chronoprice.market.source import CandleSource, Market, SourceError, UnknownSymbol
 from chronoprice.market.timeframes import timeframe_ms
-from chronoprice.model.features import HORIZON, WINDOW
+from chronoprice.model.features import HORIZON, WINDOW, candle_rows
 from chronoprice.model.forecasters import LSTMForecaster, NaiveBandForecaster
-from chronoprice.service.backfill import forecast_history
+from chronoprice.service.backfill import forecast_history, forecast_rows
 from chronoprice.service.models import ModelSlot
 from chronoprice.service.scoring import adapted_quantiles
 from chronoprice.service.status import TickStatus, forming_row, status_from_json, status_to_json
@@ -31,6 +31,7 @@ from chronoprice.store.sqlite import (
     newest_forecast_origin_ts,
     read_candles,
     upsert_candles,
+    write_forecasts,
 )
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,7 @@ class Ticker:
         self._locks: dict[tuple[str, str], threading.Lock] = {}
         self._locks_lock = threading.Lock()
         self._completed: set[Market] = set()  # markets whose recent origins this process has checked
+        self._histories: list[threading.Thread] = []
 
     def market(self, symbol: str, exchange: str | None = None, timeframe: str | None = None) -> Market:
         return Market(exchange or self.source.exchange, symbol, timeframe or self.timeframe)
@@ -188,8 +190,10 @@ class Ticker:
                 oldest = int(fetched.candles["ts"].iloc[0])
                 # Not a daemon: exit waits the second or two it takes, since ONNX Runtime aborts
                 # the process when the interpreter stops a thread inside it.
-                threading.Thread(target=self._forecast_history_in_background, args=(market, oldest), daemon=False,
-                                 name="chronoprice-history").start()
+                history = threading.Thread(target=self._forecast_history_in_background, args=(market, oldest), daemon=False,
+                                           name="chronoprice-history")
+                self._histories.append(history)
+                history.start()
         finished = time.perf_counter()
         return TickStatus(
             source=self.source.label,
@@ -208,6 +212,11 @@ class Ticker:
             finished_at_ms=self.now_ms(),
             forming=forming,
         )
+
+    def wait_for_histories(self) -> None:
+        """Wait until the cold starts' background history forecasts have finished."""
+        while self._histories:
+            self._histories.pop().join()
 
     def _forecast_history_in_background(self, market: Market, start_ts: int) -> None:
         forecast_history(self.db(), market, self.forecaster(market.timeframe), start_ts, self._progress)
@@ -235,9 +244,14 @@ class Ticker:
         else:
             start = max(previous + step_ms, oldest)
         self._completed.add(market)
-        if start <= origin:
+        gap = not find_gaps(window["ts"].to_numpy(), step_ms).empty
+        if start < origin:
             forecast_history(self.db(), market, forecaster, start, progress=False,
                              quantiles=adapted_quantiles(self.db(), market, forecaster))
-        if not find_gaps(window["ts"].to_numpy(), step_ms).empty:
+        elif start == origin and not gap:
+            # The routine tick, one new origin: its window is read already, so forecast it here.
+            forecast = forecaster.forecast(candle_rows(window)[None], adapted_quantiles(self.db(), market, forecaster))
+            write_forecasts(self.db(), market, forecast_rows([origin], step_ms, forecast), forecaster.version)
+        if gap:
             return None, forecaster.version, "gap in the last candles: no forecast until it fills"
         return origin, forecaster.version, None

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from flask import jsonify, request
 
-from chronoprice.market.source import Market
 from chronoprice.market.timeframes import timeframe_ms
 from chronoprice.service.overview import market_status
 from chronoprice.store.sqlite import newest_candle_ts, newest_forecast_origin_ts
@@ -25,7 +24,7 @@ blueprint = api_blueprint("markets")
 def market_entry(symbol: str, timeframe: str) -> dict:
     ticker = api_context().ticker
     status = ticker.stored_status(symbol, timeframe)
-    market = Market(status.exchange or ticker.source.exchange, symbol, timeframe)
+    market = ticker.market(symbol, status.exchange, timeframe)
     return {
         "symbol": symbol, "timeframe": timeframe, "exchange": market.exchange,
         "newest_candle_ts": newest_candle_ts(ticker.db(), market),
