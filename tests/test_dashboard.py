@@ -6,7 +6,7 @@ import pytest
 
 from chronoprice.config import settings_from
 from chronoprice.service.build import build_ticker
-from chronoprice.evaluation.metrics import overall_metrics
+from chronoprice.evaluation.metrics import diebold_mariano, overall_metrics
 from chronoprice.service.scoring import read_scored
 from chronoprice.service.overview import SPARK_CANDLES, change_pct, summarise_watchlist
 from chronoprice.service.watchlist import seed_watchlist
@@ -214,9 +214,9 @@ def test_overview_sparkline_sorting_and_24h_change_are_plain_arithmetic():
     assert [row["market"] for row in sorted_rows(rows, {"key": "change", "descending": True})] == ["B", "C", "A"], "empty last"
     assert sort_after_click({"key": "market", "descending": False}, "market") == {"key": "market", "descending": True}
     assert sort_after_click({"key": "market", "descending": True}, "price") == {"key": "price", "descending": False}
-    day = make_candles(24 * 60 + 5)
-    assert change_pct(day, 110.0, MINUTE_MS) == pytest.approx(100 * (110.0 / day["open"].iloc[5] - 1))
-    assert change_pct(day.tail(600), 110.0, MINUTE_MS) is None, "less than a day stored: no 24 h change"
+    day_first = make_candles(1)
+    assert change_pct(day_first, 110.0) == pytest.approx(100 * (110.0 / day_first["open"].iloc[0] - 1))
+    assert change_pct(day_first.iloc[:0], 110.0) is None, "less than a day stored: no 24 h change"
 
 
 def test_overview_summarises_every_watched_market_from_the_store(demo_ticker):
@@ -227,9 +227,14 @@ def test_overview_summarises_every_watched_market_from_the_store(demo_ticker):
     assert lstm.status == "ok" and lstm.model_version.startswith("lstm-") and len(lstm.closes) == SPARK_CANDLES
     assert len(lstm.forecast) == 10 and lstm.lower < lstm.forecast[-1] < lstm.upper and lstm.change_24h_pct is not None
     market = demo_ticker.market("BTC/USDT", "demo", "1m")
+    day_began = lstm.newest_ts + MINUTE_MS - 24 * 3_600_000
+    day_first = read_candles(demo_ticker.db(), market, start=day_began, end=day_began)
+    assert lstm.change_24h_pct == pytest.approx(100 * (lstm.last_price / day_first["open"].iloc[0] - 1))
     rows = read_scored(demo_ticker.db(), market, since_target_ts=lstm.newest_ts - 24 * 3_600_000)
     assert lstm.mae_ratio == pytest.approx(overall_metrics(rows)["mae_ratio"]) and lstm.mae_ratio is not None
     assert lstm.coverage == pytest.approx(overall_metrics(rows)["coverage"]), "summed in the database as in pandas"
+    last = rows[rows["step"] == 10]
+    assert lstm.dm_p_value == pytest.approx(diebold_mariano((last["predicted"] - last["actual"]).to_numpy(), (last["naive"] - last["actual"]).to_numpy(), 10)[1])
     assert naive.model_version == "naive" and set(naive.forecast) == {naive.last_price}
     row = overview_row(naive, demo_ticker.now_ms())
     assert row["path"] == "/market?symbol=BTC%2FUSDT&timeframe=15m" and row["mae_ratio"] is None and "last close" in row["forecast"]

@@ -9,6 +9,7 @@ from chronoprice.store.sqlite import (
     MIGRATIONS,
     StoreError,
     forecast_origins_since,
+    matured_error_sums,
     newest_forecast_origin_ts,
     newest_candle_ts,
     open_store,
@@ -43,7 +44,8 @@ def test_store_file_has_design_schema_wal_and_busy_timeout(db_path):
     assert db["candles"].pks == ["exchange", "symbol", "timeframe", "ts"]
     assert db["forecasts"].pks == ["exchange", "symbol", "timeframe", "origin_ts", "step", "model_version"]
     assert set(db["forecasts"].columns_dict) == {
-        "exchange", "symbol", "timeframe", "origin_ts", "step", "target_ts", "predicted", "lower", "upper", "model_version", "created_at"}
+        "exchange", "symbol", "timeframe", "origin_ts", "step", "target_ts", "predicted", "lower", "upper", "model_version", "created_at",
+        "origin_close", "actual"}
     assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
 
 
@@ -84,15 +86,36 @@ def test_a_failed_forecast_write_leaves_no_partial_forecast(db):
     assert db["forecasts"].count == 0
 
 
-def test_matured_forecasts_join_actual_and_origin_closes(db):
-    candles = make_candles(20)
-    upsert_candles(db, MARKET, candles)
+def test_matured_forecasts_carry_actual_and_origin_closes(db):
+    candles = make_candles(25)
+    upsert_candles(db, MARKET, candles.iloc[:20])
     origin = int(candles["ts"].iloc[14])
     write_forecasts(db, MARKET, steps_from(origin, [100.0] * 10), "v1")
     matured = read_matured_forecasts(db, MARKET)
     assert matured["step"].tolist() == [1, 2, 3, 4, 5]
     assert matured["actual"].tolist() == candles["close"].iloc[15:20].tolist()
     assert set(matured["origin_close"]) == {candles["close"].iloc[14]}
+
+    upsert_candles(db, MARKET, candles.iloc[20:])
+    revised = candles.iloc[[16]].assign(close=1234.5)
+    upsert_candles(db, MARKET, revised)
+    matured = read_matured_forecasts(db, MARKET)
+    assert matured["step"].tolist() == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10], "candles stored later mature the steps"
+    assert matured["actual"].iloc[1] == 1234.5, "a revised candle revises the actual"
+    sums = matured_error_sums(db, MARKET, 0)
+    assert sums["count"] == 10 and sums["mae"] == pytest.approx((100.0 - matured["actual"]).abs().mean())
+
+
+def test_a_version_3_file_gets_the_closes_of_its_forecasts(db_path):
+    db = open_store(db_path)
+    candles = make_candles(20)
+    upsert_candles(db, MARKET, candles)
+    write_forecasts(db, MARKET, steps_from(int(candles["ts"].iloc[14]), [100.0] * 10), "v1")
+    db.execute("update forecasts set origin_close = null, actual = null")
+    db.execute("PRAGMA user_version = 3")
+    db.conn.commit()
+    matured = read_matured_forecasts(open_store(db_path), MARKET)
+    assert matured["actual"].tolist() == candles["close"].iloc[15:20].tolist()
 
 
 def test_store_refuses_a_newer_schema_with_a_clear_message(db_path):

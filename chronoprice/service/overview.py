@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pandas as pd
 
 from chronoprice.evaluation.metrics import ERROR_WINDOW_HOURS, diebold_mariano
 from chronoprice.market.timeframes import HOUR_MS, timeframe_ms
-from chronoprice.service.scoring import read_scored
 from chronoprice.service.status import TickStatus
 from chronoprice.service.tick import Ticker
-from chronoprice.store.sqlite import matured_error_sums, newest_candle_ts, read_candles, read_latest_forecast
+from chronoprice.store.sqlite import matured_error_sums, matured_step_errors, read_candles, read_latest_forecast
 
 SPARK_CANDLES = 30  # closes drawn before the forecast in the overview's sparkline
 
@@ -50,25 +50,20 @@ def market_status(status: TickStatus, now_ms: int, length_ms: int) -> str:
     return "stale" if behind >= 2 * length_ms else "ok"
 
 
-def last_step_p_value(matured: pd.DataFrame) -> float | None:
-    """Diebold-Mariano p-value of the model against naive on the matured last-step forecasts."""
-    if matured.empty:
+def last_step_p_value(errors: np.ndarray, horizon: int) -> float | None:
+    """Diebold-Mariano p-value of the model against naive from the [N, 2] errors (model, naive)
+    of the matured last-step forecasts."""
+    if len(errors) < 2 * horizon:
         return None
-    horizon = int(matured["step"].max())
-    last = matured[matured["step"] == horizon]
-    if len(last) < 2 * horizon:
-        return None
-    return diebold_mariano((last["predicted"] - last["actual"]).to_numpy(), (last["naive"] - last["actual"]).to_numpy(), horizon)[1]
+    return diebold_mariano(errors[:, 0], errors[:, 1], horizon)[1]
 
 
-def change_pct(candles: pd.DataFrame, now_price: float | None, length_ms: int) -> float | None:
-    """% change over the 24 hours that end with the newest candle's close: from the open of the
-    candle that began then, if it is stored."""
-    if candles.empty or now_price is None:
+def change_pct(day_first: pd.DataFrame, now_price: float | None) -> float | None:
+    """% change from the open of `day_first` (the candle that began 24 hours before the newest
+    candle's close, if stored) to `now_price`."""
+    if day_first.empty or now_price is None:
         return None
-    began = int(candles["ts"].iloc[-1]) + length_ms - 24 * HOUR_MS
-    first = candles[candles["ts"] == began]
-    return None if first.empty else 100 * (now_price / float(first["open"].iloc[0]) - 1)
+    return 100 * (now_price / float(day_first["open"].iloc[0]) - 1)
 
 
 def summarise_market(ticker: Ticker, symbol: str, timeframe: str) -> MarketSummary:
@@ -76,13 +71,14 @@ def summarise_market(ticker: Ticker, symbol: str, timeframe: str) -> MarketSumma
     status = ticker.stored_status(symbol, timeframe)
     market = ticker.market(symbol, status.exchange, timeframe)
     db, length = ticker.db(), timeframe_ms(timeframe)
-    newest = newest_candle_ts(db, market) or 0
-    candles = read_candles(db, market, start=newest - 24 * HOUR_MS - length)
+    candles = read_candles(db, market, limit=SPARK_CANDLES)
+    newest = int(candles["ts"].iloc[-1]) if not candles.empty else 0
     forecast = read_latest_forecast(db, market)
     if not candles.empty and not forecast.empty and forecast["origin_ts"].iloc[0] != candles["ts"].iloc[-1]:
         forecast = forecast.iloc[:0]
     last = float(candles["close"].iloc[-1]) if not candles.empty else None
     since = newest - ERROR_WINDOW_HOURS * HOUR_MS
+    day_began = newest + length - 24 * HOUR_MS
     # The naive forecast is the origin close at every step (NaiveForecaster), so its error sums in the database.
     sums = matured_error_sums(db, market, since)
     mae_ratio = sums["mae"] / sums["mae_origin_close"] if sums["count"] and sums["mae_origin_close"] else None
@@ -91,12 +87,12 @@ def summarise_market(ticker: Ticker, symbol: str, timeframe: str) -> MarketSumma
     return MarketSummary(
         symbol=symbol, timeframe=timeframe, status=market_status(status, ticker.now_ms(), length), error=status.error,
         newest_ts=int(candles["ts"].iloc[-1]) if not candles.empty else None, last_price=last,
-        change_24h_pct=change_pct(candles, last, length),
-        closes=candles["close"].tail(SPARK_CANDLES).tolist(), forecast=forecast["predicted"].tolist(),
+        change_24h_pct=change_pct(read_candles(db, market, start=day_began, end=day_began), last),
+        closes=candles["close"].tolist(), forecast=forecast["predicted"].tolist(),
         lower=float(forecast["lower"].iloc[-1]) if not forecast.empty else None,
         upper=float(forecast["upper"].iloc[-1]) if not forecast.empty else None,
         mae_ratio=mae_ratio, coverage=sums["coverage"] if sums["count"] else None,
-        dm_p_value=last_step_p_value(read_scored(db, market, since_target_ts=since, step=horizon)) if horizon else None,
+        dm_p_value=last_step_p_value(matured_step_errors(db, market, since, horizon), horizon) if horizon else None,
         model_version=str(forecast["model_version"].iloc[0]) if not forecast.empty else status.model_version,
     )
 
