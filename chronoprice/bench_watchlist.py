@@ -1,7 +1,8 @@
 """The watchlist benchmark: N watched markets of mixed timeframes on the local exchange, ticked by
-the scheduler through simulated candle closes, in a process of its own (so its memory is the
-scheduler's, not the rest of the bench's): from each close to its forecast stored, the track
-record's completeness, resident memory, and the overview's server-side time.
+the scheduler through simulated candle closes, in a process of its own with the exchange in
+another (so its memory is the scheduler's alone, not the bench's or the exchange's): from each
+close to its forecast stored, the track record's completeness, resident memory, and the
+overview's server-side time.
 
 Run by `python -m chronoprice bench` (`--watch-markets`); `python -m chronoprice.bench_watchlist
 MODEL N MINUTES` prints the same JSON alone.
@@ -9,12 +10,17 @@ MODEL N MINUTES` prints the same JSON alone.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import multiprocessing
+import resource
 import subprocess
 import sys
 import tempfile
 import time
+from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -45,13 +51,44 @@ def watched_markets(count: int) -> list[tuple[str, str]]:
     return markets[:count]
 
 
+def _serve_exchange(symbols: list[str], end_ms: int, now_ms: int, commands: Connection) -> None:
+    """The local exchange in a child process: sends its URL, then advances its clock by each
+    number of minutes received, until None."""
+    with BinanceSimulator({symbol: demo_candles(symbol, START_MS, end_ms) for symbol in symbols}, now_ms=now_ms) as exchange:
+        commands.send(exchange.url)
+        while (minutes := commands.recv()) is not None:
+            exchange.advance(minutes)
+            commands.send(exchange.now_ms)
+
+
+@contextlib.contextmanager
+def exchange_process(symbols: list[str], end_ms: int, now_ms: int) -> Iterator[tuple[str, Callable[[int], None]]]:
+    """(URL, advance) of the local exchange serving `symbols` from a process of its own."""
+    ours, theirs = multiprocessing.Pipe()
+    child = multiprocessing.get_context("spawn").Process(target=_serve_exchange, args=(symbols, end_ms, now_ms, theirs), daemon=True)
+    child.start()
+    try:
+        if not ours.poll(120):
+            raise RuntimeError("the local exchange did not start")
+
+        def advance(minutes: int) -> None:
+            ours.send(minutes)
+            ours.recv()
+
+        yield ours.recv(), advance
+    finally:
+        ours.send(None)
+        child.join(timeout=10)
+
+
 def run(model_path: Path, count: int, minutes: int) -> dict:
     markets = watched_markets(count)
     first_open = START_MS + HISTORY_DAYS * 86_400_000
-    series = {symbol: demo_candles(symbol, START_MS, first_open + (minutes + 1) * 60_000) for symbol, _ in markets}
+    symbols = sorted({symbol for symbol, _ in markets})
     clock = FakeClock(first_open / 1000 + SETTLE_SECONDS)
-    with BinanceSimulator(series, now_ms=int(clock.seconds * 1000)) as exchange, tempfile.TemporaryDirectory() as folder:
-        ticker = Ticker(LiveSource("binance", exchange.url, ()), Path(folder) / "watch.db", lambda: load_forecaster(model_path),
+    with (exchange_process(symbols, first_open + (minutes + 1) * 60_000, int(clock.seconds * 1000)) as (url, advance),
+          tempfile.TemporaryDirectory() as folder):
+        ticker = Ticker(LiveSource("binance", url, ()), Path(folder) / "watch.db", lambda: load_forecaster(model_path),
                         clock=clock, progress=False)
         seed_watchlist(ticker.db(), ",".join(f"{symbol}@{timeframe}" for symbol, timeframe in markets), count)
         scheduler = Scheduler(ticker, clock=clock)
@@ -61,7 +98,7 @@ def run(model_path: Path, count: int, minutes: int) -> dict:
         cold_origins = {market: _newest(ticker, market) for market in markets}
         latencies = []
         for _ in range(minutes):
-            exchange.advance(1)
+            advance(1)
             clock.seconds += 60
             started = time.perf_counter()
             scheduler.run_once()
@@ -80,6 +117,7 @@ def run(model_path: Path, count: int, minutes: int) -> dict:
             "close_to_forecast_seconds_p95": round(float(np.percentile(latencies, 95)), 2),
             "close_to_forecast_seconds_max": round(float(np.max(latencies)), 2),
             "origins_missing": int(missing), "resident_mb": resident_mb(),
+            "peak_resident_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "overview_ms_median": round(float(np.median(overview_ms)), 1),
             "overview_ms_p95": round(float(np.percentile(overview_ms, 95)), 1),
         }

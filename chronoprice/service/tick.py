@@ -8,6 +8,7 @@ caller that finds a tick running, or one that ran recently, gets the saved statu
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
 import logging
@@ -62,7 +63,12 @@ class Ticker:
         self._locks: dict[tuple[str, str], threading.Lock] = {}
         self._locks_lock = threading.Lock()
         self._completed: set[Market] = set()  # markets whose recent origins this process has checked
-        self._histories: list[threading.Thread] = []
+        # Cold-start histories run one at a time: each already keeps every core busy (ONNX Runtime's
+        # threads), and concurrent ones only multiplied the memory. The pool's thread is not a
+        # daemon, so exit waits for them, since ONNX Runtime aborts the process when the
+        # interpreter stops a thread inside it.
+        self._history_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="chronoprice-history")
+        self._histories: list[concurrent.futures.Future] = []
 
     def market(self, symbol: str, exchange: str | None = None, timeframe: str | None = None) -> Market:
         return Market(exchange or self.source.exchange, symbol, timeframe or self.timeframe)
@@ -188,12 +194,7 @@ class Ticker:
             log.info("cold start: stored %d candles", new, extra=market.key())
             if history_in_background and self.forecaster(timeframe) is not None:
                 oldest = int(fetched.candles["ts"].iloc[0])
-                # Not a daemon: exit waits the second or two it takes, since ONNX Runtime aborts
-                # the process when the interpreter stops a thread inside it.
-                history = threading.Thread(target=self._forecast_history_in_background, args=(market, oldest), daemon=False,
-                                           name="chronoprice-history")
-                self._histories.append(history)
-                history.start()
+                self._histories.append(self._history_pool.submit(self._forecast_history_in_background, market, oldest))
         finished = time.perf_counter()
         return TickStatus(
             source=self.source.label,
@@ -216,10 +217,14 @@ class Ticker:
     def wait_for_histories(self) -> None:
         """Wait until the cold starts' background history forecasts have finished."""
         while self._histories:
-            self._histories.pop().join()
+            self._histories.pop(0).result()
 
     def _forecast_history_in_background(self, market: Market, start_ts: int) -> None:
-        forecast_history(self.db(), market, self.forecaster(market.timeframe), start_ts, self._progress)
+        try:
+            forecast_history(self.db(), market, self.forecaster(market.timeframe), start_ts, self._progress)
+        except Exception:  # nobody may ever wait for this future: say it here
+            log.exception("history forecast failed", extra=market.key())
+            raise
 
     def _forecast_newest(self, market: Market, cold_start: bool) -> tuple[int | None, str | None, str | None]:
         """Forecast from every origin since this forecaster's newest, batched, so an outage
