@@ -1,6 +1,9 @@
-"""Crash safety: the app is killed with SIGKILL again and again, during backfills and ticks."""
+"""Crash safety: the app is killed with SIGKILL again and again, during backfills and ticks, and
+a scheduler process is killed amid a fast-clock soak of several markets."""
 
 import contextlib
+import logging
+import multiprocessing
 import random
 import signal
 import sqlite3
@@ -9,16 +12,23 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 
 from chronoprice.market.candles import find_gaps
+from chronoprice.market.live import LiveSource
 from chronoprice.market.simulator import BinanceSimulator
 from chronoprice.market.source import Market
-from chronoprice.service.tick import CATCH_UP_ORIGINS
-from chronoprice.store.sqlite import open_store, read_candles
+from chronoprice.market.timeframes import timeframe_ms
+from chronoprice.model.forecasters import load_forecaster
+from chronoprice.service.scheduler import Scheduler
+from chronoprice.service.tick import CATCH_UP_ORIGINS, Ticker
+from chronoprice.service.watchlist import seed_watchlist
+from chronoprice.store.sqlite import newest_forecast_origin_ts, open_store, read_candles
 from chronoprice.testing import free_port
 from tests.conftest import MINUTE_MS, SERIES_START_MS, wait_until
+from tests.test_watchlist import forecast_origins
 
 PROJECT = Path(__file__).resolve().parents[1]
 KILLS = 20
@@ -109,3 +119,83 @@ def test_kill_9_during_backfill_and_ticks_never_corrupts_the_store(series, tmp_p
             "select distinct origin_ts from forecasts where symbol = 'BTC/USDT' and timeframe = '1m'")}
         recent = stored["ts"].iloc[59:].tail(CATCH_UP_ORIGINS)
         assert set(recent) <= forecast, f"{len(set(recent) - forecast)} origins left without a forecast by the kills"
+
+
+# ------------------------------------------------------------------ a scheduler process killed mid-soak
+SOAK_MARKETS = [("BTC/USDT", "1m"), ("ETH/USDT", "1m"), ("BTC/USDT", "5m")]
+
+
+def run_scheduler(exchange_url: str, db_path: Path, model: Path, clock_seconds) -> None:
+    """A scheduler process on the test's clock (a shared value the test moves), logging beside the store."""
+    def clock() -> float:
+        return clock_seconds.value
+
+    logging.basicConfig(filename=db_path.with_suffix(".log"), level=logging.INFO,
+                        format="%(asctime)s %(process)d %(threadName)s %(levelname)s %(name)s: %(message)s")
+    source = LiveSource("binance", exchange_url, (), history=300, backoff_seconds=0.0, attempts=1)
+    ticker = Ticker(source, db_path, lambda: load_forecaster(model), clock=clock, progress=False)
+    Scheduler(ticker, clock=clock).run_forever()
+
+
+def test_a_scheduler_process_killed_with_sigkill_leaves_no_gap_and_no_duplicate(exchange, db_path, tiny_model):
+    rng = random.Random(5)
+    seed_watchlist(open_store(db_path), ",".join(f"{symbol}@{timeframe}" for symbol, timeframe in SOAK_MARKETS), 50)
+    spawn = multiprocessing.get_context("spawn")
+    clock_seconds = spawn.Value("d", exchange.now_ms / 1000)
+
+    def start() -> multiprocessing.Process:
+        worker = spawn.Process(target=run_scheduler, args=(exchange.url, db_path, tiny_model, clock_seconds), daemon=True)
+        worker.start()
+        return worker
+
+    def move_clock(seconds: float) -> None:
+        exchange.advance(seconds / 60)  # the exchange first, so the scheduler never sees a close it cannot fetch
+        with clock_seconds.get_lock():
+            clock_seconds.value += seconds
+
+    def minutes_pass(minutes: int, seconds_each: float) -> None:
+        for _ in range(minutes):
+            time.sleep(seconds_each)
+            move_clock(60)
+
+    def caught_up() -> Callable[[], bool]:
+        """A condition: every market forecast from its newest closed candle. Meanwhile the clock
+        runs on for 40 s, as time does, so late retries and backoffs come due."""
+        until = clock_seconds.value + 40
+
+        def condition() -> bool:
+            if clock_seconds.value < until:
+                move_clock(0.5)
+            return all(newest_forecast_origin_ts(db, Market("binance", symbol, timeframe))
+                       == exchange.closed_candles(symbol, timeframe)["ts"].iloc[-1] for symbol, timeframe in SOAK_MARKETS)
+
+        return condition
+
+    def log_tail() -> str:
+        return db_path.with_suffix(".log").read_text()[-3000:] if db_path.with_suffix(".log").exists() else "no log"
+
+    db = open_store(db_path)
+    worker = start()
+    assert wait_until(caught_up()), f"the scheduler started and forecast every market; its log:\n{log_tail()}"
+    minutes_pass(6, 0.4)
+    time.sleep(rng.uniform(0.0, 0.8))
+    worker.kill()  # SIGKILL, amid whatever it was doing
+    worker.join(timeout=10)
+    minutes_pass(7, 0.0)  # an outage: no scheduler while candles close
+    worker = start()
+    minutes_pass(6, 0.4)
+    assert wait_until(caught_up()), f"the restarted scheduler caught up; its log:\n{log_tail()}"
+    worker.terminate()
+    worker.join(timeout=10)
+
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    for symbol, timeframe in SOAK_MARKETS:
+        market = Market("binance", symbol, timeframe)
+        stored = read_candles(db, market)
+        assert stored["ts"].is_unique and find_gaps(stored["ts"].to_numpy(), timeframe_ms(timeframe)).empty
+        assert stored["ts"].iloc[-1] == exchange.closed_candles(symbol, timeframe)["ts"].iloc[-1]
+        origins = forecast_origins(db, market)
+        window = load_forecaster(tiny_model).window
+        assert origins["origin_ts"].tolist() == stored["ts"].iloc[window - 1:].tolist(), \
+            f"{symbol} {timeframe}: exactly one forecast from every closed candle"
+        assert (origins["steps"] == 10).all(), "every forecast whole"
