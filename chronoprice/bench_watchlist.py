@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import json
 import multiprocessing
-import resource
 import subprocess
 import sys
 import tempfile
@@ -117,7 +116,7 @@ def run(model_path: Path, count: int, minutes: int) -> dict:
             "close_to_forecast_seconds_p95": round(float(np.percentile(latencies, 95)), 2),
             "close_to_forecast_seconds_max": round(float(np.max(latencies)), 2),
             "origins_missing": int(missing), "resident_mb": resident_mb(),
-            "peak_resident_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "peak_resident_mb": resident_mb("VmHWM"),
             "overview_ms_median": round(float(np.median(overview_ms)), 1),
             "overview_ms_p95": round(float(np.percentile(overview_ms, 95)), 1),
         }
