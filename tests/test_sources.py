@@ -1,5 +1,8 @@
+import concurrent.futures
 import dataclasses
+import time
 
+import ccxt
 import numpy as np
 import pandas as pd
 import pytest
@@ -254,6 +257,31 @@ def test_live_keeps_only_candles_before_a_bad_row(exchange, series):
     expected = series[SYMBOL].iloc[100:105].reset_index(drop=True)
     pd.testing.assert_frame_equal(fetched.candles, expected)  # 106 was bad; 105 is withheld as possibly forming
     assert "malformed" in fetched.note
+
+
+def test_markets_fetched_at_once_take_turns_on_one_client_and_never_mix_replies():
+    symbols = [f"S{number}/USDT" for number in range(4)]
+    with BinanceSimulator({symbol: make_candles(400, symbol) for symbol in symbols}) as exchange:
+        exchange.queue(Fault(symbol="S0USDT", status=200, body="<html>bad gateway</html>", times=1000))
+        source = fast_live(exchange.url, attempts=1)
+        source.symbols()  # the markets, loaded once before the race
+
+        def fetch(symbol: str) -> str:
+            try:
+                return f"{len(source.fetch_closed(symbol, '1m', nothing_stored).candles)} candles"
+            except MalformedReply as error:
+                return str(error)
+
+        started, requests_before = time.monotonic(), exchange.requests["/api/v3/klines"]
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            replies = list(pool.map(fetch, symbols * 5))
+        elapsed, requests = time.monotonic() - started, exchange.requests["/api/v3/klines"] - requests_before
+    assert all("not JSON" in reply for reply in replies[0::4]), "the bad market's own error, every time"
+    assert all(reply.endswith(" candles") for index, reply in enumerate(replies) if index % 4), "never another market's reply"
+    client = ccxt.binance()
+    spacing = client.rateLimit * client.api["public"]["get"]["klines"]["cost"] / 1000
+    # ccxt times requests in whole milliseconds, so a spacing may come out up to 1 ms short.
+    assert elapsed >= (requests - 1) * (spacing - 0.001), "one client's requests spaced by its rate limit, threads or not"
 
 
 def test_live_unknown_symbol_is_a_clear_error(exchange):

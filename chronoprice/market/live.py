@@ -6,6 +6,7 @@ import dataclasses
 import difflib
 import logging
 import math
+import threading
 import time
 from typing import Callable, Mapping, Sequence
 from urllib.parse import urlsplit
@@ -48,7 +49,7 @@ def create_exchange(exchange_id: str, url: str | None, timeout_ms: int):
         close = difflib.get_close_matches(exchange_id, ccxt.exchanges, n=3, cutoff=0.6)
         hint = f"; did you mean {', '.join(close)}?" if close else "; see ccxt.exchanges for the list"
         raise UnknownExchange(f"unknown exchange id {exchange_id!r}{hint}")
-    client = getattr(ccxt, exchange_id)({"enableRateLimit": True, "timeout": timeout_ms, "enableLastJsonResponse": True})
+    client = getattr(ccxt, exchange_id)({"enableRateLimit": True, "timeout": timeout_ms})
     if url:
         client.urls["api"] = rewrite_urls(client.urls["api"], url)
     return client
@@ -68,12 +69,14 @@ def _retry_after_seconds(headers) -> float | None:
 
 @dataclasses.dataclass
 class _Venue:
-    """One exchange of the fail-over chain, with its client made on first use."""
+    """One exchange of the fail-over chain, with its client made on first use. The scheduler's
+    threads share the client, so what a reply said is kept per thread (`reply`), not in the
+    client's last_* attributes, which the next thread's reply overwrites."""
 
     exchange_id: str
     url: str | None
     client: object = None
-    last_status: int | None = None
+    reply: threading.local = dataclasses.field(default_factory=threading.local)
     answered: bool = False
 
 
@@ -118,6 +121,7 @@ class LiveSource:
         self._resume_at = 0.0
         self._sleep, self._clock = sleep, clock
         self._failed_over_from: list[str] = []
+        self._lock = threading.Lock()  # the fail-over state, shared by the markets ticked at once
 
     @property
     def exchange(self) -> str:
@@ -130,13 +134,25 @@ class LiveSource:
     def _client(self, venue: _Venue):
         if venue.client is None:
             client = create_exchange(venue.exchange_id, venue.url, self._timeout_ms)
-            original = client.on_rest_response
+            on_rest_response, parse_json = client.on_rest_response, client.parse_json
+            throttle, turn = client.throttle, threading.Lock()
 
-            def record_status(code, *rest):
-                venue.last_status = code
-                return original(code, *rest)
+            def record_reply(code, reason, url, method, headers, body, *rest):
+                venue.reply.status, venue.reply.headers, venue.reply.preview = code, headers, (body or "")[:60]
+                return on_rest_response(code, reason, url, method, headers, body, *rest)
 
-            client.on_rest_response = record_status
+            def record_parse(text):
+                parsed = parse_json(text)
+                venue.reply.json = parsed is not None
+                return parsed
+
+            def throttle_in_turn(cost=None):
+                # ccxt's limiter spaces requests from its last one, unaware of threads: take turns.
+                with turn:
+                    throttle(cost)
+                    client.lastRestRequestTimestamp = client.milliseconds()
+
+            client.on_rest_response, client.parse_json, client.throttle = record_reply, record_parse, throttle_in_turn
             venue.client = client
         return venue.client
 
@@ -150,32 +166,41 @@ class LiveSource:
         if wait > 0:
             raise RateLimited(f"{self.exchange} asked us to wait; next request in {math.ceil(wait)} s")
         while True:
-            venue = self._venues[self._index]
+            index = self._index
+            venue = self._venues[index]
             try:
                 candles, note, forming = self._fetch_from(venue, symbol, timeframe, since_for(venue.exchange_id))
             except GeoBlocked as error:
                 reason = str(error)
             except SourceUnavailable as error:
-                self._failures += 1
-                if venue.answered and self._failures < self._failures_before_failover:
+                with self._lock:
+                    self._failures += 1
+                    keep_venue = venue.answered and self._failures < self._failures_before_failover
+                if keep_venue:
                     raise
                 reason = str(error)
             else:
-                venue.answered, self._failures = True, 0
-                if self._failed_over_from:
-                    note = "; ".join(filter(None, [f"failed over from {', '.join(self._failed_over_from)}", note]))
+                with self._lock:
+                    venue.answered, self._failures = True, 0
+                    failed_over_from = list(self._failed_over_from)
+                if failed_over_from:
+                    note = "; ".join(filter(None, [f"failed over from {', '.join(failed_over_from)}", note]))
                 return Fetched(venue.exchange_id, candles, note, forming)
-            self._fail_over(reason)
+            self._fail_over(index, reason)
 
-    def _fail_over(self, reason: str) -> None:
-        self._failures = 0
-        self._failed_over_from.append(self.exchange)
-        if self._index + 1 < len(self._venues):
-            self._index += 1
-            log.warning("failing over from %s to %s: %s", self._failed_over_from[-1], self.exchange, reason)
-            return
-        tried = ", ".join(self._failed_over_from)
-        self._index, self._failed_over_from = 0, []
+    def _fail_over(self, index: int, reason: str) -> None:
+        """Move on from the venue at `index`, unless another market's fetch has moved on already."""
+        with self._lock:
+            if self._index != index:
+                return
+            self._failures = 0
+            self._failed_over_from.append(self._venues[index].exchange_id)
+            if index + 1 < len(self._venues):
+                self._index = index + 1
+                log.warning("failing over from %s to %s: %s", self._venues[index].exchange_id, self.exchange, reason)
+                return
+            tried = ", ".join(self._failed_over_from)
+            self._index, self._failed_over_from = 0, []
         raise SourceUnavailable(f"no exchange answered (tried {tried}); last error: {reason}")
 
     def _fetch_from(self, venue: _Venue, symbol: str, timeframe: str, since: int | None
@@ -230,9 +255,8 @@ class LiveSource:
 
     def _fetch_page(self, venue: _Venue, symbol: str, timeframe: str, since: int | None, limit: int) -> list:
         rows = self._call(venue, lambda client: client.fetch_ohlcv(symbol, timeframe, since, limit))
-        if venue.client.last_json_response is None:
-            body = (venue.client.last_http_response or "")[:60]
-            raise MalformedReply(f"{venue.exchange_id} answered with something that is not JSON: {body!r}")
+        if not venue.reply.json:
+            raise MalformedReply(f"{venue.exchange_id} answered with something that is not JSON: {venue.reply.preview!r}")
         if not isinstance(rows, list):
             raise MalformedReply(f"{venue.exchange_id} answered with {type(rows).__name__}, not a list of candles")
         return rows
@@ -242,12 +266,12 @@ class LiveSource:
         client = self._client(venue)
         last_error: Exception | None = None
         for attempt in range(self._attempts):
-            venue.last_status = None
+            venue.reply.status = None
             try:
                 return request(client)
             except ccxt.BaseError as error:
-                if venue.last_status in (403, 451):
-                    raise GeoBlocked(f"{venue.exchange_id} refuses this region (HTTP {venue.last_status})") from None
+                if venue.reply.status in (403, 451):
+                    raise GeoBlocked(f"{venue.exchange_id} refuses this region (HTTP {venue.reply.status})") from None
                 if isinstance(error, ccxt.BadSymbol):
                     raise UnknownSymbol(f"{venue.exchange_id} does not list this symbol ({error})") from None
                 if isinstance(error, ccxt.BadResponse):
@@ -256,7 +280,7 @@ class LiveSource:
                     raise SourceError(f"{venue.exchange_id} error: {_short(error)}") from None
                 last_error, wait = error, self._backoff * 2**attempt
                 if isinstance(error, ccxt.DDoSProtection):
-                    wait = _retry_after_seconds(client.last_response_headers) or wait
+                    wait = _retry_after_seconds(getattr(venue.reply, "headers", None)) or wait
                     if wait > self._max_wait or attempt == self._attempts - 1:
                         self._resume_at = self._clock() + wait
                         raise RateLimited(f"{venue.exchange_id} rate limit: waiting {math.ceil(wait)} s as it asked") from None

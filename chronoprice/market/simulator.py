@@ -25,9 +25,11 @@ MINUTE_MS = 60_000
 
 @dataclasses.dataclass
 class Fault:
-    """One misbehaviour for the next request whose path contains `path`."""
+    """One misbehaviour for the next request whose path contains `path` (and that asks for
+    `symbol`, in the exchange's spelling such as BTCUSDT, if given)."""
 
     path: str = "/klines"
+    symbol: str | None = None
     status: int = 500
     body: str = '{"code":-1000,"msg":"simulated fault"}'
     headers: dict = dataclasses.field(default_factory=dict)
@@ -138,10 +140,10 @@ class BinanceSimulator:
         return frame[frame["ts"] + length <= self.now_ms].reset_index(drop=True)
 
     # ---------------------------------------------------------------------- serving
-    def _take_fault(self, path: str) -> Fault | None:
+    def _take_fault(self, path: str, symbol: str | None) -> Fault | None:
         with self.lock:
             for fault in self.faults:
-                if fault.path in path:
+                if fault.path in path and fault.symbol in (None, symbol):
                     fault.times -= 1
                     if fault.times <= 0:
                         self.faults.remove(fault)
@@ -153,7 +155,7 @@ class BinanceSimulator:
         query = {key: values[-1] for key, values in parse_qs(parts.query).items()}
         with self.lock:
             self.requests[parts.path] += 1
-        fault = self._take_fault(parts.path)
+        fault = self._take_fault(parts.path, query.get("symbol"))
         if fault:
             time.sleep(fault.delay_seconds)
             if fault.status:
