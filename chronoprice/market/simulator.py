@@ -29,12 +29,12 @@ class Fault:
     `symbol`, in the exchange's spelling such as BTCUSDT, if given)."""
 
     path: str = "/klines"
-    symbol: str | None = None
     status: int = 500
     body: str = '{"code":-1000,"msg":"simulated fault"}'
     headers: dict = dataclasses.field(default_factory=dict)
     delay_seconds: float = 0.0
     times: int = 1
+    symbol: str | None = None
 
 
 def _market_entry(symbol: str) -> dict:
