@@ -32,8 +32,8 @@ from chronoprice.market.candles import aggregate_candles
 from chronoprice.market.files import read_candle_csv
 from chronoprice.market.timeframes import TIMEFRAME_MS, timeframe_ms
 from chronoprice.model.artifact import artifact_at
-from chronoprice.model.features import candle_rows, parse_feature
-from chronoprice.model.forecasters import load_forecaster
+from chronoprice.model.features import WINDOW, candle_rows, parse_feature
+from chronoprice.model.forecasters import NaiveBandForecaster, load_forecaster
 from chronoprice.service.build import build_scheduler, build_ticker
 from chronoprice.store.sqlite import open_store
 from chronoprice.web.server import serve
@@ -94,7 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--csv", type=Path, required=True, help="1-minute candle CSV")
     evaluate.add_argument("--timeframe", choices=list(TIMEFRAME_MS), default="1m",
                           help="evaluate on candles of this timeframe, aggregated from the CSV's minutes (default 1m)")
-    evaluate.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="model artifact (default: the shipped model)")
+    evaluate.add_argument("--model", type=Path, default=DEFAULT_MODEL,
+                          help="model artifact (default: the shipped model), or `naive`: the last close with its band, "
+                               "as 5m, 15m and 1h serve")
     evaluate.add_argument("--engine", choices=ENGINES, default="auto", help="forecast engine (default auto: onnx, batched)")
     evaluate.add_argument("--level", type=float, default=DEFAULT_LEVEL, choices=INTERVAL_LEVELS,
                           help=f"interval level (default {DEFAULT_LEVEL})")
@@ -182,7 +184,10 @@ def run_compare(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    forecaster = load_forecaster(args.model, args.engine, args.level)
+    if str(args.model) == "naive":
+        forecaster = NaiveBandForecaster(level=args.level, window=WINDOW)
+    else:
+        forecaster = load_forecaster(args.model, args.engine, args.level)
     candles = aggregate_candles(read_candle_csv(args.csv).candles, timeframe_ms(args.timeframe))
     first_scored_close = forecaster.window - 1
     if not args.include_training_data:

@@ -44,6 +44,15 @@ def test_evaluate_aggregates_the_csv_to_the_timeframe_asked(tiny_model, syntheti
     assert report["timeframe"] == "5m" and report["origins"] == 1500 // 5 - 60 - 10 + 1
 
 
+def test_evaluate_scores_the_last_close_with_its_band_as_longer_timeframes_serve_it(synthetic_csv, capsys):
+    assert main(["evaluate", "--csv", str(synthetic_csv), "--model", "naive", "--json", "--timeframe", "5m"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["model_version"] == "naive" and report["origins"] == 1500 // 5 - 60 - 10 + 1
+    for step in report["steps"]:
+        assert step["mae_ratio"] == 1.0 and step["dm_p_value"] == 1.0, "the last close is the naive forecast itself"
+        assert 0.0 < step["coverage_0.90"] <= 1.0 and 0.0 < step["coverage_static_0.90"] <= 1.0
+
+
 def test_evaluate_skips_what_the_model_was_trained_on(shipped_model, shared_csv, capsys):
     assert main(["evaluate", "--csv", str(shared_csv), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)

@@ -13,7 +13,7 @@ from statistics import NormalDist
 
 import numpy as np
 
-from chronoprice.evaluation.metrics import DEFAULT_LEVEL, VOLATILITY_WINDOW, recent_volatility
+from chronoprice.evaluation.metrics import DEFAULT_LEVEL, INTERVAL_LEVELS, VOLATILITY_WINDOW, recent_volatility
 from chronoprice.model.artifact import artifact_at, read_metadata
 from chronoprice.model.engines import PathEngine, feature_name, load_engine
 from chronoprice.model.features import (
@@ -86,7 +86,10 @@ class NaiveBandForecaster:
 
     def __init__(self, horizon: int = HORIZON, window: int = VOLATILITY_WINDOW + 1, level: float = DEFAULT_LEVEL):
         self.horizon, self.window, self.level = horizon, window, level
-        self.calibrated_quantiles = NormalDist().inv_cdf(0.5 + level / 2) * np.sqrt(np.arange(1, horizon + 1))
+        random_walk = {f"{each:.2f}": NormalDist().inv_cdf(0.5 + each / 2) * np.sqrt(np.arange(1, horizon + 1)) for each in INTERVAL_LEVELS}
+        # In a model's metadata form, so `evaluate` scores this band as it scores a model's.
+        self.metadata = {"version": self.version, "intervals": {"score_quantile": {key: list(value) for key, value in random_walk.items()}}}
+        self.calibrated_quantiles = score_quantiles(self.metadata, level)
 
     def forecast(self, windows: np.ndarray, quantiles: np.ndarray | None = None) -> dict[str, np.ndarray]:
         closes = window_closes(_as_batch(windows))
