@@ -26,7 +26,8 @@ from chronoprice.model.features import candle_rows, model_input, walk_forward_wi
 from chronoprice.model.forecasters import LSTMForecaster, load_forecaster
 from chronoprice.service.backfill import forecast_history
 from chronoprice.service.tick import Ticker
-from chronoprice.store.sqlite import open_store, upsert_candles
+from chronoprice.store import open_store
+from chronoprice.store.records import upsert_candles
 from chronoprice.testing import get_json, gunicorn_service, local_exchange_env
 
 BENCH_START_MS = 1_735_689_600_000  # 2025-01-01 00:00 UTC, a fixed stretch of the demo market

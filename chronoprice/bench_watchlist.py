@@ -32,7 +32,7 @@ from chronoprice.service.overview import summarise_watchlist
 from chronoprice.service.scheduler import SETTLE_SECONDS, Scheduler
 from chronoprice.service.tick import Ticker
 from chronoprice.service.watchlist import seed_watchlist
-from chronoprice.store.sqlite import forecast_origins_since, read_candles
+from chronoprice.store.records import forecast_origins_since, read_candles
 from chronoprice.testing import FakeClock
 from chronoprice.web.api.health import resident_mb
 from chronoprice.web.dashboard.overview import overview_row

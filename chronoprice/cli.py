@@ -19,6 +19,7 @@ from chronoprice.config import (
     add_settings_arguments,
     log_format_from,
     settings_from_args,
+    store_target,
 )
 from chronoprice.evaluation.metrics import (
     ADAPTIVE_WINDOW,
@@ -35,7 +36,8 @@ from chronoprice.model.artifact import artifact_at
 from chronoprice.model.features import WINDOW, candle_rows, parse_feature
 from chronoprice.model.forecasters import NaiveBandForecaster, load_forecaster
 from chronoprice.service.build import build_scheduler, build_ticker
-from chronoprice.store.sqlite import open_store
+from chronoprice.store import open_store
+from chronoprice.store.transfer import copy_store
 from chronoprice.web.server import serve
 
 log = logging.getLogger(__name__)
@@ -118,10 +120,16 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--watch-minutes", type=_positive_int, default=30, help="simulated minutes of that benchmark (default 30)")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
 
+    migrate = commands.add_parser("migrate", help="copy a store (candles, forecasts, watchlist) to another, SQLite or PostgreSQL")
+    migrate.add_argument("--from", dest="source", required=True, help="the store to copy: a SQLite file or a postgresql:// URL")
+    migrate.add_argument("--to", dest="target", required=True, help="where to: a SQLite file or a postgresql:// URL; "
+                         "an interrupted copy resumes after the last row it holds")
+    migrate.add_argument("--batch", type=_positive_int, default=5_000, help="rows a transaction (default 5000)")
+
     backfill = commands.add_parser("backfill", help="fetch and store candle history, then forecast from it")
     add_settings_arguments(backfill)
     backfill.add_argument("--hours", type=float, default=24.0, help="hours of history to fetch (default 24)")
-    for command in (train, compare, evaluate, export, bench):
+    for command in (train, compare, evaluate, export, bench, migrate):
         command.add_argument("--log-format", choices=LOG_FORMATS, help="log lines as text (default) or json [env CHRONOPRICE_LOG_FORMAT]")
     return parser
 
@@ -272,6 +280,17 @@ def run_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_migrate(args: argparse.Namespace) -> int:
+    source, target = (open_store(store_target(text)) for text in (args.source, args.target))
+    copies = copy_store(source, target, args.batch, progress=sys.stderr.isatty())
+    for copy in copies:
+        print(f"{copy.table}: {copy.copied} rows copied; rows {copy.source_rows} -> {copy.target_rows}; "
+              f"checksum {copy.source_checksum[:16]} -> {copy.target_checksum[:16]}: {'exact' if copy.exact else 'DIFFERENT'}")
+    source.close()
+    target.close()
+    return 0 if all(copy.exact for copy in copies) else 1
+
+
 def run_backfill(args: argparse.Namespace) -> int:
     settings = settings_from_args(args, os.environ)
     status = build_ticker(settings, history_hours=args.hours).backfill(settings.symbol, hours=args.hours)
@@ -279,4 +298,4 @@ def run_backfill(args: argparse.Namespace) -> int:
     return 0 if status.error is None else 1
 
 
-COMMANDS = {"serve": run_serve, "worker": run_worker, "train": run_train, "compare": run_compare, "evaluate": run_evaluate, "export": run_export, "bench": run_bench, "backfill": run_backfill}
+COMMANDS = {"serve": run_serve, "worker": run_worker, "train": run_train, "compare": run_compare, "evaluate": run_evaluate, "export": run_export, "bench": run_bench, "backfill": run_backfill, "migrate": run_migrate}

@@ -10,8 +10,10 @@ import argparse
 import dataclasses
 from pathlib import Path
 from typing import Callable, Mapping
+from urllib.parse import urlsplit
 
 from chronoprice.market.timeframes import TIMEFRAME_MS
+from chronoprice.store.schema import is_database_url
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = PROJECT_ROOT / "models" / "chronoprice-lstm"
@@ -32,7 +34,7 @@ class Settings:
     fallback_exchanges: tuple[str, ...] = ("kraken", "coinbase")
     symbol: str = "BTC/USDT"
     timeframe: str = "1m"
-    db: Path = Path("chronoprice.db")
+    db: Path | str = dataclasses.field(default=Path("chronoprice.db"), repr=False)  # a postgresql:// URL may hold a password
     model: Path = DEFAULT_MODEL
     engine: str = "auto"
     refresh_seconds: float = 10.0
@@ -56,6 +58,18 @@ def _choice(allowed: tuple[str, ...]) -> Callable[[str], str]:
         return value
 
     return parse
+
+
+def store_target(text: str) -> Path | str:
+    """A SQLite file path, or a postgresql:// URL (kept as text: a Path would fold its //)."""
+    text = text.strip()
+    if is_database_url(text):
+        if not urlsplit(text).hostname:
+            raise ValueError("a database URL needs a host: postgresql://USER:PASSWORD@HOST:PORT/DATABASE")
+        return text
+    if "://" in text:
+        raise ValueError("must be a SQLite file path or a postgresql:// URL")
+    return Path(text)
 
 
 def _positive_float(text: str) -> float:
@@ -144,7 +158,8 @@ _OPTIONS = (
     _Option("fallback_exchanges", _exchange_list, "comma-separated exchanges to fail over to (default kraken,coinbase; none for none); an entry may be id=URL"),
     _Option("symbol", _symbol, "market symbol (default BTC/USDT)"),
     _Option("timeframe", _choice(tuple(TIMEFRAME_MS)), "candle timeframe (default 1m)"),
-    _Option("db", Path, "SQLite database file (default chronoprice.db in the working directory)"),
+    _Option("db", store_target, "the store: a SQLite file (default chronoprice.db in the working directory) or a "
+            "postgresql://USER:PASSWORD@HOST:PORT/DATABASE URL (env DATABASE_URL too, as Render sets it)", secret=True),
     _Option("model", Path, "model artifact path without extension (default: the shipped model in models/)"),
     _Option("engine", _choice(ENGINES), "forecast engine: auto (the fastest that needs no TensorFlow: onnx, else litert), onnx, litert, keras"),
     _Option("refresh_seconds", _positive_float, "seconds between ticks (default 10)"),
@@ -184,6 +199,8 @@ def settings_from(flags: Mapping[str, str | None], env: Mapping[str, str]) -> Se
             raw, origin = env[env_name], env_name
         if raw is None and option.name == "port" and env.get("PORT"):
             raw, origin = env["PORT"], "PORT"
+        if raw is None and option.name == "db" and env.get("DATABASE_URL"):
+            raw, origin = env["DATABASE_URL"], "DATABASE_URL"
         if raw is None:
             continue
         try:

@@ -16,8 +16,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from chronoprice.logs import StderrHandler  # noqa: E402
 from chronoprice.market.demo import demo_candles  # noqa: E402
 from chronoprice.market.simulator import BinanceSimulator  # noqa: E402
-from chronoprice.store.sqlite import open_store  # noqa: E402
+from chronoprice.store import open_store  # noqa: E402
 from chronoprice.testing import FakeClock  # noqa: E402,F401 (tests import it from here)
+from tests.postgres_server import PostgresServer  # noqa: E402
 
 SERIES_START_MS = 1_735_689_600_000  # 2025-01-01 00:00 UTC
 MINUTE_MS = 60_000
@@ -64,6 +65,19 @@ def exchange(series):
     now = SERIES_START_MS + 1200 * MINUTE_MS + 30_000
     with BinanceSimulator(series, now_ms=now) as simulator:
         yield simulator
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """One PostgreSQL server for the session (tests/postgres_server.py); each test takes a new database."""
+    server = PostgresServer()
+    yield server
+    server.remove()
+
+
+@pytest.fixture
+def postgres_url(postgres_server):
+    return postgres_server.new_database()
 
 
 @pytest.fixture

@@ -1,13 +1,19 @@
+import contextlib
 import importlib
+import json
 import os
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
-from chronoprice.testing import free_port
-from tests.conftest import LIVENESS_SECONDS
+import psycopg
+
+from chronoprice.testing import free_port, get_json
+from tests.conftest import LIVENESS_SECONDS, wait_until
+from tests.postgres_server import PASSWORD
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -61,3 +67,50 @@ def test_python_app_py_names_a_bad_setting(tmp_path):
     result = subprocess.run([sys.executable, "app.py", "--exchange", "binanse", "--db", str(tmp_path / "x.db")],
                             cwd=PROJECT, capture_output=True, text=True, timeout=LIVENESS_SECONDS)
     assert result.returncode == 2 and "did you mean binance" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_python_app_py_on_postgresql_keeps_its_track_record_through_a_server_restart(postgres_server, postgres_url, tiny_model):
+    """DATABASE_URL as Render sets it: the demo ticks into PostgreSQL; while the server is down
+    the API answers 503 with Retry-After, then serves again; the password shows nowhere."""
+    port = free_port()
+    env = {**os.environ, "DATABASE_URL": postgres_url, "CHRONOPRICE_MODEL": str(tiny_model), "CHRONOPRICE_WATCH": "BTC/USDT@1m"}
+    process = subprocess.Popen([sys.executable, "app.py", "--source", "demo", "--port", str(port)],
+                               cwd=PROJECT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+
+    def status_of(path: str) -> int | None:
+        try:
+            return get_json(base + path, timeout=10)[0]
+        except OSError:  # not listening yet
+            return None
+
+    try:
+        assert wait_until(lambda: process.poll() is not None or status_of("/api/v1/forecast") == 200)
+        assert process.poll() is None, "the app is serving"
+        status, health = get_json(base + "/api/health")
+        assert status == 200 and PASSWORD not in json.dumps(health)
+        with contextlib.closing(psycopg.connect(postgres_url)) as connection:
+            assert connection.execute("select count(*) from forecasts").fetchone()[0] >= 10, "forecasts stored in PostgreSQL"
+        postgres_server.stop()
+        try:
+            with urllib.request.urlopen(base + "/api/v1/candles?limit=1", timeout=30):
+                raise AssertionError("a read with the database down cannot succeed")
+        except urllib.error.HTTPError as error:
+            assert error.code == 503 and error.headers["Retry-After"]
+        postgres_server.start()
+        assert wait_until(lambda: status_of("/api/v1/candles?limit=1") == 200), "served again once the server is back"
+
+        def history_complete() -> bool:
+            status_of("/api/v1/forecast")  # a read ticks the market
+            with contextlib.closing(psycopg.connect(postgres_url)) as connection:
+                candles = connection.execute("select count(*) from candles where timeframe = '1m'").fetchone()[0]
+                origins = connection.execute("select count(distinct origin_ts) from forecasts where timeframe = '1m'").fetchone()[0]
+            return origins == candles - 59  # every origin with a full window of 60 candles
+
+        assert wait_until(history_complete, interval=1.0), "the history the outage cut short is completed"
+    finally:
+        if not postgres_server.running():
+            postgres_server.start()
+        process.terminate()
+        output = process.communicate(timeout=10)[0]
+    assert PASSWORD not in output and "Traceback" not in output, output[-2000:]

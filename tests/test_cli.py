@@ -6,7 +6,7 @@ from chronoprice.bench import forecast_macs, timings_ms
 from chronoprice.cli import main
 from chronoprice.market.source import Market
 from chronoprice.model.artifact import artifact_at, read_metadata
-from chronoprice.store.sqlite import open_store
+from chronoprice.store import open_store
 from tests.conftest import FakeClock, make_candles
 
 

@@ -10,7 +10,7 @@ from chronoprice.evaluation.metrics import diebold_mariano, overall_metrics
 from chronoprice.service.scoring import read_scored
 from chronoprice.service.overview import SPARK_CANDLES, change_pct, summarise_watchlist
 from chronoprice.service.watchlist import seed_watchlist
-from chronoprice.store.sqlite import read_candles
+from chronoprice.store.records import read_candles
 from chronoprice.store.watchlist import read_watchlist
 from chronoprice.web.access import write_refusal
 from chronoprice.web.dashboard.callbacks import (

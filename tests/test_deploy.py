@@ -10,7 +10,8 @@ import yaml
 from chronoprice.bench import run_deploy_benchmark
 from chronoprice.market.simulator import BinanceSimulator
 from chronoprice.market.source import Market
-from chronoprice.store.sqlite import newest_candle_ts, newest_forecast_origin_ts, open_store
+from chronoprice.store import open_store
+from chronoprice.store.records import newest_candle_ts, newest_forecast_origin_ts
 from chronoprice.testing import get_json, gunicorn_service, local_exchange_env
 from tests.conftest import MINUTE_MS, SERIES_START_MS, wait_until
 

@@ -12,7 +12,7 @@ from chronoprice.market.live import LiveSource
 from chronoprice.market.simulator import Fault, kline_row
 from chronoprice.model.forecasters import load_forecaster
 from chronoprice.service.tick import Ticker
-from chronoprice.store.sqlite import read_candles
+from chronoprice.store.records import read_candles
 from chronoprice.web.server import create_app
 from chronoprice.testing import FakeClock
 

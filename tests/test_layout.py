@@ -22,19 +22,20 @@ MAX_LINES = 350
 # model training may use it.
 ALLOWED = {
     "market": {"market"},
-    "store": {"market", "store"},
+    "store": {"market", "store", "logs"},
     "evaluation.metrics": set(),
     "model": {"model", "evaluation.metrics"},
     "evaluation": {"evaluation", "model"},
     "service": {"market", "store", "model", "evaluation", "service", "config"},
     "web": {"market.source", "market.timeframes", "store", "model", "evaluation", "service", "web", "config"},
-    "config": {"market.timeframes"},
+    "config": {"market.timeframes", "store.schema"},
     "logs": set(),
 }
 # Third-party packages only one stage may touch.
 CONFINED = {"ccxt": ("market.live",), "tensorflow": ("model.network",), "keras": ("model.network", "model.training"),
             "onnx": ("model.onnx_graph",), "onnxruntime": ("model.engines",), "ai_edge_litert": ("model.engines",),
-            "dash": ("web",), "flask": ("web",), "flask_caching": ("web",), "sqlite_utils": ("store", "service")}
+            "dash": ("web",), "flask": ("web",), "flask_caching": ("web",), "sqlite_utils": ("store.sqlite",),
+            "psycopg": ("store",), "psycopg_pool": ("store.postgres",)}
 TENSORFLOW_MODULES = {"model.network", "model.training"}
 # An engine's runtime is imported when the engine is made: a process carries only the one it uses.
 ENGINE_RUNTIMES = {"onnxruntime", "ai_edge_litert.interpreter"}

@@ -25,7 +25,8 @@ from chronoprice.model.forecasters import load_forecaster
 from chronoprice.service.scheduler import Scheduler
 from chronoprice.service.tick import CATCH_UP_ORIGINS, Ticker
 from chronoprice.service.watchlist import seed_watchlist
-from chronoprice.store.sqlite import newest_forecast_origin_ts, open_store, read_candles
+from chronoprice.store import open_store
+from chronoprice.store.records import newest_forecast_origin_ts, read_candles
 from chronoprice.testing import free_port
 from tests.conftest import MINUTE_MS, SERIES_START_MS, wait_until
 from tests.test_watchlist import forecast_origins

@@ -16,11 +16,7 @@ from chronoprice.service.backfill import forecast_history
 from chronoprice.service.scoring import adapted_quantiles
 from chronoprice.service.status import STATUS_FORMAT, TickStatus, status_from_json, status_to_json
 from chronoprice.service.tick import Ticker
-from chronoprice.store.sqlite import (
-    read_candles,
-    read_latest_forecast,
-    read_matured_forecasts,
-)
+from chronoprice.store.records import read_candles, read_latest_forecast, read_matured_forecasts
 from tests.conftest import MINUTE_MS, FakeClock, wait_until
 
 SYMBOL = "BTC/USDT"

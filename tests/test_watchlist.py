@@ -14,7 +14,8 @@ from chronoprice.store.claims import hold_lease
 from chronoprice.market.candles import find_gaps
 from chronoprice.market.source import Market
 from chronoprice.market.timeframes import timeframe_ms
-from chronoprice.store.sqlite import open_store, read_candles
+from chronoprice.store import open_store
+from chronoprice.store.records import read_candles
 from chronoprice.store.watchlist import add_to_watchlist, read_watchlist
 from chronoprice.web.server import create_app
 from tests.conftest import MINUTE_MS, FakeClock, wait_until

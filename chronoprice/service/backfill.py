@@ -8,14 +8,14 @@ import sys
 
 import numpy as np
 import pandas as pd
-import sqlite_utils
 from tqdm import tqdm
 
 from chronoprice.market.source import Market
 from chronoprice.market.timeframes import timeframe_ms
 from chronoprice.model.features import candle_rows
 from chronoprice.model.forecasters import LSTMForecaster
-from chronoprice.store.sqlite import forecast_origins_since, read_candles, write_forecasts
+from chronoprice.store.records import forecast_origins_since, read_candles, write_forecasts
+from chronoprice.store.schema import Database
 
 log = logging.getLogger(__name__)
 HISTORY_CHUNK = 200  # origins a transaction: short, rare write locks leave room for the live ticks
@@ -39,7 +39,7 @@ def forecast_rows(origins_ts: np.ndarray, step_ms: int, forecast: dict[str, np.n
     )
 
 
-def missing_origins(db: sqlite_utils.Database, market: Market, ts: np.ndarray, start_ts: int, forecaster: LSTMForecaster) -> list[int]:
+def missing_origins(db: Database, market: Market, ts: np.ndarray, start_ts: int, forecaster: LSTMForecaster) -> list[int]:
     """Positions in `ts` (stored candle times, oldest first) of origins at or after `start_ts`
     with a full gap-free window and no forecast of this model version yet."""
     window, step_ms = forecaster.window, timeframe_ms(market.timeframe)
@@ -52,7 +52,7 @@ def missing_origins(db: sqlite_utils.Database, market: Market, ts: np.ndarray, s
     ]
 
 
-def forecast_history(db: sqlite_utils.Database, market: Market, forecaster: LSTMForecaster, start_ts: int,
+def forecast_history(db: Database, market: Market, forecaster: LSTMForecaster, start_ts: int,
                      progress: bool = True, chunk: int = HISTORY_CHUNK, quantiles: np.ndarray | None = None) -> int:
     """Forecast from every stored origin at or after `start_ts` that lacks one (missing_origins);
     returns the count. Shows a progress bar on stderr. `quantiles` replaces the forecaster's

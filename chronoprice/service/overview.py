@@ -12,7 +12,7 @@ from chronoprice.evaluation.metrics import ERROR_WINDOW_HOURS, diebold_mariano
 from chronoprice.market.timeframes import HOUR_MS, timeframe_ms
 from chronoprice.service.status import TickStatus
 from chronoprice.service.tick import Ticker
-from chronoprice.store.sqlite import matured_error_sums, matured_step_errors, read_candles, read_latest_forecast
+from chronoprice.store.records import matured_error_sums, matured_step_errors, read_candles, read_latest_forecast
 
 SPARK_CANDLES = 30  # closes drawn before the forecast in the overview's sparkline
 

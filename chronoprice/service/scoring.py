@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import sqlite_utils
 
 from chronoprice.evaluation.metrics import (
     ADAPTIVE_MIN_ERRORS,
@@ -17,7 +16,8 @@ from chronoprice.evaluation.metrics import (
 from chronoprice.market.source import Market
 from chronoprice.market.timeframes import timeframe_ms
 from chronoprice.model.forecasters import LSTMForecaster, NaiveForecaster
-from chronoprice.store.sqlite import read_candles, read_matured_forecasts
+from chronoprice.store.records import read_candles, read_matured_forecasts
+from chronoprice.store.schema import Database
 
 
 def with_naive(matured: pd.DataFrame) -> pd.DataFrame:
@@ -30,12 +30,12 @@ def with_naive(matured: pd.DataFrame) -> pd.DataFrame:
     return matured.assign(naive=paths[np.arange(len(matured)), matured["step"].to_numpy() - 1])
 
 
-def read_scored(db: sqlite_utils.Database, market: Market, **window) -> pd.DataFrame:
+def read_scored(db: Database, market: Market, **window) -> pd.DataFrame:
     """read_matured_forecasts (same keyword arguments) with the naive forecaster's prediction."""
     return with_naive(read_matured_forecasts(db, market, **window))
 
 
-def adapted_quantiles(db: sqlite_utils.Database, market: Market, forecaster: LSTMForecaster) -> np.ndarray:
+def adapted_quantiles(db: Database, market: Market, forecaster: LSTMForecaster) -> np.ndarray:
     """Interval quantiles adapted to this model's latest matured errors on this market; the
     calibration saved with the model until enough have matured."""
     matured = read_matured_forecasts(db, market, limit=(ADAPTIVE_WINDOW + 1) * forecaster.horizon)

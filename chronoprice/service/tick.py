@@ -26,14 +26,14 @@ from chronoprice.service.models import ModelSlot
 from chronoprice.service.scoring import adapted_quantiles
 from chronoprice.service.status import TickStatus, forming_row, status_from_json, status_to_json
 from chronoprice.store.claims import claim_tick, read_tick_status, save_tick_status
-from chronoprice.store.sqlite import (
-    ConnectionPerThread,
+from chronoprice.store.records import (
     newest_candle_ts,
     newest_forecast_origin_ts,
     read_candles,
     upsert_candles,
     write_forecasts,
 )
+from chronoprice.store import STORE_UNAVAILABLE, store_connections
 
 log = logging.getLogger(__name__)
 REPAIR_CANDLES = 60  # holes this recent are fetched again each tick; older ones stay recorded gaps
@@ -55,7 +55,7 @@ class Ticker:
         progress: bool = True,
     ):
         self.source = source
-        self.db = ConnectionPerThread(db_path)
+        self.db = store_connections(db_path)
         self._model = ModelSlot(load_forecaster)
         self.timeframe = timeframe
         self._refresh_ms = int(refresh_seconds * 1000)
@@ -222,8 +222,12 @@ class Ticker:
     def _forecast_history_in_background(self, market: Market, start_ts: int) -> None:
         try:
             forecast_history(self.db(), market, self.forecaster(market.timeframe), start_ts, self._progress)
-        except Exception:  # nobody may ever wait for this future: say it here
-            log.exception("history forecast failed", extra=market.key())
+        except Exception as error:  # nobody may ever wait for this future: say it here
+            self._completed.discard(market)  # so the next tick forecasts the origins this left out
+            if isinstance(error, STORE_UNAVAILABLE):
+                log.warning("history forecast stopped, store unavailable (%s); the next tick completes it", error, extra=market.key())
+            else:
+                log.exception("history forecast failed", extra=market.key())
             raise
 
     def _forecast_newest(self, market: Market, cold_start: bool) -> tuple[int | None, str | None, str | None]:

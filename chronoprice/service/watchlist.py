@@ -6,11 +6,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-import sqlite_utils
-
 from chronoprice.config import SettingsError, settings_from
 from chronoprice.market.timeframes import TIMEFRAME_MS
 from chronoprice.service.tick import Ticker
+from chronoprice.store.schema import Database
 from chronoprice.store.watchlist import add_to_watchlist, read_watchlist, replace_watchlist, seeded_from
 
 log = logging.getLogger(__name__)
@@ -58,7 +57,7 @@ def parse_watchlist(text: str, limit: int) -> ParsedWatchlist:
     return ParsedWatchlist(markets, problems)
 
 
-def seed_watchlist(db: sqlite_utils.Database, watch: str | None, limit: int) -> ParsedWatchlist:
+def seed_watchlist(db: Database, watch: str | None, limit: int) -> ParsedWatchlist:
     """The store's watchlist at start. A new store is seeded from `watch` (DEFAULT_WATCH when not
     given); a watch setting that differs from the one last seeded replaces the list; otherwise
     the list stays as the dashboard and the API left it, across restarts and gunicorn workers."""

@@ -1,1 +1,31 @@
-"""Persistence: candles, forecasts and tick claims in SQLite through sqlite-utils."""
+"""Persistence: candles, forecasts, claims and the watchlist, on SQLite (a file path, the
+default) or PostgreSQL (a postgresql:// URL), with the same schema and queries on both."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Callable
+
+import psycopg
+
+from chronoprice.store.postgres import SharedPostgres, open_postgres
+from chronoprice.store.schema import Database, StoreError, is_database_url
+from chronoprice.store.sqlite import ConnectionPerThread, open_sqlite
+
+__all__ = ["Database", "StoreError", "STORE_UNAVAILABLE", "open_store", "store_connections", "is_database_url"]
+
+# What a read or write raises while the store cannot answer for now: a SQLite lock held past the
+# busy timeout, a PostgreSQL server down or restarting (the pool's wait for a connection
+# included). The API answers 503 with Retry-After, the dashboard keeps its last good page.
+STORE_UNAVAILABLE = (StoreError, sqlite3.OperationalError, psycopg.OperationalError)
+
+
+def open_store(target: Path | str) -> Database:
+    """A connection to the store at `target` (a path or a postgresql:// URL), schema migrated."""
+    return open_postgres(str(target)) if is_database_url(target) else open_sqlite(target)
+
+
+def store_connections(target: Path | str) -> Callable[[], Database]:
+    """What a thread calls for its connection: its own SQLite one, or the shared PostgreSQL pool."""
+    return SharedPostgres(str(target)) if is_database_url(target) else ConnectionPerThread(target)

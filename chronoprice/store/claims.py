@@ -5,10 +5,10 @@ until they expire unless renewed."""
 
 from __future__ import annotations
 
-import sqlite_utils
+from chronoprice.store.schema import Database
 
 
-def claim_tick(db: sqlite_utils.Database, key: str, now_ms: int, interval_ms: int) -> bool:
+def claim_tick(db: Database, key: str, now_ms: int, interval_ms: int) -> bool:
     """Atomically claim the right to tick `key` unless it was claimed within `interval_ms`.
 
     One statement, so processes sharing the file (gunicorn workers) cannot both win.
@@ -22,17 +22,17 @@ def claim_tick(db: sqlite_utils.Database, key: str, now_ms: int, interval_ms: in
     return cursor.rowcount == 1
 
 
-def save_tick_status(db: sqlite_utils.Database, key: str, status_json: str) -> None:
+def save_tick_status(db: Database, key: str, status_json: str) -> None:
     with db.conn:
         db.execute("update ticks set status = ? where key = ?", [status_json, key])
 
 
-def read_tick_status(db: sqlite_utils.Database, key: str) -> str | None:
+def read_tick_status(db: Database, key: str) -> str | None:
     row = db.execute("select status from ticks where key = ?", [key]).fetchone()
     return row[0] if row else None
 
 
-def hold_lease(db: sqlite_utils.Database, name: str, owner: str, now_ms: int, ttl_ms: int) -> bool:
+def hold_lease(db: Database, name: str, owner: str, now_ms: int, ttl_ms: int) -> bool:
     """Take or renew the lease `name` for `owner` until now + ttl; False while another owner's
     lease has not expired. One statement, so two processes never both hold it."""
     with db.conn:
@@ -45,6 +45,6 @@ def hold_lease(db: sqlite_utils.Database, name: str, owner: str, now_ms: int, tt
     return cursor.rowcount == 1
 
 
-def release_lease(db: sqlite_utils.Database, name: str, owner: str) -> None:
+def release_lease(db: Database, name: str, owner: str) -> None:
     with db.conn:
         db.execute("delete from leases where name = ? and owner = ?", [name, owner])

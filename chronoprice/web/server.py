@@ -12,7 +12,7 @@ from flask_caching import Cache
 from chronoprice.config import PROJECT_ROOT, Settings
 from chronoprice.service.build import build_ticker, start_scheduler
 from chronoprice.service.tick import Ticker
-from chronoprice.store.sqlite import open_store
+from chronoprice.store import open_store
 from chronoprice.web.api import register_api
 from chronoprice.web.cache import cache_config
 from chronoprice.web.dashboard.callbacks import attach_callbacks

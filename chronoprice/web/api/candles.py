@@ -6,7 +6,7 @@ import pandas as pd
 from flask import jsonify, request
 
 from chronoprice.market.source import Market
-from chronoprice.store.sqlite import read_candles
+from chronoprice.store.records import read_candles
 from chronoprice.web.api.context import (
     api_context,
     cached_json,

@@ -4,12 +4,11 @@ anything a client can send."""
 from __future__ import annotations
 
 import logging
-import sqlite3
 
 from flask import Blueprint, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from chronoprice.store.sqlite import StoreError
+from chronoprice.store import STORE_UNAVAILABLE
 
 API_PREFIXES = ("/api/", "/price/", "/metrics/")
 log = logging.getLogger(__name__)
@@ -31,7 +30,7 @@ def api_error_response(error: ApiError):
 def unexpected_error_response(error: Exception):
     if isinstance(error, HTTPException):
         return jsonify({"error": error.description, "parameter": None}), error.code
-    if isinstance(error, (StoreError, sqlite3.OperationalError)):  # e.g. a lock held past the busy timeout
+    if isinstance(error, STORE_UNAVAILABLE):  # e.g. a lock held past the busy timeout
         return api_error_response(ApiError(503, "database busy, try again"))
     log.exception("API request %s failed", request.path)
     return jsonify({"error": f"internal error: {type(error).__name__}", "parameter": None}), 500

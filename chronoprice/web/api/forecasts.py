@@ -7,7 +7,7 @@ from flask import request
 
 from chronoprice.market.source import Market
 from chronoprice.service.status import TickStatus
-from chronoprice.store.sqlite import read_latest_forecast
+from chronoprice.store.records import read_latest_forecast
 from chronoprice.web.api.context import (
     api_context,
     cached_json,

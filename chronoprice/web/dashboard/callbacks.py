@@ -4,7 +4,6 @@ builders; `render_view` turns what was read into every output of the page."""
 from __future__ import annotations
 
 import dataclasses
-import sqlite3
 from urllib.parse import parse_qs
 
 import dash
@@ -23,7 +22,8 @@ from chronoprice.service.watchlist import parse_market, watch_market
 from chronoprice.service.scoring import read_scored
 from chronoprice.service.status import TickStatus, forming_frame
 from chronoprice.service.tick import Ticker
-from chronoprice.store.sqlite import StoreError, read_candles, read_latest_forecast
+from chronoprice.store import STORE_UNAVAILABLE
+from chronoprice.store.records import read_candles, read_latest_forecast
 from chronoprice.store.watchlist import WatchlistFull, read_watchlist, remove_from_watchlist
 from chronoprice.web.access import write_refusal
 from chronoprice.web.dashboard.figures import (
@@ -224,7 +224,7 @@ def attach_callbacks(app: dash.Dash, ticker: Ticker, cache, settings: Settings) 
     def refresh(_, symbol, timeframe, theme, overlays):
         try:
             view = load_view(ticker, symbol, timeframe if timeframe in TIMEFRAME_MS else ticker.timeframe)
-        except (StoreError, sqlite3.OperationalError):
+        except STORE_UNAVAILABLE:
             raise PreventUpdate from None  # a lock past the busy timeout: keep the last good page
         outputs = {**cached_figures(cache, view, theme or "dark", overlays or []), **render_text(view)}
         return [outputs[component + ("-hidden" if prop == "hidden" else "")] for component, prop in REFRESH_OUTPUTS]
@@ -248,7 +248,7 @@ def attach_callbacks(app: dash.Dash, ticker: Ticker, cache, settings: Settings) 
             raise PreventUpdate
         try:
             summaries = summarise_watchlist(ticker, read_watchlist(ticker.db()))
-        except (StoreError, sqlite3.OperationalError):
+        except STORE_UNAVAILABLE:
             raise PreventUpdate from None
         return table_body([overview_row(summary, ticker.now_ms()) for summary in summaries], sort or DEFAULT_SORT)
 

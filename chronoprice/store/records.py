@@ -1,0 +1,175 @@
+"""Candles and forecasts in the store: the same SQL on SQLite and PostgreSQL (schema in
+docs/ARCHITECTURE.md). Functions take the store's Database (sqlite.py or postgres.py);
+timestamps are UTC epoch milliseconds of a candle's open time.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import pandas as pd
+
+from chronoprice.market.candles import COLUMNS
+from chronoprice.market.source import Market
+from chronoprice.store.schema import CLOSES_SET, FORECAST_COLUMNS, Database
+
+_UPSERT_CANDLE = (
+    "insert into candles (exchange, symbol, timeframe, ts, open, high, low, close, volume) values (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "on conflict (exchange, symbol, timeframe, ts) do update set open = excluded.open, high = excluded.high, "
+    "low = excluded.low, close = excluded.close, volume = excluded.volume"
+)
+# The closes are left as they are: _copy_closes sets them again in the same transaction.
+_UPSERT_FORECAST = (
+    "insert into forecasts (exchange, symbol, timeframe, origin_ts, step, target_ts, predicted, lower, upper, model_version, "
+    "created_at) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) on conflict (exchange, symbol, timeframe, origin_ts, step, model_version) "
+    "do update set target_ts = excluded.target_ts, predicted = excluded.predicted, lower = excluded.lower, "
+    "upper = excluded.upper, created_at = excluded.created_at"
+)
+
+
+def upsert_candles(db: Database, market: Market, candles: pd.DataFrame) -> int:
+    """Insert or replace candles (a COLUMNS DataFrame) for `market`; returns how many rows were written."""
+    if candles.empty:
+        return 0
+    key = [market.exchange, market.symbol, market.timeframe]
+    rows = [key + [int(row[0]), *row[1:]] for row in candles[COLUMNS].itertuples(index=False, name=None)]
+    with db.conn:
+        db.conn.executemany(_UPSERT_CANDLE, rows)
+        _copy_closes(db, market, int(candles["ts"].min()), int(candles["ts"].max()))
+    return len(rows)
+
+
+def _copy_closes(db: Database, market: Market, first_ts: int, last_ts: int) -> None:
+    """Copy candle closes into the forecast steps whose origin or target lies in [first_ts, last_ts]."""
+    where, params = _market_where(market)
+    for column in ("origin_ts", "target_ts"):
+        db.execute(f"update forecasts set {CLOSES_SET} where {where} and {column} between ? and ?",
+                   params + [first_ts, last_ts])
+
+
+def _market_where(market: Market) -> tuple[str, list]:
+    return "exchange = ? and symbol = ? and timeframe = ?", [market.exchange, market.symbol, market.timeframe]
+
+
+def newest_candle_ts(db: Database, market: Market) -> int | None:
+    where, params = _market_where(market)
+    return db.execute(f"select max(ts) from candles where {where}", params).fetchone()[0]
+
+
+def read_candles(
+    db: Database, market: Market, limit: int | None = None, start: int | None = None, end: int | None = None
+) -> pd.DataFrame:
+    """Candles of `market` with start <= ts <= end, the newest `limit` of them, oldest first."""
+    where, params = _market_where(market)
+    if start is not None:
+        where, params = where + " and ts >= ?", params + [int(start)]
+    if end is not None:
+        where, params = where + " and ts <= ?", params + [int(end)]
+    sql = f"select {', '.join(COLUMNS)} from candles where {where} order by ts desc"
+    if limit is not None:
+        sql, params = sql + " limit ?", params + [int(limit)]
+    # Built from one float array, column by column: a DataFrame of row tuples costs six times more.
+    values = np.array(db.execute(sql, params).fetchall()[::-1], dtype=float).reshape(-1, len(COLUMNS))
+    return pd.DataFrame({"ts": values[:, 0].astype(np.int64), **{column: values[:, number] for number, column in enumerate(COLUMNS) if number}})
+
+
+def write_forecasts(db: Database, market: Market, rows: pd.DataFrame, model_version: str) -> None:
+    """Store the steps of several forecasts (columns origin_ts, step, target_ts, predicted,
+    lower, upper) in one transaction: all or none."""
+    key, created_at = [market.exchange, market.symbol, market.timeframe], int(time.time() * 1000)
+    records = [key + [int(origin), int(step), int(target), *map(_number, (predicted, lower, upper)), model_version, created_at]
+               for origin, step, target, predicted, lower, upper
+               in rows[["origin_ts", "step", "target_ts", "predicted", "lower", "upper"]].itertuples(index=False, name=None)]
+    with db.conn:
+        db.conn.executemany(_UPSERT_FORECAST, records)
+        _copy_closes(db, market, int(rows["origin_ts"].min()), int(rows["target_ts"].max()))
+
+
+def _number(value) -> float | None:
+    """NaN as NULL, as SQLite stores it, so the NOT NULL constraints refuse it on PostgreSQL too."""
+    return None if value is None or math.isnan(value) else float(value)
+
+
+def newest_forecast_origin_ts(db: Database, market: Market, model_version: str | None = None) -> int | None:
+    """The newest origin with a forecast of `market` (by `model_version` if given)."""
+    where, params = _market_where(market)
+    if model_version is not None:
+        where, params = where + " and model_version = ?", params + [model_version]
+    return db.execute(f"select max(origin_ts) from forecasts where {where}", params).fetchone()[0]
+
+
+def forecast_origins_since(db: Database, market: Market, model_version: str, start_ts: int) -> set[int]:
+    """Origins at or after `start_ts` with a forecast of `model_version`."""
+    where, params = _market_where(market)
+    sql = f"select distinct origin_ts from forecasts where {where} and model_version = ? and origin_ts >= ?"
+    return {row[0] for row in db.execute(sql, params + [model_version, int(start_ts)])}
+
+
+def read_latest_forecast(db: Database, market: Market) -> pd.DataFrame:
+    """The steps of the newest forecast of `market` (FORECAST_COLUMNS), step 1 first; empty if none."""
+    where, params = _market_where(market)
+    sql = (
+        f"select {', '.join(FORECAST_COLUMNS)} from forecasts where {where} and origin_ts = "
+        f"(select max(origin_ts) from forecasts where {where}) order by created_at desc, step"
+    )
+    frame = pd.DataFrame(db.execute(sql, params * 2).fetchall(), columns=FORECAST_COLUMNS)
+    if frame.empty:
+        return frame
+    newest_version = frame["model_version"].iloc[0]
+    return frame[frame["model_version"] == newest_version].sort_values("step").reset_index(drop=True)
+
+
+def _matured_where(market: Market, since_target_ts: int | None, until_target_ts: int | None,
+                   step: int | None) -> tuple[str, list]:
+    """The WHERE of matured forecast steps: both their origin and their target candle stored."""
+    where, params = _market_where(market)
+    where += " and actual is not null and origin_close is not null"
+    for clause, value in (("target_ts >= ?", since_target_ts), ("target_ts <= ?", until_target_ts), ("step = ?", step)):
+        if value is not None:
+            where, params = f"{where} and {clause}", params + [int(value)]
+    return where, params
+
+
+def read_matured_forecasts(
+    db: Database,
+    market: Market,
+    since_target_ts: int | None = None,
+    until_target_ts: int | None = None,
+    limit: int | None = None,
+    step: int | None = None,
+) -> pd.DataFrame:
+    """Forecast steps whose target candle is stored, with the actual close and the origin close.
+
+    Columns: FORECAST_COLUMNS + actual (close at target_ts) + origin_close (close at origin_ts,
+    the naive baseline's forecast for every step), oldest target first; with `limit`, the
+    newest `limit` rows; with `step`, that step's rows only.
+    """
+    where, params = _matured_where(market, since_target_ts, until_target_ts, step)
+    columns = ", ".join(FORECAST_COLUMNS)
+    sql = f"select {columns}, actual, origin_close from forecasts where {where} order by target_ts desc, step desc"
+    if limit is not None:
+        sql, params = sql + " limit ?", params + [int(limit)]
+    rows = db.execute(sql, params).fetchall()[::-1]
+    return pd.DataFrame(rows, columns=FORECAST_COLUMNS + ["actual", "origin_close"])
+
+
+def matured_step_errors(db: Database, market: Market, since_target_ts: int, step: int) -> np.ndarray:
+    """[N, 2] errors of the matured forecasts at `step` since `since_target_ts`, oldest first:
+    the forecast's and the origin close's (the naive forecast's), each minus the actual close."""
+    where, params = _matured_where(market, since_target_ts, None, step)
+    rows = db.execute(f"select predicted - actual, origin_close - actual from forecasts where {where} order by target_ts", params)
+    return np.array(rows.fetchall(), dtype=float).reshape(-1, 2)
+
+
+def matured_error_sums(db: Database, market: Market, since_target_ts: int) -> dict:
+    """Over the matured forecast steps since `since_target_ts`, summed in the database rather
+    than read row by row: their count, mean absolute error, mean absolute error of the origin
+    close, and the share of actual closes inside [lower, upper]."""
+    where, params = _matured_where(market, since_target_ts, None, None)
+    count, mae, mae_origin, inside = db.execute(
+        "select count(*), avg(abs(predicted - actual)), avg(abs(origin_close - actual)), "
+        f"avg(case when actual between lower and upper then 1.0 else 0.0 end) from forecasts where {where}", params).fetchone()
+    # PostgreSQL averages the 1.0 and 0.0 literals as numeric (Decimal): floats, as on SQLite.
+    return {"count": count, "mae": mae, "mae_origin_close": mae_origin, "coverage": None if inside is None else float(inside)}
