@@ -82,6 +82,8 @@ def test_latest_price_alias(client):
         ("/api/v1/metrics?window=5", "window"),
         ("/api/v1/history?start=yesterday", "start"),
         ("/api/v1/history?end=-5", "end"),
+        ("/api/v1/history?start=-1.9", "start"),  # ISO 8601 for the year -1, found by the fuzzer
+        ("/api/v1/history?end=6000-01-01", "end"),  # past the nanosecond range too
     ],
 )
 def test_bad_parameters_get_400_naming_the_parameter(client, path, parameter):

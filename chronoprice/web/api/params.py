@@ -52,7 +52,8 @@ def parse_time_ms(args, name: str) -> int | None:
         stamp = pd.to_datetime(raw, utc=True, errors="coerce", format="ISO8601")
         if pd.isna(stamp):
             raise ApiError(400, f"{name} must be epoch milliseconds or an ISO 8601 time", name)
-        value = int(stamp.value // 1_000_000)
+        # In milliseconds from the stamp's own unit: nanoseconds overflow outside 1677-2262.
+        value = int(stamp.asm8.astype("datetime64[ms]").astype("int64"))
     if not 0 <= value <= 10**14:
         raise ApiError(400, f"{name} is out of range (epoch milliseconds from 0)", name)
     return value
