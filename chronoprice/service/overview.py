@@ -72,13 +72,13 @@ def summarise_market(ticker: Ticker, symbol: str, timeframe: str) -> MarketSumma
     market = ticker.market(symbol, status.exchange, timeframe)
     db, length = ticker.db(), timeframe_ms(timeframe)
     candles = read_candles(db, market, limit=SPARK_CANDLES)
-    newest = int(candles["ts"].iloc[-1]) if not candles.empty else 0
+    newest = int(candles["ts"].iloc[-1]) if not candles.empty else None
     forecast = read_latest_forecast(db, market)
-    if not candles.empty and not forecast.empty and forecast["origin_ts"].iloc[0] != candles["ts"].iloc[-1]:
+    if newest is not None and not forecast.empty and forecast["origin_ts"].iloc[0] != newest:
         forecast = forecast.iloc[:0]
     last = float(candles["close"].iloc[-1]) if not candles.empty else None
-    since = newest - ERROR_WINDOW_HOURS * HOUR_MS
-    day_began = newest + length - 24 * HOUR_MS
+    since = (newest or 0) - ERROR_WINDOW_HOURS * HOUR_MS
+    day_began = (newest or 0) + length - 24 * HOUR_MS
     # The naive forecast is the origin close at every step (NaiveForecaster), so its error sums in the database.
     sums = matured_error_sums(db, market, since)
     mae_ratio = sums["mae"] / sums["mae_origin_close"] if sums["count"] and sums["mae_origin_close"] else None
@@ -86,7 +86,7 @@ def summarise_market(ticker: Ticker, symbol: str, timeframe: str) -> MarketSumma
     horizon = forecaster.horizon if forecaster else None
     return MarketSummary(
         symbol=symbol, timeframe=timeframe, status=market_status(status, ticker.now_ms(), length), error=status.error,
-        newest_ts=int(candles["ts"].iloc[-1]) if not candles.empty else None, last_price=last,
+        newest_ts=newest, last_price=last,
         change_24h_pct=change_pct(read_candles(db, market, start=day_began, end=day_began), last),
         closes=candles["close"].tolist(), forecast=forecast["predicted"].tolist(),
         lower=float(forecast["lower"].iloc[-1]) if not forecast.empty else None,

@@ -23,7 +23,7 @@ from typing import Callable
 from chronoprice.market.timeframes import timeframe_ms
 from chronoprice.service.status import TickStatus
 from chronoprice.service.tick import Ticker
-from chronoprice.store import STORE_UNAVAILABLE
+from chronoprice.store import log_failure
 from chronoprice.store.claims import hold_lease, release_lease
 from chronoprice.store.watchlist import read_watchlist
 
@@ -102,11 +102,8 @@ class Scheduler:
         while not self._stop.is_set():
             try:
                 wait = self.run_once()
-            except STORE_UNAVAILABLE as error:  # a database restarting: expected, and said in one line
-                log.warning("scheduler pass: store unavailable (%s); retrying", error)
-                wait = BACKOFF_SECONDS[0]
-            except Exception:  # the loop must outlive a bug in one market
-                log.exception("scheduler pass failed; retrying")
+            except Exception as error:  # the loop must outlive a restarting database or a bug in one market
+                log_failure(log, "scheduler pass", error)
                 wait = BACKOFF_SECONDS[0]
             self._stop.wait(wait)
 
@@ -151,10 +148,7 @@ class Scheduler:
         try:
             status = self.ticker.tick(symbol, timeframe, force=True)
         except Exception as error:  # a store error or a bug in one market must not stop the others
-            if isinstance(error, STORE_UNAVAILABLE):
-                log.warning("tick of %s %s: store unavailable (%s)", symbol, timeframe, error)
-            else:
-                log.exception("tick of %s %s failed", symbol, timeframe)
+            log_failure(log, f"tick of {symbol} {timeframe}", error)
             status = TickStatus(self.ticker.source.label, None, symbol, timeframe, error=f"{type(error).__name__}: {error}")
         if status.error:
             log.warning("%s %s: %s", symbol, timeframe, status.error)

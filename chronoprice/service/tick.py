@@ -33,7 +33,7 @@ from chronoprice.store.records import (
     upsert_candles,
     write_forecasts,
 )
-from chronoprice.store import STORE_UNAVAILABLE, store_connections
+from chronoprice.store import log_failure, store_connections
 
 log = logging.getLogger(__name__)
 REPAIR_CANDLES = 60  # holes this recent are fetched again each tick; older ones stay recorded gaps
@@ -224,10 +224,7 @@ class Ticker:
             forecast_history(self.db(), market, self.forecaster(market.timeframe), start_ts, self._progress)
         except Exception as error:  # nobody may ever wait for this future: say it here
             self._completed.discard(market)  # so the next tick forecasts the origins this left out
-            if isinstance(error, STORE_UNAVAILABLE):
-                log.warning("history forecast stopped, store unavailable (%s); the next tick completes it", error, extra=market.key())
-            else:
-                log.exception("history forecast failed", extra=market.key())
+            log_failure(log, "history forecast", error, extra=market.key())
             raise
 
     def _forecast_newest(self, market: Market, cold_start: bool) -> tuple[int | None, str | None, str | None]:

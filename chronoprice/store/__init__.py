@@ -3,6 +3,7 @@ default) or PostgreSQL (a postgresql:// URL), with the same schema and queries o
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from pathlib import Path
 from typing import Callable
@@ -13,7 +14,7 @@ from chronoprice.store.postgres import SharedPostgres, open_postgres
 from chronoprice.store.schema import Database, StoreError, is_database_url
 from chronoprice.store.sqlite import ConnectionPerThread, open_sqlite
 
-__all__ = ["Database", "StoreError", "STORE_UNAVAILABLE", "open_store", "store_connections", "is_database_url"]
+__all__ = ["Database", "StoreError", "STORE_UNAVAILABLE", "log_failure", "open_store", "store_connections", "is_database_url"]
 
 # What a read or write raises while the store cannot answer for now: a SQLite lock held past the
 # busy timeout, a PostgreSQL server down or restarting (the pool's wait for a connection
@@ -29,3 +30,12 @@ def open_store(target: Path | str) -> Database:
 def store_connections(target: Path | str) -> Callable[[], Database]:
     """What a thread calls for its connection: its own SQLite one, or the shared PostgreSQL pool."""
     return SharedPostgres(str(target)) if is_database_url(target) else ConnectionPerThread(target)
+
+
+def log_failure(log: logging.Logger, what: str, error: Exception, **extra) -> None:
+    """Log that `what` failed: in one line while the store cannot answer (expected, and retried),
+    with its traceback for anything else."""
+    if isinstance(error, STORE_UNAVAILABLE):
+        log.warning("%s: store unavailable (%s); retrying", what, error, **extra)
+    else:
+        log.error("%s failed", what, exc_info=error, **extra)

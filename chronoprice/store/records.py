@@ -37,16 +37,16 @@ def upsert_candles(db: Database, market: Market, candles: pd.DataFrame) -> int:
     rows = [key + [int(row[0]), *row[1:]] for row in candles[COLUMNS].itertuples(index=False, name=None)]
     with db.conn:
         db.conn.executemany(_UPSERT_CANDLE, rows)
-        _copy_closes(db, market, int(candles["ts"].min()), int(candles["ts"].max()))
+        span = [int(candles["ts"].min()), int(candles["ts"].max())]
+        for column in ("origin_ts", "target_ts"):  # the forecast steps these candles start or end
+            _copy_closes(db, market, f"{column} between ? and ?", span)
     return len(rows)
 
 
-def _copy_closes(db: Database, market: Market, first_ts: int, last_ts: int) -> None:
-    """Copy candle closes into the forecast steps whose origin or target lies in [first_ts, last_ts]."""
+def _copy_closes(db: Database, market: Market, condition: str, values: list) -> None:
+    """Copy candle closes into the forecast steps of `market` that meet `condition`."""
     where, params = _market_where(market)
-    for column in ("origin_ts", "target_ts"):
-        db.execute(f"update forecasts set {CLOSES_SET} where {where} and {column} between ? and ?",
-                   params + [first_ts, last_ts])
+    db.execute(f"update forecasts set {CLOSES_SET} where {where} and {condition}", params + values)
 
 
 def _market_where(market: Market) -> tuple[str, list]:
@@ -84,7 +84,8 @@ def write_forecasts(db: Database, market: Market, rows: pd.DataFrame, model_vers
                in rows[["origin_ts", "step", "target_ts", "predicted", "lower", "upper"]].itertuples(index=False, name=None)]
     with db.conn:
         db.conn.executemany(_UPSERT_FORECAST, records)
-        _copy_closes(db, market, int(rows["origin_ts"].min()), int(rows["target_ts"].max()))
+        _copy_closes(db, market, "model_version = ? and origin_ts between ? and ?",
+                     [model_version, int(rows["origin_ts"].min()), int(rows["origin_ts"].max())])
 
 
 def _number(value) -> float | None:
