@@ -32,6 +32,7 @@ def test_health_says_what_is_running(client):
     assert body["status"] == "ok" and body["source"] == "offline demo"
     assert body["model_available"] is True and body["model_version"].startswith("lstm-")
     assert body["engine"] == "onnx" and body["resident_mb"] > 0
+    assert body["scheduler"] == "none", "nothing ticks the watchlist beside this test's app"
 
 
 def test_candles_endpoint(client):

@@ -7,8 +7,8 @@ from chronoprice.config import settings_from
 from chronoprice.market.live import LiveSource
 from chronoprice.model.forecasters import load_forecaster
 from chronoprice.service.build import build_ticker
-from chronoprice.service.scheduler import Scheduler
-from chronoprice.service.tick import Ticker
+from chronoprice.service.scheduler import LEASE_SECONDS, STANDBY_SECONDS, Scheduler
+from chronoprice.service.tick import NO_SCHEDULER_NOTE, Ticker
 from chronoprice.service.watchlist import DEFAULT_WATCH, parse_watchlist, seed_watchlist
 from chronoprice.store.claims import hold_lease
 from chronoprice.market.candles import find_gaps
@@ -61,6 +61,54 @@ def test_one_scheduler_lease_holder_per_store(db):
     assert hold_lease(db, "scheduler", "b", 50_001, 30_000), "an expired lease passes to another process"
 
 
+def local_ticker(exchange, db_path, tiny_model, clock) -> Ticker:
+    source = LiveSource("binance", exchange.url, (), history=300, backoff_seconds=0.0, sleep=lambda s: None, attempts=1)
+    return Ticker(source, db_path, lambda: load_forecaster(tiny_model), clock=clock, progress=False)
+
+
+def test_a_standby_scheduler_takes_over_within_a_lease_term_and_one_retry(exchange, db_path, tiny_model):
+    clock = FakeClock(exchange.now_ms / 1000)
+    active, standby = (Scheduler(local_ticker(exchange, db_path, tiny_model, clock), clock=clock) for _ in range(2))
+    active.run_once()
+    standby.run_once()
+    assert active.holds_lease_now() and not standby.holds_lease_now()
+    for _ in range(120):  # the active scheduler renews for two minutes: the standby never takes over
+        clock.seconds += 1
+        active.run_once()
+        standby.run_once()
+        assert active.holds_lease_now() and not standby.holds_lease_now()
+    died = clock.seconds  # the active one stops renewing, as a process killed with SIGKILL does
+    while not standby.holds_lease_now():
+        clock.seconds += 1
+        standby.run_once()
+    assert LEASE_SECONDS / 2 <= clock.seconds - died <= LEASE_SECONDS + STANDBY_SECONDS
+
+
+def test_only_the_scheduling_process_fetches_a_watched_market(exchange, db_path, tiny_model):
+    clock = FakeClock(exchange.now_ms / 1000)
+    db = open_store(db_path)
+    seed_watchlist(db, "ETH/USDT@1m", 50)
+    web = local_ticker(exchange, db_path, tiny_model, clock)
+    fetches = exchange.requests["/api/v3/klines"]
+    orphaned = web.tick("ETH/USDT", "1m")
+    assert exchange.requests["/api/v3/klines"] == fetches and NO_SCHEDULER_NOTE in orphaned.note
+
+    worker = Scheduler(local_ticker(exchange, db_path, tiny_model, clock), clock=clock)
+    run_pass(worker)
+    assert exchange.requests["/api/v3/klines"] > fetches
+    fetches = exchange.requests["/api/v3/klines"]
+    clock.seconds += 10
+    read = web.tick("ETH/USDT", "1m")
+    assert exchange.requests["/api/v3/klines"] == fetches, "a web instance reads what the worker stored"
+    assert read.newest_ts == exchange.closed_candles("ETH/USDT")["ts"].iloc[-1] and NO_SCHEDULER_NOTE not in (read.note or "")
+    assert worker.ticker.tick("ETH/USDT", "1m").newest_ts == read.newest_ts, "the worker's process may tick on demand"
+    assert exchange.requests["/api/v3/klines"] > fetches
+
+    fetches = exchange.requests["/api/v3/klines"]
+    assert web.tick("BTC/USDT", "1m").newest_ts == exchange.closed_candles("BTC/USDT")["ts"].iloc[-1]
+    assert exchange.requests["/api/v3/klines"] > fetches, "a market nobody watches is fetched on demand"
+
+
 # ----------------------------------------------------------------------------------- the API
 
 
@@ -88,7 +136,10 @@ def test_markets_api_lists_adds_and_removes_watched_markets(demo_app):
     full = client.post("/api/v1/markets", json={"symbol": "SOL/USDT"})
     assert full.status_code == 409 and "full (2 of 2" in full.get_json()["error"]
 
-    client.get("/api/v1/forecast?symbol=ETH/USDT&timeframe=15m")  # an on-demand read ticks it
+    ticker = client.application.extensions["chronoprice"].ticker
+    assert NO_SCHEDULER_NOTE in ticker.tick("ETH/USDT", "15m").note, "a read does not fetch a watched market"
+    run_pass(Scheduler(ticker))
+    ticker.wait_for_histories()
     entry = client.get("/api/v1/markets").get_json()["markets"][1]
     assert entry["status"] == "ok" and entry["error"] is None
     assert entry["newest_forecast_origin_ts"] == entry["newest_candle_ts"] and entry["newest_candle_ts"] % (15 * MINUTE_MS) == 0

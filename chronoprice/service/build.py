@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from typing import Callable
+
 from chronoprice.config import Settings
 from chronoprice.market.auto import AutoSource
 from chronoprice.market.demo import DemoSource
@@ -27,21 +30,22 @@ def build_source(settings: Settings, history_hours: float | None = None) -> Cand
     return live if settings.source == "live" else AutoSource(live, DemoSource(history=history))
 
 
-def build_ticker(settings: Settings, history_hours: float | None = None) -> Ticker:
+def build_ticker(settings: Settings, history_hours: float | None = None, clock: Callable[[], float] = time.time) -> Ticker:
     return Ticker(
         build_source(settings, history_hours),
         settings.db,
         lambda: load_forecaster(settings.model, settings.engine),
         settings.timeframe,
         settings.refresh_seconds,
+        clock=clock,
     )
 
 
-def build_scheduler(settings: Settings, ticker: Ticker) -> Scheduler:
+def build_scheduler(settings: Settings, ticker: Ticker, clock: Callable[[], float] = time.time) -> Scheduler:
     """The scheduler of the store's watchlist, seeded from the settings (it ticks only while
-    its process holds the store's scheduler lease)."""
+    its process holds the store's scheduler lease, and stands by while another one does)."""
     seed_watchlist(ticker.db(), settings.watch, settings.watch_limit)
-    return Scheduler(ticker)
+    return Scheduler(ticker, clock=clock)
 
 
 def start_scheduler(settings: Settings, ticker: Ticker) -> Scheduler:

@@ -24,7 +24,7 @@ from chronoprice.market.timeframes import timeframe_ms
 from chronoprice.service.status import TickStatus
 from chronoprice.service.tick import Ticker
 from chronoprice.store import log_failure
-from chronoprice.store.claims import hold_lease, release_lease
+from chronoprice.store.claims import SCHEDULER_LEASE, hold_lease, release_lease
 from chronoprice.store.watchlist import read_watchlist
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,8 @@ SETTLE_SECONDS = 2.0  # exchanges publish a closed candle a moment after its bou
 LATE_RETRY_SECONDS = 2.0  # the candle that just closed is not published yet: ask again this soon
 LATE_RETRIES = 3
 BACKOFF_SECONDS = (5.0, 15.0, 60.0, 300.0)  # a failing market's waits between attempts
-LEASE_NAME, LEASE_SECONDS = "scheduler", 30.0
+LEASE_SECONDS = 30.0  # a killed scheduler's lease passes to a standby this long after its last renewal
+STANDBY_SECONDS = 10.0  # a standby asks for the lease this often: it takes over at most this long after expiry
 TICK_THREADS = 4  # markets ticked at once, so a slow one never delays the others
 
 
@@ -67,7 +68,9 @@ def next_due(status: TickStatus, due: _Due, now: float, length_ms: int) -> _Due:
 
 
 class Scheduler:
-    """Ticks the store's watchlist on candle close while this process holds the scheduler lease."""
+    """Ticks the store's watchlist on candle close while this process holds the scheduler lease,
+    and stands by while another process holds it. Its ticker then fetches watched markets only
+    through it (Ticker.tick)."""
 
     def __init__(self, ticker: Ticker, clock: Callable[[], float] = time.time, threads: int = TICK_THREADS):
         self.ticker, self._clock = ticker, clock
@@ -76,7 +79,9 @@ class Scheduler:
         self._running: dict[tuple[str, str], concurrent.futures.Future] = {}
         self._pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="chronoprice-tick")
         self._stop = threading.Event()
-        self._lease_until = 0.0
+        self._lease_until = self._next_lease_call = 0.0
+        self._role: str | None = None
+        ticker.holds_schedule = self.holds_lease_now
         self._thread: threading.Thread | None = None
         self.started_last_pass: list[tuple[str, str]] = []
 
@@ -95,7 +100,8 @@ class Scheduler:
         if self._thread:
             self._thread.join(timeout=10)
         self._pool.shutdown(wait=True, cancel_futures=True)
-        release_lease(self.ticker.db(), LEASE_NAME, self.owner)
+        self._lease_until = 0.0
+        release_lease(self.ticker.db(), SCHEDULER_LEASE, self.owner)
 
     def run(self) -> None:
         log.info("scheduler %s started", self.owner)
@@ -108,20 +114,28 @@ class Scheduler:
             self._stop.wait(wait)
 
     def holds_lease(self) -> bool:
+        """Take or renew the store's scheduler lease when it is due, by this scheduler's clock:
+        the holder renews it halfway through its term, a standby asks every STANDBY_SECONDS."""
         now = self._clock()
-        if now > self._lease_until - LEASE_SECONDS / 2:
-            if hold_lease(self.ticker.db(), LEASE_NAME, self.owner, int(now * 1000), int(LEASE_SECONDS * 1000)):
-                if self._lease_until <= now:
-                    log.info("scheduler %s holds the lease: ticking the watchlist", self.owner)
-                self._lease_until = now + LEASE_SECONDS
-            else:
-                self._lease_until = 0.0
-        return self._lease_until > now
+        if now >= self._next_lease_call:
+            held = hold_lease(self.ticker.db(), SCHEDULER_LEASE, self.owner, int(now * 1000), int(LEASE_SECONDS * 1000))
+            self._lease_until = now + LEASE_SECONDS if held else 0.0
+            self._next_lease_call = now + (LEASE_SECONDS / 2 if held else STANDBY_SECONDS)
+            role = "active" if held else "standby"
+            if role != self._role:
+                log.info("scheduler %s %s", self.owner, "holds the lease: ticking the watchlist" if held
+                         else "stands by: another process ticks the watchlist")
+                self._role = role
+        return self.holds_lease_now()
+
+    def holds_lease_now(self) -> bool:
+        """Whether this scheduler held the lease at its last call and the term has not run out."""
+        return self._lease_until > self._clock()
 
     def run_once(self) -> float:
         """Start the ticks that are due; seconds until the loop should look again."""
         if not self.holds_lease():
-            return LEASE_SECONDS / 3
+            return 1.0
         now = self._clock()
         watched = read_watchlist(self.ticker.db())
         for market in list(self._due):

@@ -2,8 +2,10 @@
 from the newest window -> store.
 
 Ticks are deduplicated per market: at most one per refresh interval, never two at once, across
-threads (a lock per market) and processes sharing the SQLite file (a claim in the store); a
-caller that finds a tick running, or one that ran recently, gets the saved status at once.
+threads (a lock per market) and processes sharing the store (a claim in it); a caller that finds
+a tick running, or one that ran recently, gets the saved status at once. A watched market is
+fetched only by the process whose scheduler holds the store's lease: web instances beside a
+worker read what it stored.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from chronoprice.service.backfill import forecast_history, forecast_rows
 from chronoprice.service.models import ModelSlot
 from chronoprice.service.scoring import adapted_quantiles
 from chronoprice.service.status import TickStatus, forming_row, status_from_json, status_to_json
-from chronoprice.store.claims import claim_tick, read_tick_status, save_tick_status
+from chronoprice.store.claims import SCHEDULER_LEASE, claim_tick, lease_holder, read_tick_status, save_tick_status
 from chronoprice.store.records import (
     newest_candle_ts,
     newest_forecast_origin_ts,
@@ -34,10 +36,12 @@ from chronoprice.store.records import (
     write_forecasts,
 )
 from chronoprice.store import log_failure, store_connections
+from chronoprice.store.watchlist import is_watched
 
 log = logging.getLogger(__name__)
 REPAIR_CANDLES = 60  # holes this recent are fetched again each tick; older ones stay recorded gaps
 CATCH_UP_ORIGINS = 1_440  # origins a tick forecasts after an outage; a day of 1m, a month of 30 min
+NO_SCHEDULER_NOTE = "no worker holds the scheduler lease, so this watched market is not updated: start `python -m chronoprice worker`"
 
 
 class Ticker:
@@ -63,6 +67,7 @@ class Ticker:
         self._locks: dict[tuple[str, str], threading.Lock] = {}
         self._locks_lock = threading.Lock()
         self._completed: set[Market] = set()  # markets whose recent origins this process has checked
+        self.holds_schedule: Callable[[], bool] = lambda: False  # the Scheduler built on this ticker replaces it
         # Cold-start histories run one at a time: each already keeps every core busy (ONNX Runtime's
         # threads), and concurrent ones only multiplied the memory. The pool's thread is not a
         # daemon, so exit waits for them, since ONNX Runtime aborts the process when the
@@ -117,9 +122,12 @@ class Ticker:
 
     def tick(self, symbol: str, timeframe: str | None = None, force: bool = False) -> TickStatus:
         """Run a tick for the market unless one is running or ran within the refresh interval (any
-        time ago with `force`) in any process sharing the database; otherwise return the stored
-        status at once."""
+        time ago with `force`, as the scheduler asks) in any process sharing the database, or the
+        market is watched and another process schedules the watchlist; otherwise return the
+        stored status at once."""
         timeframe = timeframe or self.timeframe
+        if not force and not self.holds_schedule() and is_watched(self.db(), symbol, timeframe):
+            return self.watched_status(symbol, timeframe)
         lock = self._lock(symbol, timeframe)
         if not lock.acquire(blocking=False):
             return self.stored_status(symbol, timeframe)
@@ -132,6 +140,13 @@ class Ticker:
             return status
         finally:
             lock.release()
+
+    def watched_status(self, symbol: str, timeframe: str) -> TickStatus:
+        """The stored status of a watched market, saying so when no scheduler is alive to update it."""
+        status = self.stored_status(symbol, timeframe)
+        if lease_holder(self.db(), SCHEDULER_LEASE, self.now_ms()) is None:
+            status = dataclasses.replace(status, note="; ".join(filter(None, [status.note, NO_SCHEDULER_NOTE])))
+        return status
 
     def backfill(self, symbol: str, hours: float, timeframe: str | None = None) -> TickStatus:
         """Catch up (an empty store gets the source's cold-start history), then forecast from

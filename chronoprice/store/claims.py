@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from chronoprice.store.schema import Database
 
+SCHEDULER_LEASE = "scheduler"  # held by the one process that ticks the watchlist
+
 
 def claim_tick(db: Database, key: str, now_ms: int, interval_ms: int) -> bool:
     """Atomically claim the right to tick `key` unless it was claimed within `interval_ms`.
@@ -48,3 +50,9 @@ def hold_lease(db: Database, name: str, owner: str, now_ms: int, ttl_ms: int) ->
 def release_lease(db: Database, name: str, owner: str) -> None:
     with db.conn:
         db.execute("delete from leases where name = ? and owner = ?", [name, owner])
+
+
+def lease_holder(db: Database, name: str, now_ms: int) -> str | None:
+    """The owner of the lease `name` if it has not expired by `now_ms`."""
+    row = db.execute("select owner from leases where name = ? and expires_ms >= ?", [name, int(now_ms)]).fetchone()
+    return row[0] if row else None

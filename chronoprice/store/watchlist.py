@@ -15,11 +15,15 @@ def read_watchlist(db: Database) -> list[tuple[str, str]]:
     return [tuple(row) for row in db.execute("select symbol, timeframe from watchlist order by added_ms, symbol, timeframe")]
 
 
+def is_watched(db: Database, symbol: str, timeframe: str) -> bool:
+    return db.execute("select 1 from watchlist where symbol = ? and timeframe = ?", [symbol, timeframe]).fetchone() is not None
+
+
 def add_to_watchlist(db: Database, symbol: str, timeframe: str, limit: int) -> bool:
     """Watch the market unless `limit` markets are watched already; False if it was watched.
     Raises WatchlistFull when there is no room."""
     with db.conn:
-        if db.execute("select 1 from watchlist where symbol = ? and timeframe = ?", [symbol, timeframe]).fetchone():
+        if is_watched(db, symbol, timeframe):
             return False
         count, newest = db.execute("select count(*), max(added_ms) from watchlist").fetchone()
         if count >= limit:

@@ -71,6 +71,7 @@ OPENAPI = {
                     "status": {"type": "string", "enum": ["ok"]}, "source": {"type": "string"},
                     "model_available": {"type": "boolean"}, "model_version": {"type": "string", "nullable": True},
                     "model_error": {"type": "string", "nullable": True}, "engine": {"type": "string", "nullable": True},
+                    "scheduler": {"type": "string", "enum": ["this process", "another process", "none", "unknown"]},
                     "tensorflow_imported": {"type": "boolean"}, "resident_mb": _NUMBER, "uptime_seconds": {"type": "number"},
                 },
             },
