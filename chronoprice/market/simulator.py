@@ -88,6 +88,7 @@ class BinanceSimulator:
         self.now_ms = now_ms if now_ms is not None else first + 600 * MINUTE_MS + 30_000
         self.faults: collections.deque[Fault] = collections.deque()
         self.requests: collections.Counter[str] = collections.Counter()
+        self.kline_requests: collections.Counter[tuple[str, str]] = collections.Counter()  # by (BTCUSDT, 1m)
         self.lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._aggregated: dict[tuple[str, int, int], pd.DataFrame] = {}
@@ -98,7 +99,10 @@ class BinanceSimulator:
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):  # noqa: N802 (http.server's naming)
-                simulator._handle(self)
+                try:
+                    simulator._handle(self)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client went away mid-reply, as a process killed by a test does
 
             def log_message(self, *args):
                 pass
@@ -155,6 +159,8 @@ class BinanceSimulator:
         query = {key: values[-1] for key, values in parse_qs(parts.query).items()}
         with self.lock:
             self.requests[parts.path] += 1
+            if parts.path.endswith("/klines"):
+                self.kline_requests[(query.get("symbol", ""), query.get("interval", "1m"))] += 1
         fault = self._take_fault(parts.path, query.get("symbol"))
         if fault:
             time.sleep(fault.delay_seconds)

@@ -23,7 +23,7 @@ from typing import Callable
 from chronoprice.market.timeframes import timeframe_ms
 from chronoprice.service.status import TickStatus
 from chronoprice.service.tick import Ticker
-from chronoprice.store import log_failure
+from chronoprice.store import STORE_UNAVAILABLE, log_failure
 from chronoprice.store.claims import SCHEDULER_LEASE, hold_lease, release_lease
 from chronoprice.store.watchlist import read_watchlist
 
@@ -32,6 +32,7 @@ SETTLE_SECONDS = 2.0  # exchanges publish a closed candle a moment after its bou
 LATE_RETRY_SECONDS = 2.0  # the candle that just closed is not published yet: ask again this soon
 LATE_RETRIES = 3
 BACKOFF_SECONDS = (5.0, 15.0, 60.0, 300.0)  # a failing market's waits between attempts
+STORE_RETRY_SECONDS = 5.0  # a tick the store could not take is retried this often: the market is not to blame
 LEASE_SECONDS = 30.0  # a killed scheduler's lease passes to a standby this long after its last renewal
 STANDBY_SECONDS = 10.0  # a standby asks for the lease this often: it takes over at most this long after expiry
 TICK_THREADS = 4  # markets ticked at once, so a slow one never delays the others
@@ -161,7 +162,13 @@ class Scheduler:
         length_ms = timeframe_ms(timeframe)
         try:
             status = self.ticker.tick(symbol, timeframe, force=True)
-        except Exception as error:  # a store error or a bug in one market must not stop the others
+        except STORE_UNAVAILABLE as error:
+            # No backoff: a database restart must not leave every market minutes late once it is back.
+            log_failure(log, f"tick of {symbol} {timeframe}", error)
+            if market in self._due:
+                self._due[market] = dataclasses.replace(due, at=self._clock() + STORE_RETRY_SECONDS)
+            return time.perf_counter()
+        except Exception as error:  # a bug in one market must not stop the others
             log_failure(log, f"tick of {symbol} {timeframe}", error)
             status = TickStatus(self.ticker.source.label, None, symbol, timeframe, error=f"{type(error).__name__}: {error}")
         if status.error:
