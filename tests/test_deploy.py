@@ -8,10 +8,12 @@ from pathlib import Path
 import yaml
 
 from chronoprice.bench import run_deploy_benchmark
+from chronoprice.config import settings_from
 from chronoprice.market.simulator import BinanceSimulator
 from chronoprice.market.source import Market
 from chronoprice.store import open_store
 from chronoprice.store.records import newest_candle_ts, newest_forecast_origin_ts
+from chronoprice.web.cache import cache_config
 from chronoprice.testing import get_json, gunicorn_service, local_exchange_env
 from tests.conftest import MINUTE_MS, SERIES_START_MS, wait_until
 
@@ -28,6 +30,34 @@ def test_render_yaml_is_one_free_gunicorn_service_on_onnx():
     assert env["PYTHON_VERSION"].startswith("3.11."), "TensorFlow 2.21, ai-edge-litert 2.3 and onnxruntime 1.32 ship cp311 wheels"
     assert env["CHRONOPRICE_ENGINE"] == "onnx"
     assert env["CHRONOPRICE_EXCHANGE"] != "binance", "Binance answers HTTP 451 to US hosts"
+
+
+def test_the_scaled_blueprint_wires_web_instances_and_a_worker_to_one_postgres_and_key_value():
+    blueprint = yaml.safe_load((PROJECT / "render-scaled.yaml").read_text())
+    services = {service["name"]: service for service in blueprint["services"]}
+    web, worker, cache = services["chronoprice-web"], services["chronoprice-worker"], services["chronoprice-cache"]
+    (database,) = blueprint["databases"]
+    (group,) = blueprint["envVarGroups"]
+    assert (web["type"], worker["type"], cache["type"]) == ("web", "worker", "keyvalue")
+    assert web["startCommand"].startswith("gunicorn app:server --bind 0.0.0.0:$PORT") and web["healthCheckPath"] == "/api/health"
+    assert worker["startCommand"] == "python -m chronoprice worker"
+    assert web["numInstances"] >= 2 and worker["numInstances"] == 2, "instances to share the load; a worker and its standby"
+
+    def wired(service) -> dict:
+        env = {item["key"]: item for item in service["envVars"] if "key" in item}
+        assert {"fromGroup": group["name"]} in service["envVars"]
+        assert env["DATABASE_URL"]["fromDatabase"] == {"name": database["name"], "property": "connectionString"}
+        values = {item["key"]: item["value"] for item in group["envVars"]}
+        values.update({key: item["value"] for key, item in env.items() if "value" in item})
+        return {**values, "DATABASE_URL": "postgresql://user:password@db.internal:5432/chronoprice"}
+
+    web_settings, worker_settings = settings_from({}, wired(web)), settings_from({}, wired(worker))
+    assert web_settings.scheduler is False and worker_settings.scheduler is True
+    assert str(web_settings.db) == str(worker_settings.db) == "postgresql://user:password@db.internal:5432/chronoprice"
+    assert worker_settings.exchange == "binanceus" and worker_settings.engine == "onnx"
+    cache_url = {item["key"]: item for item in web["envVars"] if "key" in item}["CACHE_REDIS_URL"]["fromService"]
+    assert cache_url == {"type": "keyvalue", "name": cache["name"], "property": "connectionString"}
+    assert cache_config({"CACHE_REDIS_URL": "redis://red-x:6379"})["CACHE_TYPE"] == "RedisCache"
 
 
 def test_two_workers_and_twenty_clients_cause_one_exchange_fetch_per_interval(series, tmp_path):
