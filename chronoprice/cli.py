@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from chronoprice.bench import BATCH_ORIGINS, format_bench, run_benchmark
+from chronoprice.bench_scale import format_scale, run_scale_benchmark
 from chronoprice.config import (
     DEFAULT_MODEL,
     ENGINES,
@@ -118,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--deploy-ticks", type=int, default=100, help="ticks against the Render configuration under gunicorn (default 100; 0 skips it)")
     bench.add_argument("--watch-markets", type=int, default=20, help="watched markets for the scheduler's benchmark (default 20; 0 skips it)")
     bench.add_argument("--watch-minutes", type=_positive_int, default=30, help="simulated minutes of that benchmark (default 30)")
+    bench.add_argument("--scale", action="store_true", help="instead: what one worker and one web instance carry, and storage "
+                       "a market a day (docs/SCALING.md)")
+    bench.add_argument("--scale-db", help="the store --scale runs on: an empty postgresql:// database (default: a temporary SQLite file)")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
 
     migrate = commands.add_parser("migrate", help="copy a store (candles, forecasts, watchlist) to another, SQLite or PostgreSQL")
@@ -273,6 +277,10 @@ def run_worker(args: argparse.Namespace) -> int:
 
 
 def run_bench(args: argparse.Namespace) -> int:
+    if args.scale:
+        report = run_scale_benchmark(args.model, store_target(args.scale_db) if args.scale_db else None)
+        print(json.dumps(report) if args.json else format_scale(report))
+        return 0
     report = run_benchmark(args.model, repeats=args.repeats, ticks=args.ticks, deploy_ticks=args.deploy_ticks,
                            watch_markets=args.watch_markets, watch_minutes=args.watch_minutes,
                            batch_origins=args.batch_origins)

@@ -10,7 +10,7 @@ from typing import Callable
 
 import psycopg
 
-from chronoprice.store.postgres import SharedPostgres, open_postgres
+from chronoprice.store.postgres import PostgresDatabase, SharedPostgres, open_postgres
 from chronoprice.store.schema import Database, StoreError, is_database_url
 from chronoprice.store.sqlite import ConnectionPerThread, open_sqlite
 
@@ -39,3 +39,11 @@ def log_failure(log: logging.Logger, what: str, error: Exception, **extra) -> No
         log.warning("%s: store unavailable (%s); retrying", what, error, **extra)
     else:
         log.error("%s failed", what, exc_info=error, **extra)
+
+
+def table_bytes(db: Database, table: str) -> int:
+    """Bytes `table` and its indexes take in the database."""
+    if isinstance(db, PostgresDatabase):
+        return int(db.execute("select pg_total_relation_size(?::regclass)", [table]).fetchone()[0])
+    return int(db.execute("select coalesce(sum(d.pgsize), 0) from dbstat d join sqlite_master m on m.name = d.name "
+                          "where m.tbl_name = ?", [table]).fetchone()[0])

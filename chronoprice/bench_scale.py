@@ -1,0 +1,215 @@
+"""`python -m chronoprice bench --scale`: what one worker and one web instance carry, and what a
+market costs the database a day, on the store given (a temporary SQLite file by default, or an
+empty PostgreSQL database's URL).
+
+- Worker: N markets of one timeframe ticked by the scheduler through simulated candle closes
+  against the local exchange in a process of its own, with ccxt's rate limiter on as against
+  Binance: seconds from a close until every market's forecast is stored, so ticks a second, and
+  the markets one worker keeps current per timeframe.
+- Web: one gunicorn instance as render-scaled.yaml starts it (1 worker, 8 threads, scheduler
+  off) serving the API from that store to a rising number of keep-alive clients: requests a
+  second and p95 at each level. The clients run on the same machine and take CPU from it.
+- Storage: rows and bytes (tables with their indexes) per market a day.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import http.client
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import quote, urlsplit
+
+import numpy as np
+
+from chronoprice.bench_watchlist import START_MS, exchange_process
+from chronoprice.market.live import LiveSource
+from chronoprice.market.timeframes import TIMEFRAME_MS, timeframe_ms
+from chronoprice.model.features import HORIZON
+from chronoprice.model.forecasters import load_forecaster
+from chronoprice.service.scheduler import SETTLE_SECONDS, Scheduler
+from chronoprice.service.tick import Ticker
+from chronoprice.service.watchlist import seed_watchlist
+from chronoprice.store import open_store, table_bytes
+from chronoprice.store.schema import is_database_url
+from chronoprice.testing import FakeClock, gunicorn_service, local_exchange_env
+
+WORKER_MARKETS = 40
+CLOSES = 5
+HISTORY_CANDLES = 120  # each market's cold start: enough for a forecast, small enough to start fast
+BUDGET_SECONDS = 5.0  # from a close to its forecast stored, the watchlist's budget
+CLIENT_LEVELS = (4, 8, 16, 32, 64)
+LEVEL_SECONDS = 6.0
+P95_TARGET_MS = 200.0
+DAY_MS = 86_400_000
+
+
+def bench_markets(count: int, timeframe: str) -> list[tuple[str, str]]:
+    return [(f"S{number}/USDT", timeframe) for number in range(count)]
+
+
+def worker_run(model_path: Path, store: Path | str, timeframe: str, count: int, closes: int) -> dict:
+    """Seconds one scheduler takes from each close to every market's forecast stored, and its CPU seconds."""
+    length_ms = timeframe_ms(timeframe)
+    markets = bench_markets(count, timeframe)
+    first_open = START_MS + (HISTORY_CANDLES + 1) * length_ms
+    clock_ms = first_open + int(SETTLE_SECONDS * 1000)
+    with exchange_process([symbol for symbol, _ in markets], first_open + (closes + 1) * length_ms, clock_ms) as (url, advance):
+        clock = FakeClock(clock_ms / 1000)
+        ticker = Ticker(LiveSource("binance", url, (), history=HISTORY_CANDLES), store, lambda: load_forecaster(model_path),
+                        clock=clock, progress=False)
+        seed_watchlist(ticker.db(), ",".join(f"{symbol}@{timeframe}" for symbol, timeframe in markets), count)
+        scheduler = Scheduler(ticker, clock=clock)
+        scheduler.run_once()
+        scheduler.wait_for_ticks()
+        ticker.wait_for_histories()
+        seconds, cpu_seconds, ticked = [], [], 0
+        for _ in range(closes):
+            advance(length_ms // 60_000)
+            clock.seconds += length_ms / 1000
+            cpu_before, started = time.process_time(), time.perf_counter()
+            scheduler.run_once()
+            finished = scheduler.wait_for_ticks()
+            seconds.append(max(finished.values()) - started)
+            cpu_seconds.append(time.process_time() - cpu_before)
+            ticked += len(finished)
+        scheduler.stop()
+    close_seconds = float(np.median(seconds))
+    return {"timeframe": timeframe, "markets": count, "closes": closes, "ticks": ticked,
+            "close_to_all_stored_seconds": round(close_seconds + SETTLE_SECONDS, 2),
+            "ticks_per_second": round(count / close_seconds, 1),
+            "cpu_ms_per_tick": round(1000 * float(np.sum(cpu_seconds)) / max(ticked, 1), 1)}
+
+
+def markets_kept_current(runs: list[dict]) -> dict:
+    """Per timeframe, from the measured rate of its kind of tick (the model at 1m, the last close
+    with its band elsewhere): markets stored within BUDGET_SECONDS of each close, and markets
+    ticked at all before the next close."""
+    rate = {run["timeframe"]: run["ticks_per_second"] for run in runs}
+    kept = {}
+    for timeframe, length_ms in TIMEFRAME_MS.items():
+        ticks_per_second = rate.get(timeframe) or rate[next(name for name in rate if name != "1m")]
+        kept[timeframe] = {"within_budget": int(ticks_per_second * (BUDGET_SECONDS - SETTLE_SECONDS)),
+                           "before_next_close": int(ticks_per_second * (length_ms / 1000 - SETTLE_SECONDS))}
+    return kept
+
+
+def storage_per_market_day(store: Path | str) -> dict:
+    """Rows and bytes a market adds a day per timeframe, from the bytes per row of the store's tables."""
+    db = open_store(store)
+    per_row = {}
+    for table in ("candles", "forecasts"):
+        rows = db.execute(f"select count(*) from {table}").fetchone()[0]  # noqa: S608 (a fixed table name)
+        per_row[table] = table_bytes(db, table) / max(rows, 1)
+    db.close()
+    daily = {}
+    for timeframe, length_ms in TIMEFRAME_MS.items():
+        candles = DAY_MS // length_ms
+        daily[timeframe] = {"candle_rows": candles, "forecast_rows": candles * HORIZON,
+                            "bytes": int(candles * (per_row["candles"] + HORIZON * per_row["forecasts"]))}
+    return {"bytes_per_row": {table: round(value, 1) for table, value in per_row.items()}, "per_market_day": daily}
+
+
+def _client(host: str, port: int, paths: list[str], first: int, step: int, deadline: float) -> tuple[list[float], int]:
+    """Requests over one keep-alive connection until `deadline`: timings (ms) and non-200 answers."""
+    connection, timings, failures, index = http.client.HTTPConnection(host, port, timeout=30), [], 0, first
+    while time.monotonic() < deadline:
+        started = time.perf_counter()
+        try:
+            connection.request("GET", paths[index % len(paths)])
+            response = connection.getresponse()
+            response.read()
+            failures += response.status != 200
+        except (OSError, http.client.HTTPException):
+            connection.close()
+            connection = http.client.HTTPConnection(host, port, timeout=30)
+            failures += 1
+        timings.append((time.perf_counter() - started) * 1000)
+        index += step
+    connection.close()
+    return timings, failures
+
+
+def api_paths(markets: list[tuple[str, str]]) -> list[str]:
+    """What a dashboard and API users read, spread over the markets."""
+    paths = []
+    for symbol, timeframe in markets:
+        query = f"symbol={quote(symbol)}&timeframe={timeframe}"
+        paths += [f"/api/v1/forecast?{query}", f"/api/v1/candles?{query}&limit=100", f"/api/v1/metrics?{query}"]
+    return [*paths, "/api/v1/markets", "/api/health"]
+
+
+def web_levels(model_path: Path, store: Path | str, markets: list[tuple[str, str]],
+               levels: tuple[int, ...] = CLIENT_LEVELS, level_seconds: float = LEVEL_SECONDS) -> list[dict]:
+    """One web instance under each of `levels` concurrent clients for `level_seconds`, reading
+    `markets`, watched (so it serves them from the store, as beside a worker)."""
+    db = open_store(store)
+    seed_watchlist(db, ",".join(f"{symbol}@{timeframe}" for symbol, timeframe in markets), len(markets))
+    db.close()
+    paths = api_paths(markets)
+    with exchange_process(sorted({symbol for symbol, _ in markets}), START_MS + 3 * DAY_MS, START_MS + DAY_MS) as (url, _), \
+            tempfile.TemporaryDirectory() as folder:
+        env = local_exchange_env(url, store, 10, CHRONOPRICE_SCHEDULER="false", CHRONOPRICE_MODEL=str(model_path),
+                                 CHRONOPRICE_CACHE_DIR=folder)
+        with gunicorn_service(env, workers=1, threads=8) as (base, *_):
+            address = urlsplit(base)
+            measured = []
+            for clients in levels:
+                deadline = time.monotonic() + level_seconds
+                with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+                    results = list(pool.map(lambda first: _client(address.hostname, address.port, paths, first, clients, deadline),
+                                            range(clients)))
+                timings = np.concatenate([np.array(result[0]) for result in results])
+                measured.append({"clients": clients, "requests_per_second": round(len(timings) / level_seconds),
+                               "p50_ms": round(float(np.percentile(timings, 50)), 1),
+                               "p95_ms": round(float(np.percentile(timings, 95)), 1),
+                               "failures": int(sum(result[1] for result in results))})
+    return measured
+
+
+def run_scale_benchmark(model_path: Path, store: str | None = None, markets: int = WORKER_MARKETS, closes: int = CLOSES) -> dict:
+    """The worker at 1m (the model) and at 1h (the last close with its band), storage, then one
+    web instance over the 1m markets, all on `store` (a temporary SQLite file when None)."""
+    with contextlib.ExitStack() as stack:
+        if store is None:
+            store = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "scale.db"
+        elif open_store(store).execute("select 1 from candles limit 1").fetchone():
+            raise ValueError("bench --scale writes test markets: give it an empty database")
+        runs = [worker_run(model_path, store, timeframe, markets, closes) for timeframe in ("1m", "1h")]
+        return {
+            "store": "postgresql" if is_database_url(store) else "sqlite",
+            "worker": runs,
+            "markets_kept_current": markets_kept_current(runs),
+            "storage": storage_per_market_day(store),
+            "web": web_levels(model_path, store, bench_markets(markets, "1m")),
+            "p95_target_ms": P95_TARGET_MS,
+        }
+
+
+def best_level(levels: list[dict]) -> dict | None:
+    """The busiest level that kept p95 under the target with no failures."""
+    passing = [level for level in levels if level["p95_ms"] < P95_TARGET_MS and level["failures"] == 0]
+    return max(passing, key=lambda level: level["requests_per_second"], default=None)
+
+
+def format_scale(report: dict) -> str:
+    lines = [f"store: {report['store']}"]
+    for run in report["worker"]:
+        lines.append(f"worker, {run['markets']} markets at {run['timeframe']}: every forecast stored {run['close_to_all_stored_seconds']} s "
+                     f"after the close (median of {run['closes']}); {run['ticks_per_second']} ticks/s; {run['cpu_ms_per_tick']} ms CPU a tick")
+    lines.append("markets one worker keeps current (stored within 5 s / before the next close): " + ", ".join(
+        f"{timeframe} {kept['within_budget']} / {kept['before_next_close']}" for timeframe, kept in report["markets_kept_current"].items()))
+    storage = report["storage"]
+    lines.append(f"storage: {storage['bytes_per_row']['candles']} B a candle row, {storage['bytes_per_row']['forecasts']} B a forecast row "
+                 "(with indexes); a market a day: " + ", ".join(
+                     f"{timeframe} {day['candle_rows'] + day['forecast_rows']} rows {day['bytes'] / 1e6:.2f} MB"
+                     for timeframe, day in storage["per_market_day"].items()))
+    for level in report["web"]:
+        lines.append(f"web instance, {level['clients']:>2} clients: {level['requests_per_second']} req/s, "
+                     f"p50 {level['p50_ms']} ms, p95 {level['p95_ms']} ms, {level['failures']} failures")
+    best = best_level(report["web"])
+    lines.append(f"one web instance at p95 < {report['p95_target_ms']:.0f} ms: "
+                 + (f"{best['requests_per_second']} req/s ({best['clients']} clients)" if best else "no level met it"))
+    return "\n".join(lines)

@@ -1,0 +1,53 @@
+"""`bench --scale`, run small: its worker and web measurements on a real store, and the arithmetic
+that turns them into capacity."""
+
+import pytest
+
+from chronoprice.bench_scale import (
+    best_level,
+    bench_markets,
+    format_scale,
+    markets_kept_current,
+    run_scale_benchmark,
+    storage_per_market_day,
+    web_levels,
+    worker_run,
+)
+from chronoprice.store import open_store, table_bytes
+
+
+def test_capacity_per_timeframe_follows_the_measured_tick_rate_and_the_candle_length():
+    kept = markets_kept_current([{"timeframe": "1m", "ticks_per_second": 20.0}, {"timeframe": "1h", "ticks_per_second": 40.0}])
+    assert kept["1m"] == {"within_budget": 60, "before_next_close": 1160}
+    assert kept["5m"] == {"within_budget": 120, "before_next_close": 11920}, "5m ticks cost what 1h ticks do"
+    assert kept["1h"]["before_next_close"] == 40 * 3598
+
+
+def test_the_best_web_level_is_the_busiest_under_the_p95_target_without_failures():
+    levels = [{"clients": 4, "requests_per_second": 300, "p95_ms": 20.0, "failures": 0},
+              {"clients": 8, "requests_per_second": 500, "p95_ms": 150.0, "failures": 0},
+              {"clients": 16, "requests_per_second": 600, "p95_ms": 150.0, "failures": 3},
+              {"clients": 32, "requests_per_second": 650, "p95_ms": 250.0, "failures": 0}]
+    assert best_level(levels)["clients"] == 8
+    assert best_level(levels[3:]) is None
+
+
+def test_one_worker_and_one_web_instance_measured_on_a_real_store(tmp_path, tiny_model):
+    store = tmp_path / "scale.db"
+    run = worker_run(tiny_model, store, "1m", 3, closes=2)
+    assert run["ticks"] == 6 and run["ticks_per_second"] > 0 and run["cpu_ms_per_tick"] > 0
+    db = open_store(store)
+    candles = db.execute("select count(*) from candles").fetchone()[0]
+    assert candles == 3 * (120 + 2), "each market's cold start and one candle a close"
+    assert table_bytes(db, "candles") > 0 and table_bytes(db, "forecasts") > table_bytes(db, "candles")
+    storage = storage_per_market_day(store)
+    assert storage["per_market_day"]["1m"]["candle_rows"] == 1440 and storage["per_market_day"]["1m"]["forecast_rows"] == 14_400
+
+    (level,) = web_levels(tiny_model, store, bench_markets(3, "1m"), levels=(2,), level_seconds=1.0)
+    assert level["failures"] == 0 and level["requests_per_second"] > 0
+    report = {"store": "sqlite", "worker": [run], "markets_kept_current": markets_kept_current([run, {**run, "timeframe": "1h"}]),
+              "storage": storage, "web": [level], "p95_target_ms": 200.0}
+    assert "one web instance at p95 < 200 ms" in format_scale(report)
+
+    with pytest.raises(ValueError, match="empty database"):
+        run_scale_benchmark(tiny_model, str(store))
