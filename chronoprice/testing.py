@@ -47,6 +47,16 @@ def get_json(url: str, timeout: float = 30.0) -> tuple[int, dict]:
         return error.code, json.loads(error.read() or b"{}")
 
 
+def dashboard_refresh_body(dependencies: list[dict], symbol: str, timeframe: str = "1m") -> dict:
+    """The body the browser POSTs to /_dash-update-component when the market page refreshes,
+    from the app's /_dash-dependencies."""
+    dependency = next(item for item in dependencies if "price-chart.figure" in item["output"])
+    outputs = [dict(zip(("id", "property"), part.rsplit(".", 1))) for part in dependency["output"].strip(".").split("...")]
+    values = {"refresh.n_intervals": 1, "active-symbol.data": symbol, "timeframe.value": timeframe, "theme.data": "dark", "overlays.value": []}
+    inputs = [{**item, "value": values[f"{item['id']}.{item['property']}"]} for item in dependency["inputs"]]
+    return {"output": dependency["output"], "outputs": outputs, "inputs": inputs, "changedPropIds": ["refresh.n_intervals"], "state": []}
+
+
 def local_exchange_env(exchange_url: str, db_path: Path, refresh_seconds: float, workers: int = 1, **extra: str) -> dict:
     """CHRONOPRICE_* settings for the app on the live source of one local exchange, no fail-over;
     several workers share a file cache beside the database."""

@@ -187,23 +187,26 @@ def test_check_symbol_switches_or_explains(demo_ticker):
     assert symbol == "ETH/USDT" and "is not a symbol" in message
 
 
-def test_chart_cache_is_keyed_by_the_newest_candle(demo_ticker):
+def test_page_outputs_are_built_once_per_tick_for_every_viewer(demo_ticker):
     from flask import Flask
     from flask_caching import Cache
 
-    from chronoprice.web.dashboard.callbacks import cached_figures
+    from chronoprice.web.dashboard.callbacks import REFRESH_OUTPUTS, cached_outputs
 
-    def last_time(figures):
-        return list(figures["price-chart"]["data"][0]["x"])[-1]
+    def last_time(outputs):
+        return list(outputs["price-chart"]["data"][0]["x"])[-1]
 
     cache = Cache(Flask(__name__), config={"CACHE_TYPE": "SimpleCache"})
-    view = load_view(demo_ticker, "BTC/USDT", "1m")
-    first = cached_figures(cache, view, "dark", [])
-    assert set(first) == {"price-chart", "error-chart", "step-chart"}
-    shorter = dataclasses.replace(view, candles=view.candles.iloc[:-1])
-    assert last_time(cached_figures(cache, shorter, "dark", [])) == last_time(first), "same newest candle: from the cache"
-    moved = dataclasses.replace(shorter, status=dataclasses.replace(view.status, newest_ts=view.status.newest_ts + MINUTE_MS))
-    assert last_time(cached_figures(cache, moved, "dark", [])) != last_time(first), "a new candle: rebuilt"
+    status = demo_ticker.tick("BTC/USDT", "1m")
+    first = cached_outputs(cache, demo_ticker, status, "dark", [], 600)
+    assert {component for component, _ in REFRESH_OUTPUTS} <= set(first) | {"banner"}
+    db = demo_ticker.db()
+    with db.conn:
+        db.execute("delete from candles where symbol = 'BTC/USDT' and timeframe = '1m' and ts = ?", [status.newest_ts])
+    assert last_time(cached_outputs(cache, demo_ticker, status, "dark", [], 600)) == last_time(first), "same tick: from the cache"
+    assert cached_outputs(cache, demo_ticker, status, "light", [], 600)["price-title"] == first["price-title"]
+    ticked = dataclasses.replace(status, finished_at_ms=status.finished_at_ms + 1)
+    assert last_time(cached_outputs(cache, demo_ticker, ticked, "dark", [], 600)) != last_time(first), "a new tick: read again"
 
 
 def test_overview_sparkline_sorting_and_24h_change_are_plain_arithmetic():

@@ -14,7 +14,7 @@ from chronoprice.model.forecasters import load_forecaster
 from chronoprice.service.tick import Ticker
 from chronoprice.store.records import read_candles
 from chronoprice.web.server import create_app
-from chronoprice.testing import FakeClock
+from chronoprice.testing import FakeClock, dashboard_refresh_body
 
 SYMBOL = "BTC/USDT"
 KLINES = "/klines"
@@ -33,12 +33,8 @@ FAULTS = {
 
 def dashboard_refresh(client) -> dict:
     """POST the dashboard's refresh callback as the browser does; returns its outputs by id."""
-    dependency = next(item for item in client.get("/_dash-dependencies").get_json() if "price-chart.figure" in item["output"])
-    outputs = [dict(zip(("id", "property"), part.rsplit(".", 1))) for part in dependency["output"].strip(".").split("...")]
-    values = {"refresh.n_intervals": 1, "active-symbol.data": SYMBOL, "timeframe.value": "1m", "theme.data": "dark", "overlays.value": []}
-    inputs = [{**item, "value": values[f"{item['id']}.{item['property']}"]} for item in dependency["inputs"]]
-    response = client.post("/_dash-update-component", json={"output": dependency["output"], "outputs": outputs, "inputs": inputs,
-                                                             "changedPropIds": ["refresh.n_intervals"], "state": []})
+    body = dashboard_refresh_body(client.get("/_dash-dependencies").get_json(), SYMBOL)
+    response = client.post("/_dash-update-component", json=body)
     assert response.status_code == 200, response.data[:500]
     return {key: next(iter(value.values())) for key, value in response.get_json()["response"].items()}
 

@@ -4,6 +4,7 @@ builders; `render_view` turns what was read into every output of the page."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from urllib.parse import parse_qs
 
 import dash
@@ -20,7 +21,7 @@ from chronoprice.model.forecasters import NaiveBandForecaster
 from chronoprice.service.overview import summarise_watchlist
 from chronoprice.service.watchlist import parse_market, watch_market
 from chronoprice.service.scoring import read_scored
-from chronoprice.service.status import TickStatus, forming_frame
+from chronoprice.service.status import TickStatus, forming_frame, status_to_json
 from chronoprice.service.tick import Ticker
 from chronoprice.store import STORE_UNAVAILABLE
 from chronoprice.store.records import read_candles, read_latest_forecast
@@ -59,8 +60,13 @@ def served_horizon(ticker: Ticker, timeframe: str) -> Horizon:
 
 def load_view(ticker: Ticker, symbol: str, timeframe: str) -> ViewData:
     """Run the market's tick (or take its fresh state) and read what the page shows."""
-    status = ticker.tick(symbol, timeframe)
-    market = ticker.market(symbol, status.exchange, timeframe)
+    return read_view(ticker, ticker.tick(symbol, timeframe))
+
+
+def read_view(ticker: Ticker, status: TickStatus) -> ViewData:
+    """What the page shows of the market after the tick that ended in `status`."""
+    timeframe = status.timeframe
+    market = ticker.market(status.symbol, status.exchange, timeframe)
     db = ticker.db()
     candles = read_candles(db, market, limit=SHOWN_CANDLES + INDICATOR_WARM_UP)
     forecast = read_latest_forecast(db, market)
@@ -160,15 +166,26 @@ def render_text(view: ViewData) -> dict:
     }
 
 
-def cached_figures(cache, view: ViewData, theme: str, overlays) -> dict:
-    """The charts from the cache, keyed by the newest candle and forecast, or built and cached."""
-    status = view.status
-    key = f"figures:{status.exchange}:{status.symbol}:{status.timeframe}:{status.newest_ts}:{status.forming}:{status.forecast_origin_ts}:{theme}:{sorted(overlays)}"
-    figures = cache.get(key)
-    if figures is None:
+def view_key(status: TickStatus, now_ms: int, theme: str, overlays) -> str:
+    """What a page's outputs depend on: the market's last tick (its status is new with every
+    tick), whether the forming candle it fetched is still fresh, the theme and the overlays."""
+    fresh = now_ms - status.finished_at_ms < timeframe_ms(status.timeframe)
+    tick = hashlib.sha256(status_to_json(status).encode()).hexdigest()[:32]
+    return f"view:{tick}:{fresh}:{theme}:{sorted(overlays)}"
+
+
+def cached_outputs(cache, ticker: Ticker, status: TickStatus, theme: str, overlays, seconds: float) -> dict:
+    """Every output of the page after the tick that ended in `status`: read and built once per
+    tick and `seconds` (the refresh interval, so scores a background history adds show up)
+    for all the viewers the cache serves, not once per viewer and refresh."""
+    key = view_key(status, ticker.now_ms(), theme, overlays)
+    outputs = cache.get(key)
+    if outputs is None:
+        view = read_view(ticker, status)
         figures = {name: figure.to_dict() for name, figure in render_figures(view, theme, overlays).items()}
-        cache.set(key, figures, timeout=600)
-    return figures
+        outputs = {**figures, **render_text(view)}
+        cache.set(key, outputs, timeout=max(1, int(seconds)))
+    return outputs
 
 
 REFRESH_OUTPUTS = [
@@ -223,10 +240,10 @@ def attach_callbacks(app: dash.Dash, ticker: Ticker, cache, settings: Settings) 
                   Input("theme", "data"), Input("overlays", "value"))
     def refresh(_, symbol, timeframe, theme, overlays):
         try:
-            view = load_view(ticker, symbol, timeframe if timeframe in TIMEFRAME_MS else ticker.timeframe)
+            status = ticker.tick(symbol, timeframe if timeframe in TIMEFRAME_MS else ticker.timeframe)
+            outputs = cached_outputs(cache, ticker, status, theme or "dark", overlays or [], settings.refresh_seconds)
         except STORE_UNAVAILABLE:
             raise PreventUpdate from None  # a lock past the busy timeout: keep the last good page
-        outputs = {**cached_figures(cache, view, theme or "dark", overlays or []), **render_text(view)}
         return [outputs[component + ("-hidden" if prop == "hidden" else "")] for component, prop in REFRESH_OUTPUTS]
 
     @app.callback(Output("active-symbol", "data"), Output("symbol-message", "children"), Output("symbol-input", "value"),
