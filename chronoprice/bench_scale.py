@@ -122,17 +122,22 @@ def storage_per_market_day(store: Path | str) -> dict:
 Request = tuple[str, str, bytes | None]  # method, path, JSON body
 
 
+def _send(connection: http.client.HTTPConnection, request: Request) -> int:
+    """Send one request and read its whole answer; its status."""
+    method, path, body = request
+    connection.request(method, path, body, {"Content-Type": "application/json"} if body else {})
+    response = connection.getresponse()
+    response.read()
+    return response.status
+
+
 def _client(host: str, port: int, requests: list[Request], first: int, step: int, deadline: float) -> tuple[list[float], int]:
     """Requests over one keep-alive connection until `deadline`: timings (ms) and non-200 answers."""
     connection, timings, failures, index = http.client.HTTPConnection(host, port, timeout=30), [], 0, first
     while time.monotonic() < deadline:
-        method, path, body = requests[index % len(requests)]
         started = time.perf_counter()
         try:
-            connection.request(method, path, body, {"Content-Type": "application/json"} if body else {})
-            response = connection.getresponse()
-            response.read()
-            failures += response.status != 200
+            failures += _send(connection, requests[index % len(requests)]) != 200
         except (OSError, http.client.HTTPException):
             connection.close()
             connection = http.client.HTTPConnection(host, port, timeout=30)
@@ -189,8 +194,21 @@ def web_levels(model_path: Path, store: Path | str, markets: list[tuple[str, str
         env = local_exchange_env(url, store, 10, CHRONOPRICE_SCHEDULER="false", CHRONOPRICE_MODEL=str(model_path),
                                  CHRONOPRICE_CACHE_DIR=folder)
         with gunicorn_service(env, workers=1, threads=8) as (base, *_):
-            return {"api": load_levels(base, api_requests(markets), levels, level_seconds),
-                    "dashboard": load_levels(base, dashboard_requests(base, markets), levels, level_seconds)}
+            api, dashboard = api_requests(markets), dashboard_requests(base, markets)
+            load_levels(base, api, (1,), level_seconds)  # untimed warm-up: the model loaded, the first reads cached
+            # A page is built once per market and tick, then served from the cache: time the
+            # builds one by one, as each new candle brings them, apart from the load.
+            address = urlsplit(base)
+            connection = http.client.HTTPConnection(address.hostname, address.port, timeout=30)
+            first_builds = []
+            for request in dashboard:
+                started = time.perf_counter()
+                _send(connection, request)
+                first_builds.append((time.perf_counter() - started) * 1000)
+            connection.close()
+            return {"api": load_levels(base, api, levels, level_seconds),
+                    "dashboard": load_levels(base, dashboard, levels, level_seconds),
+                    "dashboard_build_ms_median": round(float(np.median(first_builds)), 1)}
 
 
 def run_scale_benchmark(model_path: Path, store: str | None = None, markets: int = WORKER_MARKETS, closes: int = CLOSES) -> dict:
@@ -230,7 +248,9 @@ def format_scale(report: dict) -> str:
                  "(with indexes); a market a day: " + ", ".join(
                      f"{timeframe} {day['candle_rows'] + day['forecast_rows']} rows {day['bytes'] / 1e6:.2f} MB"
                      for timeframe, day in storage["per_market_day"].items()))
-    for kind, levels in report["web"].items():
+    lines.append(f"a market page built from the store (once per tick, then cached): {report['web']['dashboard_build_ms_median']} ms")
+    for kind in ("api", "dashboard"):
+        levels = report["web"][kind]
         for level in levels:
             lines.append(f"web instance, {kind}, {level['clients']:>2} clients: {level['requests_per_second']} req/s, "
                          f"p50 {level['p50_ms']} ms, p95 {level['p95_ms']} ms, {level['failures']} failures")

@@ -47,6 +47,7 @@ def test_one_worker_and_one_web_instance_measured_on_a_real_store(tmp_path, tiny
     for kind in ("api", "dashboard"):
         (level,) = web[kind]
         assert level["failures"] == 0 and level["requests_per_second"] > 0, kind
+    assert web["dashboard_build_ms_median"] > 0
     report = {"store": "sqlite", "worker": [run], "markets_kept_current": markets_kept_current([run, {**run, "timeframe": "1h"}]),
               "storage": storage, "web": web, "p95_target_ms": 200.0}
     assert "one web instance, dashboard, at p95 < 200 ms" in format_scale(report)

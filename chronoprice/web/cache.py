@@ -15,3 +15,10 @@ def cache_config(env: Mapping[str, str]) -> dict:
         folder = env.get("CHRONOPRICE_CACHE_DIR") or os.path.join(env.get("TMPDIR", "/tmp"), "chronoprice-cache")
         return {"CACHE_TYPE": "FileSystemCache", "CACHE_DIR": folder, "CACHE_THRESHOLD": 2000}
     return {"CACHE_TYPE": "SimpleCache", "CACHE_THRESHOLD": 2000}
+
+
+def cached_seconds(refresh_seconds: float) -> int:
+    """How long a response or page built for one tick stays cached. Its key names the tick, so
+    a new candle replaces it at once; the timeout only bounds how late scores that a background
+    history forecast adds (with no new tick) show up."""
+    return max(60, int(10 * refresh_seconds))

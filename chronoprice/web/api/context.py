@@ -13,6 +13,7 @@ from flask_caching import Cache
 from chronoprice.market.source import Market
 from chronoprice.service.status import TickStatus
 from chronoprice.service.tick import Ticker
+from chronoprice.web.cache import cached_seconds
 from chronoprice.web.api.errors import ApiError
 from chronoprice.web.api.params import parse_symbol, parse_timeframe
 
@@ -32,7 +33,7 @@ class ApiContext:
 
     @property
     def cache_seconds(self) -> int:
-        return max(60, int(10 * self.refresh_seconds))
+        return cached_seconds(self.refresh_seconds)
 
 
 def api_context() -> ApiContext:
