@@ -31,6 +31,8 @@ class Settings:
     source: str = "auto"
     exchange: str = "binance"
     exchange_url: str | None = None
+    exchange_ws_url: str | None = None
+    stream: bool = True
     fallback_exchanges: tuple[str, ...] = ("kraken", "coinbase")
     symbol: str = "BTC/USDT"
     timeframe: str = "1m"
@@ -131,6 +133,13 @@ def _url(text: str) -> str:
     return value
 
 
+def _ws_url(text: str) -> str:
+    value = text.strip().rstrip("/")
+    if not value.startswith(("ws://", "wss://")):
+        raise ValueError("must start with ws:// or wss://")
+    return value
+
+
 def _exchange_list(text: str) -> tuple[str, ...]:
     """Parse 'kraken,coinbase' or 'binanceus=http://host:port' entries (an entry may carry its
     URL); 'none' means no fail-over."""
@@ -155,6 +164,9 @@ _OPTIONS = (
     _Option("source", _choice(SOURCES), "where candles come from: auto (live, demo if offline), live, replay, demo"),
     _Option("exchange", _exchange_id, "ccxt exchange id for the live source (default binance)"),
     _Option("exchange_url", _url, "rewrite scheme and host of every REST endpoint of the exchange to this base URL"),
+    _Option("exchange_ws_url", _ws_url, "the exchange's WebSocket stream endpoint, as --exchange-url moves REST"),
+    _Option("stream", _boolean, "stream the forming candle of watched markets over the exchange's WebSocket where ccxt "
+            "supports it, ticking a market the moment its candle closes (default on; off: poll on the candle clock only)"),
     _Option("fallback_exchanges", _exchange_list, "comma-separated exchanges to fail over to (default kraken,coinbase; none for none); an entry may be id=URL"),
     _Option("symbol", _symbol, "market symbol (default BTC/USDT)"),
     _Option("timeframe", _choice(tuple(TIMEFRAME_MS)), "candle timeframe (default 1m)"),

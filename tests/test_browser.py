@@ -18,10 +18,11 @@ from werkzeug.serving import make_server
 
 from chronoprice.config import settings_from
 from chronoprice.service.build import build_ticker
+from chronoprice.service.scheduler import Scheduler
 from chronoprice.service.watchlist import seed_watchlist
 from chronoprice.testing import free_port
 from chronoprice.web.server import create_app
-from tests.conftest import LIVENESS_SECONDS
+from tests.conftest import LIVENESS_SECONDS, wait_until
 
 PROJECT = Path(__file__).resolve().parents[1]
 WATCHED = [("BTC/USDT", "1m"), ("ETH/USDT", "1m"), ("BTC/USDT", "15m")]
@@ -47,13 +48,14 @@ def dashboard_url(tmp_path_factory, shipped_model):
     status = ticker.backfill("BTC/USDT", hours=6)
     assert status.error is None, status.summary()
     seed_watchlist(ticker.db(), ",".join(f"{symbol}@{timeframe}" for symbol, timeframe in WATCHED), 50)
-    for symbol, timeframe in WATCHED[1:]:
-        ticker.tick(symbol, timeframe)
+    scheduler = Scheduler(ticker).start()  # as `python app.py` runs it: watched markets are ticked by it
+    assert wait_until(lambda: all(ticker.stored_status(symbol, timeframe).model_version for symbol, timeframe in WATCHED))
     server = make_server("127.0.0.1", 0, create_app(settings, ticker).server, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_port}/"
     server.shutdown()
+    scheduler.stop()
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,7 @@ ALLOWED = {
     "logs": set(),
 }
 # Third-party packages only one stage may touch.
-CONFINED = {"ccxt": ("market.live",), "tensorflow": ("model.network",), "keras": ("model.network", "model.training"),
+CONFINED = {"ccxt": ("market.live", "market.stream"), "aiohttp": ("market.stream_simulator",), "tensorflow": ("model.network",), "keras": ("model.network", "model.training"),
             "onnx": ("model.onnx_graph",), "onnxruntime": ("model.engines",), "ai_edge_litert": ("model.engines",),
             "dash": ("web",), "flask": ("web",), "flask_caching": ("web",), "sqlite_utils": ("store.sqlite",),
             "psycopg": ("store",), "psycopg_pool": ("store.postgres",)}

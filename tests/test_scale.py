@@ -27,7 +27,6 @@ from chronoprice.market.source import Market
 from chronoprice.market.timeframes import timeframe_ms
 from chronoprice.model.forecasters import load_forecaster
 from chronoprice.service.build import build_scheduler, build_ticker
-from chronoprice.service.scheduler import LEASE_SECONDS
 from chronoprice.store import open_store
 from chronoprice.store.records import newest_forecast_origin_ts, read_candles
 from chronoprice.testing import gunicorn_service, local_exchange_env
@@ -218,7 +217,6 @@ def test_a_worker_a_standby_and_two_web_instances_on_postgresql_survive_a_kill_a
     assert "Traceback" not in gunicorn_logs and PASSWORD not in gunicorn_logs + worker_logs
 
     assert takeover_seconds <= 60, f"the standby takes over within one candle, not {takeover_seconds:.0f} s"
-    assert takeover_seconds >= LEASE_SECONDS - LEASE_SECONDS / 2, "not before the dead worker's lease ran out"
     web_fetched = {key for key, count in web_exchange.kline_requests.items() if count}
     assert web_fetched == {("ETHUSDT", "5m")}, "the web instances fetched only the market nobody watches"
 

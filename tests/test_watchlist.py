@@ -1,5 +1,8 @@
 """The watchlist (setting, store, API) and the scheduler that ticks it on every candle close."""
 
+import socket
+import subprocess
+
 import pandas as pd
 import pytest
 
@@ -82,6 +85,23 @@ def test_a_standby_scheduler_takes_over_within_a_lease_term_and_one_retry(exchan
         clock.seconds += 1
         standby.run_once()
     assert LEASE_SECONDS / 2 <= clock.seconds - died <= LEASE_SECONDS + STANDBY_SECONDS
+
+
+def test_a_restart_on_the_same_machine_takes_over_a_dead_process_lease_at_once(exchange, db_path, tiny_model):
+    clock = FakeClock(exchange.now_ms / 1000)
+    db = open_store(db_path)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    assert hold_lease(db, "scheduler", f"{socket.gethostname()}:{dead.pid}:killed", int(clock.seconds * 1000), 30_000)
+    restarted = Scheduler(local_ticker(exchange, db_path, tiny_model, clock), clock=clock)
+    restarted.run_once()
+    assert restarted.holds_lease_now(), "a holder on this machine that no longer runs is replaced at once"
+
+    assert hold_lease(db, "scheduler", "another-machine:1:alive", int(clock.seconds * 1000) + 60_000, 30_000)
+    clock.seconds += 60
+    standby = Scheduler(local_ticker(exchange, db_path, tiny_model, clock), clock=clock)
+    standby.run_once()
+    assert not standby.holds_lease_now(), "a holder elsewhere is waited for until its lease runs out"
 
 
 def test_only_the_scheduling_process_fetches_a_watched_market(exchange, db_path, tiny_model):

@@ -11,6 +11,7 @@ from chronoprice.market.demo import DemoSource
 from chronoprice.market.live import LiveSource
 from chronoprice.market.replay import ReplaySource
 from chronoprice.market.source import CandleSource
+from chronoprice.market.stream import CandleStream, supports_streaming
 from chronoprice.market.timeframes import cold_start_candles
 from chronoprice.model.forecasters import load_forecaster
 from chronoprice.service.scheduler import Scheduler
@@ -43,9 +44,16 @@ def build_ticker(settings: Settings, history_hours: float | None = None, clock: 
 
 def build_scheduler(settings: Settings, ticker: Ticker, clock: Callable[[], float] = time.time) -> Scheduler:
     """The scheduler of the store's watchlist, seeded from the settings (it ticks only while
-    its process holds the store's scheduler lease, and stands by while another one does)."""
+    its process holds the store's scheduler lease, and stands by while another one does), with
+    the exchange's candle stream when it has one and streaming is on."""
     seed_watchlist(ticker.db(), settings.watch, settings.watch_limit)
-    return Scheduler(ticker, clock=clock)
+    scheduler = Scheduler(ticker, clock=clock)
+    # A moved REST endpoint (a proxy, the local exchange) streams only from a WebSocket endpoint moved with it.
+    if (settings.stream and settings.source == "live" and supports_streaming(settings.exchange)
+            and (settings.exchange_ws_url or not settings.exchange_url)):
+        scheduler.stream = CandleStream(settings.exchange, settings.exchange_url, settings.exchange_ws_url,
+                                        scheduler.candle_closed).start()
+    return scheduler
 
 
 def start_scheduler(settings: Settings, ticker: Ticker) -> Scheduler:

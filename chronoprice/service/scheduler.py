@@ -20,11 +20,12 @@ import time
 import uuid
 from typing import Callable
 
+from chronoprice.market.stream import CandleStream
 from chronoprice.market.timeframes import timeframe_ms
 from chronoprice.service.status import TickStatus
 from chronoprice.service.tick import Ticker
 from chronoprice.store import STORE_UNAVAILABLE, log_failure
-from chronoprice.store.claims import SCHEDULER_LEASE, hold_lease, release_lease
+from chronoprice.store.claims import SCHEDULER_LEASE, hold_lease, lease_holder, release_lease
 from chronoprice.store.watchlist import read_watchlist
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,17 @@ STORE_RETRY_SECONDS = 5.0  # a tick the store could not take is retried this oft
 LEASE_SECONDS = 30.0  # a killed scheduler's lease passes to a standby this long after its last renewal
 STANDBY_SECONDS = 10.0  # a standby asks for the lease this often: it takes over at most this long after expiry
 TICK_THREADS = 4  # markets ticked at once, so a slow one never delays the others
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine (signal 0 checks without sending one)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it runs, as another user
+        return True
+    return True
 
 
 def next_close_seconds(now: float, length_ms: int) -> float:
@@ -80,6 +92,9 @@ class Scheduler:
         self._running: dict[tuple[str, str], concurrent.futures.Future] = {}
         self._pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="chronoprice-tick")
         self._stop = threading.Event()
+        self._wake = threading.Event()  # a pass is due before its wait ends: stop, or a streamed candle closed
+        self.stream: CandleStream | None = None  # build_scheduler attaches one when the exchange streams candles
+        self._closed_while_ticking: set[tuple[str, str]] = set()
         self._lease_until = self._next_lease_call = 0.0
         self._role: str | None = None
         ticker.holds_schedule = self.holds_lease_now
@@ -94,10 +109,13 @@ class Scheduler:
     def request_stop(self) -> None:
         """Make the loop end after its current pass (safe from a signal handler)."""
         self._stop.set()
+        self._wake.set()
 
     def stop(self) -> None:
         """End the loop, wait for running ticks, and hand the lease on at once."""
-        self._stop.set()
+        self.request_stop()
+        if self.stream:
+            self.stream.stop()
         if self._thread:
             self._thread.join(timeout=10)
         self._pool.shutdown(wait=True, cancel_futures=True)
@@ -112,7 +130,8 @@ class Scheduler:
             except Exception as error:  # the loop must outlive a restarting database or a bug in one market
                 log_failure(log, "scheduler pass", error)
                 wait = BACKOFF_SECONDS[0]
-            self._stop.wait(wait)
+            self._wake.wait(wait)
+            self._wake.clear()
 
     def holds_lease(self) -> bool:
         """Take or renew the store's scheduler lease when it is due, by this scheduler's clock:
@@ -120,6 +139,8 @@ class Scheduler:
         now = self._clock()
         if now >= self._next_lease_call:
             held = hold_lease(self.ticker.db(), SCHEDULER_LEASE, self.owner, int(now * 1000), int(LEASE_SECONDS * 1000))
+            if not held and self._release_dead_holder(int(now * 1000)):
+                held = hold_lease(self.ticker.db(), SCHEDULER_LEASE, self.owner, int(now * 1000), int(LEASE_SECONDS * 1000))
             self._lease_until = now + LEASE_SECONDS if held else 0.0
             self._next_lease_call = now + (LEASE_SECONDS / 2 if held else STANDBY_SECONDS)
             role = "active" if held else "standby"
@@ -129,6 +150,19 @@ class Scheduler:
                 self._role = role
         return self.holds_lease_now()
 
+    def _release_dead_holder(self, now_ms: int) -> bool:
+        """Free the lease of a holder on this machine whose process is gone (a restart after a
+        crash or SIGKILL), so the new process schedules at once instead of after the lease's
+        term. Holders elsewhere are waited for: their liveness cannot be seen from here."""
+        holder = lease_holder(self.ticker.db(), SCHEDULER_LEASE, now_ms)
+        host, _, pid = (holder or "").partition(":")
+        pid = pid.partition(":")[0]
+        if host != socket.gethostname() or not pid.isdigit() or process_alive(int(pid)):
+            return False
+        log.info("scheduler %s: the lease's holder %s is no longer running; taking over", self.owner, holder)
+        release_lease(self.ticker.db(), SCHEDULER_LEASE, holder)
+        return True
+
     def holds_lease_now(self) -> bool:
         """Whether this scheduler held the lease at its last call and the term has not run out."""
         return self._lease_until > self._clock()
@@ -136,9 +170,13 @@ class Scheduler:
     def run_once(self) -> float:
         """Start the ticks that are due; seconds until the loop should look again."""
         if not self.holds_lease():
+            if self.stream:
+                self.stream.watch([])
             return 1.0
         now = self._clock()
         watched = read_watchlist(self.ticker.db())
+        if self.stream:
+            self.stream.watch(watched)
         for market in list(self._due):
             if market not in watched:
                 del self._due[market]
@@ -153,6 +191,23 @@ class Scheduler:
         pending = [due.at for due in self._due.values()] or [now + 1.0]
         return min(1.0, max(0.05, min(pending) - self._clock()))  # at least once a second: the watchlist may change
 
+    def candle_closed(self, symbol: str, timeframe: str) -> None:
+        """The stream saw the market's candle close: tick it now rather than at its due time
+        (called from the stream's thread)."""
+        market = (symbol, timeframe)
+        due = self._due.get(market)
+        if due is None:
+            return
+        if due.at == math.inf:  # its tick is running: tick again once it ends
+            self._closed_while_ticking.add(market)
+            return
+        self._due[market] = dataclasses.replace(due, at=min(due.at, self._clock()), late=0)
+        self._wake.set()
+
+    def feed(self, market: tuple[str, str]) -> str:
+        """How the market's candles come now: "streaming" over the WebSocket, else "polling"."""
+        return "streaming" if self.stream and self.stream.streaming(*market) else "polling"
+
     def wait_for_ticks(self) -> dict[tuple[str, str], float]:
         """Wait for the ticks the last pass started; when each finished (time.perf_counter)."""
         return {market: self._running[market].result() for market in self.started_last_pass}
@@ -161,7 +216,7 @@ class Scheduler:
         symbol, timeframe = market
         length_ms = timeframe_ms(timeframe)
         try:
-            status = self.ticker.tick(symbol, timeframe, force=True)
+            status = self.ticker.tick(symbol, timeframe, force=True, feed=self.feed(market))
         except STORE_UNAVAILABLE as error:
             # No backoff: a database restart must not leave every market minutes late once it is back.
             log_failure(log, f"tick of {symbol} {timeframe}", error)
@@ -175,6 +230,9 @@ class Scheduler:
             log.warning("%s %s: %s", symbol, timeframe, status.error)
         if market in self._due:
             self._due[market] = next_due(status, due, self._clock(), length_ms)
+            if market in self._closed_while_ticking:
+                self._closed_while_ticking.discard(market)
+                self.candle_closed(symbol, timeframe)
         return time.perf_counter()
 
     def run_forever(self) -> None:

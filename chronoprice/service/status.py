@@ -9,7 +9,7 @@ import pandas as pd
 
 from chronoprice.market.candles import COLUMNS
 
-STATUS_FORMAT = 2  # bump when a field changes meaning; saved statuses of another format are ignored
+STATUS_FORMAT = 3  # bump when a field changes meaning; saved statuses of another format are ignored
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +30,7 @@ class TickStatus:
     total_ms: float = 0.0
     finished_at_ms: int = 0
     forming: list | None = None  # [ts, open, high, low, close, volume] of the candle still forming, as fetched
+    feed: str | None = None  # how the scheduler gets the market's candles: "streaming" or "polling"; None on demand
 
     def summary(self) -> str:
         newest = pd.Timestamp(self.newest_ts, unit="ms", tz="UTC").strftime("%Y-%m-%d %H:%M UTC") if self.newest_ts else "none"

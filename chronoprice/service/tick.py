@@ -120,11 +120,11 @@ class Ticker:
         saved = status_from_json(read_tick_status(self.db(), self._tick_key(symbol, timeframe)))
         return saved or TickStatus(self.source.label, None, symbol, timeframe=timeframe, note="first update in progress")
 
-    def tick(self, symbol: str, timeframe: str | None = None, force: bool = False) -> TickStatus:
+    def tick(self, symbol: str, timeframe: str | None = None, force: bool = False, feed: str | None = None) -> TickStatus:
         """Run a tick for the market unless one is running or ran within the refresh interval (any
         time ago with `force`, as the scheduler asks) in any process sharing the database, or the
         market is watched and another process schedules the watchlist; otherwise return the
-        stored status at once."""
+        stored status at once. `feed` (the scheduler's: streaming or polling) is saved with it."""
         timeframe = timeframe or self.timeframe
         if not force and not self.holds_schedule() and is_watched(self.db(), symbol, timeframe):
             return self.watched_status(symbol, timeframe)
@@ -135,7 +135,7 @@ class Ticker:
             key = self._tick_key(symbol, timeframe)
             if not claim_tick(self.db(), key, self.now_ms(), 0 if force else self._refresh_ms):
                 return self.stored_status(symbol, timeframe)
-            status = self.run_tick(symbol, timeframe, history_in_background=True)
+            status = dataclasses.replace(self.run_tick(symbol, timeframe, history_in_background=True), feed=feed)
             save_tick_status(self.db(), key, status_to_json(status))
             return status
         finally:

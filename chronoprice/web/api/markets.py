@@ -31,6 +31,7 @@ def market_entry(symbol: str, timeframe: str) -> dict:
         "newest_forecast_origin_ts": newest_forecast_origin_ts(ticker.db(), market),
         "status": market_status(status, ticker.now_ms(), timeframe_ms(timeframe)),
         "error": status.error,
+        "feed": status.feed,
         "last_tick_ms": status.finished_at_ms or None,
     }
 

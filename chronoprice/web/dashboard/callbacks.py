@@ -159,7 +159,7 @@ def render_text(view: ViewData) -> dict:
         "source-badge": status.source,
         "model-badge": (f"last close: no model has shown skill on {status.timeframe} candles" if naive
                         else f"model {status.model_version}" if status.model_version else "model unavailable"),
-        "newest-candle": f"newest candle {_utc(status.newest_ts)}",
+        "newest-candle": f"newest candle {_utc(status.newest_ts)}" + (f" · {status.feed}" if status.feed else ""),
         "banner": (f"Offline demo: synthetic prices, not a real market. {status.note or ''}" if offline else ""),
         "banner-hidden": not offline,
         "status-message": problems and f"⚠ {problems}. Showing the last good data.",

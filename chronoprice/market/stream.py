@@ -1,0 +1,167 @@
+"""The forming candle of the watched markets over the exchange's WebSocket (ccxt.pro's
+watch_ohlcv), for the scheduler's process. REST stays the source of truth for stored, closed
+candles: when a market's stream shows that its candle closed, `on_closed(symbol, timeframe)`
+only asks for that market's tick at once. Nothing here is stored.
+
+One connection carries every watched market (Binance allows 1,024 streams on one). A watchdog
+reconnects a silent or broken stream with growing waits; candles closed meanwhile reach the
+store through REST on the ticks that run regardless. The stream runs an asyncio loop in a
+thread of its own, since the rest of ChronoPrice is synchronous.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import math
+import threading
+import time
+from typing import Callable, Iterable
+
+import ccxt
+import ccxt.pro
+
+from chronoprice.market.live import rewrite_urls
+
+log = logging.getLogger(__name__)
+STALL_SECONDS = 30.0  # no event for this long on a live connection: reconnect (a forming candle updates every ~2 s)
+RECONNECT_SECONDS = (1.0, 2.0, 5.0, 15.0, 60.0)
+STREAM_ERRORS = (ccxt.BaseError, asyncio.TimeoutError, OSError, ValueError, KeyError, TypeError)
+
+
+def supports_streaming(exchange_id: str) -> bool:
+    """Whether ccxt's WebSocket API can watch this exchange's candles."""
+    exchange_class = getattr(ccxt.pro, exchange_id, None)
+    return exchange_class is not None and bool(exchange_class().has.get("watchOHLCV"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Forming:
+    """The forming candle as last streamed: [ts, open, high, low, close, volume], and when."""
+
+    candle: tuple
+    received_ms: int
+
+
+def valid_candle(row) -> tuple | None:
+    """The candle as a tuple if it is a whole, consistent one; None for a malformed event."""
+    try:
+        ts = int(row[0])
+        open_, high, low, close, volume = values = [float(value) for value in row[1:6]]
+    except (TypeError, ValueError, IndexError):
+        return None
+    if not all(math.isfinite(value) for value in values) or low <= 0 or volume < 0 or high < max(open_, close) or low > min(open_, close):
+        return None
+    return (ts, *values)
+
+
+class CandleStream:
+    """Streams the forming candle of the markets given to `watch`, reconnecting as needed."""
+
+    def __init__(self, exchange_id: str, rest_url: str | None, ws_url: str | None, on_closed: Callable[[str, str], None],
+                 stall_seconds: float = STALL_SECONDS, clock: Callable[[], float] = time.time):
+        self.exchange_id, self._rest_url, self._ws_url = exchange_id, rest_url, ws_url
+        self._on_closed, self._stall, self._clock = on_closed, stall_seconds, clock
+        self._wanted: frozenset[tuple[str, str]] = frozenset()
+        self._forming: dict[tuple[str, str], Forming] = {}
+        self._live: frozenset[tuple[str, str]] = frozenset()  # subscribed on a connection that answers
+        self._lock = threading.Lock()
+        self._changed = threading.Event()
+        self._stopping = False
+        self.reconnects = self.events = 0
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name="chronoprice-stream")
+        self._task = None
+
+    def start(self) -> CandleStream:
+        self._thread.start()
+        self._task = asyncio.run_coroutine_threadsafe(self._run(), self._loop)
+        return self
+
+    def watch(self, markets: Iterable[tuple[str, str]]) -> None:
+        """Stream exactly these (symbol, timeframe) markets from now on."""
+        wanted = frozenset(markets)
+        with self._lock:
+            if wanted != self._wanted:
+                self._wanted = wanted
+                self._changed.set()
+
+    def forming(self, symbol: str, timeframe: str) -> Forming | None:
+        with self._lock:
+            return self._forming.get((symbol, timeframe))
+
+    def streaming(self, symbol: str, timeframe: str) -> bool:
+        """Whether the market's candle comes over a live stream now (else it is polled)."""
+        with self._lock:
+            return (symbol, timeframe) in self._live
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._changed.set()
+        if self._task is not None:
+            try:
+                self._task.result(timeout=10)
+            except Exception as error:  # the loop is going away; say why it ended badly
+                log.warning("stream stopped: %s", error)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+
+    # ------------------------------------------------------------------------ the loop
+    def _client(self):
+        client = getattr(ccxt.pro, self.exchange_id)({"enableRateLimit": True, "timeout": 10_000})
+        if self._rest_url:
+            client.urls["api"] = rewrite_urls(client.urls["api"], self._rest_url)
+        if self._ws_url:
+            client.urls["api"]["ws"] = {key: self._ws_url for key in client.urls["api"]["ws"]}
+        return client
+
+    async def _run(self) -> None:
+        failures = 0
+        while not self._stopping:
+            with self._lock:
+                markets = sorted(self._wanted)
+                self._changed.clear()
+            if not markets:
+                await asyncio.sleep(0.5)
+                continue
+            client, events_before = self._client(), self.events
+            try:
+                await self._follow(client, markets)
+                failures = 0
+            except STREAM_ERRORS as error:
+                failures = 1 if self.events > events_before else failures + 1  # waits grow only while nothing comes
+                self.reconnects += 1
+                log.warning("candle stream of %s: %s; reconnecting (attempt %d)", self.exchange_id,
+                            f"{type(error).__name__}: {error}"[:300], failures)
+            finally:
+                with self._lock:
+                    self._live = frozenset()
+                await client.close()
+            if failures and not self._stopping:
+                await asyncio.sleep(RECONNECT_SECONDS[min(failures, len(RECONNECT_SECONDS)) - 1])
+
+    async def _follow(self, client, markets: list[tuple[str, str]]) -> None:
+        """Handle events until the watched markets change or the stream fails or falls silent."""
+        subscription = [list(market) for market in markets]
+        while not self._stopping and not self._changed.is_set():
+            # A silent connection raises no error by itself: a deadline on every event does.
+            update = await asyncio.wait_for(client.watch_ohlcv_for_symbols(subscription), self._stall)
+            with self._lock:
+                self._live = frozenset(markets)
+            for symbol, by_timeframe in update.items():
+                for timeframe, candles in by_timeframe.items():
+                    if candles:
+                        self._update(symbol, timeframe, candles[-1])
+
+    def _update(self, symbol: str, timeframe: str, row) -> None:
+        candle = valid_candle(row)
+        if candle is None:
+            log.warning("candle stream: a malformed %s %s candle ignored: %s", symbol, timeframe, str(row)[:200])
+            return
+        market = (symbol, timeframe)
+        self.events += 1
+        with self._lock:
+            previous = self._forming.get(market)
+            self._forming[market] = Forming(candle, int(self._clock() * 1000))
+        if previous is not None and candle[0] > previous.candle[0]:
+            self._on_closed(symbol, timeframe)  # the candle before this one has closed
