@@ -25,13 +25,10 @@ from urllib.parse import quote, urlsplit
 
 import numpy as np
 
-from chronoprice.bench_watchlist import START_MS, exchange_process
-from chronoprice.market.live import LiveSource
+from chronoprice.bench_watchlist import START_MS, cold_started_scheduler, exchange_process
 from chronoprice.market.timeframes import TIMEFRAME_MS, timeframe_ms
 from chronoprice.model.features import HORIZON
-from chronoprice.model.forecasters import load_forecaster
-from chronoprice.service.scheduler import SETTLE_SECONDS, Scheduler
-from chronoprice.service.tick import Ticker
+from chronoprice.service.scheduler import SETTLE_SECONDS
 from chronoprice.service.watchlist import seed_watchlist
 from chronoprice.store import open_store, table_bytes
 from chronoprice.store.schema import is_database_url
@@ -60,13 +57,7 @@ def worker_run(model_path: Path, store: Path | str, timeframe: str, count: int, 
     clock_ms = first_open + int(SETTLE_SECONDS * 1000)
     with exchange_process([symbol for symbol, _ in markets], first_open + (closes + 1) * length_ms, clock_ms) as (url, advance):
         clock = FakeClock(clock_ms / 1000)
-        ticker = Ticker(LiveSource("binance", url, (), history=HISTORY_CANDLES), store, lambda: load_forecaster(model_path),
-                        clock=clock, progress=False)
-        seed_watchlist(ticker.db(), ",".join(f"{symbol}@{timeframe}" for symbol, timeframe in markets), count)
-        scheduler = Scheduler(ticker, clock=clock)
-        scheduler.run_once()
-        scheduler.wait_for_ticks()
-        ticker.wait_for_histories()
+        scheduler = cold_started_scheduler(url, store, model_path, markets, clock, history=HISTORY_CANDLES)
         seconds, cpu_seconds, ticked = [], [], 0
         for _ in range(closes):
             advance(length_ms // 60_000)

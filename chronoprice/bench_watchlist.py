@@ -80,6 +80,20 @@ def exchange_process(symbols: list[str], end_ms: int, now_ms: int) -> Iterator[t
         child.join(timeout=10)
 
 
+def cold_started_scheduler(url: str, store: Path | str, model_path: Path, markets: list[tuple[str, str]], clock: FakeClock,
+                           history: int | None = None) -> Scheduler:
+    """The scheduler of `markets` on the local exchange at `url`, their cold start done and its
+    history forecast (`history` candles each, or the default cold start)."""
+    ticker = Ticker(LiveSource("binance", url, (), history=history), store, lambda: load_forecaster(model_path),
+                    clock=clock, progress=False)
+    seed_watchlist(ticker.db(), ",".join(f"{symbol}@{timeframe}" for symbol, timeframe in markets), len(markets))
+    scheduler = Scheduler(ticker, clock=clock)
+    scheduler.run_once()
+    scheduler.wait_for_ticks()
+    ticker.wait_for_histories()
+    return scheduler
+
+
 def run(model_path: Path, count: int, minutes: int) -> dict:
     markets = watched_markets(count)
     first_open = START_MS + HISTORY_DAYS * 86_400_000
@@ -87,13 +101,8 @@ def run(model_path: Path, count: int, minutes: int) -> dict:
     clock = FakeClock(first_open / 1000 + SETTLE_SECONDS)
     with (exchange_process(symbols, first_open + (minutes + 1) * 60_000, int(clock.seconds * 1000)) as (url, advance),
           tempfile.TemporaryDirectory() as folder):
-        ticker = Ticker(LiveSource("binance", url, ()), Path(folder) / "watch.db", lambda: load_forecaster(model_path),
-                        clock=clock, progress=False)
-        seed_watchlist(ticker.db(), ",".join(f"{symbol}@{timeframe}" for symbol, timeframe in markets), count)
-        scheduler = Scheduler(ticker, clock=clock)
-        scheduler.run_once()
-        scheduler.wait_for_ticks()
-        ticker.wait_for_histories()
+        scheduler = cold_started_scheduler(url, Path(folder) / "watch.db", model_path, markets, clock)
+        ticker = scheduler.ticker
         cold_origins = {market: _newest(ticker, market) for market in markets}
         latencies = []
         for _ in range(minutes):

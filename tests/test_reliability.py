@@ -20,7 +20,6 @@ from chronoprice.market.candles import find_gaps
 from chronoprice.market.live import LiveSource
 from chronoprice.market.simulator import BinanceSimulator
 from chronoprice.market.source import Market
-from chronoprice.market.timeframes import timeframe_ms
 from chronoprice.model.forecasters import load_forecaster
 from chronoprice.service.scheduler import Scheduler
 from chronoprice.service.tick import CATCH_UP_ORIGINS, Ticker
@@ -29,7 +28,7 @@ from chronoprice.store import open_store
 from chronoprice.store.records import newest_forecast_origin_ts, read_candles
 from chronoprice.testing import free_port
 from tests.conftest import MINUTE_MS, SERIES_START_MS, wait_until
-from tests.test_watchlist import forecast_origins
+from tests.test_watchlist import assert_one_whole_forecast_per_closed_candle
 
 PROJECT = Path(__file__).resolve().parents[1]
 KILLS = 20
@@ -190,13 +189,6 @@ def test_a_scheduler_process_killed_with_sigkill_leaves_no_gap_and_no_duplicate(
     worker.join(timeout=10)
 
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    window = load_forecaster(tiny_model).window
     for symbol, timeframe in SOAK_MARKETS:
-        market = Market("binance", symbol, timeframe)
-        stored = read_candles(db, market)
-        assert stored["ts"].is_unique and find_gaps(stored["ts"].to_numpy(), timeframe_ms(timeframe)).empty
-        assert stored["ts"].iloc[-1] == exchange.closed_candles(symbol, timeframe)["ts"].iloc[-1]
-        origins = forecast_origins(db, market)
-        window = load_forecaster(tiny_model).window
-        assert origins["origin_ts"].tolist() == stored["ts"].iloc[window - 1:].tolist(), \
-            f"{symbol} {timeframe}: exactly one forecast from every closed candle"
-        assert (origins["steps"] == 10).all(), "every forecast whole"
+        assert_one_whole_forecast_per_closed_candle(db, exchange, symbol, timeframe, window)

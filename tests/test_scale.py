@@ -21,18 +21,16 @@ import psycopg
 
 from chronoprice.config import settings_from
 from chronoprice.logs import configure_logging
-from chronoprice.market.candles import find_gaps
 from chronoprice.market.simulator import BinanceSimulator, Fault
 from chronoprice.market.source import Market
-from chronoprice.market.timeframes import timeframe_ms
 from chronoprice.model.forecasters import load_forecaster
 from chronoprice.service.build import build_scheduler, build_ticker
 from chronoprice.store import open_store
-from chronoprice.store.records import newest_forecast_origin_ts, read_candles
+from chronoprice.store.records import newest_forecast_origin_ts
 from chronoprice.testing import gunicorn_service, local_exchange_env
 from tests.conftest import MINUTE_MS, SERIES_START_MS, wait_until
 from tests.postgres_server import PASSWORD
-from tests.test_watchlist import forecast_origins
+from tests.test_watchlist import assert_one_whole_forecast_per_closed_candle
 
 WATCHED = [("BTC/USDT", "1m"), ("ETH/USDT", "1m"), ("BTC/USDT", "5m")]
 UNWATCHED = ("ETH/USDT", "5m")  # read on demand, so the web instances tick it themselves, claimed through the store
@@ -223,12 +221,5 @@ def test_a_worker_a_standby_and_two_web_instances_on_postgresql_survive_a_kill_a
     window = load_forecaster(tiny_model).window
     db = open_store(postgres_url)
     for symbol, timeframe in WATCHED:
-        market = Market("binance", symbol, timeframe)
-        stored = read_candles(db, market)
-        assert stored["ts"].is_unique and find_gaps(stored["ts"].to_numpy(), timeframe_ms(timeframe)).empty
-        assert stored["ts"].iloc[-1] == exchange.closed_candles(symbol, timeframe)["ts"].iloc[-1]
-        origins = forecast_origins(db, market)
-        assert origins["origin_ts"].tolist() == stored["ts"].iloc[window - 1:].tolist(), \
-            f"{symbol} {timeframe}: exactly one forecast from every closed candle"
-        assert (origins["steps"] == 10).all(), "every forecast whole"
+        stored = assert_one_whole_forecast_per_closed_candle(db, exchange, symbol, timeframe, window)
         assert newest[(symbol, timeframe)]["origin_ts"] == stored["ts"].iloc[-1]

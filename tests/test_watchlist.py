@@ -218,6 +218,20 @@ def forecast_origins(db, market: Market) -> pd.DataFrame:
         columns=["origin_ts", "steps"])
 
 
+def assert_one_whole_forecast_per_closed_candle(db, exchange, symbol: str, timeframe: str, window: int) -> pd.DataFrame:
+    """The market's stored candles are the exchange's closed ones with no gap, and exactly one
+    whole forecast (10 steps) was made from each after the first window; returns the candles."""
+    market = Market("binance", symbol, timeframe)
+    stored = read_candles(db, market)
+    assert stored["ts"].is_unique and find_gaps(stored["ts"].to_numpy(), timeframe_ms(timeframe)).empty
+    assert stored["ts"].iloc[-1] == exchange.closed_candles(symbol, timeframe)["ts"].iloc[-1]
+    origins = forecast_origins(db, market)
+    assert origins["origin_ts"].tolist() == stored["ts"].iloc[window - 1:].tolist(), \
+        f"{symbol} {timeframe}: exactly one forecast from every closed candle"
+    assert (origins["steps"] == 10).all(), "every forecast whole"
+    return stored
+
+
 def test_every_closed_candle_of_every_watched_market_gets_one_forecast_across_an_outage_and_a_restart(exchange, db_path, tiny_model):
     clock = FakeClock(exchange.now_ms / 1000)
 
