@@ -34,16 +34,16 @@ def test_the_best_web_level_is_the_busiest_under_the_p95_target_without_failures
 
 def test_one_worker_and_one_web_instance_measured_on_a_real_store(tmp_path, tiny_model):
     store = tmp_path / "scale.db"
-    run = worker_run(tiny_model, store, "1m", 3, closes=2)
-    assert run["ticks"] == 6 and run["ticks_per_second"] > 0 and run["cpu_ms_per_tick"] > 0
+    run = worker_run(tiny_model, store, "1m", 2, closes=2)
+    assert run["ticks"] == 4 and run["ticks_per_second"] > 0 and run["cpu_ms_per_tick"] > 0
     db = open_store(store)
     candles = db.execute("select count(*) from candles").fetchone()[0]
-    assert candles == 3 * (120 + 2), "each market's cold start and one candle a close"
+    assert candles == 2 * (120 + 2), "each market's cold start and one candle a close"
     assert table_bytes(db, "candles") > 0 and table_bytes(db, "forecasts") > table_bytes(db, "candles")
     storage = storage_per_market_day(store)
     assert storage["per_market_day"]["1m"]["candle_rows"] == 1440 and storage["per_market_day"]["1m"]["forecast_rows"] == 14_400
 
-    web = web_levels(tiny_model, store, bench_markets(3, "1m"), levels=(2,), level_seconds=1.0)
+    web = web_levels(tiny_model, store, bench_markets(2, "1m"), levels=(2,), level_seconds=0.5)
     for kind in ("api", "dashboard"):
         (level,) = web[kind]
         assert level["failures"] == 0 and level["requests_per_second"] > 0, kind

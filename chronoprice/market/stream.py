@@ -12,6 +12,7 @@ thread of its own, since the rest of ChronoPrice is synchronous.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import math
@@ -72,7 +73,7 @@ class CandleStream:
         self.reconnects = self.events = 0
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name="chronoprice-stream")
-        self._task = None
+        self._task = self._running = None
 
     def start(self) -> CandleStream:
         self._thread.start()
@@ -97,14 +98,21 @@ class CandleStream:
             return (symbol, timeframe) in self._live
 
     def stop(self) -> None:
+        """Close the connection and end the loop, without waiting for the next event."""
         self._stopping = True
-        self._changed.set()
         if self._task is not None:
             try:
-                self._task.result(timeout=10)
+                asyncio.run_coroutine_threadsafe(self._cancel(), self._loop).result(timeout=10)
             except Exception as error:  # the loop is going away; say why it ended badly
                 log.warning("stream stopped: %s", error)
         self._loop.call_soon_threadsafe(self._loop.stop)
+
+    async def _cancel(self) -> None:
+        if self._running is None:  # not started yet: it will see _stopping
+            return
+        self._running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._running
 
     # ------------------------------------------------------------------------ the loop
     def _client(self):
@@ -116,6 +124,7 @@ class CandleStream:
         return client
 
     async def _run(self) -> None:
+        self._running = asyncio.current_task()
         failures = 0
         while not self._stopping:
             with self._lock:
