@@ -98,7 +98,9 @@ class CandleStream:
             return (symbol, timeframe) in self._live
 
     def stop(self) -> None:
-        """Close the connection and end the loop, without waiting for the next event."""
+        """Close the connection and end the loop, without waiting for the next event; once."""
+        if self._stopping:
+            return
         self._stopping = True
         if self._task is not None:
             try:
