@@ -22,7 +22,7 @@ from chronoprice.service.scheduler import Scheduler
 from chronoprice.service.watchlist import seed_watchlist
 from chronoprice.testing import free_port
 from chronoprice.web.server import create_app
-from tests.conftest import LIVENESS_SECONDS, wait_until
+from tests.conftest import LIVENESS_SECONDS, FakeClock, wait_until
 
 PROJECT = Path(__file__).resolve().parents[1]
 WATCHED = [("BTC/USDT", "1m"), ("ETH/USDT", "1m"), ("BTC/USDT", "15m")]
@@ -48,7 +48,9 @@ def dashboard_url(tmp_path_factory, shipped_model):
     status = ticker.backfill("BTC/USDT", hours=6)
     assert status.error is None, status.summary()
     seed_watchlist(ticker.db(), ",".join(f"{symbol}@{timeframe}" for symbol, timeframe in WATCHED), 50)
-    scheduler = Scheduler(ticker).start()  # as `python app.py` runs it: watched markets are ticked by it
+    # As `python app.py` runs it (watched markets are ticked by its scheduler), on a clock that stands
+    # still after the first ticks, so no new candle lands between a test's reads.
+    scheduler = Scheduler(ticker, clock=FakeClock(time.time())).start()
     assert wait_until(lambda: all(ticker.stored_status(symbol, timeframe).model_version for symbol, timeframe in WATCHED))
     server = make_server("127.0.0.1", 0, create_app(settings, ticker).server, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
