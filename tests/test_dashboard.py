@@ -15,7 +15,7 @@ from chronoprice.store.watchlist import read_watchlist
 from chronoprice.web.access import write_refusal
 from chronoprice.web.dashboard.callbacks import (
     check_symbol,
-    load_view,
+    read_view,
     page_of,
     render_view,
     verdict,
@@ -132,6 +132,11 @@ def test_kpis_and_verdict():
     assert verdict(matured.iloc[:0], Horizon(3, "1m")) == "No forecast has matured yet: the first are scored 3 minutes after they are made."
 
 
+
+def view_of(ticker, symbol: str, timeframe: str):
+    """What the market page shows after the market's tick, as the refresh callback reads it."""
+    return read_view(ticker, ticker.tick(symbol, timeframe))
+
 @pytest.fixture
 def demo_ticker(tmp_path, tiny_model):
     settings = settings_from({"source": "demo", "db": str(tmp_path / "view.db"), "model": str(tiny_model)}, {})
@@ -139,7 +144,7 @@ def demo_ticker(tmp_path, tiny_model):
 
 
 def test_render_view_fills_every_output_from_a_real_tick(demo_ticker):
-    outputs = render_view(load_view(demo_ticker, "BTC/USDT", "1m"), "dark", [])
+    outputs = render_view(view_of(demo_ticker, "BTC/USDT", "1m"), "dark", [])
     assert outputs["source-badge"] == "offline demo"
     assert outputs["banner-hidden"] is False and outputs["banner"].startswith("Offline demo")
     assert outputs["model-badge"].startswith("model lstm-")
@@ -152,7 +157,7 @@ def test_render_view_fills_every_output_from_a_real_tick(demo_ticker):
 
 
 def test_the_forming_candle_is_drawn_and_priced_but_never_stored(demo_ticker):
-    view = load_view(demo_ticker, "BTC/USDT", "1m")
+    view = view_of(demo_ticker, "BTC/USDT", "1m")
     outputs = render_view(view, "dark", [])
     (forming,) = traces(outputs["price-chart"], "forming (not closed)")
     newest_closed = read_candles(demo_ticker.db(), demo_ticker.market("BTC/USDT", "demo"))["ts"].iloc[-1]
@@ -161,7 +166,7 @@ def test_the_forming_candle_is_drawn_and_priced_but_never_stored(demo_ticker):
 
 
 def test_a_timeframe_without_a_skilled_model_shows_the_last_close_and_says_so(demo_ticker):
-    outputs = render_view(load_view(demo_ticker, "BTC/USDT", "15m"), "dark", [])
+    outputs = render_view(view_of(demo_ticker, "BTC/USDT", "15m"), "dark", [])
     assert outputs["model-badge"] == "last close: no model has shown skill on 15m candles"
     assert outputs["kpi-forecast-title"] == "Forecast in 150 minutes"
     assert outputs["price-title"].startswith("BTC/USDT 15m: last 60 candles")
@@ -172,7 +177,7 @@ def test_a_timeframe_without_a_skilled_model_shows_the_last_close_and_says_so(de
 
 
 def test_render_view_shows_a_failing_source_as_a_status_message(demo_ticker):
-    view = load_view(demo_ticker, "BTC/USDT", "1m")
+    view = view_of(demo_ticker, "BTC/USDT", "1m")
     failing = dataclasses.replace(view, status=dataclasses.replace(view.status, error="binance unreachable after 3 attempts"))
     outputs = render_view(failing, "dark", [])
     assert outputs["status-message"] == "⚠ binance unreachable after 3 attempts. Showing the last good data."

@@ -73,11 +73,11 @@ class CandleStream:
         self.reconnects = self.events = 0
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name="chronoprice-stream")
-        self._task = self._running = None
+        self._running: asyncio.Task | None = None
 
     def start(self) -> CandleStream:
         self._thread.start()
-        self._task = asyncio.run_coroutine_threadsafe(self._run(), self._loop)
+        asyncio.run_coroutine_threadsafe(self._run(), self._loop)
         return self
 
     def watch(self, markets: Iterable[tuple[str, str]]) -> None:
@@ -102,7 +102,7 @@ class CandleStream:
         if self._stopping:
             return
         self._stopping = True
-        if self._task is not None:
+        if self._thread.is_alive():
             try:
                 asyncio.run_coroutine_threadsafe(self._cancel(), self._loop).result(timeout=10)
             except Exception as error:  # the loop is going away; say why it ended badly

@@ -5,7 +5,7 @@ records.py) behind the same small interface."""
 
 from __future__ import annotations
 
-import sys
+import contextlib
 import threading
 
 import psycopg
@@ -59,15 +59,10 @@ class _Transaction:
     def __enter__(self):
         local = self._database.local
         if getattr(local, "depth", 0) == 0:
-            lease = self._database.pool.connection()
-            connection = lease.__enter__()  # PoolTimeout while the server is down
-            try:
-                transaction = connection.transaction()
-                transaction.__enter__()
-            except BaseException:
-                lease.__exit__(*sys.exc_info())
-                raise
-            local.connection, local.lease, local.transaction = connection, lease, transaction
+            with contextlib.ExitStack() as stack:
+                local.connection = stack.enter_context(self._database.pool.connection())  # PoolTimeout while the server is down
+                stack.enter_context(local.connection.transaction())
+                local.held = stack.pop_all()
         local.depth = getattr(local, "depth", 0) + 1
         return self
 
@@ -75,12 +70,8 @@ class _Transaction:
         local = self._database.local
         local.depth -= 1
         if local.depth == 0:
-            lease, transaction = local.lease, local.transaction
-            local.lease = local.transaction = local.connection = None
-            try:
-                transaction.__exit__(*exc)  # commits, or rolls back on an exception
-            finally:
-                lease.__exit__(*exc)
+            held, local.held, local.connection = local.held, None, None
+            held.__exit__(*exc)  # commits, or rolls back on an exception; then the connection goes back
         return None
 
     def executemany(self, sql: str, rows) -> None:

@@ -59,11 +59,6 @@ def served_horizon(ticker: Ticker, timeframe: str) -> Horizon:
     return Horizon(forecaster.horizon if forecaster else HORIZON, timeframe)
 
 
-def load_view(ticker: Ticker, symbol: str, timeframe: str) -> ViewData:
-    """Run the market's tick (or take its fresh state) and read what the page shows."""
-    return read_view(ticker, ticker.tick(symbol, timeframe))
-
-
 def read_view(ticker: Ticker, status: TickStatus) -> ViewData:
     """What the page shows of the market after the tick that ended in `status`."""
     timeframe = status.timeframe
@@ -177,7 +172,7 @@ def view_key(status: TickStatus, now_ms: int, theme: str, overlays) -> str:
 
 def cached_outputs(cache, ticker: Ticker, status: TickStatus, theme: str, overlays, seconds: int) -> dict:
     """Every output of the page after the tick that ended in `status`: read and built (about
-    0.15 s of charts) once per tick, kept `seconds`, for all the viewers the cache serves, not
+    0.2 s, mostly the charts) once per tick, kept `seconds`, for all the viewers the cache serves, not
     once per viewer and refresh."""
     key = view_key(status, ticker.now_ms(), theme, overlays)
     outputs = cache.get(key)
