@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
+import redis
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -17,7 +20,7 @@ from chronoprice.logs import StderrHandler  # noqa: E402
 from chronoprice.market.demo import demo_candles  # noqa: E402
 from chronoprice.market.simulator import BinanceSimulator  # noqa: E402
 from chronoprice.store import open_store  # noqa: E402
-from chronoprice.testing import FakeClock  # noqa: E402,F401 (tests import it from here)
+from chronoprice.testing import FakeClock, free_port  # noqa: E402,F401 (tests import FakeClock from here)
 from tests.postgres_server import PostgresServer  # noqa: E402
 
 SERIES_START_MS = 1_735_689_600_000  # 2025-01-01 00:00 UTC
@@ -114,3 +117,27 @@ def shipped_model():
     if not SHIPPED_MODEL.with_suffix(".json").exists():
         pytest.fail(f"the shipped model is missing at {SHIPPED_MODEL}.json")
     return SHIPPED_MODEL
+
+
+@pytest.fixture
+def redis_url(tmp_path):
+    """A real redis-server on a free loopback port (Debian's redis-server, installed by .ci/run)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server not found: install Debian's redis-server package (.ci/run does)")
+    port = free_port()
+    process = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                                "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        def answers():
+            try:
+                return redis.Redis.from_url(url).ping()
+            except redis.ConnectionError:
+                return False
+
+        assert wait_until(answers), "redis-server did not answer"
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

@@ -8,9 +8,8 @@ from chronoprice.market.live import LiveSource
 from chronoprice.model.forecasters import load_forecaster
 from chronoprice.service.build import build_ticker
 from chronoprice.service.tick import Ticker
-from chronoprice.testing import free_port
 from chronoprice.web.server import create_app
-from tests.conftest import MINUTE_MS, wait_until
+from tests.conftest import MINUTE_MS
 
 
 @pytest.fixture(scope="module")
@@ -160,35 +159,6 @@ def api_schema(demo_server):
 @hypothesis_settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
 def test_api_fuzz_finds_no_server_error_and_no_schema_violation(case):
     case.call_and_validate()
-
-
-@pytest.fixture
-def redis_url(tmp_path):
-    """A real redis-server on a free loopback port (Debian's redis-server, installed by .ci/run)."""
-    import shutil
-    import subprocess
-
-    import redis
-
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.fail("redis-server not found: install Debian's redis-server package (.ci/run does)")
-    port = free_port()
-    process = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                                "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"redis://127.0.0.1:{port}/0"
-    try:
-        def answers():
-            try:
-                return redis.Redis.from_url(url).ping()
-            except redis.ConnectionError:
-                return False
-
-        assert wait_until(answers), "redis-server did not answer"
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 def test_responses_are_cached_in_redis_when_configured(redis_url, tmp_path, tiny_model):

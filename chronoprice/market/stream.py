@@ -61,9 +61,10 @@ class CandleStream:
     """Streams the forming candle of the markets given to `watch`, reconnecting as needed."""
 
     def __init__(self, exchange_id: str, rest_url: str | None, ws_url: str | None, on_closed: Callable[[str, str], None],
+                 on_forming: Callable[[str, str, Forming], None] = lambda *_: None,
                  stall_seconds: float = STALL_SECONDS, clock: Callable[[], float] = time.time):
         self.exchange_id, self._rest_url, self._ws_url = exchange_id, rest_url, ws_url
-        self._on_closed, self._stall, self._clock = on_closed, stall_seconds, clock
+        self._on_closed, self._on_forming, self._stall, self._clock = on_closed, on_forming, stall_seconds, clock
         self._wanted: frozenset[tuple[str, str]] = frozenset()
         self._forming: dict[tuple[str, str], Forming] = {}
         self._live: frozenset[tuple[str, str]] = frozenset()  # subscribed on a connection that answers
@@ -171,8 +172,10 @@ class CandleStream:
             return
         market = (symbol, timeframe)
         self.events += 1
+        forming = Forming(candle, int(self._clock() * 1000))
         with self._lock:
             previous = self._forming.get(market)
-            self._forming[market] = Forming(candle, int(self._clock() * 1000))
+            self._forming[market] = forming
+        self._on_forming(symbol, timeframe, forming)
         if previous is not None and candle[0] > previous.candle[0]:
             self._on_closed(symbol, timeframe)  # the candle before this one has closed

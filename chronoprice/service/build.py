@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import time
-from typing import Callable
+from typing import Callable, Mapping
 
 from chronoprice.config import Settings
 from chronoprice.market.auto import AutoSource
@@ -14,6 +15,8 @@ from chronoprice.market.source import CandleSource
 from chronoprice.market.stream import CandleStream, supports_streaming
 from chronoprice.market.timeframes import cold_start_candles
 from chronoprice.model.forecasters import load_forecaster
+from chronoprice.store.shared_cache import open_shared_cache
+from chronoprice.service.live import LiveBoard
 from chronoprice.service.scheduler import Scheduler
 from chronoprice.service.tick import Ticker
 from chronoprice.service.watchlist import seed_watchlist
@@ -31,7 +34,9 @@ def build_source(settings: Settings, history_hours: float | None = None) -> Cand
     return live if settings.source == "live" else AutoSource(live, DemoSource(history=history))
 
 
-def build_ticker(settings: Settings, history_hours: float | None = None, clock: Callable[[], float] = time.time) -> Ticker:
+def build_ticker(settings: Settings, history_hours: float | None = None, clock: Callable[[], float] = time.time,
+                 env: Mapping[str, str] = os.environ) -> Ticker:
+    """The ticker of the settings, its live board on the shared cache that `env` names."""
     return Ticker(
         build_source(settings, history_hours),
         settings.db,
@@ -39,20 +44,22 @@ def build_ticker(settings: Settings, history_hours: float | None = None, clock: 
         settings.timeframe,
         settings.refresh_seconds,
         clock=clock,
+        live=LiveBoard(open_shared_cache(env, "live")),
     )
 
 
 def build_scheduler(settings: Settings, ticker: Ticker, clock: Callable[[], float] = time.time) -> Scheduler:
     """The scheduler of the store's watchlist, seeded from the settings (it ticks only while
     its process holds the store's scheduler lease, and stands by while another one does), with
-    the exchange's candle stream when it has one and streaming is on."""
+    the exchange's candle stream when it has one and streaming is on (under `auto`, it streams
+    while the exchange answers and rests while the offline demo serves)."""
     seed_watchlist(ticker.db(), settings.watch, settings.watch_limit)
     scheduler = Scheduler(ticker, clock=clock)
     # A moved REST endpoint (a proxy, the local exchange) streams only from a WebSocket endpoint moved with it.
-    if (settings.stream and settings.source == "live" and supports_streaming(settings.exchange)
+    if (settings.stream and settings.source in ("live", "auto") and supports_streaming(settings.exchange)
             and (settings.exchange_ws_url or not settings.exchange_url)):
         scheduler.stream = CandleStream(settings.exchange, settings.exchange_url, settings.exchange_ws_url,
-                                        scheduler.candle_closed).start()
+                                        scheduler.candle_closed, ticker.live.publish).start()
     return scheduler
 
 

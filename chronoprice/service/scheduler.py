@@ -176,7 +176,8 @@ class Scheduler:
         now = self._clock()
         watched = read_watchlist(self.ticker.db())
         if self.stream:
-            self.stream.watch(watched)
+            # Under --source auto the offline demo may be serving: no socket to a dead exchange then.
+            self.stream.watch(watched if self.ticker.source.exchange == self.stream.exchange_id else [])
         for market in list(self._due):
             if market not in watched:
                 del self._due[market]

@@ -24,6 +24,7 @@ from chronoprice.market.timeframes import timeframe_ms
 from chronoprice.model.features import HORIZON, WINDOW, candle_rows
 from chronoprice.model.forecasters import LSTMForecaster, NaiveBandForecaster
 from chronoprice.service.backfill import forecast_history, forecast_rows
+from chronoprice.service.live import LiveBoard
 from chronoprice.service.models import ModelSlot
 from chronoprice.service.scoring import adapted_quantiles
 from chronoprice.service.status import TickStatus, forming_row, status_from_json, status_to_json
@@ -57,8 +58,10 @@ class Ticker:
         refresh_seconds: float = 10.0,
         clock: Callable[[], float] = time.time,
         progress: bool = True,
+        live: LiveBoard | None = None,
     ):
         self.source = source
+        self.live = live or LiveBoard()  # forming candles streamed by the scheduler's process
         self.db = store_connections(db_path)
         self._model = ModelSlot(load_forecaster)
         self.timeframe = timeframe

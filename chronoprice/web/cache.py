@@ -1,20 +1,20 @@
-"""Which flask-caching backend suits the deployment."""
+"""The response cache's flask-caching configuration, on the deployment's shared cache backend."""
 
 from __future__ import annotations
 
-import os
 from typing import Mapping
+
+from chronoprice.store.shared_cache import KEY_PREFIX, THRESHOLD, cache_backend
 
 
 def cache_config(env: Mapping[str, str]) -> dict:
-    """RedisCache when CACHE_REDIS_URL is set; FileSystemCache when gunicorn runs several workers
-    (WEB_CONCURRENCY > 1, which gunicorn reads as its worker count); SimpleCache otherwise."""
-    if env.get("CACHE_REDIS_URL"):
-        return {"CACHE_TYPE": "RedisCache", "CACHE_REDIS_URL": env["CACHE_REDIS_URL"], "CACHE_KEY_PREFIX": "chronoprice:"}
-    if int(env.get("WEB_CONCURRENCY", "1") or 1) > 1:
-        folder = env.get("CHRONOPRICE_CACHE_DIR") or os.path.join(env.get("TMPDIR", "/tmp"), "chronoprice-cache")
-        return {"CACHE_TYPE": "FileSystemCache", "CACHE_DIR": folder, "CACHE_THRESHOLD": 2000}
-    return {"CACHE_TYPE": "SimpleCache", "CACHE_THRESHOLD": 2000}
+    """RedisCache, FileSystemCache or SimpleCache, as store.shared_cache.cache_backend chooses."""
+    kind, where = cache_backend(env)
+    if kind == "redis":
+        return {"CACHE_TYPE": "RedisCache", "CACHE_REDIS_URL": where, "CACHE_KEY_PREFIX": KEY_PREFIX}
+    if kind == "folder":
+        return {"CACHE_TYPE": "FileSystemCache", "CACHE_DIR": where, "CACHE_THRESHOLD": THRESHOLD}
+    return {"CACHE_TYPE": "SimpleCache", "CACHE_THRESHOLD": THRESHOLD}
 
 
 def cached_seconds(refresh_seconds: float) -> int:

@@ -10,6 +10,11 @@ _ERROR = {
     "properties": {"error": {"type": "string"}, "parameter": {"type": "string", "nullable": True}},
 }
 _MARKET = {"exchange": {"type": "string"}, "symbol": {"type": "string"}, "timeframe": {"type": "string"}}
+_CANDLE = {
+    "type": "object", "required": ["ts", "time", "open", "high", "low", "close", "volume"],
+    "properties": {"ts": {"type": "integer"}, "time": {"type": "string"}, "open": _NUMBER, "high": _NUMBER,
+                   "low": _NUMBER, "close": _NUMBER, "volume": _NUMBER},
+}
 _SYMBOL = {
     "name": "symbol", "in": "query", "required": False,
     "description": "market as BASE/QUOTE; default: the server's --symbol",
@@ -57,6 +62,10 @@ OPENAPI = {
              {"name": "end", "in": "query", "required": False, "schema": _TIME}, _HISTORY_LIMIT],
             {**_ok("History", "forecast steps, oldest target first"), **_errors(400, 404)},
         ),
+        "/api/v1/live": _get(
+            "the forming candle (streamed, or as the last tick fetched it) and when it last changed; never stored",
+            [_SYMBOL, _TIMEFRAME], {**_ok("Live", "the forming candle, null when none is known to be forming"), **_errors(400, 404)},
+        ),
         "/price/latest": _get("the newest close (seed-compatible)", [_SYMBOL, _TIMEFRAME], {**_ok("LatestPrice", "the newest close"), **_errors(400, 404, 503)}),
         "/price/prediction": _get("alias of /api/v1/forecast", [_SYMBOL, _TIMEFRAME], {**_ok("Forecast", "the forecast"), **_errors(400, 404, 503)}),
         "/metrics/model": _get("alias of /api/v1/metrics", [_SYMBOL, _TIMEFRAME, _WINDOW], {**_ok("Metrics", "scores"), **_errors(400, 404)}),
@@ -77,10 +86,7 @@ OPENAPI = {
             },
             "Candles": {
                 "type": "object", "required": ["exchange", "symbol", "timeframe", "candles"],
-                "properties": {**_MARKET, "candles": {"type": "array", "items": {
-                    "type": "object", "required": ["ts", "time", "open", "high", "low", "close", "volume"],
-                    "properties": {"ts": {"type": "integer"}, "time": {"type": "string"}, "open": _NUMBER, "high": _NUMBER,
-                                   "low": _NUMBER, "close": _NUMBER, "volume": _NUMBER}}}},
+                "properties": {**_MARKET, "candles": {"type": "array", "items": _CANDLE}},
             },
             "Forecast": {
                 "type": "object", "required": ["exchange", "symbol", "timeframe", "origin_ts", "model_version", "steps"],
@@ -106,6 +112,12 @@ OPENAPI = {
                     "properties": {"origin_ts": {"type": "integer"}, "step": {"type": "integer"}, "ts": {"type": "integer"},
                                    "close": _NUMBER, "lower": _NUMBER, "upper": _NUMBER, "actual": _NUMBER, "naive": _NUMBER,
                                    "model_version": {"type": "string"}}}}},
+            },
+            "Live": {
+                "type": "object", "required": ["exchange", "symbol", "timeframe", "candle", "updated_ms", "age_seconds", "via"],
+                "properties": {**_MARKET, "candle": {**_CANDLE, "nullable": True},
+                               "updated_ms": {"type": "integer", "nullable": True}, "age_seconds": _NUMBER,
+                               "via": {"type": "string", "enum": ["stream", "tick"], "nullable": True}},
             },
             "LatestPrice": {
                 "type": "object", "required": ["exchange", "symbol", "timeframe", "ts", "time", "price"],

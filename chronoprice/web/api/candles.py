@@ -22,10 +22,13 @@ MAX_CANDLES = 1000
 blueprint = api_blueprint("candles")
 
 
+def candle_entry(row) -> dict:
+    """One candle (a mapping with ts, open, high, low, close, volume) as the API gives it."""
+    return {"ts": int(row["ts"]), "time": iso_time(row["ts"]), **{key: number(row[key]) for key in ("open", "high", "low", "close", "volume")}}
+
+
 def candles_payload(market: Market, candles: pd.DataFrame) -> dict:
-    rows = [{"ts": int(row["ts"]), "time": iso_time(row["ts"]), **{key: number(row[key]) for key in ("open", "high", "low", "close", "volume")}}
-            for row in candles.to_dict("records")]
-    return {**market_fields(market), "candles": rows}
+    return {**market_fields(market), "candles": [candle_entry(row) for row in candles.to_dict("records")]}
 
 
 @blueprint.get("/api/v1/candles")

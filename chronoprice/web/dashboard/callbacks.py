@@ -10,7 +10,7 @@ from urllib.parse import parse_qs
 import dash
 import flask
 import pandas as pd
-from dash import ALL, Input, Output, State
+from dash import ALL, ClientsideFunction, Input, Output, State
 from dash.exceptions import PreventUpdate
 
 from chronoprice.config import Settings, SettingsError, settings_from
@@ -297,6 +297,15 @@ def attach_callbacks(app: dash.Dash, ticker: Ticker, cache, settings: Settings) 
     @app.callback(Output("root", "className"), Output("theme-toggle", "children"), Input("theme", "data"))
     def apply_theme(theme):
         return f"theme-{theme or 'dark'}", "Dark theme" if theme == "light" else "Light theme"
+
+    app.clientside_callback(
+        ClientsideFunction(namespace="chronoprice", function_name="followLive"),
+        Output("price-chart", "figure", allow_duplicate=True), Output("kpi-last-price", "children", allow_duplicate=True),
+        Output("kpi-last-price-detail", "children", allow_duplicate=True),
+        Input("live-poll", "n_intervals"), Input("price-chart", "figure"),
+        State("active-symbol", "data"), State("timeframe", "value"), State("market-page", "hidden"),
+        prevent_initial_call=True,
+    )
 
     app.clientside_callback(
         """function(_, updatedAt) {

@@ -17,6 +17,8 @@ from chronoprice.evaluation.metrics import (
 from chronoprice.market.timeframes import span_text
 
 SHOWN_CANDLES = 60
+# Trace uids the page's live poll (assets/live.js) looks for: it fills in the forming candle after the newest closed one.
+FORMING_UID, CANDLES_UID = "forming", "candles"
 OVERLAYS = {"sma20": "SMA 20", "ema50": "EMA 50", "bollinger": "Bollinger 20/2", "rsi": "RSI 14"}
 THEMES = {
     "dark": {"template": "plotly_dark", "paper": "#11161f", "plot": "#11161f", "grid": "#263040", "text": "#d7dde8",
@@ -132,23 +134,24 @@ def price_figure(candles: pd.DataFrame, forecast: pd.DataFrame, theme: str, over
     when = to_datetime(shown["ts"])
     figure.add_trace(
         go.Candlestick(
-            x=when, open=shown["open"], high=shown["high"], low=shown["low"], close=shown["close"], name="candles",
+            x=when, open=shown["open"], high=shown["high"], low=shown["low"], close=shown["close"], name="candles", uid=CANDLES_UID,
             increasing={"line": {"color": colors["up"]}, "fillcolor": colors["up"]},
             decreasing={"line": {"color": colors["down"]}, "fillcolor": colors["down"]},
         ),
         row=1, col=1,
     )
     _add_overlays(figure, shown, when, overlays, colors)
-    if forming is not None and not forming.empty:
-        figure.add_trace(
-            go.Candlestick(
-                x=to_datetime(forming["ts"]), open=forming["open"], high=forming["high"], low=forming["low"],
-                close=forming["close"], name="forming (not closed)", opacity=0.55,
-                increasing={"line": {"color": colors["forming"]}, "fillcolor": colors["forming"]},
-                decreasing={"line": {"color": colors["forming"]}, "fillcolor": "rgba(0, 0, 0, 0)"},
-            ),
-            row=1, col=1,
-        )
+    # Always there, empty when nothing is forming, so the live poll only fills it in.
+    forming = forming if forming is not None else candles.iloc[:0]
+    figure.add_trace(
+        go.Candlestick(
+            x=to_datetime(forming["ts"]), open=forming["open"], high=forming["high"], low=forming["low"],
+            close=forming["close"], name="forming (not closed)", uid=FORMING_UID, opacity=0.55, showlegend=not forming.empty,
+            increasing={"line": {"color": colors["forming"]}, "fillcolor": colors["forming"]},
+            decreasing={"line": {"color": colors["forming"]}, "fillcolor": "rgba(0, 0, 0, 0)"},
+        ),
+        row=1, col=1,
+    )
     if not forecast.empty:
         _add_forecast(figure, predicted_candles(float(shown["close"].iloc[-1]), forecast), int(shown["ts"].iloc[-1]), colors,
                       f"{percent(level)} interval")

@@ -11,6 +11,7 @@ from chronoprice.web.dashboard.figures import OVERLAYS
 from chronoprice.web.dashboard.overview import overview_section
 
 DEFAULT_SYMBOLS = ("BTC/USDT", "ETH/USDT")
+LIVE_POLL_MS = 1000  # how often the market page asks /api/v1/live for the forming candle (assets/live.js)
 KPI_CARDS = (
     ("kpi-last-price", "Last price"),
     ("kpi-forecast", "Forecast"),
@@ -41,6 +42,7 @@ def build_layout(settings: Settings) -> html.Div:
             dcc.Store(id="updated-at"),
             dcc.Interval(id="refresh", interval=int(settings.refresh_seconds * 1000), n_intervals=0),
             dcc.Interval(id="clock", interval=1000, n_intervals=0),
+            dcc.Interval(id="live-poll", interval=LIVE_POLL_MS, n_intervals=0),
             dcc.Interval(id="symbols-once", interval=300, max_intervals=1),
             html.Header(
                 className="header",

@@ -1,0 +1,49 @@
+"""GET /api/v1/live: a market's forming candle and when it last changed, for the dashboard's
+one-second poll and any client. It reads only the live board (memory or Redis) and, when nothing
+is streamed, the last tick's saved status: never the exchange, never a tick, so a poll per
+viewer a second costs the deployment almost nothing."""
+
+from __future__ import annotations
+
+from flask import jsonify, request
+
+from chronoprice.market.timeframes import timeframe_ms
+from chronoprice.service.live import candle_fields
+from chronoprice.web.api.candles import candle_entry
+from chronoprice.web.api.context import api_context
+from chronoprice.web.api.errors import ApiError, api_blueprint
+from chronoprice.web.api.params import parse_symbol, parse_timeframe
+
+blueprint = api_blueprint("live")
+
+
+def live_payload(candle, updated_ms: int | None, via: str | None, now_ms: int) -> dict:
+    return {
+        "candle": None if candle is None else candle_entry(candle_fields(candle)),
+        "updated_ms": updated_ms,
+        "age_seconds": None if updated_ms is None else round(max(0, now_ms - updated_ms) / 1000, 3),
+        "via": via,
+    }
+
+
+@blueprint.get("/api/v1/live")
+def live():
+    context = api_context()
+    ticker = context.ticker
+    symbol = parse_symbol(request.args, context.default_symbol)
+    timeframe = parse_timeframe(request.args, ticker.timeframe)
+    market, now_ms = {"symbol": symbol, "timeframe": timeframe}, ticker.now_ms()
+    streamed = ticker.live.read(symbol, timeframe)
+    if streamed is not None:
+        payload = live_payload(streamed.candle, streamed.received_ms, "stream", now_ms)
+    else:
+        status = ticker.stored_status(symbol, timeframe)
+        if status.finished_at_ms == 0:
+            raise ApiError(404, f"no candles of {symbol} {timeframe} yet: watch it, or read /api/v1/candles once to tick it", "symbol")
+        fetched = status.forming
+        fresh = (fetched is not None and now_ms - status.finished_at_ms < timeframe_ms(timeframe)
+                 and fetched[0] > (status.newest_ts or -1))
+        payload = live_payload(fetched if fresh else None, status.finished_at_ms if fresh else None, "tick" if fresh else None, now_ms)
+    response = jsonify({"exchange": ticker.market(symbol).exchange, **market, **payload})
+    response.headers["Cache-Control"] = "no-store"
+    return response
