@@ -50,6 +50,7 @@ class Settings:
     watch_limit: int = 50
     scheduler: bool = True
     admin_token: str | None = dataclasses.field(default=None, repr=False)
+    allow_private_webhooks: bool = False
 
 
 def _choice(allowed: tuple[str, ...]) -> Callable[[str], str]:
@@ -185,6 +186,8 @@ _OPTIONS = (
             "(default on a new store: BTC/USDT@1m,ETH/USDT@1m,BTC/USDT@15m,BTC/USDT@1h; when given, it replaces the stored watchlist)"),
     _Option("watch_limit", _positive_int, "most markets the watchlist holds (default 50)"),
     _Option("scheduler", _boolean, "tick the watchlist in this process (default on; one process per store does it)"),
+    _Option("allow_private_webhooks", _boolean, "let alert webhooks call loopback, link-local and private addresses "
+            "(default off: only public http(s) hosts, so a rule cannot reach into the server's own network)"),
     _Option("admin_token", _token, "token that allows watchlist writes from anywhere (Authorization: Bearer TOKEN); unset: writes only from loopback", secret=True),
 )
 

@@ -172,12 +172,25 @@ def adaptive_quantiles(scores: np.ndarray, level: float, fallback: np.ndarray,
     """
     scores = np.asarray(scores, dtype="float64")
     quantiles = np.empty_like(scores)
-    level = conformal_level(window, level)
     for column in range(scores.shape[1]):
-        rolling = pd.Series(scores[:, column]).rolling(window, min_periods=min_errors).quantile(level, interpolation="higher")
-        known = rolling.shift(column + 1).to_numpy()
-        quantiles[:, column] = np.where(np.isnan(known), fallback[column], known)
+        quantiles[:, column] = known_quantiles(scores[:, column], column + 1, level, fallback[column], window, min_errors)
     return quantiles
+
+
+def known_quantiles(scores: np.ndarray, lag: int, level: float, fallback: float,
+                    window: int = ADAPTIVE_WINDOW, min_errors: int = ADAPTIVE_MIN_ERRORS) -> np.ndarray:
+    """For each of one step's consecutive scores, the conformal quantile of the `window` scores
+    that had matured `lag` places earlier (when its band was set); `fallback` before `min_errors`."""
+    rolling = pd.Series(np.asarray(scores, dtype="float64")).rolling(window, min_periods=min_errors)
+    known = rolling.quantile(conformal_level(window, level), interpolation="higher").shift(lag).to_numpy()
+    return np.where(np.isnan(known), fallback, known)
+
+
+def band_exits(scores: np.ndarray, step: int, level: float, fallback: float) -> np.ndarray:
+    """Which of one step's consecutive matured scores left the `level` band as it was set when
+    each forecast was made (the live adaptive band): a band-exit alert's condition."""
+    scores = np.asarray(scores, dtype="float64")
+    return scores > known_quantiles(scores, step, level, fallback)
 
 
 def live_quantiles(scores_by_step: dict[int, np.ndarray], level: float, fallback: np.ndarray,

@@ -16,6 +16,7 @@ from chronoprice.market.stream import CandleStream, supports_streaming
 from chronoprice.market.timeframes import cold_start_candles
 from chronoprice.model.forecasters import load_forecaster
 from chronoprice.store.shared_cache import open_shared_cache
+from chronoprice.service.alerts import Alerts
 from chronoprice.service.live import LiveBoard
 from chronoprice.service.scheduler import Scheduler
 from chronoprice.service.tick import Ticker
@@ -55,6 +56,7 @@ def build_scheduler(settings: Settings, ticker: Ticker, clock: Callable[[], floa
     while the exchange answers and rests while the offline demo serves)."""
     seed_watchlist(ticker.db(), settings.watch, settings.watch_limit)
     scheduler = Scheduler(ticker, clock=clock)
+    scheduler.alerts = Alerts(ticker, settings.allow_private_webhooks, clock=clock).start()
     # A moved REST endpoint (a proxy, the local exchange) streams only from a WebSocket endpoint moved with it.
     if (settings.stream and settings.source in ("live", "auto") and supports_streaming(settings.exchange)
             and (settings.exchange_ws_url or not settings.exchange_url)):

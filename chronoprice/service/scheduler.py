@@ -21,6 +21,7 @@ import uuid
 from typing import Callable
 
 from chronoprice.market.stream import CandleStream
+from chronoprice.service.alerts import Alerts
 from chronoprice.market.timeframes import timeframe_ms
 from chronoprice.service.status import TickStatus
 from chronoprice.service.tick import Ticker
@@ -94,6 +95,7 @@ class Scheduler:
         self._stop = threading.Event()
         self._wake = threading.Event()  # a pass is due before its wait ends: stop, or a streamed candle closed
         self.stream: CandleStream | None = None  # build_scheduler attaches one when the exchange streams candles
+        self.alerts: Alerts | None = None  # and the alert rules' evaluation and delivery
         self._closed_while_ticking: set[tuple[str, str]] = set()
         self._lease_until = self._next_lease_call = 0.0
         self._role: str | None = None
@@ -116,6 +118,8 @@ class Scheduler:
         self.request_stop()
         if self.stream:
             self.stream.stop()
+        if self.alerts:
+            self.alerts.stop()
         if self._thread:
             self._thread.join(timeout=10)
         self._pool.shutdown(wait=True, cancel_futures=True)
@@ -229,6 +233,11 @@ class Scheduler:
             status = TickStatus(self.ticker.source.label, None, symbol, timeframe, error=f"{type(error).__name__}: {error}")
         if status.error:
             log.warning("%s %s: %s", symbol, timeframe, status.error)
+        if self.alerts:
+            try:
+                self.alerts.after_tick(status)
+            except Exception as error:  # the tick is done: alerts failing must not make the market late
+                log_failure(log, f"alerts of {symbol} {timeframe}", error)
         if market in self._due:
             self._due[market] = next_due(status, due, self._clock(), length_ms)
             if market in self._closed_while_ticking:

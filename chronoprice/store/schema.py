@@ -87,4 +87,17 @@ MIGRATIONS: list[list[str]] = [
         "create index if not exists forecasts_matured on forecasts "
         "(exchange, symbol, timeframe, target_ts, step, predicted, lower, upper, origin_close, actual)",
     ],
+    [
+        # Ids are made by the app (short random text), so both engines key them alike.
+        "create table if not exists alert_rules (id text primary key, symbol text not null, timeframe text not null, "
+        "kind text not null, params text not null, webhook text, format text not null, cooldown_ms bigint not null, "
+        "created_ms bigint not null)",
+        # The outbox: one row per rule and candle (the key is what keeps a firing from being sent twice),
+        # kept after delivery as the bell's history; a rule's market and kind are copied so it outlives the rule.
+        "create table if not exists alert_firings (rule_id text not null, candle_ts bigint not null, fired_ms bigint not null, "
+        "symbol text not null, timeframe text not null, kind text not null, message text not null, state text not null, "
+        "attempts integer not null, next_attempt_ms bigint, delivered_ms bigint, last_error text, primary key (rule_id, candle_ts))",
+        "create index if not exists alert_firings_due on alert_firings (state, next_attempt_ms)",
+        "create index if not exists alert_firings_by_time on alert_firings (fired_ms)",
+    ],
 ]

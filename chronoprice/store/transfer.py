@@ -21,6 +21,9 @@ TABLES = {
                   ["target_ts", "predicted", "lower", "upper", "created_at", "origin_close", "actual"]),
     "watchlist": (["symbol", "timeframe"], ["added_ms"]),
     "meta": (["key"], ["value"]),
+    "alert_rules": (["id"], ["symbol", "timeframe", "kind", "params", "webhook", "format", "cooldown_ms", "created_ms"]),
+    "alert_firings": (["rule_id", "candle_ts"], ["fired_ms", "symbol", "timeframe", "kind", "message", "state", "attempts",
+                                                  "next_attempt_ms", "delivered_ms", "last_error"]),
 }
 
 

@@ -26,6 +26,7 @@ class ApiContext:
     refresh_seconds: float
     watch_limit: int = 50
     admin_token: str | None = dataclasses.field(default=None, repr=False)
+    allow_private_webhooks: bool = False
 
     @property
     def retry_after_seconds(self) -> int:
