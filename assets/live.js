@@ -22,7 +22,7 @@
   }
 
   window.dash_clientside = Object.assign({}, window.dash_clientside, {
-    chronoprice: {
+    chronoprice: Object.assign({}, (window.dash_clientside || {}).chronoprice, {
       followLive: async function (_, figure, symbol, timeframe, hidden) {
         const dc = window.dash_clientside;
         const unchanged = [dc.no_update, dc.no_update, dc.no_update];
@@ -61,6 +61,6 @@
         patch.assign(["data", forming, "showlegend"], true);
         return [patch.build(), price(candle.close), "the " + utcIso(candle.ts).slice(11, 16) + " UTC candle, still forming · live"];
       },
-    },
+    }),
   });
 })();

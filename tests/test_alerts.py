@@ -240,5 +240,5 @@ def test_the_alerts_api_masks_webhooks_and_follows_the_write_rules(demo_ticker, 
     assert client.delete(f"/api/v1/alerts/{rule_id}", environ_base={"REMOTE_ADDR": "203.0.113.9"}).status_code == 403
     assert client.delete(f"/api/v1/alerts/{rule_id}").status_code == 200
     assert client.delete(f"/api/v1/alerts/{rule_id}").status_code == 404
-    assert client.get("/api/v1/alerts/firings?limit=0").status_code == 400
-    assert client.get("/api/v1/alerts/firings").get_json() == {"firings": []}
+    assert client.get("/api/v1/firings?limit=0").status_code == 400
+    assert client.get("/api/v1/firings").get_json() == {"firings": []}

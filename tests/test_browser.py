@@ -17,9 +17,11 @@ from playwright.sync_api import sync_playwright
 from werkzeug.serving import make_server
 
 from chronoprice.config import settings_from
+from chronoprice.service.alert_rules import firing
 from chronoprice.service.build import build_ticker
 from chronoprice.service.scheduler import Scheduler
 from chronoprice.service.watchlist import seed_watchlist
+from chronoprice.store.alerts import read_rules, record_firing
 from chronoprice.testing import free_port
 from chronoprice.web.server import create_app
 from tests.conftest import LIVENESS_SECONDS, FakeClock, wait_until
@@ -40,8 +42,9 @@ CANDLES_DRAWN = """() => {
 
 
 @pytest.fixture(scope="module")
-def dashboard_url(tmp_path_factory, shipped_model):
-    """The dashboard on the offline demo, with six hours of history forecast so every chart has data."""
+def dashboard(tmp_path_factory, shipped_model):
+    """The dashboard on the offline demo, with six hours of history forecast so every chart has
+    data: its URL and its ticker."""
     folder = tmp_path_factory.mktemp("browser")
     settings = settings_from({"source": "demo", "db": str(folder / "browser.db"), "refresh_seconds": "3600"}, {})
     ticker = build_ticker(settings)
@@ -55,9 +58,14 @@ def dashboard_url(tmp_path_factory, shipped_model):
     server = make_server("127.0.0.1", 0, create_app(settings, ticker).server, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.server_port}/"
+    yield f"http://127.0.0.1:{server.server_port}/", ticker
     server.shutdown()
     scheduler.stop()
+
+
+@pytest.fixture(scope="module")
+def dashboard_url(dashboard):
+    return dashboard[0]
 
 
 @pytest.fixture(scope="module")
@@ -187,3 +195,28 @@ def test_python_app_py_offline_shows_the_demo_and_a_forecast(browser, tmp_path):
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def test_alerts_are_added_on_the_market_page_and_ring_the_bell(browser, dashboard):
+    url, ticker = dashboard
+    page = browser.new_page(viewport={"width": 1280, "height": 1300})
+    problems = []
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    page.goto(url + "market?symbol=BTC/USDT&timeframe=1m")
+    page.wait_for_function(f"() => ({CANDLES_DRAWN})() > 0", timeout=LIVENESS_SECONDS * 1000)
+    page.click("#alert-add")  # the default: the close leaves the 90 % band at step 1
+    page.wait_for_function("() => document.querySelector('#alert-message').innerText.startsWith('Alert added')",
+                           timeout=LIVENESS_SECONDS * 1000)
+    rules = page.inner_text("#alert-rules")
+    assert "close leaves the 90 % band at step 1" in rules and "nominal 10 %" in rules and "of the time in the last 24 h" in rules
+    rule = read_rules(ticker.db(), "BTC/USDT", "1m")[0]
+    record_firing(ticker.db(), firing(rule, ticker.now_ms() // 60_000 * 60_000, ticker.now_ms(), "the close left the band"))
+    page.wait_for_function("() => document.querySelector('#alerts-unread').innerText === '1'", timeout=LIVENESS_SECONDS * 1000)
+    page.click("#alerts-bell")
+    page.wait_for_function("() => document.querySelector('#alerts-unread').innerText === ''", timeout=LIVENESS_SECONDS * 1000)
+    assert "BTC/USDT 1m: the close left the band" in page.inner_text("#alerts-list")
+    page.click("#alert-rules button")
+    page.wait_for_function("() => document.querySelector('#alert-message').innerText === 'Alert deleted.'", timeout=LIVENESS_SECONDS * 1000)
+    assert read_rules(ticker.db(), "BTC/USDT", "1m") == []
+    assert problems == []
+    page.close()

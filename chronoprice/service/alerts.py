@@ -28,13 +28,16 @@ from chronoprice.evaluation.metrics import (
 from chronoprice.market.source import Market
 from chronoprice.market.timeframes import timeframe_ms
 from chronoprice.model.forecasters import score_quantiles
-from chronoprice.service.alert_rules import big_move, crossed, firing, webhook_body, webhook_problem
+from chronoprice.model.features import HORIZON
+from chronoprice.service.alert_rules import big_move, crossed, firing, new_rule, webhook_body, webhook_problem
 from chronoprice.service.overview import market_status
 from chronoprice.service.status import TickStatus
+from chronoprice.service.watchlist import watch_market
 from chronoprice.store import STORE_UNAVAILABLE, log_failure
 from chronoprice.store.alerts import (
     AlertRule,
     Firing,
+    add_rule,
     claim_delivery,
     due_firings,
     finish_delivery,
@@ -75,6 +78,16 @@ def observed_rate(record: pd.DataFrame) -> dict:
     exits = int(record["exited"].sum()) if count else 0
     low, high = wilson_interval(exits, count)
     return {"rate": exits / count if count else None, "count": count, "ci_low": low if count else None, "ci_high": high if count else None}
+
+
+def create_rule(ticker, body: dict, symbol: str, timeframe: str, watch_limit: int, allow_private_webhooks: bool) -> AlertRule:
+    """Store a rule from an API or form body and watch its market (rules are evaluated on the
+    scheduler's ticks). Raises RuleError, watchlist.NotListed or WatchlistFull."""
+    forecaster = ticker.forecaster(timeframe)
+    rule = new_rule(body, symbol, timeframe, forecaster.horizon if forecaster else HORIZON, ticker.now_ms(), allow_private_webhooks)
+    watch_market(ticker, symbol, timeframe, watch_limit)
+    add_rule(ticker.db(), rule)
+    return rule
 
 
 def observed_band_exits(ticker, rule: AlertRule) -> dict | None:

@@ -28,7 +28,9 @@ _TIMEFRAME = {
 
 
 def _errors(*codes: int) -> dict:
-    text = {400: "a bad parameter, named in `parameter`", 404: "unknown symbol or path", 503: "no forecast available (model missing, or not enough candles yet)"}
+    text = {400: "a bad parameter, named in `parameter`", 401: "a write without the admin token the server has",
+            403: "a write from another machine while the server has no admin token", 404: "unknown symbol, rule or path",
+            409: "the watchlist is full", 503: "no forecast available (model missing, or not enough candles yet)"}
     return {str(code): {"description": text[code], "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
             for code in codes}
 
@@ -65,6 +67,26 @@ OPENAPI = {
         "/api/v1/live": _get(
             "the forming candle (streamed, or as the last tick fetched it) and when it last changed; never stored",
             [_SYMBOL, _TIMEFRAME], {**_ok("Live", "the forming candle, null when none is known to be forming"), **_errors(400, 404)},
+        ),
+        "/api/v1/alerts": {
+            **_get("alert rules (webhooks masked), each band-exit rule with its observed firing rate",
+                   [_SYMBOL, _TIMEFRAME], {**_ok("AlertRules", "the rules, oldest first"), **_errors(400)}),
+            "post": {"summary": "add an alert rule (and watch its market); needs the admin token when the server has one",
+                     "requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/NewAlertRule"}}}},
+                     "responses": {"201": {"description": "the rule, its webhook masked"}, **_errors(400, 401, 403, 404, 409)}},
+        },
+        "/api/v1/alerts/{id}": {"get": {
+            "summary": "one alert rule, its webhook masked",
+            "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "responses": {"200": {"description": "the rule"}, **_errors(404)}}, "delete": {
+            "summary": "delete an alert rule; needs the admin token when the server has one",
+            "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "responses": {"200": {"description": "deleted"}, **_errors(401, 403, 404)}}},
+        "/api/v1/firings": _get(
+            "the newest alert firings and their delivery",
+            [{"name": "limit", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 20}},
+             {"name": "since_ms", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 0, "maximum": 100_000_000_000_000}}],
+            {**_ok("AlertFirings", "firings, newest first"), **_errors(400)},
         ),
         "/price/latest": _get("the newest close (seed-compatible)", [_SYMBOL, _TIMEFRAME], {**_ok("LatestPrice", "the newest close"), **_errors(400, 404, 503)}),
         "/price/prediction": _get("alias of /api/v1/forecast", [_SYMBOL, _TIMEFRAME], {**_ok("Forecast", "the forecast"), **_errors(400, 404, 503)}),
@@ -119,6 +141,28 @@ OPENAPI = {
                                "updated_ms": {"type": "integer", "nullable": True}, "age_seconds": _NUMBER,
                                "via": {"type": "string", "enum": ["stream", "tick"], "nullable": True}},
             },
+            "AlertRules": {"type": "object", "required": ["rules"], "properties": {"rules": {"type": "array", "items": {
+                "type": "object", "required": ["id", "symbol", "timeframe", "type", "params", "webhook", "observed"],
+                "properties": {"id": {"type": "string"}, "symbol": {"type": "string"}, "timeframe": {"type": "string"},
+                               "type": {"type": "string"}, "params": {"type": "object"}, "description": {"type": "string"},
+                               "webhook": {"type": "string", "nullable": True}, "format": {"type": "string"},
+                               "cooldown_minutes": {"type": "integer"}, "created_ms": {"type": "integer"},
+                               "last_fired_ms": {"type": "integer", "nullable": True},
+                               "observed": {"type": "object", "nullable": True}}}}}},
+            "NewAlertRule": {
+                "type": "object", "required": ["symbol", "type"],
+                "properties": {"symbol": {"type": "string", "example": "BTC/USDT"}, "timeframe": {"type": "string", "enum": list(TIMEFRAME_MS)},
+                               "type": {"type": "string", "enum": ["price_cross", "band_exit", "forecast_move", "market_state"]},
+                               "level": {"type": "number"}, "direction": {"type": "string", "enum": ["any", "up", "down"]},
+                               "step": {"type": "integer", "minimum": 1}, "percent": {"type": "number"},
+                               "webhook": {"type": "string", "nullable": True, "description": "http(s) URL; a secret, never shown back"},
+                               "format": {"type": "string", "enum": ["generic", "slack", "discord"]},
+                               "cooldown_minutes": {"type": "integer", "minimum": 0}},
+            },
+            "AlertFirings": {"type": "object", "required": ["firings"], "properties": {"firings": {"type": "array", "items": {
+                "type": "object", "required": ["id", "rule_id", "symbol", "timeframe", "message", "delivery"],
+                "properties": {"id": {"type": "string"}, "rule_id": {"type": "string"}, "symbol": {"type": "string"},
+                               "timeframe": {"type": "string"}, "message": {"type": "string"}, "delivery": {"type": "string"}}}}}},
             "LatestPrice": {
                 "type": "object", "required": ["exchange", "symbol", "timeframe", "ts", "time", "price"],
                 "properties": {**_MARKET, "ts": {"type": "integer"}, "time": {"type": "string"}, "price": _NUMBER},

@@ -15,6 +15,7 @@ from chronoprice.service.tick import Ticker
 from chronoprice.store import open_store
 from chronoprice.web.api import register_api
 from chronoprice.web.cache import cache_config
+from chronoprice.web.dashboard.alerts import attach_alert_callbacks
 from chronoprice.web.dashboard.callbacks import attach_callbacks
 from chronoprice.web.dashboard.layout import build_layout
 
@@ -34,6 +35,7 @@ def create_app(settings: Settings, ticker: Ticker | None = None, env: Mapping[st
     cache = Cache(app.server, config=cache_config(env))
     register_api(app.server, ticker, settings, cache)
     attach_callbacks(app, ticker, cache, settings)
+    attach_alert_callbacks(app, ticker, settings)
     # Dash registers its script bundles on the first request, after marking the setup done, so a
     # concurrent request can find none and answer 500 (plotly/dash#3971): register them now.
     app._setup_server()

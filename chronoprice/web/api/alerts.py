@@ -1,4 +1,4 @@
-"""GET, POST /api/v1/alerts, DELETE /api/v1/alerts/ID and GET /api/v1/alerts/firings: alert
+"""GET, POST /api/v1/alerts, GET and DELETE /api/v1/alerts/ID and GET /api/v1/firings: alert
 rules per market (the same write rules as the watchlist) and what they fired. Webhook URLs are
 secrets: answers show only their scheme and host."""
 
@@ -6,11 +6,10 @@ from __future__ import annotations
 
 from flask import jsonify, request
 
-from chronoprice.model.features import HORIZON
-from chronoprice.service.alert_rules import RuleError, describe, mask_webhook, new_rule
-from chronoprice.service.alerts import observed_band_exits
-from chronoprice.service.watchlist import NotListed, watch_market
-from chronoprice.store.alerts import AlertRule, Firing, add_rule, delete_rule, last_fired_ms, read_firings, read_rules
+from chronoprice.service.alert_rules import RuleError, describe, mask_webhook
+from chronoprice.service.alerts import create_rule, observed_band_exits
+from chronoprice.service.watchlist import NotListed
+from chronoprice.store.alerts import AlertRule, Firing, delete_rule, last_fired_ms, read_firings, read_rule, read_rules
 from chronoprice.store.watchlist import WatchlistFull
 from chronoprice.web.api.context import api_context
 from chronoprice.web.api.errors import ApiError, api_blueprint
@@ -43,7 +42,7 @@ def list_alerts():
     return jsonify({"rules": [rule_entry(rule) for rule in read_rules(ticker.db(), symbol, timeframe)]})
 
 
-@blueprint.get("/api/v1/alerts/firings")
+@blueprint.get("/api/v1/firings")
 def list_firings():
     limit = parse_int(request.args, "limit", 20, 1, MAX_FIRINGS)
     since = parse_int(request.args, "since_ms", 0, 0, 10**14)
@@ -55,19 +54,23 @@ def add_alert():
     require_write_access()
     symbol, timeframe = market_from_body()
     context = api_context()
-    forecaster = context.ticker.forecaster(timeframe)
     try:
-        rule = new_rule(request.get_json(), symbol, timeframe, forecaster.horizon if forecaster else HORIZON,
-                        context.ticker.now_ms(), context.allow_private_webhooks)
-        watch_market(context.ticker, symbol, timeframe, context.watch_limit)  # rules are evaluated on the scheduler's ticks
+        rule = create_rule(context.ticker, request.get_json(), symbol, timeframe, context.watch_limit, context.allow_private_webhooks)
     except RuleError as error:
         raise ApiError(400, str(error), error.parameter) from None
     except NotListed as error:
         raise ApiError(404, str(error), "symbol") from None
     except WatchlistFull as error:
         raise ApiError(409, f"{error}; a rule needs its market watched") from None
-    add_rule(context.ticker.db(), rule)
     return jsonify(rule_entry(rule)), 201
+
+
+@blueprint.get("/api/v1/alerts/<rule_id>")
+def show_alert(rule_id: str):
+    rule = read_rule(api_context().ticker.db(), rule_id[:64])
+    if rule is None:
+        raise ApiError(404, f"no alert rule {rule_id[:64]!r}", "id")
+    return jsonify(rule_entry(rule))
 
 
 @blueprint.delete("/api/v1/alerts/<rule_id>")

@@ -7,6 +7,7 @@ from dash import dcc, html
 from chronoprice.config import Settings
 from chronoprice.evaluation.metrics import ERROR_WINDOW_HOURS
 from chronoprice.market.timeframes import TIMEFRAME_MS
+from chronoprice.web.dashboard.alerts import bell, rules_section
 from chronoprice.web.dashboard.figures import OVERLAYS
 from chronoprice.web.dashboard.overview import overview_section
 
@@ -68,7 +69,10 @@ def build_layout(settings: Settings) -> html.Div:
                             html.Span(id="newest-candle"), html.Span(id="updated-ago"), html.Span(id="model-badge", className="badge badge-model"),
                         ]),
                     ]),
-                    html.Button("Light theme", id="theme-toggle", n_clicks=0, className="theme-toggle"),
+                    html.Div(className="header-tools", children=[
+                        bell(),
+                        html.Button("Light theme", id="theme-toggle", n_clicks=0, className="theme-toggle"),
+                    ]),
                 ],
             ),
             html.Div(id="banner", className="banner", hidden=True),
@@ -92,6 +96,7 @@ def build_layout(settings: Settings) -> html.Div:
                         dcc.Graph(id="step-chart", className="error-chart", config={"displaylogo": False, "responsive": True}),
                     ]),
                 ]),
+                rules_section(),
             ]),
             html.Footer("Forecasts are a teaching tool, not trading advice. The naive baseline repeats the last close; "
                         "a model that cannot beat it has learned nothing useful.", className="footer"),
