@@ -188,7 +188,7 @@ _OPTIONS = (
     _Option("scheduler", _boolean, "tick the watchlist in this process (default on; one process per store does it)"),
     _Option("allow_private_webhooks", _boolean, "let alert webhooks call loopback, link-local and private addresses "
             "(default off: only public http(s) hosts, so a rule cannot reach into the server's own network)"),
-    _Option("admin_token", _token, "token that allows watchlist writes from anywhere (Authorization: Bearer TOKEN); unset: writes only from loopback", secret=True),
+    _Option("admin_token", _token, "token that allows watchlist and alert writes from anywhere (Authorization: Bearer TOKEN); unset: writes only from loopback", secret=True),
 )
 
 

@@ -14,8 +14,8 @@ def write_refusal(remote_addr: str | None, token_given: str | None, admin_token:
     constant time and never repeated."""
     if admin_token is None:
         if remote_addr not in LOOPBACK:
-            return 403, "watchlist writes come only from this machine unless CHRONOPRICE_ADMIN_TOKEN is set"
+            return 403, "writes (watchlist, alerts) come only from this machine unless CHRONOPRICE_ADMIN_TOKEN is set"
         return None
     if not hmac.compare_digest((token_given or "").encode(), admin_token.encode()):
-        return 401, "watchlist writes need the admin token (the header Authorization: Bearer <CHRONOPRICE_ADMIN_TOKEN>)"
+        return 401, "writes (watchlist, alerts) need the admin token (the header Authorization: Bearer <CHRONOPRICE_ADMIN_TOKEN>)"
     return None
