@@ -15,7 +15,16 @@ import pytest
 from chronoprice.config import settings_from
 from chronoprice.evaluation.metrics import band_exits
 from chronoprice.market.source import Market
-from chronoprice.service.alert_rules import RuleError, crossed, big_move, mask_webhook, new_rule, webhook_body, webhook_problem
+from chronoprice.service.alert_rules import (
+    RuleError,
+    big_move,
+    crossed,
+    firing,
+    mask_webhook,
+    new_rule,
+    webhook_body,
+    webhook_problem,
+)
 from chronoprice.service.alerts import Alerts, band_exit_record, observed_band_exits
 from chronoprice.service.build import build_ticker
 from chronoprice.service.status import TickStatus
@@ -65,7 +74,6 @@ def test_conditions_and_webhook_bodies():
     assert big_move(100.0, 101.0, 99.5, 101.5, 0.5) is None, "the band holds the last close"
     assert big_move(100.0, 100.2, 100.1, 100.3, 0.5) is None, "too small a move"
     rule = new_rule({"type": "market_state", "format": "discord", "webhook": "https://x.example/y"}, "BTC/USDT", "1m", 10, 0, True)
-    from chronoprice.service.alert_rules import firing
     fired = firing(rule, 60_000, 61_000, "the market is stale")
     assert webhook_body(rule, fired) == {"content": f"ChronoPrice alert: {fired.message}"}
     assert fired.state == "pending" and fired.message.startswith("BTC/USDT 1m: the market is stale")

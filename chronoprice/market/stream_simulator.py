@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-import time
 
 from aiohttp import WSMsgType, web
 
@@ -31,7 +30,6 @@ class BinanceStreamSimulator:
         self.silent = False  # a stall: connections stay open, nothing is sent
         self.connections = 0
         self.events_sent = 0
-        self.first_sent: dict[tuple[str, str], float] = {}  # (stream, close) -> when an event first carried it (time.time)
         self._sockets: set[web.WebSocketResponse] = set()
         self._loop = asyncio.new_event_loop()
         self._runner: web.AppRunner | None = None
@@ -112,7 +110,6 @@ class BinanceStreamSimulator:
                     for event in self._events(name, streams):
                         await socket.send_str(json.dumps(event))
                         self.events_sent += 1
-                        self.first_sent.setdefault((name, event["k"]["c"]), time.time())
             await asyncio.sleep(self.push_seconds)
 
     def _events(self, name: str, streams: dict[str, int | None]) -> list[dict]:

@@ -113,6 +113,8 @@ class Alerts:
         self._retry, self._lease, self._clock = retry_seconds, lease_seconds, clock
         self._wake, self._stop = threading.Event(), threading.Event()
         self._pool = concurrent.futures.ThreadPoolExecutor(DELIVERY_THREADS, thread_name_prefix="chronoprice-webhook")
+        # A claim's lease ends after the timeouts, but a webhook dripping its answer byte by byte can
+        # outlast it: never send a firing again while this process is still sending it.
         self._in_flight: set[str] = set()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._deliver_forever, daemon=True, name="chronoprice-alerts")

@@ -8,6 +8,7 @@ import json
 import pandas as pd
 
 from chronoprice.market.candles import COLUMNS
+from chronoprice.market.timeframes import timeframe_ms
 
 STATUS_FORMAT = 3  # bump when a field changes meaning; saved statuses of another format are ignored
 
@@ -63,9 +64,17 @@ def status_from_json(text: str | None) -> TickStatus | None:
         return None
 
 
-def forming_frame(status: TickStatus) -> pd.DataFrame | None:
-    """The forming candle the tick fetched, as a one-row candles frame; None if it had none."""
-    return None if status.forming is None else pd.DataFrame([status.forming], columns=COLUMNS)
+def forming_frame(forming: list) -> pd.DataFrame:
+    """A forming candle as the status carries it, as a one-row candles frame."""
+    return pd.DataFrame([forming], columns=COLUMNS)
+
+
+def fresh_forming_row(status: TickStatus, now_ms: int) -> list | None:
+    """The forming candle the tick fetched while it may still be forming: fetched less than a
+    candle ago (by our clock: an exchange's may differ) and after the newest closed candle."""
+    forming = status.forming
+    fresh = forming is not None and now_ms - status.finished_at_ms < timeframe_ms(status.timeframe)
+    return forming if fresh and forming[0] > (status.newest_ts or -1) else None
 
 
 def forming_row(forming: pd.DataFrame | None) -> list | None:

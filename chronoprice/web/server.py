@@ -35,7 +35,7 @@ def create_app(settings: Settings, ticker: Ticker | None = None, env: Mapping[st
     cache = Cache(app.server, config=cache_config(env))
     register_api(app.server, ticker, settings, cache)
     attach_callbacks(app, ticker, cache, settings)
-    attach_alert_callbacks(app, ticker, settings)
+    attach_alert_callbacks(app, ticker, cache, settings)
     # Dash registers its script bundles on the first request, after marking the setup done, so a
     # concurrent request can find none and answer 500 (plotly/dash#3971): register them now.
     app._setup_server()

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from flask import jsonify, request
 
-from chronoprice.market.timeframes import timeframe_ms
 from chronoprice.service.live import candle_fields
+from chronoprice.service.status import fresh_forming_row
 from chronoprice.web.api.candles import candle_entry
 from chronoprice.web.api.context import api_context
 from chronoprice.web.api.errors import ApiError, api_blueprint
@@ -40,10 +40,8 @@ def live():
         status = ticker.stored_status(symbol, timeframe)
         if status.finished_at_ms == 0:
             raise ApiError(404, f"no candles of {symbol} {timeframe} yet: watch it, or read /api/v1/candles once to tick it", "symbol")
-        fetched = status.forming
-        fresh = (fetched is not None and now_ms - status.finished_at_ms < timeframe_ms(timeframe)
-                 and fetched[0] > (status.newest_ts or -1))
-        payload = live_payload(fetched if fresh else None, status.finished_at_ms if fresh else None, "tick" if fresh else None, now_ms)
+        fetched = fresh_forming_row(status, now_ms)
+        payload = live_payload(fetched, fetched and status.finished_at_ms, fetched and "tick", now_ms)
     response = jsonify({"exchange": ticker.market(symbol).exchange, **market, **payload})
     response.headers["Cache-Control"] = "no-store"
     return response

@@ -18,6 +18,7 @@ from chronoprice.store import STORE_UNAVAILABLE
 from chronoprice.store.alerts import AlertRule, delete_rule, read_rules
 from chronoprice.store.watchlist import WatchlistFull
 from chronoprice.web.access import write_refusal
+from chronoprice.web.cache import cached_seconds
 
 ALERTS_POLL_MS = 5000  # how often the bell asks /api/v1/firings
 KIND_LABELS = {"band_exit": "close leaves the forecast band", "price_cross": "close crosses a price",
@@ -79,7 +80,21 @@ def rule_item(rule: AlertRule, observed: dict | None) -> html.Li:
                     html.Button("Delete", id={"type": "alert-delete", "rule": rule.id}, n_clicks=0, className="link-button")])
 
 
-def attach_alert_callbacks(app: dash.Dash, ticker, settings: Settings) -> None:
+def observed_rates(cache, ticker, rules: list[AlertRule], seconds: int) -> dict[str, dict | None]:
+    """Each rule's observed band-exit rate (service.alerts.observed_band_exits), worked out once
+    per market and tick for every viewer, as the rest of the page is."""
+    if not rules:
+        return {}
+    newest = ticker.stored_status(rules[0].symbol, rules[0].timeframe).newest_ts
+    key = f"alert-rates:{rules[0].symbol}:{rules[0].timeframe}:{newest}:{[rule.id for rule in rules]}"
+    rates = cache.get(key)
+    if rates is None:
+        rates = {rule.id: observed_band_exits(ticker, rule) for rule in rules}
+        cache.set(key, rates, timeout=seconds)
+    return rates
+
+
+def attach_alert_callbacks(app: dash.Dash, ticker, cache, settings: Settings) -> None:
     @app.callback(Output("alert-rules", "children"), Output("alert-message", "children"),
                   Input("alert-add", "n_clicks"), Input({"type": "alert-delete", "rule": ALL}, "n_clicks"),
                   Input("refresh", "n_intervals"), Input("active-symbol", "data"), Input("timeframe", "value"),
@@ -92,13 +107,14 @@ def attach_alert_callbacks(app: dash.Dash, ticker, settings: Settings) -> None:
         message = ""
         target = dash.ctx.triggered_id
         clicked = dash.ctx.triggered and dash.ctx.triggered[0]["value"]
-        if target in ("alert-add",) or (isinstance(target, dict) and clicked):
+        if target == "alert-add" or (isinstance(target, dict) and clicked):
             refusal = write_refusal(flask.request.remote_addr, token, settings.admin_token)
             message = refusal[1] + "." if refusal else _write(ticker, settings, target, symbol, timeframe,
                                                                form_body(kind, value, step, level, webhook, format_))
         try:
             rules = read_rules(ticker.db(), symbol, timeframe)
-            return [rule_item(rule, observed_band_exits(ticker, rule)) for rule in rules], message
+            rates = observed_rates(cache, ticker, rules, cached_seconds(settings.refresh_seconds))
+            return [rule_item(rule, rates[rule.id]) for rule in rules], message
         except STORE_UNAVAILABLE:
             raise PreventUpdate from None
 

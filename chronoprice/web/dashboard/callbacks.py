@@ -21,7 +21,7 @@ from chronoprice.model.forecasters import NaiveBandForecaster
 from chronoprice.service.overview import summarise_watchlist
 from chronoprice.service.watchlist import parse_market, watch_market
 from chronoprice.service.scoring import read_scored
-from chronoprice.service.status import TickStatus, forming_frame, status_to_json
+from chronoprice.service.status import TickStatus, forming_frame, fresh_forming_row, status_to_json
 from chronoprice.service.tick import Ticker
 from chronoprice.store import STORE_UNAVAILABLE
 from chronoprice.store.records import read_candles, read_latest_forecast
@@ -75,13 +75,12 @@ def read_view(ticker: Ticker, status: TickStatus) -> ViewData:
 
 
 def fresh_forming(status: TickStatus, candles: pd.DataFrame, now_ms: int) -> pd.DataFrame | None:
-    """The forming candle the last tick fetched, if it is the one right after the newest closed
-    candle shown and was fetched less than a candle ago (by our clock: an exchange's may differ)."""
-    forming, length = forming_frame(status), timeframe_ms(status.timeframe)
-    if forming is None or candles.empty:
+    """The forming candle the last tick fetched (status.fresh_forming_row), if it is the one right
+    after the newest closed candle shown."""
+    forming = fresh_forming_row(status, now_ms)
+    if forming is None or candles.empty or forming[0] != candles["ts"].iloc[-1] + timeframe_ms(status.timeframe):
         return None
-    follows = int(forming["ts"].iloc[0]) == candles["ts"].iloc[-1] + length
-    return forming if follows and now_ms - status.finished_at_ms < length else None
+    return forming_frame(forming)
 
 
 def _utc(ts: int | None) -> str:
