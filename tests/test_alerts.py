@@ -179,7 +179,7 @@ def test_band_exit_and_market_state_rules_and_the_observed_rate(demo_ticker):
 
 def test_webhooks_are_retried_after_500s_and_a_hanging_one_delays_no_other(demo_ticker):
     ticker, status = demo_ticker
-    flaky, hanging = Receiver(codes=(500, 500)), Receiver(hang=12)
+    flaky, hanging = Receiver(codes=(500, 500)), Receiver(hang=6)
     last = float(read_candles(ticker.db(), Market(status.exchange, "BTC/USDT", "1m"), limit=1)["close"].iloc[-1])
     flaky_rule = rule_of(ticker, {"type": "price_cross", "level": last * 1.01, "webhook": flaky.url, "cooldown_minutes": 0})
     hanging_rule = rule_of(ticker, {"type": "price_cross", "level": last * 1.01, "webhook": hanging.url, "format": "slack"})
