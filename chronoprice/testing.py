@@ -1,5 +1,6 @@
 """The app as the tests and the benchmark run it: a free local port, JSON over HTTP, the app's
-settings on a local exchange, and gunicorn started the way render.yaml starts it.
+settings on a local exchange, gunicorn started the way render.yaml starts it, Debian's Chromium
+for Playwright, and a local webhook receiver.
 
 Product code never imports this module; `bench` and the tests do.
 """
@@ -7,18 +8,26 @@ Product code never imports this module; `bench` and the tests do.
 from __future__ import annotations
 
 import contextlib
+import http.server
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 from chronoprice.config import PROJECT_ROOT
+from chronoprice.store import open_store
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
 
 
 class FakeClock:
@@ -45,6 +54,17 @@ def get_json(url: str, timeout: float = 30.0) -> tuple[int, dict]:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read() or b"{}")
+
+
+def wait_for_history(db_file: Path, expected_origins: int, timeout_seconds: float = 180.0) -> None:
+    """Wait until the store at `db_file` holds forecasts from `expected_origins` origins (a cold
+    start's history, forecast in the background)."""
+    deadline = time.monotonic() + timeout_seconds
+    db = open_store(db_file)
+    while db.execute("select count(distinct origin_ts) from forecasts").fetchone()[0] < expected_origins:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the cold-start history was not forecast in time")
+        time.sleep(0.5)
 
 
 def dashboard_refresh_body(dependencies: list[dict], symbol: str, timeframe: str = "1m") -> dict:
@@ -100,3 +120,40 @@ def gunicorn_service(env: dict, workers: int = 1, threads: int = 8):
             process.kill()
         log.close()
         os.unlink(log.name)
+
+
+class WebhookReceiver:
+    """A local webhook on a port of its own: answers `codes` in turn (then 200), each after `hang`
+    seconds; `received` holds (time.time() on arrival, Idempotency-Key, JSON body) of every call,
+    `completed` the keys answered 200."""
+
+    def __init__(self, codes=(), hang: float = 0.0):
+        self.codes, self.hang, self.received, self.completed = list(codes), hang, [], []
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                arrived = time.time()
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                receiver.received.append((arrived, self.headers["Idempotency-Key"], body))
+                time.sleep(receiver.hang)
+                code = receiver.codes.pop(0) if receiver.codes else 200
+                try:
+                    self.send_response(code)
+                    self.end_headers()
+                except OSError:  # the caller gave up waiting
+                    return
+                if code == 200:
+                    receiver.completed.append(self.headers["Idempotency-Key"])
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True, name="webhook-receiver").start()
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hook/secret-path-123"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -2,8 +2,6 @@
 cooldown), and webhook delivery to a real local HTTP receiver: retries after 500s, a webhook that
 hangs, a process that dies mid-delivery, and the SSRF rules."""
 
-import http.server
-import json
 import socket
 import threading
 import time
@@ -30,6 +28,7 @@ from chronoprice.service.build import build_ticker
 from chronoprice.service.status import TickStatus
 from chronoprice.store.alerts import add_rule, read_firings, read_rule
 from chronoprice.store.records import read_candles, upsert_candles
+from chronoprice.testing import WebhookReceiver
 from chronoprice.web.server import create_app
 from tests.conftest import wait_until
 
@@ -84,35 +83,6 @@ def test_band_exits_use_the_band_known_when_each_forecast_was_made():
     exits = band_exits(scores, step=3, level=0.9, fallback=0.5)
     assert exits[:122].all(), "until 120 scores have matured 3 places back, the fallback band 0.5 is used"
     assert not exits[122:200].any() and exits[200] and not exits[201:].any()
-
-
-class Receiver:
-    """A local webhook receiver: answers `codes` in turn (then 200); `hang` seconds before answering."""
-
-    def __init__(self, codes=(), hang: float = 0.0):
-        self.codes, self.hang, self.received, self.completed = list(codes), hang, [], []
-        receiver = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                receiver.received.append((time.time(), self.headers["Idempotency-Key"], body))
-                time.sleep(receiver.hang)
-                code = receiver.codes.pop(0) if receiver.codes else 200
-                try:
-                    self.send_response(code)
-                    self.end_headers()
-                except OSError:
-                    return
-                if code == 200:
-                    receiver.completed.append(self.headers["Idempotency-Key"])
-
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_port}/hook/secret-path-123"
 
 
 @pytest.fixture
@@ -179,7 +149,7 @@ def test_band_exit_and_market_state_rules_and_the_observed_rate(demo_ticker):
 
 def test_webhooks_are_retried_after_500s_and_a_hanging_one_delays_no_other(demo_ticker):
     ticker, status = demo_ticker
-    flaky, hanging = Receiver(codes=(500, 500)), Receiver(hang=6)
+    flaky, hanging = WebhookReceiver(codes=(500, 500)), WebhookReceiver(hang=6)
     last = float(read_candles(ticker.db(), Market(status.exchange, "BTC/USDT", "1m"), limit=1)["close"].iloc[-1])
     flaky_rule = rule_of(ticker, {"type": "price_cross", "level": last * 1.01, "webhook": flaky.url, "cooldown_minutes": 0})
     hanging_rule = rule_of(ticker, {"type": "price_cross", "level": last * 1.01, "webhook": hanging.url, "format": "slack"})
@@ -202,7 +172,7 @@ def test_webhooks_are_retried_after_500s_and_a_hanging_one_delays_no_other(demo_
 
 def test_a_delivery_cut_off_by_a_dying_process_is_sent_after_the_restart(demo_ticker):
     ticker, status = demo_ticker
-    receiver = Receiver()
+    receiver = WebhookReceiver()
     last = float(read_candles(ticker.db(), Market(status.exchange, "BTC/USDT", "1m"), limit=1)["close"].iloc[-1])
     rule_of(ticker, {"type": "price_cross", "level": last * 1.01, "webhook": receiver.url})
     cut_off = threading.Event()

@@ -4,7 +4,6 @@ Set CHRONOPRICE_SCREENSHOT=docs/dashboard.png to write the README's screenshot.
 """
 
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -22,15 +21,12 @@ from chronoprice.service.build import build_ticker
 from chronoprice.service.scheduler import Scheduler
 from chronoprice.service.watchlist import seed_watchlist
 from chronoprice.store.alerts import read_rules, record_firing
-from chronoprice.testing import free_port
+from chronoprice.testing import CHROMIUM, CHROMIUM_ARGS, free_port
 from chronoprice.web.server import create_app
 from tests.conftest import LIVENESS_SECONDS, FakeClock, wait_until
 
 PROJECT = Path(__file__).resolve().parents[1]
 WATCHED = [("BTC/USDT", "1m"), ("ETH/USDT", "1m"), ("BTC/USDT", "15m")]
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
 
 # Closed and predicted candles; the forming one comes and goes with the clock (tests/test_dashboard.py).
 CANDLES_DRAWN = """() => {

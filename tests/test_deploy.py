@@ -117,7 +117,8 @@ def test_fifty_api_clients_and_an_open_dashboard_for_a_minute(series, tmp_path):
     from playwright.sync_api import Error as PlaywrightError
     from playwright.sync_api import sync_playwright
 
-    from tests.test_browser import CANDLES_DRAWN, CHROMIUM, CHROMIUM_ARGS
+    from chronoprice.testing import CHROMIUM, CHROMIUM_ARGS
+    from tests.test_browser import CANDLES_DRAWN
 
     now = SERIES_START_MS + 2000 * MINUTE_MS + 20_000
     with BinanceSimulator(series, now_ms=now) as exchange:

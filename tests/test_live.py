@@ -17,9 +17,9 @@ from chronoprice.service.build import build_scheduler, build_ticker
 from chronoprice.service.live import REST_SECONDS, LiveBoard
 from chronoprice.store.records import read_candles
 from chronoprice.store.shared_cache import open_shared_cache
+from chronoprice.testing import CHROMIUM, CHROMIUM_ARGS
 from chronoprice.web.server import create_app
 from tests.conftest import LIVENESS_SECONDS, FakeClock, wait_until
-from tests.test_browser import CHROMIUM, CHROMIUM_ARGS
 
 MINUTE = 60_000
 
