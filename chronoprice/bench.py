@@ -16,6 +16,7 @@ from typing import Callable
 import numpy as np
 
 from chronoprice.evaluation.walkforward import evaluate_forecaster
+from chronoprice.bench_live import run_screen_latency
 from chronoprice.bench_watchlist import run_in_child
 from chronoprice.market.demo import demo_candles
 from chronoprice.market.live import LiveSource
@@ -28,7 +29,7 @@ from chronoprice.service.backfill import forecast_history
 from chronoprice.service.tick import Ticker
 from chronoprice.store import open_store
 from chronoprice.store.records import upsert_candles
-from chronoprice.testing import get_json, gunicorn_service, local_exchange_env
+from chronoprice.testing import get_json, gunicorn_service, local_exchange_env, wait_for_history
 
 BENCH_START_MS = 1_735_689_600_000  # 2025-01-01 00:00 UTC, a fixed stretch of the demo market
 ENGINE_NAMES = ("onnx", "litert", "keras")
@@ -134,10 +135,12 @@ def _batch_windows(origins: int) -> np.ndarray:
 
 
 def run_benchmark(model_path: Path, repeats: int = 200, ticks: int = 40, deploy_ticks: int = 100,
-                  batch_origins: int = BATCH_ORIGINS, watch_markets: int = 20, watch_minutes: int = 30) -> dict:
+                  batch_origins: int = BATCH_ORIGINS, watch_markets: int = 20, watch_minutes: int = 30, alert_rules: int = 100,
+                  live_samples: int = 40) -> dict:
     """Every engine and the predict loop on the same window, each engine's batch throughput and
     agreement with keras, the arithmetic floor, the serving engine's history and evaluate
-    times, `ticks` live ticks, and the Render configuration under gunicorn for `deploy_ticks`."""
+    times, `ticks` live ticks, the Render configuration under gunicorn for `deploy_ticks`, the
+    watchlist with its alert rules, and the forming candle from the exchange to a browser."""
     window = candle_rows(demo_candles("BTC/USDT", BENCH_START_MS, BENCH_START_MS + 60 * 60_000))[None]
     serving = load_forecaster(model_path, "auto")
     forecasters = {engine: serving if engine == serving.engine.name else load_forecaster(model_path, engine) for engine in ENGINE_NAMES}
@@ -185,7 +188,8 @@ def run_benchmark(model_path: Path, repeats: int = 200, ticks: int = 40, deploy_
         "ticks": ticks,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "processor": platform.machine()},
         "deploy": run_deploy_benchmark(model_path, deploy_ticks) if deploy_ticks > 0 else None,
-        "watchlist": run_in_child(model_path, watch_markets, watch_minutes) if watch_markets > 0 else None,
+        "watchlist": run_in_child(model_path, watch_markets, watch_minutes, alert_rules) if watch_markets > 0 else None,
+        "live": run_screen_latency(model_path, live_samples) if live_samples > 0 else None,
     }
 
 
@@ -217,19 +221,20 @@ def format_bench(report: dict) -> str:
                      f"stored p50 {watch['close_to_forecast_seconds_p50']} s, p95 {watch['close_to_forecast_seconds_p95']} s; "
                      f"{watch['origins_missing']} origins missing; {watch['resident_mb']} MB resident; "
                      f"overview p50 {watch['overview_ms_median']} ms, p95 {watch['overview_ms_p95']} ms")
+        alerts = watch["alerts"]
+        if alerts["rules"]:
+            lines.append(f"alerts, {alerts['rules']} rules on those markets: {alerts['firings']} firings, {alerts['delivered']} delivered, "
+                         f"{alerts['received_twice']} received twice; firing to webhook p50 {alerts['delivery_seconds_p50']} s, "
+                         f"p95 {alerts['delivery_seconds_p95']} s, max {alerts['delivery_seconds_max']} s")
+    live = report.get("live")
+    if live:
+        lines.append(f"exchange event to the price painted in Chromium (gunicorn, stream, {live['page_poll_seconds']} s page poll), "
+                     f"{live['samples']} samples: p50 {live['event_to_screen_seconds_p50']} s, p95 {live['event_to_screen_seconds_p95']} s, "
+                     f"max {live['event_to_screen_seconds_max']} s; /api/v1/live answer {live['live_message_bytes']} bytes")
     return "\n".join(lines)
 
 
 # ------------------------------------------------------------------- the deployed service
-
-
-def _wait_for_history(db_file: Path, expected_origins: int, timeout_seconds: float = 180.0) -> None:
-    deadline = time.monotonic() + timeout_seconds
-    db = open_store(db_file)
-    while db.execute("select count(distinct origin_ts) from forecasts").fetchone()[0] < expected_origins:
-        if time.monotonic() > deadline:
-            raise RuntimeError("the cold-start history was not forecast in time")
-        time.sleep(0.5)
 
 
 def run_deploy_benchmark(model_path: Path, ticks: int = 100, engine: str = "auto") -> dict:
@@ -244,7 +249,7 @@ def run_deploy_benchmark(model_path: Path, ticks: int = 100, engine: str = "auto
         with gunicorn_service(env) as (base, _, first_200_seconds, _log):
             cold_started = time.monotonic()
             get_json(base + "/api/v1/forecast")  # cold start: 24 h of candles, history forecast in the background
-            _wait_for_history(Path(folder) / "deploy.db", expected_origins=1440 - 59)
+            wait_for_history(Path(folder) / "deploy.db", expected_origins=1440 - 59)
             cold_start_seconds = time.monotonic() - cold_started
             tick_ms = []
             for _ in range(ticks):

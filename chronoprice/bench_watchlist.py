@@ -2,10 +2,13 @@
 the scheduler through simulated candle closes, in a process of its own with the exchange in
 another (so its memory is the scheduler's alone, not the bench's or the exchange's): from each
 close to its forecast stored, the track record's completeness, resident memory, and the
-overview's server-side time.
+overview's server-side time. Alert rules on those markets (five a market by default) are
+evaluated after every tick, as the app's scheduler does, and their webhooks are called on a
+local receiver: from each firing, stored at the end of the tick that fired it, to its webhook
+receiving it.
 
-Run by `python -m chronoprice bench` (`--watch-markets`); `python -m chronoprice.bench_watchlist
-MODEL N MINUTES` prints the same JSON alone.
+Run by `python -m chronoprice bench` (`--watch-markets`, `--alert-rules`); `python -m
+chronoprice.bench_watchlist MODEL N MINUTES RULES` prints the same JSON alone.
 """
 
 from __future__ import annotations
@@ -28,18 +31,30 @@ from chronoprice.market.live import LiveSource
 from chronoprice.market.simulator import BinanceSimulator
 from chronoprice.market.source import Market
 from chronoprice.model.forecasters import load_forecaster
+from chronoprice.service.alert_rules import new_rule
+from chronoprice.service.alerts import Alerts
 from chronoprice.service.overview import summarise_watchlist
 from chronoprice.service.scheduler import SETTLE_SECONDS, Scheduler
 from chronoprice.service.tick import Ticker
 from chronoprice.service.watchlist import seed_watchlist
+from chronoprice.store.alerts import add_rule, read_firings
 from chronoprice.store.records import forecast_origins_since, read_candles
-from chronoprice.testing import FakeClock
+from chronoprice.testing import FakeClock, WebhookReceiver
 from chronoprice.web.api.health import resident_mb
 from chronoprice.web.dashboard.overview import overview_row
 
 START_MS = 1_735_689_600_000  # 2025-01-01 00:00 UTC
 HISTORY_DAYS = 31  # a month of 1-minute candles, so a 1h market's cold start is whole
 OTHER_TIMEFRAMES = ("5m", "15m", "1h")
+# The rules each market gets in turn: bands left at 80 % and 90 % (about one close in five and in
+# ten) and closes crossing levels just above and below the price, so that many fire; no cooldown.
+RULE_BODIES = (
+    {"type": "band_exit", "step": 1, "level": 0.8, "format": "generic"},
+    {"type": "band_exit", "step": 1, "level": 0.9, "format": "slack"},
+    {"type": "band_exit", "step": 3, "level": 0.8, "format": "discord"},
+    {"type": "price_cross", "offset": 0.0005, "format": "generic"},
+    {"type": "price_cross", "offset": -0.0005, "format": "slack"},
+)
 
 
 def watched_markets(count: int) -> list[tuple[str, str]]:
@@ -94,7 +109,33 @@ def cold_started_scheduler(url: str, store: Path | str, model_path: Path, market
     return scheduler
 
 
-def run(model_path: Path, count: int, minutes: int) -> dict:
+def add_alert_rules(ticker: Ticker, markets: list[tuple[str, str]], count: int, webhook: str) -> None:
+    """`count` rules over `markets` in turn (RULE_BODIES), every one calling `webhook`."""
+    for number in range(count):
+        symbol, timeframe = markets[number % len(markets)]
+        body = {**RULE_BODIES[number // len(markets) % len(RULE_BODIES)], "webhook": webhook, "cooldown_minutes": 0}
+        if body["type"] == "price_cross":
+            close = float(read_candles(ticker.db(), Market("binance", symbol, timeframe), limit=1)["close"].iloc[-1])
+            body["level"] = close * (1 + body.pop("offset"))
+        add_rule(ticker.db(), new_rule(body, symbol, timeframe, ticker.forecaster(timeframe).horizon, ticker.now_ms(), True))
+
+
+def delivery_report(firings: list, received: list) -> dict:
+    """From each firing stored to its webhook first receiving it, and how many arrived twice."""
+    arrived: dict[str, float] = {}
+    for seconds, key, _ in received:
+        arrived.setdefault(key, seconds)
+    seconds = [arrived[each.id] - each.fired_ms / 1000 for each in firings if each.id in arrived]
+    return {
+        "firings": len(firings), "delivered": sum(each.state == "delivered" for each in firings),
+        "received_twice": len(received) - len(arrived),
+        "delivery_seconds_p50": round(float(np.percentile(seconds, 50)), 3) if seconds else None,
+        "delivery_seconds_p95": round(float(np.percentile(seconds, 95)), 3) if seconds else None,
+        "delivery_seconds_max": round(float(np.max(seconds)), 3) if seconds else None,
+    }
+
+
+def run(model_path: Path, count: int, minutes: int, rules: int = 0) -> dict:
     markets = watched_markets(count)
     first_open = START_MS + HISTORY_DAYS * 86_400_000
     symbols = sorted({symbol for symbol, _ in markets})
@@ -103,6 +144,10 @@ def run(model_path: Path, count: int, minutes: int) -> dict:
           tempfile.TemporaryDirectory() as folder):
         scheduler = cold_started_scheduler(url, Path(folder) / "watch.db", model_path, markets, clock)
         ticker = scheduler.ticker
+        receiver = WebhookReceiver()
+        add_alert_rules(ticker, markets, rules, receiver.url)
+        # On the wall clock, as in the app: a firing's time is when its tick ended.
+        scheduler.alerts = Alerts(ticker, allow_private_webhooks=True).start()
         cold_origins = {market: _newest(ticker, market) for market in markets}
         latencies = []
         for _ in range(minutes):
@@ -118,7 +163,11 @@ def run(model_path: Path, count: int, minutes: int) -> dict:
             began = time.perf_counter()
             [overview_row(summary, ticker.now_ms()) for summary in summarise_watchlist(ticker, markets)]
             overview_ms.append((time.perf_counter() - began) * 1000)
+        deadline = time.monotonic() + 60
+        while any(each.state == "pending" for each in read_firings(ticker.db(), limit=100_000)) and time.monotonic() < deadline:
+            time.sleep(0.2)
         scheduler.stop()
+        receiver.close()
         return {
             "markets": count, "simulated_minutes": minutes, "ticks_timed": len(latencies),
             "close_to_forecast_seconds_p50": round(float(np.percentile(latencies, 50)), 2),
@@ -128,6 +177,7 @@ def run(model_path: Path, count: int, minutes: int) -> dict:
             "peak_resident_mb": resident_mb("VmHWM"),
             "overview_ms_median": round(float(np.median(overview_ms)), 1),
             "overview_ms_p95": round(float(np.percentile(overview_ms, 95)), 1),
+            "alerts": {"rules": rules, **delivery_report(read_firings(ticker.db(), limit=100_000), receiver.received)},
         }
 
 
@@ -143,9 +193,9 @@ def _missing_origins(ticker: Ticker, market: tuple[str, str], since_ts: int) -> 
     return int((~stored.isin(forecast)).sum())
 
 
-def run_in_child(model_path: Path, count: int, minutes: int) -> dict:
+def run_in_child(model_path: Path, count: int, minutes: int, rules: int) -> dict:
     """`run` in a new interpreter: its resident memory is the scheduler's alone."""
-    command = [sys.executable, "-m", "chronoprice.bench_watchlist", str(model_path), str(count), str(minutes)]
+    command = [sys.executable, "-m", "chronoprice.bench_watchlist", str(model_path), str(count), str(minutes), str(rules)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=1800)
     if result.returncode != 0:
         raise RuntimeError(f"watchlist benchmark failed: {result.stderr[-2000:]}")
@@ -153,4 +203,4 @@ def run_in_child(model_path: Path, count: int, minutes: int) -> dict:
 
 
 if __name__ == "__main__":
-    print(json.dumps(run(Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]))))
+    print(json.dumps(run(Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))))

@@ -119,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--deploy-ticks", type=int, default=100, help="ticks against the Render configuration under gunicorn (default 100; 0 skips it)")
     bench.add_argument("--watch-markets", type=int, default=20, help="watched markets for the scheduler's benchmark (default 20; 0 skips it)")
     bench.add_argument("--watch-minutes", type=_positive_int, default=30, help="simulated minutes of that benchmark (default 30)")
+    bench.add_argument("--alert-rules", type=int, default=100, help="alert rules on those markets, with webhooks to a local receiver (default 100)")
+    bench.add_argument("--live-samples", type=int, default=40,
+                       help="price changes timed from the exchange to the page in Chromium under gunicorn (default 40; 0 skips it)")
     bench.add_argument("--scale", action="store_true", help="instead: what one worker and one web instance carry, and storage "
                        "a market a day (docs/SCALING.md)")
     bench.add_argument("--scale-db", help="the store --scale runs on: an empty postgresql:// database (default: a temporary SQLite file)")
@@ -283,7 +286,7 @@ def run_bench(args: argparse.Namespace) -> int:
         return 0
     report = run_benchmark(args.model, repeats=args.repeats, ticks=args.ticks, deploy_ticks=args.deploy_ticks,
                            watch_markets=args.watch_markets, watch_minutes=args.watch_minutes,
-                           batch_origins=args.batch_origins)
+                           batch_origins=args.batch_origins, alert_rules=args.alert_rules, live_samples=args.live_samples)
     print(json.dumps(report) if args.json else format_bench(report))
     return 0
 

@@ -99,7 +99,8 @@ def test_compare_refuses_an_unknown_feature_before_training(synthetic_csv, capsy
 
 def test_bench_json_reports_every_engine_in_one_run(tiny_model, capsys):
     assert main(["bench", "--model", str(tiny_model), "--repeats", "5", "--ticks", "3", "--deploy-ticks", "0",
-                 "--batch-origins", "300", "--watch-markets", "2", "--watch-minutes", "2", "--json"]) == 0
+                 "--batch-origins", "300", "--watch-markets", "2", "--watch-minutes", "2", "--alert-rules", "3", "--live-samples", "0",
+                 "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["serving_engine"] == "onnx"
     assert set(report["forecast_ms"]) == {"onnx", "keras", "litert", "predict_loop"}
@@ -117,6 +118,23 @@ def test_bench_json_reports_every_engine_in_one_run(tiny_model, capsys):
     watch = report["watchlist"]
     assert watch["markets"] == 2 and watch["ticks_timed"] >= 2 and watch["origins_missing"] == 0
     assert 0 < watch["close_to_forecast_seconds_p50"] <= watch["close_to_forecast_seconds_p95"] and watch["resident_mb"] > 0
+    alerts = watch["alerts"]
+    assert alerts["rules"] == 3 and alerts["delivered"] == alerts["firings"] and alerts["received_twice"] == 0
+    assert report["live"] is None
+
+
+def test_alert_delivery_is_timed_from_each_firing_to_its_first_arrival():
+    from chronoprice.bench_watchlist import delivery_report
+    from chronoprice.store.alerts import Firing
+
+    def firing(rule_id, fired_ms, state="delivered"):
+        return Firing(rule_id, 60_000, fired_ms, "BTC/USDT", "1m", "price_cross", "", state)
+
+    firings = [firing("a", 1_000_000), firing("b", 1_000_000), firing("c", 1_002_000, state="pending")]
+    received = [(1000.5, "a:60000", {}), (1001.0, "b:60000", {}), (1003.0, "a:60000", {})]  # a sent again
+    report = delivery_report(firings, received)
+    assert report["firings"] == 3 and report["delivered"] == 2 and report["received_twice"] == 1
+    assert report["delivery_seconds_max"] == 1.0 and report["delivery_seconds_p50"] == 0.75
 
 
 def test_bench_times_every_call_after_one_untimed_warm_up():
