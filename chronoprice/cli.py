@@ -22,6 +22,7 @@ from chronoprice.config import (
     settings_from_args,
     store_target,
 )
+from chronoprice.evaluation.backtest import DEFAULT_FEE, DEFAULT_SPREAD, backtest, check_settings, format_backtest
 from chronoprice.evaluation.metrics import (
     ADAPTIVE_WINDOW,
     DEFAULT_LEVEL,
@@ -48,6 +49,13 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError("must be a whole number of at least 1")
+    return value
+
+
+def _cost(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < 0.5:
+        raise argparse.ArgumentTypeError("must be a fraction from 0 to below 0.5, e.g. 0.001 for 0.1 %")
     return value
 
 
@@ -106,6 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--include-training-data", action="store_true", help="also score origins the model was trained or calibrated on")
     evaluate.add_argument("--report", type=Path, help="also write a Plotly HTML report to this path")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluate.add_argument("--backtest", action="store_true", help="also trade the forecasts after costs: long/flat and long/short "
+                          "beside buy-and-hold and flat (docs/MODEL.md)")
+    evaluate.add_argument("--backtest-step", type=_positive_int, help="the step whose forecast move sets the position (default: the last)")
+    evaluate.add_argument("--fee", type=_cost, default=DEFAULT_FEE, help=f"fee a side, as a fraction (default {DEFAULT_FEE}: 0.1 %%)")
+    evaluate.add_argument("--spread", type=_cost, default=DEFAULT_SPREAD,
+                          help=f"full bid-ask spread, as a fraction of the price; a side pays half (default {DEFAULT_SPREAD})")
 
     export = commands.add_parser("export", help="write a model's .onnx engine file from its .keras weights")
     export.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="model artifact (default: the shipped model)")
@@ -203,6 +217,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
         forecaster = NaiveBandForecaster(level=args.level, window=WINDOW)
     else:
         forecaster = load_forecaster(args.model, args.engine, args.level)
+    step = args.backtest_step or forecaster.horizon
+    if args.backtest:
+        check_settings(step, forecaster.horizon, args.fee, args.spread)
     candles = aggregate_candles(read_candle_csv(args.csv).candles, timeframe_ms(args.timeframe))
     first_scored_close = forecaster.window - 1
     if not args.include_training_data:
@@ -218,16 +235,24 @@ def run_evaluate(args: argparse.Namespace) -> int:
     table, arrays = evaluate_forecaster(forecaster, candle_rows(candles)[start:], scored_from, args.level)
     origins = len(arrays["actual"])
     skipped = first_scored_close - forecaster.window + 1
+    trading = None
+    if args.backtest:
+        trading = backtest(arrays["origin_close"][:, 0], arrays["actual"][:, 0], arrays["mean"], step, args.fee, args.spread,
+                           timeframe_ms(args.timeframe) // 60_000)
     if args.report:
-        write_report(args.report, table, arrays, f"{forecaster.version} on {args.csv.name}: {origins} unseen origins", args.level)
+        write_report(args.report, table, arrays, f"{forecaster.version} on {args.csv.name}: {origins} unseen origins", args.level, trading)
     if args.json:
         report = {"origins": origins, "model_version": forecaster.version, "timeframe": args.timeframe, "skipped_training_origins": skipped,
                   "interval": {"method": "split-conformal, adapted to the last errors", "window": ADAPTIVE_WINDOW},
                   "steps": table.to_dict("records")}
+        if trading:
+            report["backtest"] = {key: value for key, value in trading.items() if key != "curves"}
         print(json.dumps(report))
     else:
         print(f"{origins} origins, model {forecaster.version}, {skipped} earlier origins skipped (seen in training)")
         print(format_step_table(table.to_dict("records"), f"walk-forward on {args.csv.name}, {args.timeframe} candles", args.level))
+        if trading:
+            print(format_backtest(trading))
     return 0
 
 

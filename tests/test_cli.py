@@ -192,3 +192,31 @@ def test_evaluate_reports_baselines_tests_and_every_interval_level(tiny_model, s
     assert step["coverage"] == step["coverage_0.90"]
     html = report_path.read_text()
     assert "Mean absolute error by step" in html and "Interval coverage by step" in html and "plotly" in html
+
+
+def test_evaluate_backtests_the_forecasts_after_costs(tiny_model, synthetic_csv, tmp_path, capsys):
+    report_path = tmp_path / "report.html"
+    assert main(["evaluate", "--csv", str(synthetic_csv), "--model", str(tiny_model), "--include-training-data", "--json",
+                 "--backtest", "--backtest-step", "3", "--fee", "0.0005", "--spread", "0.0002", "--report", str(report_path)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    trading = report["backtest"]
+    assert trading["step"] == 3 and trading["candles"] == report["origins"] and "curves" not in trading
+    assert trading["threshold"] == pytest.approx(2 * (0.0005 + 0.0001))
+    assert set(trading["strategies"]) == {"long_flat", "long_short", "buy_and_hold", "flat"}
+    closes = make_candles(1500)["close"].to_numpy()
+    held = closes[59 : 59 + report["origins"] + 1]  # the first scored origin's close to the last one's next close
+    assert trading["strategies"]["buy_and_hold"]["gross_return"] == pytest.approx(held[-1] / held[0] - 1)
+    assert "Backtest after costs" in report_path.read_text()
+
+
+@pytest.mark.parametrize("flags", [["--fee", "-0.1"], ["--spread", "abc"], ["--backtest-step", "0"]])
+def test_bad_backtest_flags_are_refused_by_name(flags, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", "--csv", "x.csv", "--backtest", *flags])
+    assert exit_info.value.code == 2 and flags[0] in capsys.readouterr().err
+
+
+def test_a_backtest_step_past_the_horizon_is_one_clear_line(tiny_model, synthetic_csv, capsys):
+    assert main(["evaluate", "--csv", str(synthetic_csv), "--model", str(tiny_model), "--include-training-data",
+                 "--backtest", "--backtest-step", "11"]) == 2
+    assert "between 1 and 10" in capsys.readouterr().err

@@ -1,4 +1,5 @@
-"""The evaluate command's HTML report: four Plotly figures in one self-contained file."""
+"""The evaluate command's HTML report: four Plotly figures in one self-contained file, and the
+backtest's strategies and capital curves when it ran."""
 
 from __future__ import annotations
 
@@ -40,12 +41,32 @@ def report_figures(table: pd.DataFrame, arrays: dict) -> list[go.Figure]:
     return [predicted, by_step, coverage, residuals]
 
 
-def write_report(path: Path, table: pd.DataFrame, arrays: dict, title: str, level: float = DEFAULT_LEVEL) -> None:
+def capital_figure(trading: dict) -> go.Figure:
+    """Each strategy's capital after costs, from 1, candle by candle."""
+    figure = go.Figure(layout_title_text=f"Backtest after costs: capital from 1 (signal: the forecast move at step {trading['step']})")
+    for name, returns in trading["curves"].items():
+        figure.add_scatter(y=np.concatenate([[1.0], np.cumprod(1 + returns)]), name=name.replace("_", " "), mode="lines")
+    figure.update_xaxes(title_text="candle")
+    figure.update_layout(template="plotly_white", height=420)
+    return figure
+
+
+def strategies_table(trading: dict) -> str:
+    columns = ("gross_return", "net_return", "net_return_95", "sharpe", "sharpe_95", "max_drawdown", "hit_rate", "time_in_market", "trades", "turnover")
+    rows = pd.DataFrame([{"strategy": name, **{column: row[column] for column in columns}} for name, row in trading["strategies"].items()])
+    for column in ("net_return_95", "sharpe_95"):
+        rows[column] = rows[column].map(lambda pair: f"{pair[0]:.4f} to {pair[1]:.4f}")
+    return rows.round(4).to_html(index=False)
+
+
+def write_report(path: Path, table: pd.DataFrame, arrays: dict, title: str, level: float = DEFAULT_LEVEL,
+                 trading: dict | None = None) -> None:
     """One HTML file with plotly.js embedded, so it opens offline."""
-    figures = report_figures(table, arrays)
+    figures = report_figures(table, arrays) + ([capital_figure(trading)] if trading else [])
     parts = [figure.to_html(full_html=False, include_plotlyjs=(number == 0)) for number, figure in enumerate(figures)]
     summary = table[["step", "mae_ratio", "direction_accuracy", "dm_p_value", f"coverage_{level:.2f}"]].round(4).to_html(index=False)
+    backtest = f"<h2>Backtest after costs</h2>{strategies_table(trading)}" if trading else ""
     Path(path).write_text(
         f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title></head><body>"
-        f"<h1>{title}</h1>{summary}{''.join(parts)}</body></html>"
+        f"<h1>{title}</h1>{summary}{backtest}{''.join(parts)}</body></html>"
     )
