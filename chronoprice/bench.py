@@ -4,6 +4,7 @@ tick against the local Binance-compatible server, all measured in one run.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
@@ -16,8 +17,6 @@ from typing import Callable
 import numpy as np
 
 from chronoprice.evaluation.walkforward import evaluate_forecaster
-from chronoprice.bench_live import run_screen_latency
-from chronoprice.bench_watchlist import run_in_child
 from chronoprice.market.demo import demo_candles
 from chronoprice.market.live import LiveSource
 from chronoprice.market.simulator import BinanceSimulator
@@ -188,9 +187,20 @@ def run_benchmark(model_path: Path, repeats: int = 200, ticks: int = 40, deploy_
         "ticks": ticks,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "processor": platform.machine()},
         "deploy": run_deploy_benchmark(model_path, deploy_ticks) if deploy_ticks > 0 else None,
-        "watchlist": run_in_child(model_path, watch_markets, watch_minutes, alert_rules) if watch_markets > 0 else None,
-        "live": run_screen_latency(model_path, live_samples) if live_samples > 0 else None,
+        "watchlist": bench_in_child("bench_watchlist", model_path, watch_markets, watch_minutes, alert_rules) if watch_markets > 0 else None,
+        "live": bench_in_child("bench_live", model_path, live_samples) if live_samples > 0 else None,
     }
+
+
+def bench_in_child(module: str, *arguments) -> dict:
+    """`python -m chronoprice.MODULE ARGUMENTS` in a new interpreter, its last line of JSON: the
+    watchlist's memory is then its own, and the bench never imports the live part's Playwright,
+    a test requirement."""
+    command = [sys.executable, "-m", f"chronoprice.{module}", *map(str, arguments)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=1800)
+    if result.returncode != 0:
+        raise RuntimeError(f"{module} failed: {result.stderr[-2000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def format_bench(report: dict) -> str:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+from playwright.sync_api import sync_playwright
 
 from chronoprice.market.demo import demo_candles
 from chronoprice.market.simulator import BinanceSimulator
@@ -115,11 +116,6 @@ def _message_bytes(base: str) -> int:
 
 def run_screen_latency(model_path: Path, samples: int = 40, seed: int = 0) -> dict:
     """Exchange event to the painted last price, over `samples` price changes."""
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        raise RuntimeError("the live benchmark drives Chromium with Playwright: pip install -r requirements-dev.txt "
-                           "(or --live-samples 0 to skip it)") from None
     now_ms = int(time.time() * 1000)
     first = now_ms // MINUTE_MS * MINUTE_MS - HISTORY_MINUTES * MINUTE_MS
     candles = demo_candles(SYMBOL, first, now_ms + 120 * MINUTE_MS)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import json
 import multiprocessing
-import subprocess
 import sys
 import tempfile
 import time
@@ -191,15 +190,6 @@ def _missing_origins(ticker: Ticker, market: tuple[str, str], since_ts: int) -> 
     stored = read_candles(ticker.db(), key, start=since_ts)["ts"]
     forecast = forecast_origins_since(ticker.db(), key, ticker.forecaster(market[1]).version, since_ts)
     return int((~stored.isin(forecast)).sum())
-
-
-def run_in_child(model_path: Path, count: int, minutes: int, rules: int) -> dict:
-    """`run` in a new interpreter: its resident memory is the scheduler's alone."""
-    command = [sys.executable, "-m", "chronoprice.bench_watchlist", str(model_path), str(count), str(minutes), str(rules)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=1800)
-    if result.returncode != 0:
-        raise RuntimeError(f"watchlist benchmark failed: {result.stderr[-2000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 if __name__ == "__main__":
