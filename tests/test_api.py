@@ -44,7 +44,9 @@ def test_candles_endpoint(client):
 
 def test_forecast_endpoint_follows_the_design_contract(client):
     body = client.get("/api/v1/forecast?symbol=BTC/USDT").get_json()
-    assert set(body) == {"exchange", "symbol", "timeframe", "origin_ts", "model_version", "steps"}
+    assert set(body) == {"exchange", "symbol", "timeframe", "origin_ts", "model_version", "served", "skill_guard", "steps"}
+    assert body["served"] == "model" and body["skill_guard"]["guarded"] is False
+    assert body["skill_guard"]["required"] == 2000 and body["skill_guard"]["origins"] < 2000  # two hours of history
     assert [step["step"] for step in body["steps"]] == list(range(1, 11))
     assert [step["ts"] - body["origin_ts"] for step in body["steps"]] == [MINUTE_MS * n for n in range(1, 11)]
     assert all(step["lower"] < step["close"] < step["upper"] for step in body["steps"])

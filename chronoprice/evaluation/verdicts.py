@@ -38,16 +38,16 @@ class Comparison:
         return self.statistic > 0 and self.p_value < SIGNIFICANCE
 
 
-def compare_errors(challenger_errors: np.ndarray, reference_errors: np.ndarray) -> Comparison:
-    """[N, horizon] errors (predicted - actual) of two forecasters on the same N origins, in
-    origin order."""
-    challenger = np.abs(np.asarray(challenger_errors, dtype="float64")).mean(axis=1)
-    reference = np.abs(np.asarray(reference_errors, dtype="float64")).mean(axis=1)
+def compare_errors(challenger_errors: np.ndarray, reference_errors: np.ndarray, horizon: int) -> Comparison:
+    """Each origin's mean absolute error over the steps, [N] for two forecasters on the same N
+    origins in origin order; `horizon` steps each."""
+    challenger = np.asarray(challenger_errors, dtype="float64")
+    reference = np.asarray(reference_errors, dtype="float64")
     if challenger.shape != reference.shape:
         raise ValueError("both forecasters must be scored on the same origins")
     if len(challenger) < 2:
         return Comparison(len(challenger), float("nan"), 0.0, 1.0)
-    statistic, p_value = diebold_mariano(challenger, reference, np.shape(challenger_errors)[1])
+    statistic, p_value = diebold_mariano(challenger, reference, horizon)
     return Comparison(len(challenger), float(challenger.mean() / reference.mean()), statistic, p_value)
 
 

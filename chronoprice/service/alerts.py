@@ -30,6 +30,7 @@ from chronoprice.market.timeframes import timeframe_ms
 from chronoprice.model.forecasters import score_quantiles
 from chronoprice.model.features import HORIZON
 from chronoprice.service.alert_rules import big_move, crossed, firing, new_rule, webhook_body, webhook_problem
+from chronoprice.service.guard import served_forecast
 from chronoprice.service.overview import market_status
 from chronoprice.service.status import TickStatus
 from chronoprice.service.watchlist import watch_market
@@ -46,7 +47,7 @@ from chronoprice.store.alerts import (
     read_rules,
     record_firing,
 )
-from chronoprice.store.records import read_candles, read_latest_forecast, read_matured_forecasts
+from chronoprice.store.records import read_candles, read_matured_forecasts
 
 log = logging.getLogger(__name__)
 RETRY_SECONDS = (2.0, 10.0, 30.0, 120.0, 600.0, 1800.0)  # waits after failed attempts; then it is given up
@@ -172,7 +173,7 @@ class Alerts:
             way = crossed(previous, newest, p["level"], p["direction"])
             return None if way is None else (newest_ts, f"closed at {newest:,.2f}, crossing {p['level']:,.2f} going {way}")
         if rule.kind == "forecast_move":
-            forecast = read_latest_forecast(self.ticker.db(), market)
+            forecast = served_forecast(self.ticker.db(), market, status)
             if forecast.empty or int(forecast["origin_ts"].iloc[0]) != newest_ts or p["step"] > len(forecast):
                 return None
             row = forecast.iloc[p["step"] - 1]

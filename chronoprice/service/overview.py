@@ -10,9 +10,10 @@ import pandas as pd
 
 from chronoprice.evaluation.metrics import ERROR_WINDOW_HOURS, diebold_mariano
 from chronoprice.market.timeframes import HOUR_MS, timeframe_ms
+from chronoprice.service.guard import served_forecast
 from chronoprice.service.status import TickStatus
 from chronoprice.service.tick import Ticker
-from chronoprice.store.records import matured_error_sums, matured_step_errors, read_candles, read_latest_forecast
+from chronoprice.store.records import matured_error_sums, matured_step_errors, read_candles
 
 SPARK_CANDLES = 30  # closes drawn before the forecast in the overview's sparkline
 
@@ -73,7 +74,7 @@ def summarise_market(ticker: Ticker, symbol: str, timeframe: str) -> MarketSumma
     db, length = ticker.db(), timeframe_ms(timeframe)
     candles = read_candles(db, market, limit=SPARK_CANDLES)
     newest = int(candles["ts"].iloc[-1]) if not candles.empty else None
-    forecast = read_latest_forecast(db, market)
+    forecast = served_forecast(db, market, status)
     if newest is not None and not forecast.empty and forecast["origin_ts"].iloc[0] != newest:
         forecast = forecast.iloc[:0]
     last = float(candles["close"].iloc[-1]) if not candles.empty else None

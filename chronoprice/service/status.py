@@ -10,7 +10,7 @@ import pandas as pd
 from chronoprice.market.candles import COLUMNS
 from chronoprice.market.timeframes import timeframe_ms
 
-STATUS_FORMAT = 3  # bump when a field changes meaning; saved statuses of another format are ignored
+STATUS_FORMAT = 4  # bump when a field changes meaning; saved statuses of another format are ignored
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,12 +32,15 @@ class TickStatus:
     finished_at_ms: int = 0
     forming: list | None = None  # [ts, open, high, low, close, volume] of the candle still forming, as fetched
     feed: str | None = None  # how the scheduler gets the market's candles: "streaming" or "polling"; None on demand
+    skill: dict | None = None  # the model's skill guard after this tick (service/guard.py); None where no model serves
 
     def summary(self) -> str:
         newest = pd.Timestamp(self.newest_ts, unit="ms", tz="UTC").strftime("%Y-%m-%d %H:%M UTC") if self.newest_ts else "none"
         parts = [f"{self.source} {self.symbol} {self.timeframe}: newest candle {newest}, {self.new_candles} new"]
         if self.forecast_origin_ts:
             parts.append(f"forecast by {self.model_version}")
+        if self.skill and self.skill["guarded"]:
+            parts.append("skill guard on: the last close is served")
         parts += [text for text in (self.note, f"error: {self.error}" if self.error else None) if text]
         return "; ".join(parts)
 

@@ -23,7 +23,9 @@ from chronoprice.market.source import CandleSource, Market, SourceError, Unknown
 from chronoprice.market.timeframes import timeframe_ms
 from chronoprice.model.features import HORIZON, WINDOW, candle_rows
 from chronoprice.model.forecasters import LSTMForecaster, NaiveBandForecaster
+from chronoprice.evaluation.verdicts import REQUIRED_ORIGINS
 from chronoprice.service.backfill import forecast_history, forecast_rows
+from chronoprice.service.guard import check_skill
 from chronoprice.service.live import LiveBoard
 from chronoprice.service.models import ModelSlot
 from chronoprice.service.scoring import adapted_quantiles
@@ -71,6 +73,7 @@ class Ticker:
         self._locks_lock = threading.Lock()
         self._completed: set[Market] = set()  # markets whose recent origins this process has checked
         self.holds_schedule: Callable[[], bool] = lambda: False  # the Scheduler built on this ticker replaces it
+        self.skill_origins = REQUIRED_ORIGINS  # matured origins the skill guard judges, per timeframe
         # Cold-start histories run one at a time: each already keeps every core busy (ONNX Runtime's
         # threads), and concurrent ones only multiplied the memory. The pool's thread is not a
         # daemon, so exit waits for them, since ONNX Runtime aborts the process when the
@@ -208,6 +211,7 @@ class Ticker:
         origin, version, forecast_note = self._forecast_newest(market, cold_start=bool(new and exchange in cold_starts))
         if forecast_note:
             error = "; ".join(filter(None, [error, forecast_note]))
+        skill = self._skill(market)
         if new and exchange in cold_starts:
             log.info("cold start: stored %d candles", new, extra=market.key())
             if history_in_background and self.forecaster(timeframe) is not None:
@@ -230,7 +234,18 @@ class Ticker:
             total_ms=(finished - started) * 1000,
             finished_at_ms=self.now_ms(),
             forming=forming,
+            skill=skill,
         )
+
+    def _skill(self, market: Market) -> dict | None:
+        """The skill guard's state after this tick, carried on from the last tick's; None where
+        the last close is served anyway or nothing is stored yet."""
+        forecaster = self.forecaster(market.timeframe)
+        newest = newest_candle_ts(self.db(), market)
+        if forecaster is None or forecaster.name == NaiveBandForecaster.name or newest is None:
+            return None
+        before = self.stored_status(market.symbol, market.timeframe).skill
+        return check_skill(self.db(), market, forecaster, newest, bool(before and before["guarded"]), self.skill_origins)
 
     def wait_for_histories(self) -> None:
         """Wait until the cold starts' background history forecasts have finished."""

@@ -174,3 +174,16 @@ def matured_error_sums(db: Database, market: Market, since_target_ts: int) -> di
         f"avg(case when actual between lower and upper then 1.0 else 0.0 end) from forecasts where {where}", params).fetchone()
     # PostgreSQL averages the 1.0 and 0.0 literals as numeric (Decimal): floats, as on SQLite.
     return {"count": count, "mae": mae, "mae_origin_close": mae_origin, "coverage": None if inside is None else float(inside)}
+
+
+def origin_mean_errors(db: Database, market: Market, model_version: str, horizon: int, since_target_ts: int,
+                       limit: int) -> np.ndarray:
+    """[N, 2] for the newest `limit` origins of `model_version` whose `horizon` steps have all
+    matured since `since_target_ts`, oldest first: the mean absolute error over the steps of the
+    forecast and of the origin close (the naive forecast)."""
+    where, params = _matured_where(market, since_target_ts, None, None)
+    rows = db.execute(
+        "select avg(abs(predicted - actual)), avg(abs(origin_close - actual)) from forecasts "
+        f"where {where} and model_version = ? group by origin_ts having count(*) = ? order by origin_ts desc limit ?",
+        params + [model_version, int(horizon), int(limit)]).fetchall()
+    return np.array(rows[::-1], dtype=float).reshape(-1, 2)

@@ -111,8 +111,12 @@ OPENAPI = {
                 "properties": {**_MARKET, "candles": {"type": "array", "items": _CANDLE}},
             },
             "Forecast": {
-                "type": "object", "required": ["exchange", "symbol", "timeframe", "origin_ts", "model_version", "steps"],
+                "type": "object", "required": ["exchange", "symbol", "timeframe", "origin_ts", "model_version", "served", "steps"],
                 "properties": {**_MARKET, "origin_ts": {"type": "integer"}, "model_version": {"type": "string"},
+                               "served": {"type": "string", "enum": ["model", "last_close"]},
+                               "skill_guard": {"type": "object", "nullable": True, "properties": {
+                                   "guarded": {"type": "boolean"}, "origins": {"type": "integer"}, "required": {"type": "integer"},
+                                   "mae_ratio": _NUMBER, "p_value": _NUMBER}},
                                "steps": {"type": "array", "minItems": 1, "items": {
                                    "type": "object", "required": ["step", "ts", "close", "lower", "upper"],
                                    "properties": {"step": {"type": "integer", "minimum": 1}, "ts": {"type": "integer"},

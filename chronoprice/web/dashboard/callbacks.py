@@ -20,11 +20,12 @@ from chronoprice.model.features import HORIZON
 from chronoprice.model.forecasters import NaiveBandForecaster
 from chronoprice.service.overview import summarise_watchlist
 from chronoprice.service.watchlist import parse_market, watch_market
+from chronoprice.service.guard import guard_text, is_guarded, served_forecast
 from chronoprice.service.scoring import read_scored
 from chronoprice.service.status import TickStatus, forming_frame, fresh_forming_row, status_to_json
 from chronoprice.service.tick import Ticker
 from chronoprice.store import STORE_UNAVAILABLE
-from chronoprice.store.records import read_candles, read_latest_forecast
+from chronoprice.store.records import read_candles
 from chronoprice.store.watchlist import WatchlistFull, read_watchlist, remove_from_watchlist
 from chronoprice.web.access import write_refusal
 from chronoprice.web.cache import cached_seconds
@@ -65,7 +66,7 @@ def read_view(ticker: Ticker, status: TickStatus) -> ViewData:
     market = ticker.market(status.symbol, status.exchange, timeframe)
     db = ticker.db()
     candles = read_candles(db, market, limit=SHOWN_CANDLES + INDICATOR_WARM_UP)
-    forecast = read_latest_forecast(db, market)
+    forecast = served_forecast(db, market, status)
     if not candles.empty and not forecast.empty and forecast["origin_ts"].iloc[0] != candles["ts"].iloc[-1]:
         forecast = forecast.iloc[:0]  # a forecast from an older candle would overlap real ones
     newest = int(candles["ts"].iloc[-1]) if not candles.empty else 0
@@ -152,6 +153,7 @@ def render_text(view: ViewData) -> dict:
         "verdict": verdict(view.matured, horizon),
         "source-badge": status.source,
         "model-badge": (f"last close: no model has shown skill on {status.timeframe} candles" if naive
+                        else guard_text(status.skill) if is_guarded(status)
                         else f"model {status.model_version}" if status.model_version else "model unavailable"),
         "newest-candle": f"newest candle {_utc(status.newest_ts)}" + (f" · {status.feed}" if status.feed else ""),
         "banner": (f"Offline demo: synthetic prices, not a real market. {status.note or ''}" if offline else ""),
