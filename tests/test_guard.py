@@ -8,7 +8,7 @@ from chronoprice.config import settings_from
 from chronoprice.market.live import LiveSource
 from chronoprice.model.features import window_closes
 from chronoprice.model.forecasters import load_forecaster
-from chronoprice.service.guard import served_forecast
+from chronoprice.service.guard import MaturedOrigins, served_forecast
 from chronoprice.service.tick import Ticker
 from chronoprice.store.records import read_latest_forecast
 from chronoprice.web.dashboard.callbacks import read_view, render_text
@@ -71,11 +71,18 @@ def test_a_broken_champion_is_guarded_within_the_window_and_served_again_once_he
     assert served["upper"].is_monotonic_increasing, "the band widens with the step"
 
     champion.broken = False
+    kept = MaturedOrigins()
+    window = kept.newest(ticker.db(), market, champion.version, champion.horizon, broken.newest_ts, REQUIRED)
+    assert window.shape == (REQUIRED, 2) and (window[:, 0] > window[:, 1]).mean() > 0.9
     still = next_minutes(ticker, exchange, clock, 100)
     assert still.skill["guarded"], "half a window of healthy forecasts does not lift the guard"
     healed = next_minutes(ticker, exchange, clock, REQUIRED)
     assert not healed.skill["guarded"] and healed.skill["mae_ratio"] <= 1
     assert served_forecast(ticker.db(), market, healed).equals(read_latest_forecast(ticker.db(), market))
+    # Kept between reads, the window moves on by the origins that matured since: as read whole.
+    moved_on = kept.newest(ticker.db(), market, champion.version, champion.horizon, healed.newest_ts, REQUIRED)
+    read_whole = MaturedOrigins().newest(ticker.db(), market, champion.version, champion.horizon, healed.newest_ts, REQUIRED)
+    assert np.array_equal(moved_on, read_whole) and np.allclose(moved_on[:, 0], moved_on[:, 1])
 
 
 def test_the_api_and_the_page_say_when_the_last_close_is_served(guarded_ticker, exchange, db_path):

@@ -10,24 +10,45 @@ import numpy as np
 import pandas as pd
 
 from chronoprice.evaluation.metrics import DEFAULT_LEVEL
-from chronoprice.evaluation.verdicts import REQUIRED_ORIGINS, compare_errors, guarded
+from chronoprice.evaluation.verdicts import compare_errors, guarded
 from chronoprice.market.source import Market
 from chronoprice.market.timeframes import timeframe_ms
-from chronoprice.model.forecasters import LSTMForecaster, NaiveBandForecaster
+from chronoprice.model.forecasters import NaiveBandForecaster
 from chronoprice.service.scoring import last_close_quantiles
 from chronoprice.service.status import TickStatus
 from chronoprice.store.records import origin_mean_errors, read_candles, read_latest_forecast
 from chronoprice.store.schema import Database
 
 
-def check_skill(db: Database, market: Market, forecaster: LSTMForecaster, newest_ts: int, guarded_now: bool,
-                required: dict[str, int] = REQUIRED_ORIGINS) -> dict:
+class MaturedOrigins:
+    """Per market and model, the per-origin errors (store.records.origin_mean_errors) of the
+    newest matured origins, kept between ticks: once a market's window is full a tick reads
+    only the origins that matured since the last (one, routinely) instead of the whole window.
+    An origin whose last step matures late, after a repaired gap older than the newest cached
+    origin, joins only when the window is read whole again (in a new process)."""
+
+    def __init__(self):
+        self._known: dict[tuple[Market, str], np.ndarray] = {}
+
+    def newest(self, db: Database, market: Market, model_version: str, horizon: int, newest_ts: int, needed: int) -> np.ndarray:
+        """[N <= needed, 2]: the model's and the last close's mean absolute errors, oldest first."""
+        key = (market, model_version)
+        known = self._known.get(key)
+        if known is None or len(known) < needed:
+            after = newest_ts - (needed + 2 * horizon) * timeframe_ms(market.timeframe)
+            known = origin_mean_errors(db, market, model_version, horizon, after, needed)
+        else:
+            newer = origin_mean_errors(db, market, model_version, horizon, int(known[-1, 0]), needed)
+            known = np.concatenate([known, newer])[-needed:]
+        self._known[key] = known
+        return known[:, 1:]
+
+
+def skill_state(errors: np.ndarray, needed: int, horizon: int, guarded_now: bool) -> dict:
     """The guard's state after a tick, as the status carries it: guarded, and the comparison of
-    the model's newest matured origins with the last close that decided it."""
-    needed = required[market.timeframe]
-    since = newest_ts - (needed + 2 * forecaster.horizon) * timeframe_ms(market.timeframe)
-    errors = origin_mean_errors(db, market, forecaster.version, forecaster.horizon, since, needed)
-    comparison = compare_errors(errors[:, 0], errors[:, 1], forecaster.horizon)
+    the model's newest matured origins ([N, 2] errors: the model's, the last close's) with the
+    last close that decided it."""
+    comparison = compare_errors(errors[:, 0], errors[:, 1], horizon)
     return {
         "guarded": guarded(comparison, needed, guarded_now),
         "origins": comparison.origins, "required": needed,

@@ -25,7 +25,7 @@ from chronoprice.model.features import HORIZON, WINDOW, candle_rows
 from chronoprice.model.forecasters import LSTMForecaster, NaiveBandForecaster
 from chronoprice.evaluation.verdicts import REQUIRED_ORIGINS
 from chronoprice.service.backfill import forecast_history, forecast_rows
-from chronoprice.service.guard import check_skill
+from chronoprice.service.guard import MaturedOrigins, skill_state
 from chronoprice.service.live import LiveBoard
 from chronoprice.service.models import ModelSlot
 from chronoprice.service.scoring import adapted_quantiles
@@ -74,6 +74,7 @@ class Ticker:
         self._completed: set[Market] = set()  # markets whose recent origins this process has checked
         self.holds_schedule: Callable[[], bool] = lambda: False  # the Scheduler built on this ticker replaces it
         self.skill_origins = REQUIRED_ORIGINS  # matured origins the skill guard judges, per timeframe
+        self._matured_origins = MaturedOrigins()
         # Cold-start histories run one at a time: each already keeps every core busy (ONNX Runtime's
         # threads), and concurrent ones only multiplied the memory. The pool's thread is not a
         # daemon, so exit waits for them, since ONNX Runtime aborts the process when the
@@ -244,8 +245,10 @@ class Ticker:
         newest = newest_candle_ts(self.db(), market)
         if forecaster is None or forecaster.name == NaiveBandForecaster.name or newest is None:
             return None
+        needed = self.skill_origins[market.timeframe]
+        errors = self._matured_origins.newest(self.db(), market, forecaster.version, forecaster.horizon, newest, needed)
         before = self.stored_status(market.symbol, market.timeframe).skill
-        return check_skill(self.db(), market, forecaster, newest, bool(before and before["guarded"]), self.skill_origins)
+        return skill_state(errors, needed, forecaster.horizon, bool(before and before["guarded"]))
 
     def wait_for_histories(self) -> None:
         """Wait until the cold starts' background history forecasts have finished."""

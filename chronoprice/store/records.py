@@ -176,14 +176,15 @@ def matured_error_sums(db: Database, market: Market, since_target_ts: int) -> di
     return {"count": count, "mae": mae, "mae_origin_close": mae_origin, "coverage": None if inside is None else float(inside)}
 
 
-def origin_mean_errors(db: Database, market: Market, model_version: str, horizon: int, since_target_ts: int,
+def origin_mean_errors(db: Database, market: Market, model_version: str, horizon: int, after_origin_ts: int,
                        limit: int) -> np.ndarray:
-    """[N, 2] for the newest `limit` origins of `model_version` whose `horizon` steps have all
-    matured since `since_target_ts`, oldest first: the mean absolute error over the steps of the
-    forecast and of the origin close (the naive forecast)."""
-    where, params = _matured_where(market, since_target_ts, None, None)
+    """[N, 3] for the newest `limit` origins after `after_origin_ts` whose `horizon` steps by
+    `model_version` have all matured, oldest first: the origin, and the mean absolute error over
+    the steps of the forecast and of the origin close (the naive forecast)."""
+    where, params = _matured_where(market, None, None, None)
     rows = db.execute(
-        "select avg(abs(predicted - actual)), avg(abs(origin_close - actual)) from forecasts "
-        f"where {where} and model_version = ? group by origin_ts having count(*) = ? order by origin_ts desc limit ?",
-        params + [model_version, int(horizon), int(limit)]).fetchall()
-    return np.array(rows[::-1], dtype=float).reshape(-1, 2)
+        "select origin_ts, avg(abs(predicted - actual)), avg(abs(origin_close - actual)) from forecasts "
+        f"where {where} and model_version = ? and origin_ts > ? group by origin_ts having count(*) = ? "
+        "order by origin_ts desc limit ?",
+        params + [model_version, int(after_origin_ts), int(horizon), int(limit)]).fetchall()
+    return np.array(rows[::-1], dtype=float).reshape(-1, 3)
