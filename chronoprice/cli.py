@@ -10,12 +10,15 @@ import signal
 import sys
 from pathlib import Path
 
+import pandas as pd
+
 from chronoprice.bench import BATCH_ORIGINS, format_bench, run_benchmark
 from chronoprice.bench_scale import format_scale, run_scale_benchmark
 from chronoprice.config import (
     DEFAULT_MODEL,
     ENGINES,
     LOG_FORMATS,
+    PROJECT_ROOT,
     SettingsError,
     add_settings_arguments,
     log_format_from,
@@ -31,7 +34,7 @@ from chronoprice.evaluation.metrics import (
 from chronoprice.evaluation.report import write_report
 from chronoprice.evaluation.walkforward import evaluate_forecaster
 from chronoprice.logs import configure_logging
-from chronoprice.market.candles import aggregate_candles
+from chronoprice.market.candles import aggregate_candles, find_gaps
 from chronoprice.market.files import read_candle_csv
 from chronoprice.market.timeframes import TIMEFRAME_MS, timeframe_ms
 from chronoprice.model.artifact import artifact_at
@@ -39,6 +42,7 @@ from chronoprice.model.features import WINDOW, candle_rows, parse_feature
 from chronoprice.model.forecasters import NaiveBandForecaster, load_forecaster
 from chronoprice.service.build import build_scheduler, build_ticker
 from chronoprice.store import open_store
+from chronoprice.store.records import stored_training_candles
 from chronoprice.store.transfer import copy_store
 from chronoprice.web.server import serve
 
@@ -49,6 +53,13 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError("must be a whole number of at least 1")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be a number above 0")
     return value
 
 
@@ -80,8 +91,16 @@ def build_parser() -> argparse.ArgumentParser:
     worker = commands.add_parser("worker", help="tick the watchlist on every candle close, with no web server")
     add_settings_arguments(worker)
 
-    train = commands.add_parser("train", help="train the LSTM on a candle CSV and write the model artifact")
-    train.add_argument("--csv", type=Path, required=True, help="1-minute candle CSV (Binance Data Vision or headed OHLCV)")
+    train = commands.add_parser("train", help="train the LSTM on a candle CSV or the candles a store collected, and write the model artifact")
+    data = train.add_mutually_exclusive_group(required=True)
+    data.add_argument("--csv", type=Path, help="1-minute candle CSV (Binance Data Vision or headed OHLCV)")
+    data.add_argument("--db", type=store_target, help="a ChronoPrice store (SQLite file or postgresql:// URL): train on the "
+                      "closed candles it collected for --symbol and --timeframe")
+    train.add_argument("--symbol", help="with --db: the market, e.g. BTC/USDT")
+    train.add_argument("--timeframe", choices=list(TIMEFRAME_MS), default="1m", help="with --db: its timeframe, which the model then "
+                       "serves (default 1m)")
+    train.add_argument("--exchange", help="with --db: whose candles (default: the exchange with the most of that market)")
+    train.add_argument("--days", type=_positive_float, help="with --db: only the last N days of candles (default: all)")
     train.add_argument("--epochs", type=_positive_int, default=30, help="most epochs; training stops early (default 30)")
     train.add_argument("--loss", choices=["mse", "huber", "mae"],
                        help="training loss (default: the shipped model's, huber; see docs/MODEL.md)")
@@ -90,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--train-days", type=float, default=None, help="train on only the last N days of the training split (default: all)")
     train.add_argument("--folds", type=_positive_int, default=3,
                        help="rolling validation windows whose forecasts fit the shrinkage (default 3; the last one's model ships)")
-    train.add_argument("--out", type=Path, default=DEFAULT_MODEL, help="artifact path without extension (default models/chronoprice-lstm)")
+    train.add_argument("--out", type=Path, help="artifact path without extension (default models/chronoprice-lstm; with --db "
+                       "models/trained/EXCHANGE-SYMBOL-TIMEFRAME)")
 
     compare = commands.add_parser("compare", help="train model variants and compare them walk-forward against the naive baseline")
     compare.add_argument("--csv", type=Path, required=True, help="1-minute candle CSV")
@@ -178,16 +198,38 @@ def _training():
     return training
 
 
+def training_data(args: argparse.Namespace) -> tuple[pd.DataFrame, str, Path]:
+    """The candles `train` fits, what the metadata says they are, and where the artifact goes."""
+    if args.csv:
+        loaded = read_candle_csv(args.csv)
+        for line, reason in loaded.bad_rows[:10]:
+            log.warning("%s:%d: skipped: %s", args.csv, line, reason)
+        return loaded.candles, f"{args.csv.name}: {len(loaded.candles)} candles", args.out or DEFAULT_MODEL
+    if not args.symbol:
+        raise ValueError("train --db needs --symbol (and --timeframe unless 1m)")
+    db = open_store(args.db)
+    try:
+        market, candles = stored_training_candles(db, args.symbol.upper(), args.timeframe, args.exchange, args.days)
+    finally:
+        db.close()
+    gaps = find_gaps(candles["ts"].to_numpy(), timeframe_ms(args.timeframe))
+    if not gaps.empty:
+        log.warning("%d gaps in the stored candles (%d candles missing): windows across them are trained on as if continuous",
+                    len(gaps), int(gaps["missing"].sum()))
+    first, last = (pd.Timestamp(candles["ts"].iloc[end], unit="ms", tz="UTC").strftime("%Y-%m-%d %H:%M") for end in (0, -1))
+    description = f"store {market.exchange} {market.symbol} {market.timeframe}: {len(candles)} candles, {first} to {last} UTC"
+    name = f"{market.exchange}-{market.symbol.replace('/', '-')}-{market.timeframe}".lower()
+    return candles, description, args.out or PROJECT_ROOT / "models" / "trained" / name
+
+
 def run_train(args: argparse.Namespace) -> int:
     training = _training()
-    loaded = read_candle_csv(args.csv)
-    for line, reason in loaded.bad_rows[:10]:
-        log.warning("%s:%d: skipped: %s", args.csv, line, reason)
-    description = f"{args.csv.name}: {len(loaded.candles)} candles"
+    candles, description, out = training_data(args)
     chosen = {"feature": args.feature, "loss": args.loss, "train_days": args.train_days}
     variant = training.Variant(**{name: value for name, value in chosen.items() if value is not None})
-    metadata = training.train_artifact(loaded.candles, artifact_at(args.out), args.epochs, description, variant, folds=args.folds)
-    print(f"wrote {args.out}.keras, .tflite, .onnx and .json (version {metadata['version']})")
+    metadata = training.train_artifact(candles, artifact_at(out), args.epochs, description, variant, folds=args.folds,
+                                       timeframe=args.timeframe if args.db else "1m")
+    print(f"wrote {out}.keras, .tflite, .onnx and .json (version {metadata['version']})")
     print(format_step_table(metadata["holdout"], "holdout (last 15 %, never trained on)"))
     return 0
 

@@ -220,3 +220,46 @@ def test_a_backtest_step_past_the_horizon_is_one_clear_line(tiny_model, syntheti
     assert main(["evaluate", "--csv", str(synthetic_csv), "--model", str(tiny_model), "--include-training-data",
                  "--backtest", "--backtest-step", "11"]) == 2
     assert "between 1 and 10" in capsys.readouterr().err
+
+
+@pytest.fixture
+def collected_store(tmp_path):
+    """A store as the app leaves it: 1,500 closed 5m candles of BTC/USDT from binance with three
+    missing, and fewer from kraken."""
+    from chronoprice.market.candles import aggregate_candles
+    from chronoprice.store.records import upsert_candles
+
+    path = tmp_path / "collected.db"
+    db = open_store(path)
+    five_minutes = aggregate_candles(make_candles(1500 * 5), 300_000)
+    upsert_candles(db, Market("binance", "BTC/USDT", "5m"), five_minutes.drop(index=[700, 701, 702]))
+    upsert_candles(db, Market("kraken", "BTC/USDT", "5m"), five_minutes.tail(800))
+    db.close()
+    return path, five_minutes
+
+
+def test_train_from_the_store_fits_the_collected_candles_and_serves_their_timeframe(collected_store, tmp_path, capsys):
+    path, five_minutes = collected_store
+    out = tmp_path / "from-store"
+    assert main(["train", "--db", str(path), "--symbol", "btc/usdt", "--timeframe", "5m", "--days", "4",
+                 "--epochs", "1", "--folds", "1", "--out", str(out)]) == 0
+    printed = capsys.readouterr()
+    assert "3 gaps" not in printed.err and "1 gaps in the stored candles (3 candles missing)" in printed.err
+    metadata = read_metadata(artifact_at(out))
+    assert metadata["timeframe"] == "5m"
+    first_kept = five_minutes["ts"].iloc[-1] - 4 * 86_400_000 + 300_000  # the last 4 days: 1,152 candles, 3 of them missing
+    assert metadata["training"]["data"].startswith("store binance BTC/USDT 5m: 1149 candles, ")
+    assert metadata["training"]["first_ts"] == first_kept and metadata["training"]["last_ts"] == five_minutes["ts"].iloc[-1]
+
+
+def test_train_from_the_store_names_its_artifact_after_the_market_and_says_what_is_missing(collected_store, capsys):
+    from chronoprice.cli import build_parser, training_data
+
+    path, _ = collected_store
+    _, description, out = training_data(build_parser().parse_args(["train", "--db", str(path), "--symbol", "BTC/USDT", "--timeframe", "5m",
+                                                                   "--exchange", "kraken"]))
+    assert out.parts[-3:] == ("models", "trained", "kraken-btc-usdt-5m") and "800 candles" in description
+    assert main(["train", "--db", str(path), "--timeframe", "5m"]) == 2
+    assert "needs --symbol" in capsys.readouterr().err
+    assert main(["train", "--db", str(path), "--symbol", "ETH/USDT"]) == 2
+    assert "no ETH/USDT 1m candles; it holds: binance BTC/USDT 5m, kraken BTC/USDT 5m" in capsys.readouterr().err

@@ -163,9 +163,10 @@ def train_artifact(
     window: int = WINDOW,
     horizon: int = HORIZON,
     folds: int = FOLDS,
+    timeframe: str = "1m",
 ) -> dict:
-    """Train on a candles DataFrame (`folds` rolling folds, see fit_variant), calibrate
-    intervals, score the holdout, write the artifact.
+    """Train on a candles DataFrame of `timeframe` (`folds` rolling folds, see fit_variant),
+    calibrate intervals, score the holdout, write the artifact; the model serves that timeframe.
 
     Returns the metadata written to `out.metadata_path`.
     """
@@ -184,6 +185,7 @@ def train_artifact(
         {
             "version": content_version(out.keras_path, out.tflite_path),
             "architecture": "LSTM(64, return_sequences) -> Dropout(0.2) -> LSTM(32) -> Dense(16, relu) -> Dense(1)",
+            "timeframe": timeframe,
             "training": {
                 "data": data_description,
                 "candles": len(rows),

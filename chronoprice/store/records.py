@@ -188,3 +188,24 @@ def origin_mean_errors(db: Database, market: Market, model_version: str, horizon
         "order by origin_ts desc limit ?",
         params + [model_version, int(after_origin_ts), int(horizon), int(limit)]).fetchall()
     return np.array(rows[::-1], dtype=float).reshape(-1, 3)
+
+
+def stored_training_candles(db: Database, symbol: str, timeframe: str, exchange: str | None = None,
+                            days: float | None = None) -> tuple[Market, pd.DataFrame]:
+    """A market's stored closed candles to train on, the last `days` of them if given, from
+    `exchange` or else the exchange with the most; ValueError naming what the store holds when
+    there are none."""
+    held = db.execute("select exchange, count(*) from candles where symbol = ? and timeframe = ? group by exchange "
+                      "order by count(*) desc, exchange", [symbol, timeframe]).fetchall()
+    exchanges = [row[0] for row in held]
+    if exchange is None and exchanges:
+        exchange = exchanges[0]
+    if exchange not in exchanges:
+        markets = db.execute("select distinct exchange, symbol, timeframe from candles order by 1, 2, 3").fetchall()
+        listed = ", ".join(" ".join(row) for row in markets[:20]) or "none"
+        raise ValueError(f"the store has no {symbol} {timeframe} candles{f' from {exchange}' if exchange else ''}; it holds: {listed}")
+    market = Market(exchange, symbol, timeframe)
+    start = None
+    if days is not None:
+        start = newest_candle_ts(db, market) - int(days * 86_400_000) + 1
+    return market, read_candles(db, market, start=start)
