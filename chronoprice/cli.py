@@ -1,4 +1,5 @@
-"""`python -m chronoprice serve|worker|train|compare|evaluate|export|bench|backfill`."""
+"""`python -m chronoprice serve|worker|train|compare|evaluate|export|bench|backfill|migrate`: each
+command run (their arguments: cli_parser.py)."""
 
 from __future__ import annotations
 
@@ -12,20 +13,18 @@ from pathlib import Path
 
 import pandas as pd
 
-from chronoprice.bench import BATCH_ORIGINS, format_bench, run_benchmark
+from chronoprice.bench import format_bench, run_benchmark
 from chronoprice.bench_scale import format_scale, run_scale_benchmark
+from chronoprice.cli_parser import build_parser
 from chronoprice.config import (
     DEFAULT_MODEL,
-    ENGINES,
-    LOG_FORMATS,
     PROJECT_ROOT,
     SettingsError,
-    add_settings_arguments,
     log_format_from,
     settings_from_args,
     store_target,
 )
-from chronoprice.evaluation.backtest import DEFAULT_FEE, DEFAULT_SPREAD, backtest, check_settings, format_backtest
+from chronoprice.evaluation.backtest import backtest, check_settings, format_backtest
 from chronoprice.evaluation.metrics import (
     ADAPTIVE_WINDOW,
     DEFAULT_LEVEL,
@@ -36,7 +35,7 @@ from chronoprice.evaluation.walkforward import evaluate_forecaster
 from chronoprice.logs import configure_logging
 from chronoprice.market.candles import aggregate_candles, find_gaps
 from chronoprice.market.files import read_candle_csv
-from chronoprice.market.timeframes import TIMEFRAME_MS, timeframe_ms
+from chronoprice.market.timeframes import timeframe_ms
 from chronoprice.model.artifact import artifact_at
 from chronoprice.model.features import WINDOW, candle_rows, parse_feature
 from chronoprice.model.forecasters import NaiveBandForecaster, load_forecaster
@@ -47,132 +46,6 @@ from chronoprice.store.transfer import copy_store
 from chronoprice.web.server import serve
 
 log = logging.getLogger(__name__)
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be a whole number of at least 1")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError("must be a number above 0")
-    return value
-
-
-def _cost(text: str) -> float:
-    value = float(text)
-    if not 0 <= value < 0.5:
-        raise argparse.ArgumentTypeError("must be a fraction from 0 to below 0.5, e.g. 0.001 for 0.1 %")
-    return value
-
-
-def _feature(text: str) -> str:
-    try:
-        parse_feature(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-    return text
-
-
-COMPARED_FEATURES = ("relative_closes", "log_returns", "relative_closes+range", "relative_closes+volume",
-                     "relative_closes+range+volume", "log_returns+range+volume")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m chronoprice", description="ChronoPrice: live crypto forecasts with an honest scoreboard.")
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    serve = commands.add_parser("serve", help="serve the dashboard (same as python app.py)")
-    add_settings_arguments(serve)
-    worker = commands.add_parser("worker", help="tick the watchlist on every candle close, with no web server")
-    add_settings_arguments(worker)
-
-    train = commands.add_parser("train", help="train the LSTM on a candle CSV or the candles a store collected, and write the model artifact")
-    data = train.add_mutually_exclusive_group(required=True)
-    data.add_argument("--csv", type=Path, help="1-minute candle CSV (Binance Data Vision or headed OHLCV)")
-    data.add_argument("--db", type=store_target, help="a ChronoPrice store (SQLite file or postgresql:// URL): train on the "
-                      "closed candles it collected for --symbol and --timeframe")
-    train.add_argument("--symbol", help="with --db: the market, e.g. BTC/USDT")
-    train.add_argument("--timeframe", choices=list(TIMEFRAME_MS), default="1m", help="with --db: its timeframe, which the model then "
-                       "serves (default 1m)")
-    train.add_argument("--exchange", help="with --db: whose candles (default: the exchange with the most of that market)")
-    train.add_argument("--days", type=_positive_float, help="with --db: only the last N days of candles (default: all)")
-    train.add_argument("--epochs", type=_positive_int, default=30, help="most epochs; training stops early (default 30)")
-    train.add_argument("--loss", choices=["mse", "huber", "mae"],
-                       help="training loss (default: the shipped model's, huber; see docs/MODEL.md)")
-    train.add_argument("--feature", type=_feature, help="input: relative_closes or log_returns, optionally +range and/or "
-                       "+volume (default: the shipped model's, log_returns+range+volume)")
-    train.add_argument("--train-days", type=float, default=None, help="train on only the last N days of the training split (default: all)")
-    train.add_argument("--folds", type=_positive_int, default=3,
-                       help="rolling validation windows whose forecasts fit the shrinkage (default 3; the last one's model ships)")
-    train.add_argument("--out", type=Path, help="artifact path without extension (default models/chronoprice-lstm; with --db "
-                       "models/trained/EXCHANGE-SYMBOL-TIMEFRAME)")
-
-    compare = commands.add_parser("compare", help="train model variants and compare them walk-forward against the naive baseline")
-    compare.add_argument("--csv", type=Path, required=True, help="1-minute candle CSV")
-    compare.add_argument("--epochs", type=_positive_int, default=30, help="most epochs per variant (default 30)")
-    compare.add_argument("--features", default=",".join(COMPARED_FEATURES), help="inputs to try, comma-separated")
-    compare.add_argument("--losses", default="mse,huber,mae", help="losses to try")
-    compare.add_argument("--train-days", default="all,3", help="training history lengths to try, in days or all")
-    compare.add_argument("--folds", type=_positive_int, default=3, help="rolling validation windows before the holdout (default 3)")
-    compare.add_argument("--json", type=Path, help="also write the rows to this JSON file")
-
-    evaluate = commands.add_parser("evaluate", help="walk-forward accuracy of a model against the naive baseline")
-    evaluate.add_argument("--csv", type=Path, required=True, help="1-minute candle CSV")
-    evaluate.add_argument("--timeframe", choices=list(TIMEFRAME_MS), default="1m",
-                          help="evaluate on candles of this timeframe, aggregated from the CSV's minutes (default 1m)")
-    evaluate.add_argument("--model", type=Path, default=DEFAULT_MODEL,
-                          help="model artifact (default: the shipped model), or `naive`: the last close with its band, "
-                               "as 5m, 15m and 1h serve")
-    evaluate.add_argument("--engine", choices=ENGINES, default="auto", help="forecast engine (default auto: onnx, batched)")
-    evaluate.add_argument("--level", type=float, default=DEFAULT_LEVEL, choices=INTERVAL_LEVELS,
-                          help=f"interval level (default {DEFAULT_LEVEL})")
-    evaluate.add_argument("--include-training-data", action="store_true", help="also score origins the model was trained or calibrated on")
-    evaluate.add_argument("--report", type=Path, help="also write a Plotly HTML report to this path")
-    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
-    evaluate.add_argument("--backtest", action="store_true", help="also trade the forecasts after costs: long/flat and long/short "
-                          "beside buy-and-hold and flat (docs/MODEL.md)")
-    evaluate.add_argument("--backtest-step", type=_positive_int, help="the step whose forecast move sets the position (default: the last)")
-    evaluate.add_argument("--fee", type=_cost, default=DEFAULT_FEE, help=f"fee a side, as a fraction (default {DEFAULT_FEE}: 0.1 %%)")
-    evaluate.add_argument("--spread", type=_cost, default=DEFAULT_SPREAD,
-                          help=f"full bid-ask spread, as a fraction of the price; a side pays half (default {DEFAULT_SPREAD})")
-
-    export = commands.add_parser("export", help="write a model's .onnx engine file from its .keras weights")
-    export.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="model artifact (default: the shipped model)")
-
-    bench = commands.add_parser("bench", help="time the forecast engines and a full tick, in one run")
-    bench.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="model artifact (default: the shipped model)")
-    bench.add_argument("--repeats", type=_positive_int, default=200, help="timed forecasts per engine (default 200)")
-    bench.add_argument("--ticks", type=_positive_int, default=40, help="timed ticks against the local exchange (default 40)")
-    bench.add_argument("--batch-origins", type=_positive_int, default=BATCH_ORIGINS,
-                       help=f"origins each engine forecasts in one call for its throughput (default {BATCH_ORIGINS})")
-    bench.add_argument("--deploy-ticks", type=int, default=100, help="ticks against the Render configuration under gunicorn (default 100; 0 skips it)")
-    bench.add_argument("--watch-markets", type=int, default=20, help="watched markets for the scheduler's benchmark (default 20; 0 skips it)")
-    bench.add_argument("--watch-minutes", type=_positive_int, default=30, help="simulated minutes of that benchmark (default 30)")
-    bench.add_argument("--alert-rules", type=int, default=100, help="alert rules on those markets, with webhooks to a local receiver (default 100)")
-    bench.add_argument("--live-samples", type=int, default=40,
-                       help="price changes timed from the exchange to the page in Chromium under gunicorn (default 40; 0 skips it)")
-    bench.add_argument("--scale", action="store_true", help="instead: what one worker and one web instance carry, and storage "
-                       "a market a day (docs/SCALING.md)")
-    bench.add_argument("--scale-db", help="the store --scale runs on: an empty postgresql:// database (default: a temporary SQLite file)")
-    bench.add_argument("--json", action="store_true", help="print one JSON object")
-
-    migrate = commands.add_parser("migrate", help="copy a store (candles, forecasts, watchlist) to another, SQLite or PostgreSQL")
-    migrate.add_argument("--from", dest="source", required=True, help="the store to copy: a SQLite file or a postgresql:// URL")
-    migrate.add_argument("--to", dest="target", required=True, help="where to: a SQLite file or a postgresql:// URL; "
-                         "an interrupted copy resumes after the last row it holds")
-    migrate.add_argument("--batch", type=_positive_int, default=5_000, help="rows a transaction (default 5000)")
-
-    backfill = commands.add_parser("backfill", help="fetch and store candle history, then forecast from it")
-    add_settings_arguments(backfill)
-    backfill.add_argument("--hours", type=float, default=24.0, help="hours of history to fetch (default 24)")
-    for command in (train, compare, evaluate, export, bench, migrate):
-        command.add_argument("--log-format", choices=LOG_FORMATS, help="log lines as text (default) or json [env CHRONOPRICE_LOG_FORMAT]")
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -253,7 +253,8 @@ def test_train_from_the_store_fits_the_collected_candles_and_serves_their_timefr
 
 
 def test_train_from_the_store_names_its_artifact_after_the_market_and_says_what_is_missing(collected_store, capsys):
-    from chronoprice.cli import build_parser, training_data
+    from chronoprice.cli import training_data
+    from chronoprice.cli_parser import build_parser
 
     path, _ = collected_store
     _, description, out = training_data(build_parser().parse_args(["train", "--db", str(path), "--symbol", "BTC/USDT", "--timeframe", "5m",
