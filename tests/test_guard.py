@@ -1,5 +1,5 @@
 """The skill guard on a real tick path: the local exchange, a SQLite file, the tiny model with its
-forecast deliberately broken and then healed; what the API and the page serve meanwhile."""
+forecast deliberately broken and then healed; what the API, the page and the overview serve meanwhile."""
 
 import numpy as np
 import pytest
@@ -9,9 +9,11 @@ from chronoprice.market.live import LiveSource
 from chronoprice.model.features import window_closes
 from chronoprice.model.forecasters import load_forecaster
 from chronoprice.service.guard import MaturedOrigins, served_forecast
+from chronoprice.service.overview import summarise_market
 from chronoprice.service.tick import Ticker
 from chronoprice.store.records import read_latest_forecast
 from chronoprice.web.dashboard.callbacks import read_view, render_text
+from chronoprice.web.dashboard.overview import overview_row
 from chronoprice.web.server import create_app
 from tests.conftest import FakeClock
 
@@ -92,6 +94,8 @@ def test_the_api_and_the_page_say_when_the_last_close_is_served(guarded_ticker, 
     status = next_minutes(ticker, exchange, clock, 1)
     assert status.skill["guarded"]
     text = render_text(read_view(ticker, status))
+    row = overview_row(summarise_market(ticker, SYMBOL, "1m"), ticker.now_ms())
+    assert row["forecast"].endswith("last close: skill guard")
     assert text["model-badge"].startswith("skill guard: the model's last 200 matured forecasts were worse than the last close")
     settings = settings_from({"source": "live", "exchange_url": exchange.url, "db": str(db_path), "scheduler": "false"}, {})
     client = create_app(settings, ticker, env={}).server.test_client()

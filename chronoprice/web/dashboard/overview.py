@@ -47,7 +47,8 @@ def overview_row(summary: MarketSummary, now_ms: int) -> dict:
     naive = summary.model_version == NaiveBandForecaster.version
     forecast = "–"
     if summary.forecast:
-        forecast = f"{summary.forecast[-1]:,.2f} ({summary.lower:,.2f}–{summary.upper:,.2f})" + (", last close" if naive else "")
+        forecast = (f"{summary.forecast[-1]:,.2f} ({summary.lower:,.2f}–{summary.upper:,.2f})"
+                    + (", last close" if naive else ", last close: skill guard" if summary.guarded else ""))
     return {
         "market": f"{summary.symbol} {summary.timeframe}", "path": market_path(summary.symbol, summary.timeframe),
         "price": summary.last_price, "change": summary.change_24h_pct, "trend": sparkline(summary.closes, summary.forecast),
