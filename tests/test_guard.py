@@ -1,6 +1,8 @@
 """The skill guard on a real tick path: the local exchange, a SQLite file, the tiny model with its
 forecast deliberately broken and then healed; what the API, the page and the overview serve meanwhile."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -71,6 +73,8 @@ def test_a_broken_champion_is_guarded_within_the_window_and_served_again_once_he
     assert np.allclose(served["predicted"], last_close)
     assert (served["lower"] < last_close).all() and (served["upper"] > last_close).all()
     assert served["upper"].is_monotonic_increasing, "the band widens with the step"
+    older_band = dataclasses.replace(broken, last_close_band={**broken.last_close_band, "origin_ts": 0})
+    assert served_forecast(ticker.db(), market, older_band).empty, "never the model's forecast while it is guarded"
 
     champion.broken = False
     kept = MaturedOrigins()

@@ -43,9 +43,14 @@ def net_returns(positions: np.ndarray, candle_returns: np.ndarray, side_cost: fl
     return gross, (1 + gross) * (1 - costs) - 1
 
 
+def capital(returns: np.ndarray) -> np.ndarray:
+    """Capital from 1 through each candle's return: [N] -> [N + 1]."""
+    return np.concatenate([[1.0], np.cumprod(1 + returns)])
+
+
 def max_drawdown(returns: np.ndarray) -> float:
     """The largest fall of capital from a previous peak (negative), starting from 1."""
-    equity = np.concatenate([[1.0], np.cumprod(1 + returns)])
+    equity = capital(returns)
     return float((equity / np.maximum.accumulate(equity) - 1).min())
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from chronoprice.evaluation.backtest import capital
 from chronoprice.evaluation.metrics import DEFAULT_LEVEL, INTERVAL_LEVELS
 
 SHOWN_ORIGINS = 300
@@ -45,7 +46,7 @@ def capital_figure(trading: dict) -> go.Figure:
     """Each strategy's capital after costs, from 1, candle by candle."""
     figure = go.Figure(layout_title_text=f"Backtest after costs: capital from 1 (signal: the forecast move at step {trading['step']})")
     for name, returns in trading["curves"].items():
-        figure.add_scatter(y=np.concatenate([[1.0], np.cumprod(1 + returns)]), name=name.replace("_", " "), mode="lines")
+        figure.add_scatter(y=capital(returns), name=name.replace("_", " "), mode="lines")
     figure.update_xaxes(title_text="candle")
     figure.update_layout(template="plotly_white", height=420)
     return figure

@@ -9,7 +9,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from chronoprice.evaluation.metrics import DEFAULT_LEVEL
 from chronoprice.evaluation.verdicts import compare_errors, guarded
 from chronoprice.market.source import Market
 from chronoprice.market.timeframes import timeframe_ms
@@ -57,30 +56,31 @@ def skill_state(errors: np.ndarray, needed: int, horizon: int, guarded_now: bool
     }
 
 
-def is_guarded(status: TickStatus) -> bool:
-    return bool(status.skill and status.skill["guarded"])
-
-
 def guard_text(skill: dict) -> str:
     """What the page and the status say while the guard is on."""
     return (f"skill guard: the model's last {skill['origins']:,} matured forecasts were worse than the last close "
             f"(MAE {skill['mae_ratio']:.4f} of it, p {skill['p_value']:.3f}), so the last close is served until they are not")
 
 
-def last_close_steps(steps: pd.DataFrame, window_closes: np.ndarray, quantiles: np.ndarray) -> pd.DataFrame:
-    """A stored forecast's steps re-served as the last close with its band (NaiveBandForecaster's
-    rule), the model's version kept so readers can say whose record it is."""
-    band = NaiveBandForecaster(len(steps)).forecast(window_closes[None], quantiles)
-    return steps.assign(predicted=band["mean"][0], lower=band["lower"][0], upper=band["upper"][0])
+def last_close_band(db: Database, market: Market, model_version: str, horizon: int, level: float, origin_ts: int) -> dict:
+    """What is served from `origin_ts` while the model is guarded, worked out once per tick: the
+    last close at every step with NaiveBandForecaster's band, calibrated on the last close's
+    errors at the model's latest matured origins."""
+    naive = NaiveBandForecaster(horizon, level=level)
+    closes = read_candles(db, market, end=origin_ts, limit=naive.window)["close"].to_numpy()
+    band = naive.forecast(closes[None], last_close_quantiles(db, market, model_version, naive))
+    return {"origin_ts": origin_ts, "close": float(closes[-1]),
+            "lower": band["lower"][0].round(8).tolist(), "upper": band["upper"][0].round(8).tolist()}
 
 
-def served_forecast(db: Database, market: Market, status: TickStatus, level: float = DEFAULT_LEVEL) -> pd.DataFrame:
+def served_forecast(db: Database, market: Market, status: TickStatus) -> pd.DataFrame:
     """The newest forecast as served: the model's, or while the model is guarded the last close
-    with the band calibrated on the model's own record of the last close's errors."""
+    with its band (status.last_close_band); nothing when the guard has no band for that origin,
+    rather than a forecast the model's own record says is worse than the last close."""
     steps = read_latest_forecast(db, market)
-    if steps.empty or not is_guarded(status):
+    if steps.empty or not status.guarded:
         return steps
-    naive = NaiveBandForecaster(len(steps), level=level)
-    window = read_candles(db, market, end=int(steps["origin_ts"].iloc[0]), limit=naive.window)
-    quantiles = last_close_quantiles(db, market, str(steps["model_version"].iloc[0]), naive)
-    return last_close_steps(steps, window["close"].to_numpy(), quantiles)
+    band = status.last_close_band
+    if band is None or band["origin_ts"] != int(steps["origin_ts"].iloc[0]):
+        return steps.iloc[:0]
+    return steps.assign(predicted=band["close"], lower=band["lower"], upper=band["upper"])

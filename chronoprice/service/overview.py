@@ -10,7 +10,7 @@ import pandas as pd
 
 from chronoprice.evaluation.metrics import ERROR_WINDOW_HOURS, diebold_mariano
 from chronoprice.market.timeframes import HOUR_MS, timeframe_ms
-from chronoprice.service.guard import is_guarded, served_forecast
+from chronoprice.service.guard import served_forecast
 from chronoprice.service.status import TickStatus
 from chronoprice.service.tick import Ticker
 from chronoprice.store.records import matured_error_sums, matured_step_errors, read_candles
@@ -96,7 +96,7 @@ def summarise_market(ticker: Ticker, symbol: str, timeframe: str) -> MarketSumma
         mae_ratio=mae_ratio, coverage=sums["coverage"] if sums["count"] else None,
         dm_p_value=last_step_p_value(matured_step_errors(db, market, since, horizon), horizon) if horizon else None,
         model_version=str(forecast["model_version"].iloc[0]) if not forecast.empty else status.model_version,
-        guarded=is_guarded(status),
+        guarded=status.guarded,
     )
 
 

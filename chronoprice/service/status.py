@@ -33,13 +33,18 @@ class TickStatus:
     forming: list | None = None  # [ts, open, high, low, close, volume] of the candle still forming, as fetched
     feed: str | None = None  # how the scheduler gets the market's candles: "streaming" or "polling"; None on demand
     skill: dict | None = None  # the model's skill guard after this tick (service/guard.py); None where no model serves
+    last_close_band: dict | None = None  # while guarded, what is served for the newest origin: origin_ts, close, lower, upper
+
+    @property
+    def guarded(self) -> bool:
+        return bool(self.skill and self.skill["guarded"])
 
     def summary(self) -> str:
         newest = pd.Timestamp(self.newest_ts, unit="ms", tz="UTC").strftime("%Y-%m-%d %H:%M UTC") if self.newest_ts else "none"
         parts = [f"{self.source} {self.symbol} {self.timeframe}: newest candle {newest}, {self.new_candles} new"]
         if self.forecast_origin_ts:
             parts.append(f"forecast by {self.model_version}")
-        if self.skill and self.skill["guarded"]:
+        if self.guarded:
             parts.append("skill guard on: the last close is served")
         parts += [text for text in (self.note, f"error: {self.error}" if self.error else None) if text]
         return "; ".join(parts)

@@ -25,7 +25,7 @@ from chronoprice.model.features import HORIZON, WINDOW, candle_rows
 from chronoprice.model.forecasters import LSTMForecaster, NaiveBandForecaster
 from chronoprice.evaluation.verdicts import REQUIRED_ORIGINS
 from chronoprice.service.backfill import forecast_history, forecast_rows
-from chronoprice.service.guard import MaturedOrigins, skill_state
+from chronoprice.service.guard import MaturedOrigins, last_close_band, skill_state
 from chronoprice.service.live import LiveBoard
 from chronoprice.service.models import ModelSlot
 from chronoprice.service.scoring import adapted_quantiles
@@ -212,7 +212,8 @@ class Ticker:
         origin, version, forecast_note = self._forecast_newest(market, cold_start=bool(new and exchange in cold_starts))
         if forecast_note:
             error = "; ".join(filter(None, [error, forecast_note]))
-        skill = self._skill(market)
+        newest = newest_candle_ts(self.db(), market)
+        skill = self._skill(market, newest)
         if new and exchange in cold_starts:
             log.info("cold start: stored %d candles", new, extra=market.key())
             if history_in_background and self.forecaster(timeframe) is not None:
@@ -224,7 +225,7 @@ class Ticker:
             exchange=exchange,
             symbol=symbol,
             timeframe=timeframe,
-            newest_ts=newest_candle_ts(self.db(), market),
+            newest_ts=newest,
             new_candles=new,
             forecast_origin_ts=origin,
             model_version=version,
@@ -236,19 +237,24 @@ class Ticker:
             finished_at_ms=self.now_ms(),
             forming=forming,
             skill=skill,
+            last_close_band=self._last_close_band(market, origin) if skill and skill["guarded"] else None,
         )
 
-    def _skill(self, market: Market) -> dict | None:
+    def _skill(self, market: Market, newest: int | None) -> dict | None:
         """The skill guard's state after this tick, carried on from the last tick's; None where
         the last close is served anyway or nothing is stored yet."""
         forecaster = self.forecaster(market.timeframe)
-        newest = newest_candle_ts(self.db(), market)
         if forecaster is None or forecaster.name == NaiveBandForecaster.name or newest is None:
             return None
         needed = self.skill_origins[market.timeframe]
         errors = self._matured_origins.newest(self.db(), market, forecaster.version, forecaster.horizon, newest, needed)
-        before = self.stored_status(market.symbol, market.timeframe).skill
-        return skill_state(errors, needed, forecaster.horizon, bool(before and before["guarded"]))
+        return skill_state(errors, needed, forecaster.horizon, self.stored_status(market.symbol, market.timeframe).guarded)
+
+    def _last_close_band(self, market: Market, origin: int | None) -> dict | None:
+        forecaster = self.forecaster(market.timeframe)
+        if origin is None:
+            return None
+        return last_close_band(self.db(), market, forecaster.version, forecaster.horizon, forecaster.level, origin)
 
     def wait_for_histories(self) -> None:
         """Wait until the cold starts' background history forecasts have finished."""

@@ -8,7 +8,7 @@ from flask import request
 
 from chronoprice.market.source import Market
 from chronoprice.service.status import TickStatus
-from chronoprice.service.guard import is_guarded, served_forecast
+from chronoprice.service.guard import served_forecast
 from chronoprice.web.api.context import (
     api_context,
     cached_json,
@@ -28,7 +28,7 @@ def forecast_payload(market: Market, steps: pd.DataFrame, status: TickStatus) ->
         **market_fields(market),
         "origin_ts": int(steps["origin_ts"].iloc[0]),
         "model_version": str(steps["model_version"].iloc[0]),
-        "served": "last_close" if is_guarded(status) else "model",
+        "served": "last_close" if status.guarded else "model",
         "skill_guard": status.skill,
         "steps": [{"step": int(row["step"]), "ts": int(row["target_ts"]), "close": number(row["predicted"]),
                    "lower": number(row["lower"]), "upper": number(row["upper"])} for row in steps.to_dict("records")],

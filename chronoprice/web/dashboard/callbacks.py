@@ -20,7 +20,7 @@ from chronoprice.model.features import HORIZON
 from chronoprice.model.forecasters import NaiveBandForecaster
 from chronoprice.service.overview import summarise_watchlist
 from chronoprice.service.watchlist import parse_market, watch_market
-from chronoprice.service.guard import guard_text, is_guarded, served_forecast
+from chronoprice.service.guard import guard_text, served_forecast
 from chronoprice.service.scoring import read_scored
 from chronoprice.service.status import TickStatus, forming_frame, fresh_forming_row, status_to_json
 from chronoprice.service.tick import Ticker
@@ -153,7 +153,7 @@ def render_text(view: ViewData) -> dict:
         "verdict": verdict(view.matured, horizon),
         "source-badge": status.source,
         "model-badge": (f"last close: no model has shown skill on {status.timeframe} candles" if naive
-                        else guard_text(status.skill) if is_guarded(status)
+                        else guard_text(status.skill) if status.guarded
                         else f"model {status.model_version}" if status.model_version else "model unavailable"),
         "newest-candle": f"newest candle {_utc(status.newest_ts)}" + (f" · {status.feed}" if status.feed else ""),
         "banner": (f"Offline demo: synthetic prices, not a real market. {status.note or ''}" if offline else ""),
