@@ -14,7 +14,7 @@ from statistics import NormalDist
 import numpy as np
 
 from chronoprice.evaluation.metrics import DEFAULT_LEVEL, INTERVAL_LEVELS, VOLATILITY_WINDOW, recent_volatility
-from chronoprice.model.artifact import artifact_at, read_metadata
+from chronoprice.model.artifact import ModelArtifact, artifact_at, read_metadata
 from chronoprice.model.engines import PathEngine, feature_name, load_engine
 from chronoprice.model.features import (
     HORIZON,
@@ -47,8 +47,9 @@ class LSTMForecaster:
 
     name = "lstm"
 
-    def __init__(self, engine: PathEngine, metadata: dict, level: float = DEFAULT_LEVEL):
+    def __init__(self, engine: PathEngine, metadata: dict, level: float = DEFAULT_LEVEL, artifact: ModelArtifact | None = None):
         self.engine, self.metadata, self.level = engine, metadata, level
+        self.artifact = artifact  # where it was loaded from, for the registry
         self.version = metadata["version"]
         self.window, self.horizon = metadata["window"], metadata["horizon"]
         self._scale, self._feature = float(metadata["feature"]["scale"]), feature_name(metadata)
@@ -146,7 +147,7 @@ def load_forecaster(model_path, engine: str = "auto", level: float = DEFAULT_LEV
     """Read the artifact at `model_path` and make its forecaster; raises ModelUnavailable with the reason."""
     artifact = artifact_at(model_path)
     metadata = read_metadata(artifact)
-    return LSTMForecaster(load_engine(engine, artifact, metadata), metadata, level)
+    return LSTMForecaster(load_engine(engine, artifact, metadata), metadata, level, artifact)
 
 
 def walk_forward(forecaster, series: np.ndarray, window: int = WINDOW, horizon: int = HORIZON) -> dict[str, np.ndarray]:

@@ -50,8 +50,7 @@ def last_close_quantiles(db: Database, market: Market, model_version: str, naive
 
 
 def _newest_matured(db: Database, market: Market, model_version: str, horizon: int) -> pd.DataFrame:
-    matured = read_matured_forecasts(db, market, limit=(ADAPTIVE_WINDOW + 1) * horizon)
-    return matured[matured["model_version"] == model_version]
+    return read_matured_forecasts(db, market, limit=(ADAPTIVE_WINDOW + 1) * horizon, model_version=model_version)
 
 
 def _quantiles_of(db: Database, market: Market, matured: pd.DataFrame, level: float, fallback: np.ndarray) -> np.ndarray:

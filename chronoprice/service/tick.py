@@ -22,12 +22,13 @@ from chronoprice.market.candles import find_gaps
 from chronoprice.market.source import CandleSource, Market, SourceError, UnknownSymbol
 from chronoprice.market.timeframes import timeframe_ms
 from chronoprice.model.features import HORIZON, WINDOW, candle_rows
-from chronoprice.model.forecasters import LSTMForecaster, NaiveBandForecaster
+from chronoprice.model.forecasters import LSTMForecaster, NaiveBandForecaster, load_forecaster
+from chronoprice.model.registry import first_live_origin_ts
 from chronoprice.evaluation.verdicts import REQUIRED_ORIGINS
 from chronoprice.service.backfill import forecast_history, forecast_rows
 from chronoprice.service.guard import MaturedOrigins, last_close_band, skill_state
 from chronoprice.service.live import LiveBoard
-from chronoprice.service.models import ModelSlot
+from chronoprice.service.models import ModelShelf, ModelSlot, register_configured
 from chronoprice.service.scoring import adapted_quantiles
 from chronoprice.service.status import TickStatus, forming_row, status_from_json, status_to_json
 from chronoprice.store.claims import SCHEDULER_LEASE, claim_tick, lease_holder, read_tick_status, save_tick_status
@@ -61,17 +62,19 @@ class Ticker:
         clock: Callable[[], float] = time.time,
         progress: bool = True,
         live: LiveBoard | None = None,
+        load_registered: Callable[[str], LSTMForecaster] = load_forecaster,
     ):
         self.source = source
         self.live = live or LiveBoard()  # forming candles streamed by the scheduler's process
         self.db = store_connections(db_path)
-        self._model = ModelSlot(load_forecaster)
+        self._model = ModelSlot(load_forecaster, self._register)
+        self.models = ModelShelf(self.db, load_registered)
         self.timeframe = timeframe
         self._refresh_ms = int(refresh_seconds * 1000)
         self._clock, self._progress = clock, progress
         self._locks: dict[tuple[str, str], threading.Lock] = {}
         self._locks_lock = threading.Lock()
-        self._completed: set[Market] = set()  # markets whose recent origins this process has checked
+        self._completed: set[tuple[Market, str]] = set()  # markets and models whose recent origins this process has checked
         self.holds_schedule: Callable[[], bool] = lambda: False  # the Scheduler built on this ticker replaces it
         self.skill_origins = REQUIRED_ORIGINS  # matured origins the skill guard judges, per timeframe
         self._matured_origins = MaturedOrigins()
@@ -86,18 +89,29 @@ class Ticker:
         return Market(exchange or self.source.exchange, symbol, timeframe or self.timeframe)
 
     def forecaster(self, timeframe: str | None = None) -> LSTMForecaster | NaiveBandForecaster | None:
-        """The forecaster of `timeframe`: the model, loaded on first use, on the timeframe it was
-        trained on (None, see forecaster_error, if it is unavailable); on any other, the last
-        close with a band, since the model has shown no skill there."""
+        """The forecaster served on `timeframe`: the registry's champion of it, or with none the
+        configured model on the timeframe it was trained on, each loaded on first use (None, see
+        model_error, if it is unavailable); on any other, the last close with a band, since no
+        model has shown skill there."""
         timeframe = timeframe or self.timeframe
-        model = self._model.get()
+        configured = self._model.get()
+        champion = self.models.champion(timeframe)
+        if champion is not None and (configured is None or champion.version != configured.version):
+            return self.models.forecaster(champion)
         if timeframe == self._model.timeframe:
-            return model
-        return self._naive_band(model.window if model else None, model.horizon if model else None)
+            return configured
+        return self._naive_band(configured.window if configured else None, configured.horizon if configured else None)
 
-    @property
-    def forecaster_error(self) -> str | None:
+    def model_error(self, timeframe: str | None = None) -> str | None:
+        """Why the model served on `timeframe` is unavailable, if it is."""
+        champion = self.models.champion(timeframe or self.timeframe)
+        if champion is not None and champion.version in self.models.errors:
+            return self.models.errors[champion.version]
         return self._model.error
+
+    def _register(self, configured: LSTMForecaster) -> None:
+        if register_configured(self.db(), configured, self.now_ms()):
+            self.models.refresh()
 
     def symbols(self) -> list[str]:
         """Symbols the source offers, for the symbol picker; empty if it cannot say right now."""
@@ -265,33 +279,48 @@ class Ticker:
         try:
             forecast_history(self.db(), market, self.forecaster(market.timeframe), start_ts, self._progress)
         except Exception as error:  # nobody may ever wait for this future: say it here
-            self._completed.discard(market)  # so the next tick forecasts the origins this left out
+            self._completed.discard((market, self.forecaster(market.timeframe).version))  # so the next tick forecasts the origins this left out
             log_failure(log, "history forecast", error, extra=market.key())
             raise
 
     def _forecast_newest(self, market: Market, cold_start: bool) -> tuple[int | None, str | None, str | None]:
+        """Forecast every origin the served model and the timeframe's shadows lack (see
+        _forecast_missing); a shadow's failure is logged and never stops the tick. Returns
+        (newest origin, served version, problem)."""
+        forecaster = self.forecaster(market.timeframe)
+        if forecaster is None:
+            return None, None, f"model unavailable: {self.model_error(market.timeframe)}"
+        origin, problem = self._forecast_missing(market, forecaster, cold_start)
+        for entry, shadow in self.models.shadows(market.timeframe):
+            try:
+                self._forecast_missing(market, shadow, cold_start, first_live_origin_ts(entry.details))
+            except Exception as error:
+                log_failure(log, f"shadow {entry.version} forecast", error, extra=market.key())
+        return origin, forecaster.version, problem
+
+    def _forecast_missing(self, market: Market, forecaster, cold_start: bool,
+                          first_origin_ts: int = 0) -> tuple[int | None, str | None]:
         """Forecast from every origin since this forecaster's newest, batched, so an outage
         leaves no origin unforecast; on this process's first tick of the market, from every
         origin of the last CATCH_UP_ORIGINS that lacks one, so a history a killed process left
-        half done is completed. (A cold start's history is forecast in the background.)
-        Returns (newest origin, version, problem)."""
-        forecaster = self.forecaster(market.timeframe)
-        if forecaster is None:
-            return None, None, f"model unavailable: {self.forecaster_error}"
+        half done is completed; never before `first_origin_ts`. (A cold start's history is
+        forecast in the background.) Returns (newest origin, problem)."""
         step_ms = timeframe_ms(market.timeframe)
         window = read_candles(self.db(), market, limit=forecaster.window)
         if len(window) < forecaster.window:
-            return None, forecaster.version, f"waiting for {forecaster.window} candles to forecast (have {len(window)})"
+            return None, f"waiting for {forecaster.window} candles to forecast (have {len(window)})"
         origin = int(window["ts"].iloc[-1])
         previous = newest_forecast_origin_ts(self.db(), market, forecaster.version)
         oldest = origin - CATCH_UP_ORIGINS * step_ms
-        if cold_start or (previous is None and market in self._completed):
+        checked = (market, forecaster.version)
+        if cold_start or (previous is None and checked in self._completed):
             start = origin
-        elif market not in self._completed:
+        elif checked not in self._completed:
             start = oldest
         else:
             start = max(previous + step_ms, oldest)
-        self._completed.add(market)
+        start = max(start, first_origin_ts)
+        self._completed.add(checked)
         gap = not find_gaps(window["ts"].to_numpy(), step_ms).empty
         if start < origin:
             forecast_history(self.db(), market, forecaster, start, progress=False,
@@ -301,5 +330,5 @@ class Ticker:
             forecast = forecaster.forecast(candle_rows(window)[None], adapted_quantiles(self.db(), market, forecaster))
             write_forecasts(self.db(), market, forecast_rows([origin], step_ms, forecast), forecaster.version)
         if gap:
-            return None, forecaster.version, "gap in the last candles: no forecast until it fills"
-        return origin, forecaster.version, None
+            return None, "gap in the last candles: no forecast until it fills"
+        return origin, None

@@ -53,6 +53,21 @@ def _market_where(market: Market) -> tuple[str, list]:
     return "exchange = ? and symbol = ? and timeframe = ?", [market.exchange, market.symbol, market.timeframe]
 
 
+# The forecasts a market's record is made of, whatever else is stored beside them: those of its
+# timeframe's champion in the registry, or where the registry names none, of every version but
+# its shadows. Shadows are read only by name.
+SERVED = ("model_version = coalesce((select version from models where timeframe = ? and status = 'champion'), model_version) "
+          "and model_version not in (select version from models where timeframe = ? and status = 'shadow')")
+
+
+def _forecasts_where(market: Market, model_version: str | None) -> tuple[str, list]:
+    """The WHERE of the forecasts of `market` by `model_version`, or the SERVED ones."""
+    where, params = _market_where(market)
+    if model_version is not None:
+        return f"{where} and model_version = ?", params + [model_version]
+    return f"{where} and {SERVED}", params + [market.timeframe] * 2
+
+
 def newest_candle_ts(db: Database, market: Market) -> int | None:
     where, params = _market_where(market)
     return db.execute(f"select max(ts) from candles where {where}", params).fetchone()[0]
@@ -94,10 +109,8 @@ def _number(value) -> float | None:
 
 
 def newest_forecast_origin_ts(db: Database, market: Market, model_version: str | None = None) -> int | None:
-    """The newest origin with a forecast of `market` (by `model_version` if given)."""
-    where, params = _market_where(market)
-    if model_version is not None:
-        where, params = where + " and model_version = ?", params + [model_version]
+    """The newest origin with a forecast of `market` by `model_version`, or SERVED."""
+    where, params = _forecasts_where(market, model_version)
     return db.execute(f"select max(origin_ts) from forecasts where {where}", params).fetchone()[0]
 
 
@@ -108,9 +121,10 @@ def forecast_origins_since(db: Database, market: Market, model_version: str, sta
     return {row[0] for row in db.execute(sql, params + [model_version, int(start_ts)])}
 
 
-def read_latest_forecast(db: Database, market: Market) -> pd.DataFrame:
-    """The steps of the newest forecast of `market` (FORECAST_COLUMNS), step 1 first; empty if none."""
-    where, params = _market_where(market)
+def read_latest_forecast(db: Database, market: Market, model_version: str | None = None) -> pd.DataFrame:
+    """The steps of the newest forecast of `market` by `model_version` or SERVED
+    (FORECAST_COLUMNS), step 1 first; empty if none."""
+    where, params = _forecasts_where(market, model_version)
     sql = (
         f"select {', '.join(FORECAST_COLUMNS)} from forecasts where {where} and origin_ts = "
         f"(select max(origin_ts) from forecasts where {where}) order by created_at desc, step"
@@ -123,9 +137,10 @@ def read_latest_forecast(db: Database, market: Market) -> pd.DataFrame:
 
 
 def _matured_where(market: Market, since_target_ts: int | None, until_target_ts: int | None,
-                   step: int | None) -> tuple[str, list]:
-    """The WHERE of matured forecast steps: both their origin and their target candle stored."""
-    where, params = _market_where(market)
+                   step: int | None, model_version: str | None = None) -> tuple[str, list]:
+    """The WHERE of matured forecast steps (by `model_version`, or SERVED): both their origin and
+    their target candle stored."""
+    where, params = _forecasts_where(market, model_version)
     where += " and actual is not null and origin_close is not null"
     for clause, value in (("target_ts >= ?", since_target_ts), ("target_ts <= ?", until_target_ts), ("step = ?", step)):
         if value is not None:
@@ -140,14 +155,15 @@ def read_matured_forecasts(
     until_target_ts: int | None = None,
     limit: int | None = None,
     step: int | None = None,
+    model_version: str | None = None,
 ) -> pd.DataFrame:
     """Forecast steps whose target candle is stored, with the actual close and the origin close.
 
     Columns: FORECAST_COLUMNS + actual (close at target_ts) + origin_close (close at origin_ts,
     the naive baseline's forecast for every step), oldest target first; with `limit`, the
-    newest `limit` rows; with `step`, that step's rows only.
+    newest `limit` rows; with `step`, that step's rows only; by `model_version`, or SERVED.
     """
-    where, params = _matured_where(market, since_target_ts, until_target_ts, step)
+    where, params = _matured_where(market, since_target_ts, until_target_ts, step, model_version)
     columns = ", ".join(FORECAST_COLUMNS)
     sql = f"select {columns}, actual, origin_close from forecasts where {where} order by target_ts desc, step desc"
     if limit is not None:
@@ -156,19 +172,21 @@ def read_matured_forecasts(
     return pd.DataFrame(rows, columns=FORECAST_COLUMNS + ["actual", "origin_close"])
 
 
-def matured_step_errors(db: Database, market: Market, since_target_ts: int, step: int) -> np.ndarray:
-    """[N, 2] errors of the matured forecasts at `step` since `since_target_ts`, oldest first:
-    the forecast's and the origin close's (the naive forecast's), each minus the actual close."""
-    where, params = _matured_where(market, since_target_ts, None, step)
+def matured_step_errors(db: Database, market: Market, since_target_ts: int, step: int,
+                        model_version: str | None = None) -> np.ndarray:
+    """[N, 2] errors of the matured forecasts (by `model_version`, or SERVED) at `step` since
+    `since_target_ts`, oldest first: the forecast's and the origin close's (the naive
+    forecast's), each minus the actual close."""
+    where, params = _matured_where(market, since_target_ts, None, step, model_version)
     rows = db.execute(f"select predicted - actual, origin_close - actual from forecasts where {where} order by target_ts", params)
     return np.array(rows.fetchall(), dtype=float).reshape(-1, 2)
 
 
-def matured_error_sums(db: Database, market: Market, since_target_ts: int) -> dict:
-    """Over the matured forecast steps since `since_target_ts`, summed in the database rather
-    than read row by row: their count, mean absolute error, mean absolute error of the origin
-    close, and the share of actual closes inside [lower, upper]."""
-    where, params = _matured_where(market, since_target_ts, None, None)
+def matured_error_sums(db: Database, market: Market, since_target_ts: int, model_version: str | None = None) -> dict:
+    """Over the matured forecast steps (by `model_version`, or SERVED) since `since_target_ts`,
+    summed in the database rather than read row by row: their count, mean absolute error, mean
+    absolute error of the origin close, and the share of actual closes inside [lower, upper]."""
+    where, params = _matured_where(market, since_target_ts, None, None, model_version)
     count, mae, mae_origin, inside = db.execute(
         "select count(*), avg(abs(predicted - actual)), avg(abs(origin_close - actual)), "
         f"avg(case when actual between lower and upper then 1.0 else 0.0 end) from forecasts where {where}", params).fetchone()
@@ -181,12 +199,11 @@ def origin_mean_errors(db: Database, market: Market, model_version: str, horizon
     """[N, 3] for the newest `limit` origins after `after_origin_ts` whose `horizon` steps by
     `model_version` have all matured, oldest first: the origin, and the mean absolute error over
     the steps of the forecast and of the origin close (the naive forecast)."""
-    where, params = _matured_where(market, None, None, None)
+    where, params = _matured_where(market, None, None, None, model_version)
     rows = db.execute(
         "select origin_ts, avg(abs(predicted - actual)), avg(abs(origin_close - actual)) from forecasts "
-        f"where {where} and model_version = ? and origin_ts > ? group by origin_ts having count(*) = ? "
-        "order by origin_ts desc limit ?",
-        params + [model_version, int(after_origin_ts), int(horizon), int(limit)]).fetchall()
+        f"where {where} and origin_ts > ? group by origin_ts having count(*) = ? order by origin_ts desc limit ?",
+        params + [int(after_origin_ts), int(horizon), int(limit)]).fetchall()
     return np.array(rows[::-1], dtype=float).reshape(-1, 3)
 
 

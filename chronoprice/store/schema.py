@@ -100,4 +100,18 @@ MIGRATIONS: list[list[str]] = [
         "create index if not exists alert_firings_due on alert_firings (state, next_attempt_ms)",
         "create index if not exists alert_firings_by_time on alert_firings (fired_ms)",
     ],
+    [
+        # The model registry (store/registry.py); details is JSON (model.registry.registry_details).
+        "create table if not exists models (version text primary key, timeframe text not null, status text not null, "
+        "artifact text not null, details text not null, registered_ms bigint not null, status_since_ms bigint not null)",
+        "create index if not exists models_by_timeframe on models (timeframe, status)",
+        "create table if not exists model_changes (version text not null, timeframe text not null, changed_ms bigint not null, "
+        "status text not null, previous text, replaced text, reason text not null, primary key (version, changed_ms, status))",
+        # Shadows forecast the same markets as the champion, and every reader picks one version
+        # (records.SERVED): the covering index holds the version, so the scores still never
+        # leave it.
+        "drop index if exists forecasts_matured",
+        "create index if not exists forecasts_scored on forecasts "
+        "(exchange, symbol, timeframe, target_ts, step, model_version, predicted, lower, upper, origin_close, actual)",
+    ],
 ]

@@ -24,6 +24,8 @@ TABLES = {
     "alert_rules": (["id"], ["symbol", "timeframe", "kind", "params", "webhook", "format", "cooldown_ms", "created_ms"]),
     "alert_firings": (["rule_id", "candle_ts"], ["fired_ms", "symbol", "timeframe", "kind", "message", "state", "attempts",
                                                   "next_attempt_ms", "delivered_ms", "last_error"]),
+    "models": (["version"], ["timeframe", "status", "artifact", "details", "registered_ms", "status_since_ms"]),
+    "model_changes": (["version", "changed_ms", "status"], ["timeframe", "previous", "replaced", "reason"]),
 }
 
 

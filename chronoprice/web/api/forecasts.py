@@ -40,8 +40,8 @@ def latest_forecast(market: Market, status: TickStatus) -> pd.DataFrame:
     ticker = api_context().ticker
     steps = served_forecast(ticker.db(), market, status)
     if steps.empty:
-        if ticker.forecaster_error:
-            raise ApiError(503, f"model unavailable: {ticker.forecaster_error}")
+        if ticker.model_error(market.timeframe):
+            raise ApiError(503, f"model unavailable: {ticker.model_error(market.timeframe)}")
         raise ApiError(503, f"no forecast for {market.symbol} yet: {status.error or 'no forecast yet'}")
     return steps
 

@@ -52,7 +52,7 @@ def health():
         "source": ticker.source.label,
         "model_available": forecaster is not None,
         "model_version": forecaster.version if forecaster else None,
-        "model_error": ticker.forecaster_error,
+        "model_error": ticker.model_error(),
         "engine": forecaster.engine.name if forecaster else None,
         "scheduler": scheduler_state(ticker),
         "tensorflow_imported": "tensorflow" in sys.modules,
