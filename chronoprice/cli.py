@@ -1,5 +1,5 @@
-"""`python -m chronoprice serve|worker|train|compare|evaluate|export|bench|backfill|migrate`: each
-command run (their arguments: cli_parser.py)."""
+"""`python -m chronoprice serve|worker|train|retrain|models|compare|evaluate|export|bench|backfill|migrate`:
+each command run (their arguments: cli_parser.py; the model lifecycle's: cli_models.py)."""
 
 from __future__ import annotations
 
@@ -15,12 +15,13 @@ import pandas as pd
 
 from chronoprice.bench import format_bench, run_benchmark
 from chronoprice.bench_scale import format_scale, run_scale_benchmark
+from chronoprice.cli_models import RETRAIN_REASON, register_trained, run_models, run_retrain
 from chronoprice.cli_parser import build_parser
 from chronoprice.config import (
     DEFAULT_MODEL,
-    PROJECT_ROOT,
     SettingsError,
     log_format_from,
+    settings_from,
     settings_from_args,
     store_target,
 )
@@ -91,11 +92,19 @@ def training_data(args: argparse.Namespace) -> tuple[pd.DataFrame, str, Path]:
                     len(gaps), int(gaps["missing"].sum()))
     first, last = (pd.Timestamp(candles["ts"].iloc[end], unit="ms", tz="UTC").strftime("%Y-%m-%d %H:%M") for end in (0, -1))
     description = f"store {market.exchange} {market.symbol} {market.timeframe}: {len(candles)} candles, {first} to {last} UTC"
-    name = f"{market.exchange}-{market.symbol.replace('/', '-')}-{market.timeframe}".lower()
-    return candles, description, args.out or PROJECT_ROOT / "models" / "trained" / name
+    # Timed, so a later run never overwrites the files of a model the registry still serves.
+    name = f"{market.exchange}-{market.symbol.replace('/', '-')}-{market.timeframe}-{pd.Timestamp.now('UTC'):%Y%m%d-%H%M%S}".lower()
+    return candles, description, args.out or args.out_dir / name
 
 
 def run_train(args: argparse.Namespace) -> int:
+    train_and_register(args)
+    return 0
+
+
+def train_and_register(args: argparse.Namespace, reason: str = "trained from the store with train --db",
+                       supersede: str | None = None) -> None:
+    """Train (see run_train), and with --db register the model as a shadow in that store."""
     training = _training()
     candles, description, out = training_data(args)
     chosen = {"feature": args.feature, "loss": args.loss, "train_days": args.train_days}
@@ -104,7 +113,13 @@ def run_train(args: argparse.Namespace) -> int:
                                        timeframe=args.timeframe if args.db else "1m")
     print(f"wrote {out}.keras, .tflite, .onnx and .json (version {metadata['version']})")
     print(format_step_table(metadata["holdout"], "holdout (last 15 %, never trained on)"))
-    return 0
+    if args.db:
+        register_trained(args, artifact_at(out), metadata, reason, supersede)
+
+
+def run_retraining(args: argparse.Namespace) -> int:
+    args.db = settings_from({"db": args.db}, os.environ).db
+    return run_retrain(args, lambda each: train_and_register(each, RETRAIN_REASON, RETRAIN_REASON))
 
 
 def run_compare(args: argparse.Namespace) -> int:
@@ -249,4 +264,5 @@ def run_backfill(args: argparse.Namespace) -> int:
     return 0 if status.error is None else 1
 
 
-COMMANDS = {"serve": run_serve, "worker": run_worker, "train": run_train, "compare": run_compare, "evaluate": run_evaluate, "export": run_export, "bench": run_bench, "backfill": run_backfill, "migrate": run_migrate}
+COMMANDS = {"serve": run_serve, "worker": run_worker, "train": run_train, "retrain": run_retraining, "models": run_models,
+            "compare": run_compare, "evaluate": run_evaluate, "export": run_export, "bench": run_bench, "backfill": run_backfill, "migrate": run_migrate}

@@ -47,6 +47,28 @@ COMPARED_FEATURES = ("relative_closes", "log_returns", "relative_closes+range", 
                      "relative_closes+range+volume", "log_returns+range+volume")
 
 
+def _add_store_training_arguments(parser: argparse.ArgumentParser, symbol_default: str | None = None,
+                                  days_default: float | None = None) -> None:
+    """What training from a store's candles takes (train --db, retrain), and the training options."""
+    parser.add_argument("--symbol", default=symbol_default,
+                        help="with --db: the market, e.g. BTC/USDT" + (f" (default {symbol_default})" if symbol_default else ""))
+    parser.add_argument("--timeframe", choices=list(TIMEFRAME_MS), default="1m", help="with --db: its timeframe, which the model then "
+                        "serves (default 1m)")
+    parser.add_argument("--exchange", help="with --db: whose candles (default: the exchange with the most of that market)")
+    parser.add_argument("--days", type=_positive_float, default=days_default,
+                        help=f"with --db: only the last N days of candles (default: {days_default or 'all'})")
+    parser.add_argument("--epochs", type=_positive_int, default=30, help="most epochs; training stops early (default 30)")
+    parser.add_argument("--loss", choices=["mse", "huber", "mae"],
+                        help="training loss (default: the shipped model's, huber; see docs/MODEL.md)")
+    parser.add_argument("--feature", type=_feature, help="input: relative_closes or log_returns, optionally +range and/or "
+                        "+volume (default: the shipped model's, log_returns+range+volume)")
+    parser.add_argument("--train-days", type=float, default=None, help="train on only the last N days of the training split (default: all)")
+    parser.add_argument("--out-dir", type=Path, default=DEFAULT_MODEL.parent / "trained",
+                        help="with --db: the folder of the artifact, named after the market and the time (default models/trained)")
+    parser.add_argument("--folds", type=_positive_int, default=3,
+                        help="rolling validation windows whose forecasts fit the shrinkage (default 3; the last one's model ships)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m chronoprice", description="ChronoPrice: live crypto forecasts with an honest scoreboard.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -61,21 +83,22 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--csv", type=Path, help="1-minute candle CSV (Binance Data Vision or headed OHLCV)")
     data.add_argument("--db", type=store_target, help="a ChronoPrice store (SQLite file or postgresql:// URL): train on the "
                       "closed candles it collected for --symbol and --timeframe")
-    train.add_argument("--symbol", help="with --db: the market, e.g. BTC/USDT")
-    train.add_argument("--timeframe", choices=list(TIMEFRAME_MS), default="1m", help="with --db: its timeframe, which the model then "
-                       "serves (default 1m)")
-    train.add_argument("--exchange", help="with --db: whose candles (default: the exchange with the most of that market)")
-    train.add_argument("--days", type=_positive_float, help="with --db: only the last N days of candles (default: all)")
-    train.add_argument("--epochs", type=_positive_int, default=30, help="most epochs; training stops early (default 30)")
-    train.add_argument("--loss", choices=["mse", "huber", "mae"],
-                       help="training loss (default: the shipped model's, huber; see docs/MODEL.md)")
-    train.add_argument("--feature", type=_feature, help="input: relative_closes or log_returns, optionally +range and/or "
-                       "+volume (default: the shipped model's, log_returns+range+volume)")
-    train.add_argument("--train-days", type=float, default=None, help="train on only the last N days of the training split (default: all)")
-    train.add_argument("--folds", type=_positive_int, default=3,
-                       help="rolling validation windows whose forecasts fit the shrinkage (default 3; the last one's model ships)")
+    _add_store_training_arguments(train)
     train.add_argument("--out", type=Path, help="artifact path without extension (default models/chronoprice-lstm; with --db "
-                       "models/trained/EXCHANGE-SYMBOL-TIMEFRAME)")
+                       "OUT_DIR/EXCHANGE-SYMBOL-TIMEFRAME-TIME)")
+
+    retrain = commands.add_parser("retrain", help="train from the store on a schedule, in this process, registering each "
+                                  "model as a shadow (replacing the last retrained shadow)")
+    retrain.add_argument("--every", required=True, help="how often, e.g. 24h, 12h, 7d; the first run starts at once")
+    retrain.add_argument("--db", help="the store (default: CHRONOPRICE_DB or DATABASE_URL, else chronoprice.db)")
+    _add_store_training_arguments(retrain, symbol_default="BTC/USDT", days_default=14.0)
+    retrain.set_defaults(csv=None, out=None)
+
+    models = commands.add_parser("models", help="the model registry: list versions, or roll back the last change of champion")
+    models.add_argument("action", choices=["list", "rollback"], help="list: versions, statuses and recent changes; rollback: the "
+                        "champion it replaced serves again")
+    models.add_argument("--timeframe", choices=list(TIMEFRAME_MS), help="the timeframe (rollback: default 1m; list: all)")
+    models.add_argument("--db", help="the store (default: CHRONOPRICE_DB or DATABASE_URL, else chronoprice.db)")
 
     compare = commands.add_parser("compare", help="train model variants and compare them walk-forward against the naive baseline")
     compare.add_argument("--csv", type=Path, required=True, help="1-minute candle CSV")
@@ -135,6 +158,6 @@ def build_parser() -> argparse.ArgumentParser:
     backfill = commands.add_parser("backfill", help="fetch and store candle history, then forecast from it")
     add_settings_arguments(backfill)
     backfill.add_argument("--hours", type=float, default=24.0, help="hours of history to fetch (default 24)")
-    for command in (train, compare, evaluate, export, bench, migrate):
+    for command in (train, retrain, models, compare, evaluate, export, bench, migrate):
         command.add_argument("--log-format", choices=LOG_FORMATS, help="log lines as text (default) or json [env CHRONOPRICE_LOG_FORMAT]")
     return parser

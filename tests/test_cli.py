@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 
@@ -259,7 +260,8 @@ def test_train_from_the_store_names_its_artifact_after_the_market_and_says_what_
     path, _ = collected_store
     _, description, out = training_data(build_parser().parse_args(["train", "--db", str(path), "--symbol", "BTC/USDT", "--timeframe", "5m",
                                                                    "--exchange", "kraken"]))
-    assert out.parts[-3:] == ("models", "trained", "kraken-btc-usdt-5m") and "800 candles" in description
+    assert out.parts[-3:-1] == ("models", "trained") and "800 candles" in description
+    assert re.fullmatch(r"kraken-btc-usdt-5m-\d{8}-\d{6}", out.name), "timed: a later run never overwrites a registered model"
     assert main(["train", "--db", str(path), "--timeframe", "5m"]) == 2
     assert "needs --symbol" in capsys.readouterr().err
     assert main(["train", "--db", str(path), "--symbol", "ETH/USDT"]) == 2

@@ -47,7 +47,7 @@ def guarded_ticker(exchange, db_path, tiny_model):
     source = LiveSource("binance", exchange.url, (), history=HISTORY, backoff_seconds=0.0, sleep=lambda s: None, attempts=2)
     clock = FakeClock()
     ticker = Ticker(source, db_path, lambda: champion, refresh_seconds=10, clock=clock)
-    ticker.skill_origins = {"1m": REQUIRED}
+    ticker.required_origins = {"1m": REQUIRED}
     return ticker, champion, clock
 
 

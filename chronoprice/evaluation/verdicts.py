@@ -51,6 +51,20 @@ def compare_errors(challenger_errors: np.ndarray, reference_errors: np.ndarray, 
     return Comparison(len(challenger), float(challenger.mean() / reference.mean()), statistic, p_value)
 
 
+def pooled_errors(records: list[np.ndarray]) -> np.ndarray:
+    """Several markets' records as the one a verdict is made on: each market's ([N, 3]: origin,
+    the challenger's and the reference's mean absolute error over the steps) errors divided by
+    the reference's mean over its record, so no market weighs more for its price, then averaged
+    per origin over the markets that have it. [N, 3] over every origin, oldest first."""
+    records = [record for record in records if len(record)]
+    if not records:
+        return np.empty((0, 3))
+    scaled = np.concatenate([record / [1.0, record[:, 2].mean(), record[:, 2].mean()] for record in records])
+    origins, position = np.unique(scaled[:, 0], return_inverse=True)
+    counts = np.bincount(position)
+    return np.column_stack([origins] + [np.bincount(position, weights=scaled[:, column]) / counts for column in (1, 2)])
+
+
 def should_promote(shadow_vs_champion: Comparison, required: int) -> bool:
     """A shadow replaces the champion only on at least `required` matured origins shared with it,
     with a lower mean MAE at p < 0.05."""

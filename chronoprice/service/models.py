@@ -4,15 +4,18 @@ artifact is kept as a reason for the status line and the API, never raised into 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
+from pathlib import Path
 from typing import Callable
 
-from chronoprice.model.artifact import ModelUnavailable
+from chronoprice.config import PROJECT_ROOT
+from chronoprice.model.artifact import ModelArtifact, ModelUnavailable
 from chronoprice.model.forecasters import LSTMForecaster
 from chronoprice.model.registry import DEFAULT_TIMEFRAME, model_timeframe, registry_details
-from chronoprice.store.registry import ModelEntry, read_models, register_model
+from chronoprice.store.registry import ModelEntry, change_status, read_models, register_model
 from chronoprice.store.schema import Database
 
 log = logging.getLogger(__name__)
@@ -46,17 +49,48 @@ class ModelSlot:
         return model_timeframe(self._forecaster.metadata) if self._forecaster else DEFAULT_TIMEFRAME
 
 
+def stored_path(artifact: ModelArtifact | None) -> str:
+    """How the registry names an artifact: relative to the project when inside it, so every
+    machine with a checkout of the project finds the shipped and trained models."""
+    if artifact is None:
+        return ""
+    base = artifact.base.resolve()
+    return str(base.relative_to(PROJECT_ROOT)) if base.is_relative_to(PROJECT_ROOT) else str(base)
+
+
+def artifact_location(stored: str) -> Path:
+    path = Path(stored)
+    return path if path.is_absolute() else PROJECT_ROOT / path
+
+
+def _entry(metadata: dict, artifact: ModelArtifact | None, status: str, now_ms: int) -> ModelEntry:
+    return ModelEntry(metadata["version"], model_timeframe(metadata), status, stored_path(artifact),
+                      registry_details(metadata), now_ms, now_ms)
+
+
 def register_configured(db: Database, forecaster: LSTMForecaster, now_ms: int) -> bool:
     """Register the model the process was started with. A version the registry has not seen
     becomes its timeframe's champion (someone deployed it on purpose); a known one keeps the
     status the registry gives it, so a promotion or rollback outlives restarts."""
-    artifact = forecaster.artifact
-    entry = ModelEntry(forecaster.version, model_timeframe(forecaster.metadata), "champion",
-                       str(artifact.base) if artifact else "", registry_details(forecaster.metadata), now_ms, now_ms)
+    entry = _entry(forecaster.metadata, forecaster.artifact, "champion", now_ms)
     registered = register_model(db, entry, "deployed with --model")
     if registered:
         log.info("model %s registered as the %s champion", entry.version, entry.timeframe)
     return registered
+
+
+def register_shadow(db: Database, metadata: dict, artifact: ModelArtifact, reason: str, now_ms: int,
+                    supersede: str | None = None) -> bool:
+    """Register a newly trained model as a shadow of its timeframe; with `supersede` (a reason
+    prefix), earlier shadows registered with that prefix are retired, so scheduled retraining
+    keeps one challenger rather than a growing crowd. False if the version was registered."""
+    entry = _entry(metadata, artifact, "shadow", now_ms)
+    entry = dataclasses.replace(entry, details={**entry.details, "registered_as": reason})
+    if supersede:
+        for earlier in read_models(db, entry.timeframe, ("shadow",)):
+            if earlier.version != entry.version and earlier.details.get("registered_as", "").startswith(supersede):
+                change_status(db, earlier.version, "retired", f"superseded by {entry.version}", now_ms)
+    return register_model(db, entry, reason)
 
 
 class ModelShelf:
@@ -99,7 +133,7 @@ class ModelShelf:
             if entry.version in self._loaded or entry.version in self.errors:
                 return self._loaded.get(entry.version)
             try:
-                forecaster = self._load(entry.artifact)
+                forecaster = self._load(str(artifact_location(entry.artifact)))
                 if forecaster.version != entry.version:
                     raise ModelUnavailable(f"{entry.artifact} holds model {forecaster.version}, not the registered {entry.version}")
                 self._loaded[entry.version] = forecaster

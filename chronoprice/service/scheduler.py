@@ -22,6 +22,7 @@ from typing import Callable
 
 from chronoprice.market.stream import CandleStream
 from chronoprice.service.alerts import Alerts
+from chronoprice.service.promotion import CHECK_SECONDS, check_promotions
 from chronoprice.market.timeframes import timeframe_ms
 from chronoprice.service.status import TickStatus
 from chronoprice.service.tick import Ticker
@@ -97,7 +98,7 @@ class Scheduler:
         self.stream: CandleStream | None = None  # build_scheduler attaches one when the exchange streams candles
         self.alerts: Alerts | None = None  # and the alert rules' evaluation and delivery
         self._closed_while_ticking: set[tuple[str, str]] = set()
-        self._lease_until = self._next_lease_call = 0.0
+        self._lease_until = self._next_lease_call = self._next_promotion_check = 0.0
         self._role: str | None = None
         ticker.holds_schedule = self.holds_lease_now
         self._thread: threading.Thread | None = None
@@ -193,8 +194,22 @@ class Scheduler:
                 self._due[market] = dataclasses.replace(due, at=math.inf)  # until the tick says when next
                 self._running[market] = self._pool.submit(self._tick, market, due)
                 self.started_last_pass.append(market)
+        if now >= self._next_promotion_check:
+            self._next_promotion_check = now + CHECK_SECONDS
+            self.check_promotions(watched)
         pending = [due.at for due in self._due.values()] or [now + 1.0]
         return min(1.0, max(0.05, min(pending) - self._clock()))  # at least once a second: the watchlist may change
+
+    def check_promotions(self, watched: list[tuple[str, str]]) -> None:
+        """Apply the promotion rule to the watched markets' shadows (service/promotion.py); a
+        failure is logged and the next check tries again."""
+        markets = [self.ticker.market(symbol, self.ticker.stored_status(symbol, timeframe).exchange, timeframe)
+                   for symbol, timeframe in watched]
+        try:
+            if check_promotions(self.ticker.db(), markets, self.ticker.required_origins, int(self._clock() * 1000)):
+                self.ticker.models.refresh()
+        except Exception as error:  # the watchlist's ticks must go on
+            log_failure(log, "promotion check", error)
 
     def candle_closed(self, symbol: str, timeframe: str) -> None:
         """The stream saw the market's candle close: tick it now rather than at its due time

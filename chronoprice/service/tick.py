@@ -76,7 +76,7 @@ class Ticker:
         self._locks_lock = threading.Lock()
         self._completed: set[tuple[Market, str]] = set()  # markets and models whose recent origins this process has checked
         self.holds_schedule: Callable[[], bool] = lambda: False  # the Scheduler built on this ticker replaces it
-        self.skill_origins = REQUIRED_ORIGINS  # matured origins the skill guard judges, per timeframe
+        self.required_origins = REQUIRED_ORIGINS  # matured origins the skill guard and a promotion judge, per timeframe
         self._matured_origins = MaturedOrigins()
         # Cold-start histories run one at a time: each already keeps every core busy (ONNX Runtime's
         # threads), and concurrent ones only multiplied the memory. The pool's thread is not a
@@ -260,7 +260,7 @@ class Ticker:
         forecaster = self.forecaster(market.timeframe)
         if forecaster is None or forecaster.name == NaiveBandForecaster.name or newest is None:
             return None
-        needed = self.skill_origins[market.timeframe]
+        needed = self.required_origins[market.timeframe]
         errors = self._matured_origins.newest(self.db(), market, forecaster.version, forecaster.horizon, newest, needed)
         return skill_state(errors, needed, forecaster.horizon, self.stored_status(market.symbol, market.timeframe).guarded)
 

@@ -194,6 +194,15 @@ def matured_error_sums(db: Database, market: Market, since_target_ts: int, model
     return {"count": count, "mae": mae, "mae_origin_close": mae_origin, "coverage": None if inside is None else float(inside)}
 
 
+def matured_step_sums(db: Database, market: Market, since_target_ts: int, model_version: str) -> np.ndarray:
+    """[steps, 4] over `model_version`'s matured forecasts since `since_target_ts`, step 1 first:
+    the step, how many, and the mean absolute error of the forecast and of the origin close."""
+    where, params = _matured_where(market, since_target_ts, None, None, model_version)
+    rows = db.execute("select step, count(*), avg(abs(predicted - actual)), avg(abs(origin_close - actual)) from forecasts "
+                      f"where {where} group by step order by step", params).fetchall()
+    return np.array(rows, dtype=float).reshape(-1, 4)
+
+
 def origin_mean_errors(db: Database, market: Market, model_version: str, horizon: int, after_origin_ts: int,
                        limit: int) -> np.ndarray:
     """[N, 3] for the newest `limit` origins after `after_origin_ts` whose `horizon` steps by
@@ -202,8 +211,8 @@ def origin_mean_errors(db: Database, market: Market, model_version: str, horizon
     where, params = _matured_where(market, None, None, None, model_version)
     rows = db.execute(
         "select origin_ts, avg(abs(predicted - actual)), avg(abs(origin_close - actual)) from forecasts "
-        f"where {where} and origin_ts > ? group by origin_ts having count(*) = ? order by origin_ts desc limit ?",
-        params + [int(after_origin_ts), int(horizon), int(limit)]).fetchall()
+        f"where {where} and target_ts > ? and origin_ts > ? group by origin_ts having count(*) = ? order by origin_ts desc limit ?",
+        params + [int(after_origin_ts)] * 2 + [int(horizon), int(limit)]).fetchall()
     return np.array(rows[::-1], dtype=float).reshape(-1, 3)
 
 

@@ -130,3 +130,20 @@ def rollback_champion(db: Database, timeframe: str, now_ms: int) -> StatusChange
         change = StatusChange(made[0], timeframe, now_ms, "champion", previous, current[0], f"rollback of {current[0]}")
         _write_change(db, change)
         return change
+
+
+def _checked_key(version: str) -> str:
+    return f"promotion_checked:{version}"
+
+
+def checked_through(db: Database, version: str) -> int:
+    """The newest origin the shadow's last promotion check judged (0 before its first): the next
+    check is made on origins after it only."""
+    row = db.execute("select value from meta where key = ?", [_checked_key(version)]).fetchone()
+    return int(row[0]) if row else 0
+
+
+def save_checked_through(db: Database, version: str, origin_ts: int) -> None:
+    with db.conn:
+        db.execute("insert into meta (key, value) values (?, ?) on conflict (key) do update set value = excluded.value",
+                   [_checked_key(version), str(int(origin_ts))])

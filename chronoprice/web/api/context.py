@@ -56,8 +56,14 @@ def ticked_market(args) -> tuple[Market, TickStatus]:
 def cached_json(name: str, market: Market, status: TickStatus, parameters: tuple, build):
     """`build()`'s payload as JSON, cached under a key that holds the newest candle and forecast,
     so a new candle invalidates it."""
+    return cached_payload(f"api:{name}:{market.exchange}:{market.symbol}:{market.timeframe}:{status.newest_ts}:"
+                          f"{status.forecast_origin_ts}:{parameters}", build)
+
+
+def cached_payload(key: str, build):
+    """`build()`'s payload as JSON, worked out once for every caller until the cache drops it
+    (after a refresh interval at most)."""
     context = api_context()
-    key = f"api:{name}:{market.exchange}:{market.symbol}:{market.timeframe}:{status.newest_ts}:{status.forecast_origin_ts}:{parameters}"
     payload = context.cache.get(key)
     if payload is None:
         payload = build()
