@@ -159,6 +159,28 @@ def test_the_overview_lists_every_watched_market_and_opens_its_chart(browser, da
     page.close()
 
 
+def test_the_models_page_shows_the_champion_and_its_live_record_at_phone_width(browser, dashboard_url):
+    page = browser.new_page(viewport={"width": 390, "height": 844})
+    problems = []
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    page.goto(dashboard_url)
+    page.click("a.nav-link >> text=Models")
+    one_minute_markets = sum(timeframe == "1m" for _, timeframe in WATCHED)
+    page.wait_for_function(f"() => document.querySelectorAll('#models-body tr.model-champion').length === {one_minute_markets}",
+                           timeout=LIVENESS_SECONDS * 1000)
+    rows = page.inner_text("#models-body")
+    assert "lstm-" in rows and "champion" in rows and "BTC/USDT" in rows and "ETH/USDT" in rows
+    assert "btcusdt_1m_binanceus_2023-03-01_14.csv" in rows, "what it was trained on"
+    assert "registered → champion: deployed with --model" in page.inner_text("#models-changes")
+    assert page.is_hidden("#overview-page") and page.is_hidden("#market-page") and page.url.endswith("/models")
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= 390, "the table scrolls inside its panel"
+    page.click("#models-body >> text=ETH/USDT")
+    page.wait_for_function("() => document.querySelector('#price-title').innerText.startsWith('ETH/USDT 1m')",
+                           timeout=LIVENESS_SECONDS * 1000)
+    assert problems == []
+    page.close()
+
+
 def test_dashboard_fits_a_phone(browser, dashboard_url):
     page = browser.new_page(viewport={"width": 390, "height": 844})
     page.goto(dashboard_url + "market")

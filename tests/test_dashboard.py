@@ -246,8 +246,10 @@ def test_overview_summarises_every_watched_market_from_the_store(demo_ticker):
     assert naive.model_version == "naive" and set(naive.forecast) == {naive.last_price}
     row = overview_row(naive, demo_ticker.now_ms())
     assert row["path"] == "/market?symbol=BTC%2FUSDT&timeframe=15m" and row["mae_ratio"] is None and "last close" in row["forecast"]
-    assert page_of("/market", "?symbol=eth/usdt&timeframe=1h", "BTC/USDT", "1m") == ("ETH/USDT", "1h", True)
-    assert page_of("/", "?symbol=nonsense&timeframe=2m", "BTC/USDT", "1m") == ("BTC/USDT", "1m", False)
+    assert page_of("/market", "?symbol=eth/usdt&timeframe=1h", "BTC/USDT", "1m") == ("ETH/USDT", "1h", "market")
+    assert page_of("/", "?symbol=nonsense&timeframe=2m", "BTC/USDT", "1m") == ("BTC/USDT", "1m", "overview")
+    assert page_of("/models/", None, "BTC/USDT", "1m") == ("BTC/USDT", "1m", "models")
+    assert page_of("/elsewhere", None, "BTC/USDT", "1m")[2] == "overview"
 
 
 def test_the_overview_form_watches_and_explains(demo_ticker):

@@ -18,6 +18,7 @@ from chronoprice.web.cache import cache_config
 from chronoprice.web.dashboard.alerts import attach_alert_callbacks
 from chronoprice.web.dashboard.callbacks import attach_callbacks
 from chronoprice.web.dashboard.layout import build_layout
+from chronoprice.web.dashboard.models import attach_models_callbacks
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ def create_app(settings: Settings, ticker: Ticker | None = None, env: Mapping[st
     register_api(app.server, ticker, settings, cache)
     attach_callbacks(app, ticker, cache, settings)
     attach_alert_callbacks(app, ticker, cache, settings)
+    attach_models_callbacks(app, ticker, cache, settings)
     # Dash registers its script bundles on the first request, after marking the setup done, so a
     # concurrent request can find none and answer 500 (plotly/dash#3971): register them now.
     app._setup_server()

@@ -207,8 +207,8 @@ def check_symbol(ticker: Ticker, text: str | None, current: str) -> tuple[str, s
     return symbol, ""
 
 
-def page_of(pathname: str | None, search: str | None, symbol: str, timeframe: str) -> tuple[str, str, bool]:
-    """(symbol, timeframe, whether it is a market page) for a URL such as
+def page_of(pathname: str | None, search: str | None, symbol: str, timeframe: str) -> tuple[str, str, str]:
+    """(symbol, timeframe, page: overview, market or models) for a URL such as
     /market?symbol=ETH/USDT&timeframe=15m; what the query lacks or gets wrong stays as it was."""
     query = parse_qs((search or "").lstrip("?"))
     try:
@@ -216,7 +216,8 @@ def page_of(pathname: str | None, search: str | None, symbol: str, timeframe: st
     except SettingsError:
         pass
     timeframe = query["timeframe"][0] if query.get("timeframe", [""])[0] in TIMEFRAME_MS else timeframe
-    return symbol, timeframe, (pathname or "/").rstrip("/").endswith("/market")
+    last = (pathname or "/").rstrip("/").rpartition("/")[2]
+    return symbol, timeframe, last if last in ("market", "models") else "overview"
 
 
 def watch_message(ticker: Ticker, symbol: str | None, timeframe: str, limit: int) -> str:
@@ -245,15 +246,15 @@ def attach_callbacks(app: dash.Dash, ticker: Ticker, cache, settings: Settings) 
 
     @app.callback(Output("active-symbol", "data"), Output("symbol-message", "children"), Output("symbol-input", "value"),
                   Output("timeframe", "value"), Output("overview-page", "hidden"), Output("market-page", "hidden"),
-                  Output("market-controls", "hidden"),
+                  Output("market-controls", "hidden"), Output("models-page", "hidden"),
                   Input("url", "pathname"), Input("url", "search"), Input("symbol-input", "value"),
                   State("active-symbol", "data"), State("timeframe", "value"))
     def route(pathname, search, text, current, timeframe):
         if dash.ctx.triggered_id == "symbol-input":
             symbol, message = check_symbol(ticker, text, current)
-            return symbol, message, *[dash.no_update] * 5
-        symbol, timeframe, on_market = page_of(pathname, search, current, timeframe)
-        return symbol, "", symbol, timeframe, on_market, not on_market, not on_market
+            return symbol, message, *[dash.no_update] * 6
+        symbol, timeframe, page = page_of(pathname, search, current, timeframe)
+        return symbol, "", symbol, timeframe, page != "overview", page != "market", page != "market", page != "models"
 
     @app.callback(Output("overview-body", "children"), Input("refresh", "n_intervals"), Input("overview-page", "hidden"),
                   Input("overview-sort", "data"), Input("watchlist-changed", "data"))

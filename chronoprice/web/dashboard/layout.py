@@ -9,6 +9,7 @@ from chronoprice.evaluation.metrics import ERROR_WINDOW_HOURS
 from chronoprice.market.timeframes import TIMEFRAME_MS
 from chronoprice.web.dashboard.alerts import bell, rules_section
 from chronoprice.web.dashboard.figures import OVERLAYS
+from chronoprice.web.dashboard.models import models_section
 from chronoprice.web.dashboard.overview import overview_section
 
 DEFAULT_SYMBOLS = ("BTC/USDT", "ETH/USDT")
@@ -52,6 +53,7 @@ def build_layout(settings: Settings) -> html.Div:
                         html.H1(html.A("ChronoPrice", href="/", title="all watched markets")),
                         html.Span(id="source-badge", className="badge"),
                         html.A("Overview", href="/", className="nav-link"),
+                        html.A("Models", href="/models", className="nav-link"),
                     ]),
                     html.Div(id="market-controls", className="market-controls", hidden=True, children=[
                         html.Div(
@@ -77,6 +79,7 @@ def build_layout(settings: Settings) -> html.Div:
             ),
             html.Div(id="banner", className="banner", hidden=True),
             html.Div(id="overview-page", children=[overview_section()]),
+            html.Div(id="models-page", hidden=True, children=[models_section()]),
             html.Div(id="market-page", hidden=True, children=[
                 html.Div(id="status-message", className="status-message"),
                 html.Section(className="kpis", children=[_kpi_card(card_id, title) for card_id, title in KPI_CARDS]),
