@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -20,11 +21,13 @@ from chronoprice.evaluation.walkforward import evaluate_forecaster
 from chronoprice.market.demo import demo_candles
 from chronoprice.market.live import LiveSource
 from chronoprice.market.simulator import BinanceSimulator
+from chronoprice.model.artifact import ModelArtifact, artifact_at, read_metadata, write_metadata
 from chronoprice.model.engines import feature_name
 from chronoprice.market.source import Market
 from chronoprice.model.features import candle_rows, model_input, walk_forward_windows
 from chronoprice.model.forecasters import LSTMForecaster, load_forecaster
 from chronoprice.service.backfill import forecast_history
+from chronoprice.service.models import register_shadow
 from chronoprice.service.tick import Ticker
 from chronoprice.store import open_store
 from chronoprice.store.records import upsert_candles
@@ -83,7 +86,21 @@ def predict_loop_path(model, relative: np.ndarray, horizon: int, feature: str) -
     return np.concatenate(steps, axis=1)
 
 
-def _tick_timings(model_path: Path, engine: str, ticks: int) -> list[float]:
+def shadow_copy(model_path: Path, folder: Path) -> tuple[dict, ModelArtifact]:
+    """The model's artifact under another version, trained on nothing newer than the bench's
+    candles: a shadow that costs a tick what a retrained one would."""
+    source, copy = artifact_at(model_path), artifact_at(folder / "shadow")
+    for original, copied in ((source.keras_path, copy.keras_path), (source.tflite_path, copy.tflite_path),
+                             (source.onnx_path, copy.onnx_path)):
+        if original.exists():
+            shutil.copyfile(original, copied)
+    metadata = read_metadata(source)
+    metadata = {**metadata, "version": metadata["version"] + "-shadow", "training": {**metadata.get("training", {}), "last_ts": 0}}
+    write_metadata(copy, metadata)
+    return metadata, copy
+
+
+def _tick_timings(model_path: Path, engine: str, ticks: int, with_shadow: bool = False) -> list[float]:
     candles = demo_candles("BTC/USDT", BENCH_START_MS, BENCH_START_MS + (ticks + 700) * 60_000)
     with BinanceSimulator({"BTC/USDT": candles}, now_ms=BENCH_START_MS + 600 * 60_000 + 20_000) as exchange, \
             tempfile.TemporaryDirectory() as folder:
@@ -91,6 +108,11 @@ def _tick_timings(model_path: Path, engine: str, ticks: int) -> list[float]:
         source = LiveSource("binance", exchange.url, history=60)
         ticker = Ticker(source, Path(folder) / "bench.db", lambda: load_forecaster(model_path, engine), progress=False)
         ticker.tick("BTC/USDT", force=True)  # cold start: loads the model and the first window
+        if with_shadow:
+            register_shadow(ticker.db(), *shadow_copy(model_path, Path(folder)), "bench", 0)
+            ticker.models.refresh()
+            exchange.advance(1)
+            ticker.tick("BTC/USDT", force=True)  # loads the shadow
         timings = []
         for _ in range(ticks):
             exchange.advance(1)
@@ -99,6 +121,10 @@ def _tick_timings(model_path: Path, engine: str, ticks: int) -> list[float]:
             timings.append((time.perf_counter() - started) * 1000)
             if status.error or status.new_candles != 1:
                 raise RuntimeError(f"benchmark tick went wrong: {status.summary()}")
+        forecasting = {version for (version,) in ticker.db().execute("select distinct model_version from forecasts where origin_ts = ?",
+                                                                     [status.newest_ts])}
+        if len(forecasting) != 1 + with_shadow:
+            raise RuntimeError(f"benchmark ticks forecast with {sorted(forecasting)}")
         return timings
 
 
@@ -168,6 +194,7 @@ def run_benchmark(model_path: Path, repeats: int = 200, ticks: int = 40, deploy_
     floor_ms = forecast_macs(keras_forecaster.engine.model, keras_forecaster.window, keras_forecaster.horizon) / gmacs / 1e6
     medians = {name: float(np.median(values)) for name, values in timings.items()}
     tick_ms = _tick_timings(model_path, "auto", ticks)
+    shadowed_tick_ms = _tick_timings(model_path, "auto", ticks, with_shadow=True)
     return {
         "model_version": keras_forecaster.version,
         "serving_engine": serving.engine.name,
@@ -183,6 +210,8 @@ def run_benchmark(model_path: Path, repeats: int = 200, ticks: int = 40, deploy_
         "evaluate_10000_origins_seconds": round(_evaluate_seconds(serving, origins=10_000), 2),
         "tick_ms_p50": round(float(np.percentile(tick_ms, 50)), 2),
         "tick_ms_p95": round(float(np.percentile(tick_ms, 95)), 2),
+        "tick_with_a_shadow_ms_p50": round(float(np.percentile(shadowed_tick_ms, 50)), 2),
+        "tick_with_a_shadow_ms_p95": round(float(np.percentile(shadowed_tick_ms, 95)), 2),
         "repeats": repeats,
         "ticks": ticks,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "processor": platform.machine()},
@@ -218,7 +247,8 @@ def format_bench(report: dict) -> str:
                  + ", ".join(f"{engine} {value:.1e}" for engine, value in report["engines_path_relative_difference"].items()))
     lines.append(f"24 h cold-start history ({serving}, forecast and stored): {report['history_24h_seconds']} s; "
                  f"evaluate walk-forward over 10,000 origins: {report['evaluate_10000_origins_seconds']} s")
-    lines.append(f"full tick against the local exchange: p50 {report['tick_ms_p50']} ms, p95 {report['tick_ms_p95']} ms over {report['ticks']} ticks")
+    lines.append(f"full tick against the local exchange: p50 {report['tick_ms_p50']} ms, p95 {report['tick_ms_p95']} ms over {report['ticks']} ticks; "
+                 f"with a shadow forecasting beside the model: p50 {report['tick_with_a_shadow_ms_p50']} ms, p95 {report['tick_with_a_shadow_ms_p95']} ms")
     deploy = report["deploy"]
     if deploy:
         lines.append(f"gunicorn, 1 worker, {deploy['engine']} engine: first 200 on / after {deploy['first_200_seconds']} s; "

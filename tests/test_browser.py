@@ -15,9 +15,11 @@ from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import sync_playwright
 from werkzeug.serving import make_server
 
+from chronoprice.bench import shadow_copy
 from chronoprice.config import settings_from
 from chronoprice.service.alert_rules import firing
 from chronoprice.service.build import build_ticker
+from chronoprice.service.models import register_shadow
 from chronoprice.service.scheduler import Scheduler
 from chronoprice.service.watchlist import seed_watchlist
 from chronoprice.store.alerts import read_rules, record_firing
@@ -159,7 +161,10 @@ def test_the_overview_lists_every_watched_market_and_opens_its_chart(browser, da
     page.close()
 
 
-def test_the_models_page_shows_the_champion_and_its_live_record_at_phone_width(browser, dashboard_url):
+def test_the_models_page_shows_the_champion_and_its_live_record_at_phone_width(browser, dashboard, shipped_model, tmp_path):
+    dashboard_url, ticker = dashboard
+    metadata, artifact = shadow_copy(shipped_model, tmp_path)
+    register_shadow(ticker.db(), metadata, artifact, "trained from the store with train --db", int(time.time() * 1000))
     page = browser.new_page(viewport={"width": 390, "height": 844})
     problems = []
     page.on("pageerror", lambda error: problems.append(str(error)))
@@ -171,6 +176,7 @@ def test_the_models_page_shows_the_champion_and_its_live_record_at_phone_width(b
     rows = page.inner_text("#models-body")
     assert "lstm-" in rows and "champion" in rows and "BTC/USDT" in rows and "ETH/USDT" in rows
     assert "btcusdt_1m_binanceus_2023-03-01_14.csv" in rows, "what it was trained on"
+    assert page.locator("#models-body tr.model-shadow").count() == one_minute_markets and metadata["version"] in rows
     assert "registered → champion: deployed with --model" in page.inner_text("#models-changes")
     assert page.is_hidden("#overview-page") and page.is_hidden("#market-page") and page.url.endswith("/models")
     assert page.evaluate("() => document.documentElement.scrollWidth") <= 390, "the table scrolls inside its panel"

@@ -19,7 +19,7 @@ def synthetic_csv(tmp_path_factory):
     return path
 
 
-@pytest.mark.parametrize("command", ["serve", "worker", "train", "compare", "evaluate", "export", "bench", "backfill"])
+@pytest.mark.parametrize("command", ["serve", "worker", "train", "retrain", "models", "compare", "evaluate", "export", "bench", "backfill"])
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_:
         main([command, "--help"])
@@ -115,6 +115,7 @@ def test_bench_json_reports_every_engine_in_one_run(tiny_model, capsys):
     # Both sides are rounded figures: the ratio to 0.01, the median and the floor to 0.001 ms.
     assert report["serving_engine_to_floor"] == pytest.approx(report["forecast_ms"]["onnx"]["median"] / report["compute_floor_ms"], rel=0.01, abs=0.005)
     assert report["history_24h_seconds"] > 0 and report["evaluate_10000_origins_seconds"] > 0
+    assert 0 < report["tick_ms_p50"] <= report["tick_ms_p95"] and 0 < report["tick_with_a_shadow_ms_p50"] <= report["tick_with_a_shadow_ms_p95"]
     assert report["model_version"] == read_metadata(artifact_at(tiny_model))["version"]
     watch = report["watchlist"]
     assert watch["markets"] == 2 and watch["ticks_timed"] >= 2 and watch["origins_missing"] == 0

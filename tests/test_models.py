@@ -20,6 +20,7 @@ from chronoprice.model.artifact import artifact_at
 from chronoprice.model.forecasters import load_forecaster
 from chronoprice.service.models import register_shadow
 from chronoprice.service.promotion import check_promotions
+from chronoprice.service.scheduler import Scheduler
 from chronoprice.service.tick import Ticker
 from chronoprice.service.watchlist import seed_watchlist
 from chronoprice.store import open_store
@@ -33,6 +34,7 @@ from chronoprice.store.records import (
 from chronoprice.store.registry import (
     ModelEntry,
     change_status,
+    checked_through,
     read_changes,
     read_model,
     read_models,
@@ -198,9 +200,22 @@ def test_a_shadow_trained_from_the_store_forecasts_live_beside_the_champion(tmp_
     assert shadow_live["symbol"] == "BTC/USDT" and shadow_live["matured_origins"] == 4  # 14 origins, 10 steps to mature
     assert len(shadow_live["steps"]) == HORIZON and shadow_live["steps"][0]["count"] == 13
     assert 0 < shadow_live["mae"] and 0 <= shadow_live["dm_p_value"] <= 1 and listed[0]["live"][0]["matured_origins"] > 1000
+    trades = shadow_live["backtest"]
+    assert trades["candles"] == 13 and trades["step"] == HORIZON and trades["fee"] == 0.001, "origins whose next candle came"
+    closes = pd.DataFrame(ticker.db().execute("select ts, close from candles order by ts").fetchall(), columns=["ts", "close"])
+    held = closes[closes["ts"] >= first_shadow_origin]["close"].to_numpy()
+    assert trades["strategies"]["buy_and_hold"]["gross_return"] == pytest.approx(held[-1] / held[0] - 1), (
+        "buy-and-hold from the shadow's first origin to the newest close")
     one = client.get(f"/api/v1/models/{shadow.version}").get_json()
     assert one["holdout_mae_ratio"] > 0 and [change["reason"] for change in one["changes"]] == [
         "trained from the store with train --db"]
+    scheduler = Scheduler(ticker, clock=clock)
+    ticker.required_origins = {"1m": 4}
+    scheduler.check_promotions([("BTC/USDT", "1m")])
+    newest_shared = db.execute("select max(origin_ts) from forecasts where model_version = ? and step = 10 and actual is not null",
+                               [shadow.version]).fetchone()[0]
+    assert checked_through(db, shadow.version) == newest_shared, "the scheduler judged the shadow's window"
+    assert ticker.forecaster("1m").version == read_models(db, "1m", ("champion",))[0].version, "and serves the champion it chose"
     missing = client.get("/api/v1/models/lstm-nothing")
     assert missing.status_code == 404 and "GET /api/v1/models lists them" in missing.get_json()["error"]
     assert client.get("/api/v1/models?timeframe=2m").status_code == 400

@@ -46,6 +46,7 @@ def build_ticker(settings: Settings, history_hours: float | None = None, clock: 
         settings.refresh_seconds,
         clock=clock,
         live=LiveBoard(open_shared_cache(env, "live")),
+        load_registered=lambda path: load_forecaster(path, settings.engine),
     )
 
 

@@ -2,16 +2,19 @@
 GET /api/v1/models and the models page: per market, over the last ERROR_WINDOW_HOURS of matured
 forecasts, its per-step MAE beside the last close's, the Diebold-Mariano p-value of its mean
 MAE over the steps against the last close's (the skill guard's and the promotion rule's test),
-and its interval coverage."""
+its interval coverage, and a backtest after costs of trading on those forecasts."""
 
 from __future__ import annotations
 
 import dataclasses
 
+from chronoprice.evaluation.backtest import backtest
 from chronoprice.evaluation.metrics import ERROR_WINDOW_HOURS
 from chronoprice.evaluation.verdicts import compare_errors
 from chronoprice.market.source import Market
+from chronoprice.market.timeframes import timeframe_ms
 from chronoprice.store.records import (
+    forecast_paths,
     matured_error_sums,
     matured_step_sums,
     origin_mean_errors,
@@ -42,7 +45,19 @@ def live_record(db: Database, market: Market, version: str, horizon: int, newest
         "steps": [{"step": int(step), "count": int(count), "mae": _rounded(mae), "mae_last_close": _rounded(naive),
                    "mae_ratio": _rounded(mae / naive if naive else None, 5)}
                   for step, count, mae, naive in matured_step_sums(db, market, since, version)],
+        "backtest": live_backtest(db, market, version, horizon, since),
     }
+
+
+def live_backtest(db: Database, market: Market, version: str, horizon: int, since_ts: int) -> dict | None:
+    """evaluate --backtest on the model's live forecasts of the window (signal: the move at its
+    last step, the default fee): would trading on them have paid? None before two origins have
+    their next candle."""
+    paths = forecast_paths(db, market, version, since_ts, horizon)
+    if len(paths) < 2:
+        return None
+    result = backtest(paths[:, 1], paths[:, 2], paths[:, 3:], horizon, timeframe_minutes=timeframe_ms(market.timeframe) // 60_000)
+    return {key: value for key, value in result.items() if key != "curves"}
 
 
 def change_entry(change: StatusChange) -> dict:

@@ -15,6 +15,7 @@ from chronoprice.config import PROJECT_ROOT
 from chronoprice.model.artifact import ModelArtifact, ModelUnavailable
 from chronoprice.model.forecasters import LSTMForecaster
 from chronoprice.model.registry import DEFAULT_TIMEFRAME, model_timeframe, registry_details
+from chronoprice.store import STORE_UNAVAILABLE
 from chronoprice.store.registry import ModelEntry, change_status, read_models, register_model
 from chronoprice.store.schema import Database
 
@@ -23,8 +24,8 @@ REGISTRY_SECONDS = 5.0  # how stale a process's view of the registry may be (a p
 
 
 class ModelSlot:
-    def __init__(self, load: Callable[[], LSTMForecaster], on_load: Callable[[LSTMForecaster], None] = lambda _: None):
-        self._load, self._on_load = load, on_load
+    def __init__(self, load: Callable[[], LSTMForecaster]):
+        self._load = load
         self._forecaster: LSTMForecaster | None = None
         self.error: str | None = None
         self._lock = threading.Lock()
@@ -34,10 +35,8 @@ class ModelSlot:
         with self._lock:
             if self._forecaster is None and self.error is None:
                 try:
-                    forecaster = self._load()
-                    log.info("model %s loaded on the %s engine", forecaster.version, forecaster.engine.name)
-                    self._on_load(forecaster)
-                    self._forecaster = forecaster
+                    self._forecaster = self._load()
+                    log.info("model %s loaded on the %s engine", self._forecaster.version, self._forecaster.engine.name)
                 except ModelUnavailable as error:
                     self.error = str(error)
                     log.error("model unavailable: %s", error)
@@ -115,7 +114,11 @@ class ModelShelf:
         with self._lock:
             now = self._clock()
             if self._read_at is None or now - self._read_at > REGISTRY_SECONDS:
-                self._entries, self._read_at = read_models(self._db(), statuses=("champion", "shadow")), now
+                try:
+                    self._entries = read_models(self._db(), statuses=("champion", "shadow"))
+                except STORE_UNAVAILABLE as error:  # serve with what was last read; the store is retried next time
+                    log.warning("model registry unreadable (%s); using the last one read", error)
+                self._read_at = now
             return [entry for entry in self._entries if entry.timeframe == timeframe]
 
     def champion(self, timeframe: str) -> ModelEntry | None:

@@ -39,7 +39,7 @@ from chronoprice.store.records import (
     upsert_candles,
     write_forecasts,
 )
-from chronoprice.store import log_failure, store_connections
+from chronoprice.store import STORE_UNAVAILABLE, log_failure, store_connections
 from chronoprice.store.watchlist import is_watched
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,8 @@ class Ticker:
         self.source = source
         self.live = live or LiveBoard()  # forming candles streamed by the scheduler's process
         self.db = store_connections(db_path)
-        self._model = ModelSlot(load_forecaster, self._register)
+        self._model = ModelSlot(load_forecaster)
+        self._configured_registered = False
         self.models = ModelShelf(self.db, load_registered)
         self.timeframe = timeframe
         self._refresh_ms = int(refresh_seconds * 1000)
@@ -95,6 +96,8 @@ class Ticker:
         model has shown skill there."""
         timeframe = timeframe or self.timeframe
         configured = self._model.get()
+        if configured is not None and not self._configured_registered:
+            self._register(configured)
         champion = self.models.champion(timeframe)
         if champion is not None and (configured is None or champion.version != configured.version):
             return self.models.forecaster(champion)
@@ -110,8 +113,13 @@ class Ticker:
         return self._model.error
 
     def _register(self, configured: LSTMForecaster) -> None:
-        if register_configured(self.db(), configured, self.now_ms()):
-            self.models.refresh()
+        """Register the configured model once; while the store cannot take it, again on the next look."""
+        try:
+            if register_configured(self.db(), configured, self.now_ms()):
+                self.models.refresh()
+            self._configured_registered = True
+        except STORE_UNAVAILABLE as error:
+            log.warning("model %s not registered yet: store unavailable (%s)", configured.version, error)
 
     def symbols(self) -> list[str]:
         """Symbols the source offers, for the symbol picker; empty if it cannot say right now."""
@@ -276,10 +284,11 @@ class Ticker:
             self._histories.pop(0).result()
 
     def _forecast_history_in_background(self, market: Market, start_ts: int) -> None:
+        forecaster = self.forecaster(market.timeframe)
         try:
-            forecast_history(self.db(), market, self.forecaster(market.timeframe), start_ts, self._progress)
+            forecast_history(self.db(), market, forecaster, start_ts, self._progress)
         except Exception as error:  # nobody may ever wait for this future: say it here
-            self._completed.discard((market, self.forecaster(market.timeframe).version))  # so the next tick forecasts the origins this left out
+            self._completed.discard((market, forecaster.version))  # so the next tick forecasts the origins this left out
             log_failure(log, "history forecast", error, extra=market.key())
             raise
 

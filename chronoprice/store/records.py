@@ -203,6 +203,26 @@ def matured_step_sums(db: Database, market: Market, since_target_ts: int, model_
     return np.array(rows, dtype=float).reshape(-1, 4)
 
 
+def forecast_paths(db: Database, market: Market, model_version: str, since_origin_ts: int, horizon: int) -> np.ndarray:
+    """[N, 3 + horizon] for `model_version`'s origins since `since_origin_ts` whose next candle
+    is stored, oldest first: origin, its close, the next candle's close (step 1's actual), and
+    the predicted close at each step; what a backtest of the live forecasts trades on."""
+    where, params = _forecasts_where(market, model_version)
+    rows = np.array(db.execute(f"select origin_ts, step, predicted, origin_close, actual from forecasts where {where} "
+                               "and target_ts >= ? and origin_ts >= ? order by origin_ts, step",
+                               params + [int(since_origin_ts)] * 2).fetchall(), dtype=float).reshape(-1, 5)
+    origins, position = np.unique(rows[:, 0], return_inverse=True)
+    paths = np.full((len(origins), 3 + horizon), np.nan)
+    paths[:, 0] = origins
+    steps = rows[:, 1].astype(int)
+    inside = (steps >= 1) & (steps <= horizon)
+    paths[position[inside], 2 + steps[inside]] = rows[inside, 2]
+    paths[position, 1] = rows[:, 3]
+    first = steps == 1
+    paths[position[first], 2] = rows[first, 4]
+    return paths[~np.isnan(paths).any(axis=1)]
+
+
 def origin_mean_errors(db: Database, market: Market, model_version: str, horizon: int, after_origin_ts: int,
                        limit: int) -> np.ndarray:
     """[N, 3] for the newest `limit` origins after `after_origin_ts` whose `horizon` steps by

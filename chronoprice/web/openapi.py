@@ -50,6 +50,30 @@ _WINDOW = {"name": "window", "in": "query", "required": False, "description": "m
 _TIME = {"type": "integer", "minimum": 0, "maximum": 100_000_000_000_000,
          "description": "candle open time in epoch milliseconds (an ISO 8601 time is accepted too)"}
 
+_LIVE_RECORD = {
+    "type": "object", "description": f"over the last {ERROR_WINDOW_HOURS} h of matured forecasts on one watched market",
+    "required": ["symbol", "matured_origins", "mae_ratio", "dm_p_value", "steps"],
+    "properties": {**_MARKET, "since_ms": {"type": "integer"}, "matured_forecasts": {"type": "integer"},
+                   "matured_origins": {"type": "integer"}, "mae": _NUMBER, "mae_last_close": _NUMBER,
+                   "mae_ratio": {**_NUMBER, "description": "mean MAE over the steps / the last close's; below 1 beats it"},
+                   "dm_p_value": {**_NUMBER, "description": "Diebold-Mariano, HAC variance, of that difference"},
+                   "coverage": _NUMBER, "steps": {"type": "array", "items": {"type": "object"}},
+                   "backtest": {"type": "object", "nullable": True,
+                                "description": "evaluate --backtest on these live forecasts: long/flat, long/short, buy-and-hold, flat"}},
+}
+_MODEL = {
+    "type": "object", "required": ["version", "timeframe", "status", "status_since_ms", "serving", "live"],
+    "properties": {"version": {"type": "string"}, "timeframe": {"type": "string"},
+                   "status": {"type": "string", "enum": ["champion", "shadow", "retired"]},
+                   "status_since_ms": {"type": "integer"}, "registered_ms": {"type": "integer"}, "artifact": {"type": "string"},
+                   "data": {"type": "string", "nullable": True}, "first_ts": {"type": "integer", "nullable": True},
+                   "last_ts": {"type": "integer", "nullable": True}, "architecture": {"type": "string", "nullable": True},
+                   "input": {"type": "string"}, "window": {"type": "integer"}, "horizon": {"type": "integer"},
+                   "validation_mae_ratio": _NUMBER, "holdout_mae_ratio": _NUMBER,
+                   "serving": {"type": "boolean", "description": "this server forecasts its timeframe with it"},
+                   "load_error": {"type": "string", "nullable": True}, "live": {"type": "array", "items": _LIVE_RECORD}},
+}
+
 OPENAPI = {
     "openapi": "3.0.3",
     "info": {"title": "ChronoPrice API", "version": "1"},
@@ -88,6 +112,13 @@ OPENAPI = {
              {"name": "since_ms", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 0, "maximum": 100_000_000_000_000}}],
             {**_ok("AlertFirings", "firings, newest first"), **_errors(400)},
         ),
+        "/api/v1/models": _get("the model registry: every version with its status and live record on the watched markets of its timeframe",
+                               [{**_TIMEFRAME, "description": "only this timeframe's models; default: all"}],
+                               {**_ok("Models", "champions, then shadows, then retired models"), **_errors(400)}),
+        "/api/v1/models/{version}": _get(
+            "one registered model, with its history of status changes",
+            [{"name": "version", "in": "path", "required": True, "schema": {"type": "string", "example": "lstm-e086b51e6fbd"}}],
+            {**_ok("Model", "the model"), **_errors(404)}),
         "/price/latest": _get("the newest close (seed-compatible)", [_SYMBOL, _TIMEFRAME], {**_ok("LatestPrice", "the newest close"), **_errors(400, 404, 503)}),
         "/price/prediction": _get("alias of /api/v1/forecast", [_SYMBOL, _TIMEFRAME], {**_ok("Forecast", "the forecast"), **_errors(400, 404, 503)}),
         "/metrics/model": _get("alias of /api/v1/metrics", [_SYMBOL, _TIMEFRAME, _WINDOW], {**_ok("Metrics", "scores"), **_errors(400, 404)}),
@@ -167,6 +198,12 @@ OPENAPI = {
                 "type": "object", "required": ["id", "rule_id", "symbol", "timeframe", "message", "delivery"],
                 "properties": {"id": {"type": "string"}, "rule_id": {"type": "string"}, "symbol": {"type": "string"},
                                "timeframe": {"type": "string"}, "message": {"type": "string"}, "delivery": {"type": "string"}}}}}},
+            "Models": {"type": "object", "required": ["models"], "properties": {"models": {"type": "array", "items": _MODEL}}},
+            "Model": {**_MODEL, "properties": {**_MODEL["properties"], "changes": {"type": "array", "items": {
+                "type": "object", "required": ["version", "changed_ms", "status", "reason"],
+                "properties": {"version": {"type": "string"}, "timeframe": {"type": "string"}, "changed_ms": {"type": "integer"},
+                               "status": {"type": "string"}, "previous": {"type": "string", "nullable": True},
+                               "replaced": {"type": "string", "nullable": True}, "reason": {"type": "string"}}}}}},
             "LatestPrice": {
                 "type": "object", "required": ["exchange", "symbol", "timeframe", "ts", "time", "price"],
                 "properties": {**_MARKET, "ts": {"type": "integer"}, "time": {"type": "string"}, "price": _NUMBER},

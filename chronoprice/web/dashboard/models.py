@@ -18,7 +18,8 @@ from chronoprice.web.cache import cached_seconds
 from chronoprice.web.dashboard.overview import market_path
 
 HEADINGS = ["Model", "Timeframe", "Status", "Since", "Trained on", "Holdout MAE vs last close", "Market",
-            "Live MAE vs last close", "DM p", "Band coverage %", "Matured origins"]
+            "Live MAE vs last close", "DM p", "Band coverage %", "Matured origins",
+            "Traded after 0.1 % fees: long/flat, long/short, buy-and-hold (net %)"]
 STATUS_NOTES = {"champion": "serves the forecasts", "shadow": "forecasts beside the champion, scored, not shown",
                 "retired": "no longer forecasts"}
 
@@ -44,11 +45,19 @@ def _model_cells(model: dict, span: int) -> list[html.Td]:
 
 def _live_cells(record: dict | None) -> list[html.Td]:
     if record is None:
-        return [html.Td("no watched market of this timeframe", colSpan=5, className="text")]
+        return [html.Td("no watched market of this timeframe", colSpan=6, className="text")]
     coverage = None if record["coverage"] is None else 100 * record["coverage"]
     return [html.Td(dcc.Link(f"{record['symbol']}", href=market_path(record["symbol"], record["timeframe"])), className="text"),
             html.Td(_number(record["mae_ratio"], 4), className="number"), html.Td(_number(record["dm_p_value"], 3), className="number"),
-            html.Td(_number(coverage, 1), className="number"), html.Td(f"{record['matured_origins']:,}", className="number")]
+            html.Td(_number(coverage, 1), className="number"), html.Td(f"{record['matured_origins']:,}", className="number"),
+            html.Td(backtest_text(record["backtest"]), className="number")]
+
+
+def backtest_text(result: dict | None) -> str:
+    if result is None:
+        return "–"
+    strategies = result["strategies"]
+    return " / ".join(f"{strategies[name]['net_return'] * 100:+.2f}" for name in ("long_flat", "long_short", "buy_and_hold"))
 
 
 def model_rows(models: list[dict]) -> list[html.Tr]:
