@@ -93,6 +93,15 @@ def db(db_path):
     return open_store(db_path)
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, tmp_path):
+    """A store contract runs on both backends: a new SQLite file, or a new PostgreSQL database."""
+    target = tmp_path / "store.db" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+    db = open_store(target)
+    yield db
+    db.close()
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
     """A real artifact (.keras, .tflite, .json) in the shipped model's form (log returns with

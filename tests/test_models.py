@@ -56,14 +56,6 @@ def entry(version: str, status: str, at_ms: int = 1, timeframe: str = "1m") -> M
     return ModelEntry(version, timeframe, status, f"models/{version}", {"horizon": HORIZON, "last_ts": 0}, at_ms, at_ms)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request, tmp_path):
-    target = tmp_path / "models.db" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
-    db = open_store(target)
-    yield db
-    db.close()
-
-
 def test_the_registry_keeps_one_champion_a_timeframe_and_the_history_of_changes(store):
     assert register_model(store, entry("old", "champion", 10), "deployed with --model")
     assert not register_model(store, entry("old", "shadow", 11), "again"), "a known version keeps its status"

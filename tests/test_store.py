@@ -48,15 +48,6 @@ def steps_from(origin_ts, closes):
     )
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request, tmp_path):
-    """The store contract runs on both backends: a new SQLite file, or a new PostgreSQL database."""
-    target = tmp_path / "store.db" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
-    db = open_store(target)
-    yield db
-    db.close()
-
-
 def count_rows(db, table: str) -> int:
     return db.execute(f"select count(*) from {table}").fetchone()[0]
 
