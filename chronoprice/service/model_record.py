@@ -17,6 +17,7 @@ from chronoprice.store.records import (
     forecast_paths,
     matured_error_sums,
     matured_step_sums,
+    newest_candle_ts,
     origin_mean_errors,
 )
 from chronoprice.store.registry import ModelEntry, StatusChange, read_changes
@@ -40,7 +41,8 @@ def live_record(db: Database, market: Market, version: str, horizon: int, newest
         "exchange": market.exchange, "symbol": market.symbol, "timeframe": market.timeframe, "since_ms": since,
         "matured_forecasts": sums["count"], "matured_origins": comparison.origins,
         "mae": _rounded(sums["mae"]), "mae_last_close": _rounded(sums["mae_origin_close"]),
-        "mae_ratio": _rounded(comparison.mae_ratio, 5), "dm_p_value": _rounded(comparison.p_value, 5),
+        "mae_ratio": _rounded(comparison.mae_ratio, 5),
+        "dm_p_value": _rounded(comparison.p_value, 5) if comparison.origins > 1 else None,
         "coverage": _rounded(sums["coverage"], 4),
         "steps": [{"step": int(step), "count": int(count), "mae": _rounded(mae), "mae_last_close": _rounded(naive),
                    "mae_ratio": _rounded(mae / naive if naive else None, 5)}
@@ -69,16 +71,16 @@ def model_entry(ticker, entry: ModelEntry, with_changes: bool = False) -> dict:
     process serves it, why it cannot be loaded if so, and its live record per watched market."""
     db = ticker.db()
     served = ticker.forecaster(entry.timeframe)
-    markets = [(ticker.market(symbol, status.exchange, timeframe), status.newest_ts)
-               for symbol, timeframe in read_watchlist(db) if timeframe == entry.timeframe
-               for status in [ticker.stored_status(symbol, timeframe)]]
+    markets = [ticker.market(symbol, ticker.stored_status(symbol, timeframe).exchange, timeframe)
+               for symbol, timeframe in read_watchlist(db) if timeframe == entry.timeframe]
+    newest = {market: newest_candle_ts(db, market) for market in markets}
     payload = {
         "version": entry.version, "timeframe": entry.timeframe, "status": entry.status, "status_since_ms": entry.status_since_ms,
         "registered_ms": entry.registered_ms, "artifact": entry.artifact, **entry.details,
         "serving": served is not None and served.version == entry.version,
         "load_error": ticker.models.errors.get(entry.version),
-        "live": [live_record(db, market, entry.version, entry.details["horizon"], newest)
-                 for market, newest in markets if newest is not None],
+        "live": [live_record(db, market, entry.version, entry.details["horizon"], newest[market])
+                 for market in markets if newest[market] is not None],
     }
     if with_changes:
         payload["changes"] = [change_entry(change) for change in read_changes(db, version=entry.version)]

@@ -39,7 +39,7 @@ def _model_cells(model: dict, span: int) -> list[html.Td]:
             html.Td(html.Span(status, className=f"model-status model-{model['status']}", title=STATUS_NOTES[model["status"]]),
                     rowSpan=span, className="text"),
             html.Td(_time(model["status_since_ms"]), rowSpan=span, className="text"),
-            html.Td(model.get("data") or "–", rowSpan=span, className="text"),
+            html.Td(model.get("data") or "–", rowSpan=span, className="text wrap"),
             html.Td(_number(model.get("holdout_mae_ratio"), 4), rowSpan=span, className="number")]
 
 
@@ -87,8 +87,8 @@ def models_section() -> html.Section:
                "scored against the same last close. A shadow replaces the champion only after winning on a fresh window "
                "of matured forecasts at p < 0.05 (docs/MODEL.md); `python -m chronoprice models rollback` undoes it. "
                "Live figures cover the last 24 hours; MAE below 1 beats repeating the last close.", className="verdict"),
-        html.Div(className="table-scroll", children=html.Table(id="models-table", className="overview", children=[
-            html.Thead(html.Tr([html.Th(heading) for heading in HEADINGS])), html.Tbody(id="models-body")])),
+        html.Div(className="table-scroll", children=html.Table(id="models-table", className="overview models", children=[
+            html.Thead(html.Tr([html.Th(heading, className="wrap") for heading in HEADINGS])), html.Tbody(id="models-body")])),
         html.H2("Changes"),
         html.Ul(id="models-changes", className="model-changes"),
     ])
