@@ -104,7 +104,8 @@ def run_train(args: argparse.Namespace) -> int:
 
 def train_and_register(args: argparse.Namespace, reason: str = "trained from the store with train --db",
                        supersede: str | None = None) -> None:
-    """Train (see run_train), and with --db register the model as a shadow in that store."""
+    """Train on what the arguments name (the CSV or the store's candles), write the artifact,
+    and with --db register the model as a shadow in that store."""
     training = _training()
     candles, description, out = training_data(args)
     chosen = {"feature": args.feature, "loss": args.loss, "train_days": args.train_days}

@@ -69,6 +69,10 @@ def test_the_registry_keeps_one_champion_a_timeframe_and_the_history_of_changes(
     assert [(each.version, each.status, each.reason) for each in read_changes(store, timeframe="1m")][:2] == [
         ("new", "champion", "promoted: MAE 0.9 of old's"), ("old", "retired", "replaced by new")]
 
+    with pytest.raises(Exception, match="(?i)unique"), store.conn:
+        store.execute("update models set status = 'champion' where version = 'old'")
+    assert read_model(store, "old").status == "retired", "the store itself refuses a second champion"
+
     undone = rollback_champion(store, "1m", 50)
     assert (undone.version, undone.replaced) == ("old", "new")
     assert read_model(store, "old").status == "champion" and read_model(store, "old").status_since_ms == 50

@@ -97,8 +97,8 @@ class ModelShelf:
     registered models it has loaded, each once; a model that cannot be loaded is skipped, its
     reason kept in `errors`."""
 
-    def __init__(self, db: Callable[[], Database], load: Callable[[str], LSTMForecaster], clock: Callable[[], float] = time.monotonic):
-        self._db, self._load, self._clock = db, load, clock
+    def __init__(self, db: Callable[[], Database], load: Callable[[str], LSTMForecaster]):
+        self._db, self._load = db, load
         self._entries: list[ModelEntry] = []
         self._read_at: float | None = None
         self._loaded: dict[str, LSTMForecaster] = {}
@@ -112,7 +112,7 @@ class ModelShelf:
     def entries(self, timeframe: str) -> list[ModelEntry]:
         """The timeframe's champion (first, if it has one) and shadows."""
         with self._lock:
-            now = self._clock()
+            now = time.monotonic()
             if self._read_at is None or now - self._read_at > REGISTRY_SECONDS:
                 try:
                     self._entries = read_models(self._db(), statuses=("champion", "shadow"))

@@ -105,6 +105,8 @@ MIGRATIONS: list[list[str]] = [
         "create table if not exists models (version text primary key, timeframe text not null, status text not null, "
         "artifact text not null, details text not null, registered_ms bigint not null, status_since_ms bigint not null)",
         "create index if not exists models_by_timeframe on models (timeframe, status)",
+        # One champion a timeframe, even when two processes change it at once on PostgreSQL.
+        "create unique index if not exists models_one_champion on models (timeframe) where status = 'champion'",
         "create table if not exists model_changes (version text not null, timeframe text not null, changed_ms bigint not null, "
         "status text not null, previous text, replaced text, reason text not null, primary key (version, changed_ms, status))",
         # Shadows forecast the same markets as the champion, and every reader picks one version
