@@ -8,6 +8,7 @@ carries only the one it serves with.
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import os
 import threading
@@ -24,7 +25,6 @@ EVALUATION_BATCH = 512
 # Origins per ONNX run: ONNX's LSTM holds every step's gate inputs at once (60 x 10 rows x 256 floats
 # an origin), so larger runs grow memory more than they gain speed (docs/PERFORMANCE.md).
 ONNX_BATCH = 16
-SINGLE_THREAD_ORIGINS = 8
 # The fastest first, among engines that need no TensorFlow (bench measures the order).
 AUTO_ORDER = ("onnx", "litert")
 
@@ -78,9 +78,11 @@ class KerasEngine:
 class OnnxEngine:
     """The whole recursion as one ONNX graph (model.onnx_graph) on ONNX Runtime's CPU kernels.
 
-    Two sessions of the same graph: one thread for a few origins (a tick: a second thread's
-    hand-off costs more than it saves), every core for batches (history, evaluate). Neither
-    spins its threads between runs, which would take CPU from the web server.
+    One single-threaded session: a tick's few origins run in the caller's thread (a second
+    thread's hand-off costs more than it saves), and a batch (history, evaluate) runs its runs of
+    ONNX_BATCH origins side by side, one a core. Independent runs keep every core busier than one
+    run split across cores by ONNX Runtime, whose small per-step products parallelise poorly
+    (docs/PERFORMANCE.md: about a quarter more origins a second).
     """
 
     name = "onnx"
@@ -93,26 +95,29 @@ class OnnxEngine:
                                    f"{artifact.base}` or use --engine litert")
         graph = artifact.onnx_path.read_bytes()
         try:
-            self._single, self._parallel = (self._session(onnxruntime, graph, threads) for threads in (1, os.cpu_count() or 1))
+            self._session = self._single_threaded(onnxruntime, graph)
         except Exception as error:  # onnxruntime raises its own classes, with no common base to name
             raise ModelUnavailable(f"cannot load {artifact.onnx_path}: {error}; restore the file or re-export it") from None
         self._horizon, self._feature = metadata["horizon"], feature_name(metadata)
+        self._cores = os.cpu_count() or 1
+        self._pool = concurrent.futures.ThreadPoolExecutor(self._cores, thread_name_prefix="chronoprice-onnx")
 
     @staticmethod
-    def _session(onnxruntime, graph: bytes, threads: int):
+    def _single_threaded(onnxruntime, graph: bytes):
         options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.intra_op_num_threads, options.inter_op_num_threads = 1, 1
         options.log_severity_level = 3  # its warnings would go to stderr, past our logging
         return onnxruntime.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
 
     def path(self, relative: np.ndarray) -> np.ndarray:
+        runs = [relative[start : start + ONNX_BATCH] for start in range(0, len(relative), ONNX_BATCH)]
+        if len(runs) == 1 or self._cores == 1:
+            return np.concatenate([self._run(part) for part in runs])
+        return np.concatenate(list(self._pool.map(self._run, runs)))
+
+    def _run(self, relative: np.ndarray) -> np.ndarray:
         # ONNX Runtime runs concurrent calls of one session safely: no lock.
-        session = self._single if len(relative) <= SINGLE_THREAD_ORIGINS else self._parallel
-        return np.concatenate([
-            session.run(["path"], {"windows": recursive_windows(relative[start : start + ONNX_BATCH], self._horizon, self._feature)})[0]
-            for start in range(0, len(relative), ONNX_BATCH)
-        ])
+        return self._session.run(["path"], {"windows": recursive_windows(relative, self._horizon, self._feature)})[0]
 
 
 class LiteRTEngine:
