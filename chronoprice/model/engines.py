@@ -23,8 +23,10 @@ log = logging.getLogger(__name__)
 
 EVALUATION_BATCH = 512
 # Origins per ONNX run: ONNX's LSTM holds every step's gate inputs at once (60 x 10 rows x 256 floats
-# an origin), so larger runs grow memory more than they gain speed (docs/PERFORMANCE.md).
-ONNX_BATCH = 16
+# an origin), and a batch has a run in flight a core, so larger runs grow memory more than they
+# gain speed: runs of 16 side by side held 20 MB more than runs of 8 for a few per cent
+# (docs/PERFORMANCE.md).
+ONNX_BATCH = 8
 # The fastest first, among engines that need no TensorFlow (bench measures the order).
 AUTO_ORDER = ("onnx", "litert")
 
@@ -82,8 +84,7 @@ class OnnxEngine:
     thread's hand-off costs more than it saves), and a batch (history, evaluate) runs its runs of
     ONNX_BATCH origins side by side, one a core. Independent runs keep every core busier than one
     run split across cores by ONNX Runtime, whose small per-step products parallelise poorly
-    (docs/PERFORMANCE.md: about a quarter more origins a second).
-    """
+    (docs/PERFORMANCE.md)."""
 
     name = "onnx"
 
