@@ -100,7 +100,8 @@ class OnnxEngine:
         except Exception as error:  # onnxruntime raises its own classes, with no common base to name
             raise ModelUnavailable(f"cannot load {artifact.onnx_path}: {error}; restore the file or re-export it") from None
         self._horizon, self._feature = metadata["horizon"], feature_name(metadata)
-        self._cores = os.cpu_count() or 1
+        # The cores this process may run on (one under `taskset -c 0`), not the machine's.
+        self._cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         self._pool = concurrent.futures.ThreadPoolExecutor(self._cores, thread_name_prefix="chronoprice-onnx")
 
     @staticmethod
