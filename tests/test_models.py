@@ -246,3 +246,19 @@ def test_the_retraining_interval_is_checked_before_anything_runs(capsys):
     assert parse_every("24h") == 86_400 and parse_every("30m") == 1_800 and parse_every("1.5d") == 129_600
     assert main(["retrain", "--every", "daily"]) == 2
     assert "give a number and m, h or d" in capsys.readouterr().err
+
+
+def test_a_shadow_that_cannot_load_is_reported_and_stops_nothing(tmp_path, tiny_model):
+    clock = FakeClock(1_780_000_000.0)
+    ticker = Ticker(DemoSource(history=200, now_ms=lambda: int(clock() * 1000)), tmp_path / "broken.db",
+                    lambda: load_forecaster(tiny_model), clock=clock, progress=False)
+    seed_watchlist(ticker.db(), "BTC/USDT@1m", 50)
+    (tmp_path / "damaged.json").write_text("{not json")
+    register_model(ticker.db(), ModelEntry("lstm-damaged", "1m", "shadow", str(tmp_path / "damaged"),
+                                           {"horizon": HORIZON, "last_ts": 0}, 1, 1), "trained from the store")
+    status = ticker.tick("BTC/USDT", force=True)
+    assert status.error is None and status.forecast_origin_ts == status.newest_ts, "the champion forecasts as ever"
+    client = create_app(settings_from({"source": "demo", "db": str(tmp_path / "broken.db")}, {}), ticker).server.test_client()
+    shadow = client.get("/api/v1/models/lstm-damaged").get_json()
+    assert "damaged.json is unreadable" in shadow["load_error"] and shadow["serving"] is False
+    assert ticker.db().execute("select count(*) from forecasts where model_version = 'lstm-damaged'").fetchone()[0] == 0
