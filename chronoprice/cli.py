@@ -15,13 +15,12 @@ import pandas as pd
 
 from chronoprice.bench import format_bench, run_benchmark
 from chronoprice.bench_scale import format_scale, run_scale_benchmark
-from chronoprice.cli_models import RETRAIN_REASON, register_trained, run_models, run_retrain
+from chronoprice.cli_models import RETRAIN_REASON, register_trained, run_models, run_retrain, store_setting
 from chronoprice.cli_parser import build_parser
 from chronoprice.config import (
     DEFAULT_MODEL,
     SettingsError,
     log_format_from,
-    settings_from,
     settings_from_args,
     store_target,
 )
@@ -119,7 +118,7 @@ def train_and_register(args: argparse.Namespace, reason: str = "trained from the
 
 
 def run_retraining(args: argparse.Namespace) -> int:
-    args.db = settings_from({"db": args.db}, os.environ).db
+    args.db = store_setting(args)
     return run_retrain(args, lambda each: train_and_register(each, RETRAIN_REASON, RETRAIN_REASON))
 
 

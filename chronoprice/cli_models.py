@@ -12,9 +12,8 @@ import signal
 import threading
 import time
 
-import pandas as pd
-
 from chronoprice.config import settings_from
+from chronoprice.market.timeframes import utc_minute
 from chronoprice.model.artifact import ModelArtifact
 from chronoprice.service.models import register_shadow
 from chronoprice.store import open_store
@@ -34,13 +33,9 @@ def parse_every(text: str) -> float:
     return float(match[1]) * {"m": 60, "h": 3600, "d": 86_400}[match[2]]
 
 
-def store_of(args: argparse.Namespace) -> Database:
+def store_setting(args: argparse.Namespace):
     """The store --db names, else CHRONOPRICE_DB or DATABASE_URL, else chronoprice.db."""
-    return open_store(settings_from({"db": args.db}, os.environ).db)
-
-
-def _time(ms: int | None) -> str:
-    return "-" if ms is None else pd.Timestamp(int(ms), unit="ms", tz="UTC").strftime("%Y-%m-%d %H:%M UTC")
+    return settings_from({"db": args.db}, os.environ).db
 
 
 def format_models(db: Database, timeframe: str | None) -> str:
@@ -50,15 +45,15 @@ def format_models(db: Database, timeframe: str | None) -> str:
     lines = ["timeframe  status    version            since                 holdout MAE/naive  trained on"]
     for entry in entries:
         ratio = entry.details.get("holdout_mae_ratio")
-        lines.append(f"{entry.timeframe:<9}  {entry.status:<8}  {entry.version:<17}  {_time(entry.status_since_ms):<20}  "
+        lines.append(f"{entry.timeframe:<9}  {entry.status:<8}  {entry.version:<17}  {utc_minute(entry.status_since_ms):<20}  "
                      f"{'-' if ratio is None else f'{ratio:.4f}':<17}  {entry.details.get('data') or '-'}")
-    lines += ["", "last changes:"] + [f"  {_time(change.changed_ms)}  {change.version} -> {change.status}: {change.reason}"
+    lines += ["", "last changes:"] + [f"  {utc_minute(change.changed_ms)}  {change.version} -> {change.status}: {change.reason}"
                                       for change in read_changes(db, timeframe=timeframe, limit=10)]
     return "\n".join(lines)
 
 
 def run_models(args: argparse.Namespace) -> int:
-    db = store_of(args)
+    db = open_store(store_setting(args))
     try:
         if args.action == "rollback":
             change = rollback_champion(db, args.timeframe or "1m", int(time.time() * 1000))

@@ -1,8 +1,9 @@
 """Candle timeframes: their length, how much history a cold start fetches, and how a number of
-candles reads to a person."""
+candles and a candle's time read to a person."""
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from typing import Mapping
 
 MINUTE_MS, HOUR_MS, DAY_MS = 60_000, 3_600_000, 86_400_000
@@ -13,6 +14,11 @@ TIMEFRAME_MS = {"1m": MINUTE_MS, "5m": 5 * MINUTE_MS, "15m": 15 * MINUTE_MS, "1h
 COLD_START_MS = {"1m": DAY_MS, "5m": 3 * DAY_MS, "15m": 7 * DAY_MS, "1h": 30 * DAY_MS}
 
 _UNIT_NAMES = {MINUTE_MS: "minute", HOUR_MS: "hour"}
+
+
+def utc_minute(ts: int) -> str:
+    """An epoch-millisecond time as people read it, e.g. 2026-12-04 13:05 UTC."""
+    return datetime.fromtimestamp(int(ts) / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def timeframe_ms(timeframe: str) -> int:

@@ -19,9 +19,8 @@ import socket
 from typing import Callable
 from urllib.parse import urlsplit
 
-import pandas as pd
-
 from chronoprice.evaluation.metrics import INTERVAL_LEVELS
+from chronoprice.market.timeframes import utc_minute
 from chronoprice.store.alerts import AlertRule, Firing
 
 KINDS = ("price_cross", "band_exit", "forecast_move", "market_state")
@@ -146,15 +145,11 @@ def big_move(last_close: float, predicted: float, lower: float, upper: float, pe
 
 
 # ------------------------------------------------------------------ firings
-def _utc(ts: int) -> str:
-    return pd.Timestamp(int(ts), unit="ms", tz="UTC").strftime("%Y-%m-%d %H:%M UTC")
-
-
 def firing(rule: AlertRule, candle_ts: int, now_ms: int, message: str) -> Firing:
     """The outbox row of a rule that fired on a candle: pending while it has a webhook to call."""
     pending = rule.webhook is not None
     return Firing(rule.id, int(candle_ts), now_ms, rule.symbol, rule.timeframe, rule.kind,
-                  f"{rule.symbol} {rule.timeframe}: {message} ({_utc(candle_ts)})",
+                  f"{rule.symbol} {rule.timeframe}: {message} ({utc_minute(candle_ts)})",
                   "pending" if pending else "shown", 0, now_ms if pending else None)
 
 

@@ -20,7 +20,7 @@ from chronoprice.store.records import (
     newest_candle_ts,
     origin_mean_errors,
 )
-from chronoprice.store.registry import ModelEntry, StatusChange, read_changes
+from chronoprice.store.registry import ModelEntry, StatusChange, read_changes, read_model, read_models
 from chronoprice.store.schema import Database
 from chronoprice.store.watchlist import read_watchlist
 
@@ -66,22 +66,55 @@ def change_entry(change: StatusChange) -> dict:
     return dataclasses.asdict(change)
 
 
-def model_entry(ticker, entry: ModelEntry, with_changes: bool = False) -> dict:
+def _registry(ticker) -> Database:
+    """The store, its registry holding the configured model once that has loaded (it registers
+    itself on its first load)."""
+    ticker.forecaster()
+    return ticker.db()
+
+
+def registered(ticker, timeframe: str | None = None) -> list[ModelEntry]:
+    """The registry's models (of `timeframe`)."""
+    return read_models(_registry(ticker), timeframe)
+
+
+def registered_model(ticker, version: str) -> ModelEntry | None:
+    return read_model(_registry(ticker), version)
+
+
+def watched_markets(ticker) -> dict[str, list[tuple[Market, int]]]:
+    """Per timeframe, the watched markets with a stored candle and their newest one."""
+    db, markets = ticker.db(), {}
+    for symbol, timeframe in read_watchlist(db):
+        market = ticker.market(symbol, ticker.stored_status(symbol, timeframe).exchange, timeframe)
+        newest = newest_candle_ts(db, market)
+        if newest is not None:
+            markets.setdefault(timeframe, []).append((market, newest))
+    return markets
+
+
+def model_entry(ticker, entry: ModelEntry, markets: dict[str, list[tuple[Market, int]]]) -> dict:
     """What the API and the page say of a registered model: the registry's entry, whether this
-    process serves it, why it cannot be loaded if so, and its live record per watched market."""
-    db = ticker.db()
+    process serves it, why it cannot be loaded if so, and its live record on each of the
+    `markets` (watched_markets) of its timeframe."""
     served = ticker.forecaster(entry.timeframe)
-    markets = [ticker.market(symbol, ticker.stored_status(symbol, timeframe).exchange, timeframe)
-               for symbol, timeframe in read_watchlist(db) if timeframe == entry.timeframe]
-    newest = {market: newest_candle_ts(db, market) for market in markets}
-    payload = {
+    return {
         "version": entry.version, "timeframe": entry.timeframe, "status": entry.status, "status_since_ms": entry.status_since_ms,
         "registered_ms": entry.registered_ms, "artifact": entry.artifact, **entry.details,
         "serving": served is not None and served.version == entry.version,
         "load_error": ticker.models.errors.get(entry.version),
-        "live": [live_record(db, market, entry.version, entry.details["horizon"], newest[market])
-                 for market in markets if newest[market] is not None],
+        "live": [live_record(ticker.db(), market, entry.version, entry.details["horizon"], newest)
+                 for market, newest in markets.get(entry.timeframe, [])],
     }
-    if with_changes:
-        payload["changes"] = [change_entry(change) for change in read_changes(db, version=entry.version)]
-    return payload
+
+
+def model_entries(ticker, entries: list[ModelEntry]) -> list[dict]:
+    """model_entry of each, the watched markets read once."""
+    markets = watched_markets(ticker)
+    return [model_entry(ticker, entry, markets) for entry in entries]
+
+
+def model_with_changes(ticker, entry: ModelEntry) -> dict:
+    """model_entry with the model's history of status changes."""
+    changes = [change_entry(change) for change in read_changes(ticker.db(), version=entry.version)]
+    return {**model_entry(ticker, entry, watched_markets(ticker)), "changes": changes}

@@ -8,7 +8,7 @@ import json
 import pandas as pd
 
 from chronoprice.market.candles import COLUMNS
-from chronoprice.market.timeframes import timeframe_ms
+from chronoprice.market.timeframes import timeframe_ms, utc_minute
 
 STATUS_FORMAT = 4  # bump when a field changes meaning; saved statuses of another format are ignored
 
@@ -40,7 +40,7 @@ class TickStatus:
         return bool(self.skill and self.skill["guarded"])
 
     def summary(self) -> str:
-        newest = pd.Timestamp(self.newest_ts, unit="ms", tz="UTC").strftime("%Y-%m-%d %H:%M UTC") if self.newest_ts else "none"
+        newest = utc_minute(self.newest_ts) if self.newest_ts else "none"
         parts = [f"{self.source} {self.symbol} {self.timeframe}: newest candle {newest}, {self.new_candles} new"]
         if self.forecast_origin_ts:
             parts.append(f"forecast by {self.model_version}")

@@ -6,14 +6,14 @@ worked out once per refresh interval for every viewer, as the API is."""
 from __future__ import annotations
 
 import dash
-import pandas as pd
 from dash import Input, Output, dcc, html
 from dash.exceptions import PreventUpdate
 
 from chronoprice.config import Settings
-from chronoprice.service.model_record import change_entry, model_entry
+from chronoprice.market.timeframes import utc_minute
+from chronoprice.service.model_record import change_entry, model_entries, registered
 from chronoprice.store import STORE_UNAVAILABLE
-from chronoprice.store.registry import read_changes, read_models
+from chronoprice.store.registry import read_changes
 from chronoprice.web.cache import cached_seconds
 from chronoprice.web.dashboard.overview import market_path
 
@@ -22,10 +22,6 @@ HEADINGS = ["Model", "Timeframe", "Status", "Since", "Trained on", "Holdout MAE 
             "Traded after 0.1 % fees: long/flat, long/short, buy-and-hold (net %)"]
 STATUS_NOTES = {"champion": "serves the forecasts", "shadow": "forecasts beside the champion, scored, not shown",
                 "retired": "no longer forecasts"}
-
-
-def _time(ms: int | None) -> str:
-    return "–" if ms is None else pd.Timestamp(int(ms), unit="ms", tz="UTC").strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _number(value, digits: int) -> str:
@@ -38,7 +34,7 @@ def _model_cells(model: dict, span: int) -> list[html.Td]:
             html.Td(model["timeframe"], rowSpan=span, className="text"),
             html.Td(html.Span(status, className=f"model-status model-{model['status']}", title=STATUS_NOTES[model["status"]]),
                     rowSpan=span, className="text"),
-            html.Td(_time(model["status_since_ms"]), rowSpan=span, className="text"),
+            html.Td(utc_minute(model["status_since_ms"]), rowSpan=span, className="text"),
             html.Td(model.get("data") or "–", rowSpan=span, className="text wrap"),
             html.Td(_number(model.get("holdout_mae_ratio"), 4), rowSpan=span, className="number")]
 
@@ -76,7 +72,7 @@ def model_rows(models: list[dict]) -> list[html.Tr]:
 def change_items(changes: list[dict]) -> list[html.Li]:
     if not changes:
         return [html.Li("No change yet.")]
-    return [html.Li(f"{_time(change['changed_ms'])}: {change['version']} ({change['timeframe']}) "
+    return [html.Li(f"{utc_minute(change['changed_ms'])}: {change['version']} ({change['timeframe']}) "
                     f"{change['previous'] or 'registered'} → {change['status']}: {change['reason']}") for change in changes]
 
 
@@ -103,8 +99,7 @@ def attach_models_callbacks(app: dash.Dash, ticker, cache, settings: Settings) -
         payload = cache.get("page:models")
         try:
             if payload is None:
-                ticker.forecaster()  # the configured model registers itself on its first load
-                payload = {"models": [model_entry(ticker, entry) for entry in read_models(ticker.db())],
+                payload = {"models": model_entries(ticker, registered(ticker)),
                            "changes": [change_entry(change) for change in read_changes(ticker.db(), limit=20)]}
                 cache.set("page:models", payload, timeout=cached_seconds(settings.refresh_seconds))
         except STORE_UNAVAILABLE:
