@@ -10,6 +10,7 @@ import urllib.request
 from pathlib import Path
 
 import psycopg
+import pytest
 
 from chronoprice.testing import free_port, get_json
 from tests.conftest import LIVENESS_SECONDS, wait_until
@@ -28,6 +29,19 @@ def test_app_module_exposes_a_flask_server_for_gunicorn(monkeypatch, tmp_path, t
     assert client.get("/").status_code == 200
     assert b"price-chart" in client.get("/_dash-layout").data
     assert not (tmp_path / "app.db").exists(), "importing the app does no I/O"
+
+
+def test_the_dashboard_leaves_ipython_out_of_a_server_but_not_out_of_a_notebook(tmp_path, tiny_model):
+    pytest.importorskip("IPython")
+    env = {**os.environ, "CHRONOPRICE_SOURCE": "demo", "CHRONOPRICE_DB": str(tmp_path / "app.db"),
+           "CHRONOPRICE_MODEL": str(tiny_model)}
+    loaded = "import sys; print(bool(sys.modules.get('IPython')), bool(sys.modules.get('dash')))"
+    server = subprocess.run([sys.executable, "-c", f"import app; {loaded}"], cwd=PROJECT, env=env,
+                            capture_output=True, text=True, timeout=LIVENESS_SECONDS)
+    assert server.stdout.split() == ["False", "True"], server.stderr
+    notebook = subprocess.run([sys.executable, "-c", f"import IPython, app; {loaded}"], cwd=PROJECT, env=env,
+                              capture_output=True, text=True, timeout=LIVENESS_SECONDS)
+    assert notebook.stdout.split() == ["True", "True"], notebook.stderr
 
 
 def test_python_app_py_serves_the_offline_demo(tmp_path):
