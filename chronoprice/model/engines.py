@@ -22,10 +22,11 @@ from chronoprice.model.features import recursive_windows
 log = logging.getLogger(__name__)
 
 EVALUATION_BATCH = 512
-# Origins per ONNX run: 16 ran a batch fastest here (8: 15 % slower, 32: no faster). ONNX's LSTM
-# holds every step's gate inputs at once (60 x 10 rows x 256 floats an origin) in the session's
-# memory arena, which the last run of a batch hands back (docs/PERFORMANCE.md).
-ONNX_BATCH = 16
+# Origins per ONNX run: ONNX's LSTM holds every step's gate inputs at once (60 x 10 rows x 256 floats
+# an origin), and a batch has a run in flight a core, so larger runs grow memory more than they
+# gain speed: runs of 16 side by side held 20 MB more than runs of 8 for a few per cent
+# (docs/PERFORMANCE.md).
+ONNX_BATCH = 8
 # The fastest first, among engines that need no TensorFlow (bench measures the order).
 AUTO_ORDER = ("onnx", "litert")
 
@@ -83,8 +84,7 @@ class OnnxEngine:
     thread's hand-off costs more than it saves), and a batch (history, evaluate) runs its runs of
     ONNX_BATCH origins side by side, one a core. Independent runs keep every core busier than one
     run split across cores by ONNX Runtime, whose small per-step products parallelise poorly
-    (docs/PERFORMANCE.md). A batch's last run shrinks the arena: without it the process kept
-    the largest batch's buffers for good (22 MB after a day's history)."""
+    (docs/PERFORMANCE.md)."""
 
     name = "onnx"
 
@@ -103,8 +103,6 @@ class OnnxEngine:
         # The cores this process may run on (one under `taskset -c 0`), not the machine's.
         self._cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         self._pool = concurrent.futures.ThreadPoolExecutor(self._cores, thread_name_prefix="chronoprice-onnx")
-        self._shrink = onnxruntime.RunOptions()
-        self._shrink.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
 
     @staticmethod
     def _single_threaded(onnxruntime, graph: bytes):
@@ -115,16 +113,13 @@ class OnnxEngine:
 
     def path(self, relative: np.ndarray) -> np.ndarray:
         runs = [relative[start : start + ONNX_BATCH] for start in range(0, len(relative), ONNX_BATCH)]
-        if len(runs) == 1:
-            return self._run(runs[0])
-        # The last run after the others have ended, so its shrinkage frees every buffer they held.
-        others = map(self._run, runs[:-1]) if self._cores == 1 else self._pool.map(self._run, runs[:-1])
-        return np.concatenate([*others, self._run(runs[-1], self._shrink)])
+        if len(runs) == 1 or self._cores == 1:
+            return np.concatenate([self._run(part) for part in runs])
+        return np.concatenate(list(self._pool.map(self._run, runs)))
 
-    def _run(self, relative: np.ndarray, options=None) -> np.ndarray:
+    def _run(self, relative: np.ndarray) -> np.ndarray:
         # ONNX Runtime runs concurrent calls of one session safely: no lock.
-        windows = recursive_windows(relative, self._horizon, self._feature)
-        return self._session.run(["path"], {"windows": windows}, options)[0]
+        return self._session.run(["path"], {"windows": recursive_windows(relative, self._horizon, self._feature)})[0]
 
 
 class LiteRTEngine:
