@@ -31,17 +31,18 @@ def test_app_module_exposes_a_flask_server_for_gunicorn(monkeypatch, tmp_path, t
     assert not (tmp_path / "app.db").exists(), "importing the app does no I/O"
 
 
-def test_the_dashboard_leaves_ipython_out_of_a_server_but_not_out_of_a_notebook(tmp_path, tiny_model):
+def test_a_server_on_the_offline_demo_carries_neither_ipython_nor_ccxts_websocket_half(tmp_path, tiny_model):
     pytest.importorskip("IPython")
     env = {**os.environ, "CHRONOPRICE_SOURCE": "demo", "CHRONOPRICE_DB": str(tmp_path / "app.db"),
            "CHRONOPRICE_MODEL": str(tiny_model)}
-    loaded = "import sys; print(bool(sys.modules.get('IPython')), bool(sys.modules.get('dash')))"
-    server = subprocess.run([sys.executable, "-c", f"import app; {loaded}"], cwd=PROJECT, env=env,
-                            capture_output=True, text=True, timeout=LIVENESS_SECONDS)
-    assert server.stdout.split() == ["False", "True"], server.stderr
+    loaded = "import sys; print(*(bool(sys.modules.get(name)) for name in ('IPython', 'ccxt.pro', 'dash')))"
+    server = subprocess.run([sys.executable, "-c", f"import app; app.start_worker_scheduler(); {loaded}"], cwd=PROJECT,
+                            env=env, capture_output=True, text=True, timeout=LIVENESS_SECONDS)
+    assert server.stdout.split() == ["False", "False", "True"], server.stderr
+    # Inside a notebook, IPython is already loaded: the dashboard leaves it there.
     notebook = subprocess.run([sys.executable, "-c", f"import IPython, app; {loaded}"], cwd=PROJECT, env=env,
                               capture_output=True, text=True, timeout=LIVENESS_SECONDS)
-    assert notebook.stdout.split() == ["True", "True"], notebook.stderr
+    assert notebook.stdout.split() == ["True", "False", "True"], notebook.stderr
 
 
 def test_python_app_py_serves_the_offline_demo(tmp_path):

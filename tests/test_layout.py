@@ -1,7 +1,7 @@
 """The package layout of docs/ARCHITECTURE.md, checked from the source: one package per stage,
 imports only downward, no import circle, no function-level import but the ones that keep
-TensorFlow off the serving path and an engine's runtime out of processes that serve with
-another, no module over ~350 lines.
+TensorFlow off the serving path, an engine's runtime out of processes that serve with another
+and ccxt's WebSocket half out of processes that never stream, no module over ~350 lines.
 
 `python -m pytest tests/test_layout.py` is the check; it reads the code, it imports nothing.
 """
@@ -38,7 +38,8 @@ CONFINED = {"ccxt": ("market.live", "market.stream"), "aiohttp": ("market.stream
             "psycopg": ("store",), "psycopg_pool": ("store.postgres",)}
 TENSORFLOW_MODULES = {"model.network", "model.training"}
 # An engine's runtime is imported when the engine is made: a process carries only the one it uses.
-ENGINE_RUNTIMES = {"onnxruntime", "ai_edge_litert.interpreter"}
+# So is ccxt's WebSocket half when a stream starts.
+LAZY_RUNTIMES = {"onnxruntime", "ai_edge_litert.interpreter", "ccxt.pro"}
 
 
 def module_name(path: Path) -> str:
@@ -112,7 +113,7 @@ def test_heavy_and_io_libraries_stay_in_their_stage():
 
 def test_function_level_imports_only_keep_tensorflow_and_unused_runtimes_out_of_a_process():
     wrong = [f"{module} imports {target} inside a function" for module, path in MODULES.items()
-             for target, inside in imports_of(path) if inside and target not in TENSORFLOW_MODULES | ENGINE_RUNTIMES]
+             for target, inside in imports_of(path) if inside and target not in TENSORFLOW_MODULES | LAZY_RUNTIMES]
     assert wrong == []
 
 

@@ -21,7 +21,6 @@ import time
 from typing import Callable, Iterable
 
 import ccxt
-import ccxt.pro
 
 from chronoprice.market.live import rewrite_urls
 
@@ -31,9 +30,17 @@ RECONNECT_SECONDS = (1.0, 2.0, 5.0, 15.0, 60.0)
 STREAM_ERRORS = (ccxt.BaseError, asyncio.TimeoutError, OSError, ValueError, KeyError, TypeError)
 
 
+def websocket_api():
+    """ccxt's WebSocket half (ccxt.pro), imported on first use: 31 MB resident that a process
+    which never streams (the offline demo, a web instance, the command line) does not carry."""
+    import ccxt.pro
+
+    return ccxt.pro
+
+
 def supports_streaming(exchange_id: str) -> bool:
     """Whether ccxt's WebSocket API can watch this exchange's candles."""
-    exchange_class = getattr(ccxt.pro, exchange_id, None)
+    exchange_class = getattr(websocket_api(), exchange_id, None)
     return exchange_class is not None and bool(exchange_class().has.get("watchOHLCV"))
 
 
@@ -119,7 +126,7 @@ class CandleStream:
 
     # ------------------------------------------------------------------------ the loop
     def _client(self):
-        client = getattr(ccxt.pro, self.exchange_id)({"enableRateLimit": True, "timeout": 10_000})
+        client = getattr(websocket_api(), self.exchange_id)({"enableRateLimit": True, "timeout": 10_000})
         if self._rest_url:
             client.urls["api"] = rewrite_urls(client.urls["api"], self._rest_url)
         if self._ws_url:

@@ -59,8 +59,8 @@ def build_scheduler(settings: Settings, ticker: Ticker, clock: Callable[[], floa
     scheduler = Scheduler(ticker, clock=clock)
     scheduler.alerts = Alerts(ticker, settings.allow_private_webhooks, clock=clock).start()
     # A moved REST endpoint (a proxy, the local exchange) streams only from a WebSocket endpoint moved with it.
-    if (settings.stream and settings.source in ("live", "auto") and supports_streaming(settings.exchange)
-            and (settings.exchange_ws_url or not settings.exchange_url)):
+    if (settings.stream and settings.source in ("live", "auto") and (settings.exchange_ws_url or not settings.exchange_url)
+            and supports_streaming(settings.exchange)):
         scheduler.stream = CandleStream(settings.exchange, settings.exchange_url, settings.exchange_ws_url,
                                         scheduler.candle_closed, ticker.live.publish).start()
     return scheduler
