@@ -31,9 +31,8 @@ from chronoprice.service.models import register_shadow
 from chronoprice.service.tick import Ticker
 from chronoprice.store import open_store
 from chronoprice.store.records import upsert_candles
-from chronoprice.testing import get_json, gunicorn_service, local_exchange_env, wait_for_history
+from chronoprice.bench_deploy import BENCH_START_MS, resident_mb_by_engine, run_deploy_benchmark
 
-BENCH_START_MS = 1_735_689_600_000  # 2025-01-01 00:00 UTC, a fixed stretch of the demo market
 ENGINE_NAMES = ("onnx", "litert", "keras")
 BATCH_ORIGINS = 4096  # origins each engine forecasts in one call for its batch throughput
 
@@ -193,6 +192,7 @@ def run_benchmark(model_path: Path, repeats: int = 200, ticks: int = 40, deploy_
     gmacs = single_core_matmul_gmacs()
     floor_ms = forecast_macs(keras_forecaster.engine.model, keras_forecaster.window, keras_forecaster.horizon) / gmacs / 1e6
     medians = {name: float(np.median(values)) for name, values in timings.items()}
+    deploy = run_deploy_benchmark(model_path, deploy_ticks) if deploy_ticks > 0 else None
     tick_ms = _tick_timings(model_path, "auto", ticks)
     shadowed_tick_ms = _tick_timings(model_path, "auto", ticks, with_shadow=True)
     return {
@@ -215,7 +215,8 @@ def run_benchmark(model_path: Path, repeats: int = 200, ticks: int = 40, deploy_
         "repeats": repeats,
         "ticks": ticks,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "processor": platform.machine()},
-        "deploy": run_deploy_benchmark(model_path, deploy_ticks) if deploy_ticks > 0 else None,
+        "deploy": deploy,
+        "resident_mb_by_engine": resident_mb_by_engine(model_path, deploy, deploy_ticks),
         "watchlist": bench_in_child("bench_watchlist", model_path, watch_markets, watch_minutes, alert_rules) if watch_markets > 0 else None,
         "live": bench_in_child("bench_live", model_path, live_samples) if live_samples > 0 else None,
     }
@@ -255,6 +256,9 @@ def format_bench(report: dict) -> str:
                      f"24 h cold start forecast in {deploy['cold_start_history_seconds']} s; "
                      f"{deploy['resident_mb_after_ticks']} MB resident after {deploy['ticks']} ticks; "
                      f"tensorflow imported: {deploy['tensorflow_imported']}; API tick p50 {deploy['api_tick_ms_p50']} ms, p95 {deploy['api_tick_ms_p95']} ms")
+    lines.append("resident memory, each engine measured alike: " + "; ".join(
+        f"{engine} " + ", ".join(f"{value} MB {where.replace('_', ' ')}" for where, value in figures.items())
+        for engine, figures in report["resident_mb_by_engine"].items()))
     watch = report.get("watchlist")
     if watch:
         lines.append(f"watchlist, {watch['markets']} markets over {watch['simulated_minutes']} simulated minutes: close to forecast "
@@ -272,42 +276,3 @@ def format_bench(report: dict) -> str:
                      f"{live['samples']} samples: p50 {live['event_to_screen_seconds_p50']} s, p95 {live['event_to_screen_seconds_p95']} s, "
                      f"max {live['event_to_screen_seconds_max']} s; /api/v1/live answer {live['live_message_bytes']} bytes")
     return "\n".join(lines)
-
-
-# ------------------------------------------------------------------- the deployed service
-
-
-def run_deploy_benchmark(model_path: Path, ticks: int = 100, engine: str = "auto") -> dict:
-    """Start-up time and memory of the Render configuration (gunicorn, 1 worker, `engine`) against
-    the local exchange: after the 24-hour cold start and its history are done, `ticks` API reads
-    each with one new candle, then the worker's resident memory."""
-    candles = demo_candles("BTC/USDT", BENCH_START_MS, BENCH_START_MS + (ticks + 1600) * 60_000)
-    with BinanceSimulator({"BTC/USDT": candles}, now_ms=BENCH_START_MS + 1500 * 60_000 + 20_000) as exchange, \
-            tempfile.TemporaryDirectory() as folder:
-        env = local_exchange_env(exchange.url, Path(folder) / "deploy.db", 0.05, CHRONOPRICE_ENGINE=engine,
-                                 CHRONOPRICE_MODEL=str(model_path))
-        with gunicorn_service(env) as (base, _, first_200_seconds, _log):
-            cold_started = time.monotonic()
-            get_json(base + "/api/v1/forecast")  # cold start: 24 h of candles, history forecast in the background
-            wait_for_history(Path(folder) / "deploy.db", expected_origins=1440 - 59)
-            cold_start_seconds = time.monotonic() - cold_started
-            tick_ms = []
-            for _ in range(ticks):
-                exchange.advance(1)
-                time.sleep(0.06)
-                started = time.perf_counter()
-                status, body = get_json(base + "/api/v1/forecast")
-                tick_ms.append((time.perf_counter() - started) * 1000)
-                if status != 200:
-                    raise RuntimeError(f"forecast answered {status}: {body}")
-            _, health = get_json(base + "/api/health")
-    return {
-        "first_200_seconds": round(first_200_seconds, 2),
-        "cold_start_history_seconds": round(cold_start_seconds, 1),
-        "resident_mb_after_ticks": health["resident_mb"],
-        "tensorflow_imported": health["tensorflow_imported"],
-        "engine": health["engine"],
-        "ticks": ticks,
-        "api_tick_ms_p50": round(float(np.percentile(tick_ms, 50)), 1),
-        "api_tick_ms_p95": round(float(np.percentile(tick_ms, 95)), 1),
-    }

@@ -95,8 +95,16 @@ def gunicorn_service(env: dict, workers: int = 1, threads: int = 8):
     port = free_port()
     command = [sys.executable, "-m", "gunicorn", "app:server", "--bind", f"127.0.0.1:{port}",
                "--workers", str(workers), "--threads", str(threads), "--timeout", "120"]
+    with app_process(command, env, port) as (base, process, first_200_seconds, log_path):
+        yield base, process, first_200_seconds, log_path
+
+
+@contextlib.contextmanager
+def app_process(command: list[str], env: dict, port: int):
+    """The app started by `command` in the project folder with `env` added, once GET / on `port`
+    answers 200; stopped on exit. Yields (base URL, process, seconds until that 200, path of its log)."""
     started = time.monotonic()
-    log = tempfile.NamedTemporaryFile(prefix="chronoprice-gunicorn-", suffix=".log", delete=False)
+    log = tempfile.NamedTemporaryFile(prefix="chronoprice-app-", suffix=".log", delete=False)
     process = subprocess.Popen(command, cwd=PROJECT_ROOT, env={**os.environ, **env}, stdout=log, stderr=log)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -107,9 +115,9 @@ def gunicorn_service(env: dict, workers: int = 1, threads: int = 8):
                         break
             except OSError:
                 if process.poll() is not None:
-                    raise RuntimeError(f"gunicorn exited: {Path(log.name).read_text()[-2000:]}") from None
+                    raise RuntimeError(f"{' '.join(command[:3])} exited: {Path(log.name).read_text()[-2000:]}") from None
                 if time.monotonic() - started > 60:
-                    raise RuntimeError("gunicorn did not answer GET / within 60 s") from None
+                    raise RuntimeError(f"{' '.join(command[:3])} did not answer GET / within 60 s") from None
                 time.sleep(0.05)
         yield base, process, time.monotonic() - started, Path(log.name)
     finally:

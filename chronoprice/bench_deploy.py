@@ -1,0 +1,102 @@
+"""The deployed shapes for `python -m chronoprice bench`: the Render configuration (gunicorn, one
+worker) against the local exchange, and the offline demo as `python app.py` starts it, each
+with a given engine, so both TensorFlow-free engines' memory is measured the same way in one run.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from chronoprice.market.demo import demo_candles
+from chronoprice.market.simulator import BinanceSimulator
+from chronoprice.model.engines import AUTO_ORDER
+from chronoprice.store import open_store
+from chronoprice.testing import app_process, free_port, get_json, gunicorn_service, local_exchange_env, wait_for_history
+
+BENCH_START_MS = 1_735_689_600_000  # 2025-01-01 00:00 UTC, a fixed stretch of the demo market
+DAY_ORIGINS = 1440 - 59  # a 24-hour cold start's origins with a full 60-candle window
+SETTLED_SECONDS = 4.0  # the offline demo's forecasts stop growing this long: its histories are done
+
+
+def run_deploy_benchmark(model_path: Path, ticks: int = 100, engine: str = "auto") -> dict:
+    """Start-up time and memory of the Render configuration (gunicorn, 1 worker, `engine`) against
+    the local exchange: after the 24-hour cold start and its history are done, `ticks` API reads
+    each with one new candle, then the worker's resident memory."""
+    candles = demo_candles("BTC/USDT", BENCH_START_MS, BENCH_START_MS + (ticks + 1600) * 60_000)
+    with BinanceSimulator({"BTC/USDT": candles}, now_ms=BENCH_START_MS + 1500 * 60_000 + 20_000) as exchange, \
+            tempfile.TemporaryDirectory() as folder:
+        env = local_exchange_env(exchange.url, Path(folder) / "deploy.db", 0.05, CHRONOPRICE_ENGINE=engine,
+                                 CHRONOPRICE_MODEL=str(model_path))
+        with gunicorn_service(env) as (base, _, first_200_seconds, _log):
+            cold_started = time.monotonic()
+            get_json(base + "/api/v1/forecast")  # cold start: 24 h of candles, history forecast in the background
+            wait_for_history(Path(folder) / "deploy.db", expected_origins=DAY_ORIGINS)
+            cold_start_seconds = time.monotonic() - cold_started
+            tick_ms = []
+            for _ in range(ticks):
+                exchange.advance(1)
+                time.sleep(0.06)
+                started = time.perf_counter()
+                status, body = get_json(base + "/api/v1/forecast")
+                tick_ms.append((time.perf_counter() - started) * 1000)
+                if status != 200:
+                    raise RuntimeError(f"forecast answered {status}: {body}")
+            _, health = get_json(base + "/api/health")
+    return {
+        "first_200_seconds": round(first_200_seconds, 2),
+        "cold_start_history_seconds": round(cold_start_seconds, 1),
+        "resident_mb_after_ticks": health["resident_mb"],
+        "tensorflow_imported": health["tensorflow_imported"],
+        "engine": health["engine"],
+        "ticks": ticks,
+        "api_tick_ms_p50": round(float(np.percentile(tick_ms, 50)), 1),
+        "api_tick_ms_p95": round(float(np.percentile(tick_ms, 95)), 1),
+    }
+
+
+def offline_demo_resident_mb(model_path: Path, engine: str) -> float:
+    """Resident memory of `python app.py` on the offline demo (its default watchlist) with
+    `engine`, once its markets' cold-start histories are forecast."""
+    port = free_port()
+    with tempfile.TemporaryDirectory() as folder:
+        db_file = Path(folder) / "demo.db"
+        command = [sys.executable, "app.py", "--source", "demo", "--engine", engine, "--model", str(model_path),
+                   "--db", str(db_file), "--port", str(port)]
+        with app_process(command, {}, port) as (base, _, _first_200, _log):
+            get_json(base + "/api/v1/forecast")
+            wait_for_history(db_file, expected_origins=DAY_ORIGINS)
+            _wait_until_settled(db_file)
+            _, health = get_json(base + "/api/health")
+    return health["resident_mb"]
+
+
+def _wait_until_settled(db_file: Path, timeout_seconds: float = 180.0) -> None:
+    db = open_store(db_file)
+    deadline = time.monotonic() + timeout_seconds
+    last, settled_at = None, time.monotonic()
+    while time.monotonic() - settled_at < SETTLED_SECONDS:
+        count = db.execute("select count(*) from forecasts").fetchone()[0]
+        if count != last:
+            last, settled_at = count, time.monotonic()
+        if time.monotonic() > deadline:
+            raise RuntimeError("the offline demo's histories did not settle in time")
+        time.sleep(0.5)
+
+
+def resident_mb_by_engine(model_path: Path, deploy: dict | None, ticks: int) -> dict:
+    """Each TensorFlow-free engine's resident memory in the offline demo and, with `ticks` > 0, in
+    the Render configuration after its cold start and `ticks` reads (the serving engine's from
+    `deploy`, the run already made)."""
+    measured = {}
+    for engine in AUTO_ORDER:
+        figures = {"offline_demo": offline_demo_resident_mb(model_path, engine)}
+        if ticks > 0:
+            run = deploy if deploy and deploy["engine"] == engine else run_deploy_benchmark(model_path, ticks, engine)
+            figures["gunicorn_after_ticks"] = run["resident_mb_after_ticks"]
+        measured[engine] = figures
+    return measured
