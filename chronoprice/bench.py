@@ -216,7 +216,7 @@ def run_benchmark(model_path: Path, repeats: int = 200, ticks: int = 40, deploy_
         "ticks": ticks,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "processor": platform.machine()},
         "deploy": deploy,
-        "resident_mb_by_engine": resident_mb_by_engine(model_path, deploy, deploy_ticks),
+        "resident_mb_by_engine": resident_mb_by_engine(model_path, deploy) if deploy else None,
         "watchlist": bench_in_child("bench_watchlist", model_path, watch_markets, watch_minutes, alert_rules) if watch_markets > 0 else None,
         "live": bench_in_child("bench_live", model_path, live_samples) if live_samples > 0 else None,
     }
@@ -256,9 +256,10 @@ def format_bench(report: dict) -> str:
                      f"24 h cold start forecast in {deploy['cold_start_history_seconds']} s; "
                      f"{deploy['resident_mb_after_ticks']} MB resident after {deploy['ticks']} ticks; "
                      f"tensorflow imported: {deploy['tensorflow_imported']}; API tick p50 {deploy['api_tick_ms_p50']} ms, p95 {deploy['api_tick_ms_p95']} ms")
-    lines.append("resident memory, each engine measured alike: " + "; ".join(
-        f"{engine} " + ", ".join(f"{value} MB {where.replace('_', ' ')}" for where, value in figures.items())
-        for engine, figures in report["resident_mb_by_engine"].items()))
+    if report["resident_mb_by_engine"]:
+        lines.append("resident memory, each engine measured alike: " + "; ".join(
+            f"{engine} " + ", ".join(f"{value} MB {where.replace('_', ' ')}" for where, value in figures.items())
+            for engine, figures in report["resident_mb_by_engine"].items()))
     watch = report.get("watchlist")
     if watch:
         lines.append(f"watchlist, {watch['markets']} markets over {watch['simulated_minutes']} simulated minutes: close to forecast "

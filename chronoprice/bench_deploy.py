@@ -88,15 +88,13 @@ def _wait_until_settled(db_file: Path, timeout_seconds: float = 180.0) -> None:
         time.sleep(0.5)
 
 
-def resident_mb_by_engine(model_path: Path, deploy: dict | None, ticks: int) -> dict:
-    """Each TensorFlow-free engine's resident memory in the offline demo and, with `ticks` > 0, in
-    the Render configuration after its cold start and `ticks` reads (the serving engine's from
-    `deploy`, the run already made)."""
+def resident_mb_by_engine(model_path: Path, deploy: dict) -> dict:
+    """Each TensorFlow-free engine's resident memory in the offline demo and in the Render
+    configuration after its cold start and ticks (the serving engine's from `deploy`, the run
+    already made; the others' from a run like it)."""
     measured = {}
     for engine in AUTO_ORDER:
-        figures = {"offline_demo": offline_demo_resident_mb(model_path, engine)}
-        if ticks > 0:
-            run = deploy if deploy and deploy["engine"] == engine else run_deploy_benchmark(model_path, ticks, engine)
-            figures["gunicorn_after_ticks"] = run["resident_mb_after_ticks"]
-        measured[engine] = figures
+        run = deploy if deploy["engine"] == engine else run_deploy_benchmark(model_path, deploy["ticks"], engine)
+        measured[engine] = {"offline_demo": offline_demo_resident_mb(model_path, engine),
+                            "gunicorn_after_ticks": run["resident_mb_after_ticks"]}
     return measured

@@ -138,7 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--ticks", type=_positive_int, default=40, help="timed ticks against the local exchange (default 40)")
     bench.add_argument("--batch-origins", type=_positive_int, default=BATCH_ORIGINS,
                        help=f"origins each engine forecasts in one call for its throughput (default {BATCH_ORIGINS})")
-    bench.add_argument("--deploy-ticks", type=int, default=100, help="ticks against the Render configuration under gunicorn (default 100; 0 skips it)")
+    bench.add_argument("--deploy-ticks", type=int, default=100, help="ticks against the Render configuration under gunicorn (default 100; 0 skips it and the "
+                       "engines' memory comparison)")
     bench.add_argument("--watch-markets", type=int, default=20, help="watched markets for the scheduler's benchmark (default 20; 0 skips it)")
     bench.add_argument("--watch-minutes", type=_positive_int, default=30, help="simulated minutes of that benchmark (default 30)")
     bench.add_argument("--alert-rules", type=int, default=100, help="alert rules on those markets, with webhooks to a local receiver (default 100)")

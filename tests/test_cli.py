@@ -122,7 +122,7 @@ def test_bench_json_reports_every_engine_in_one_run(tiny_model, capsys):
     assert 0 < watch["close_to_forecast_seconds_p50"] <= watch["close_to_forecast_seconds_p95"] and watch["resident_mb"] > 0
     alerts = watch["alerts"]
     assert alerts["rules"] == 3 and alerts["delivered"] == alerts["firings"] and alerts["received_twice"] == 0
-    assert report["live"] is None
+    assert report["live"] is None and report["deploy"] is None and report["resident_mb_by_engine"] is None
 
 
 def test_alert_delivery_is_timed_from_each_firing_to_its_first_arrival():
