@@ -37,6 +37,7 @@ from chronoprice.market.candles import aggregate_candles, find_gaps
 from chronoprice.market.files import read_candle_csv
 from chronoprice.market.timeframes import timeframe_ms
 from chronoprice.model.artifact import artifact_at
+from chronoprice.model.engines import ONE_BATCH_RUN_ORIGINS
 from chronoprice.model.features import WINDOW, candle_rows, parse_feature
 from chronoprice.model.forecasters import NaiveBandForecaster, load_forecaster
 from chronoprice.service.build import build_scheduler, build_ticker
@@ -146,7 +147,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if str(args.model) == "naive":
         forecaster = NaiveBandForecaster(level=args.level, window=WINDOW)
     else:
-        forecaster = load_forecaster(args.model, args.engine, args.level)
+        # The process ends with this one batch: larger runs are faster, and their memory goes with it.
+        forecaster = load_forecaster(args.model, args.engine, args.level, ONE_BATCH_RUN_ORIGINS)
     step = args.backtest_step or forecaster.horizon
     if args.backtest:
         check_settings(step, forecaster.horizon, args.fee, args.spread)

@@ -1,5 +1,6 @@
 """The onnx engine is the Keras recursion, exactly: for every input form, for batches of 1, 7
-and 256, and for the shipped model over every window of the shared data. auto serves with it,
+and 256, and for the shipped model over every window of the shared data in a serving process's
+runs and in evaluate's. auto serves with it,
 and falls back to litert, never to TensorFlow, when its file is missing or damaged."""
 
 import logging
@@ -11,7 +12,7 @@ import tensorflow as tf
 
 from chronoprice.market.files import read_candle_csv
 from chronoprice.model.artifact import ModelUnavailable, artifact_at, read_metadata
-from chronoprice.model.engines import OnnxEngine, load_engine
+from chronoprice.model.engines import ONE_BATCH_RUN_ORIGINS, SERVING_RUN_ORIGINS, OnnxEngine, load_engine
 from chronoprice.model.features import candle_rows, channel_count, model_input, walk_forward_windows
 from chronoprice.model.forecasters import load_forecaster
 from chronoprice.model.network import build_model, recursive_path
@@ -55,9 +56,11 @@ def test_the_onnx_graph_is_the_keras_recursion_for_every_input_form_and_batch_si
 
 def test_the_shipped_model_on_onnx_matches_keras_on_every_window_of_the_shared_data(shipped_model, shared_windows):
     expected = load_forecaster(shipped_model, "keras").forecast(shared_windows)
-    got = load_forecaster(shipped_model, "onnx").forecast(shared_windows)
-    for key in ("mean", "lower", "upper"):
-        assert np.abs(got[key] / expected[key] - 1).max() <= CLOSE_TOLERANCE
+    # A serving process's runs and the larger ones of a command that ends with its batch (evaluate).
+    for run_origins in (SERVING_RUN_ORIGINS, ONE_BATCH_RUN_ORIGINS):
+        got = load_forecaster(shipped_model, "onnx", run_origins=run_origins).forecast(shared_windows)
+        for key in ("mean", "lower", "upper"):
+            assert np.abs(got[key] / expected[key] - 1).max() <= CLOSE_TOLERANCE, (run_origins, key)
 
 
 @pytest.fixture

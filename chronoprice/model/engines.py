@@ -22,11 +22,13 @@ from chronoprice.model.features import recursive_windows
 log = logging.getLogger(__name__)
 
 EVALUATION_BATCH = 512
-# Origins per ONNX run: ONNX's LSTM holds every step's gate inputs at once (60 x 10 rows x 256 floats
-# an origin), and a batch has a run in flight a core, so larger runs grow memory more than they
-# gain speed: runs of 16 side by side held 20 MB more than runs of 8 for a few per cent
-# (docs/PERFORMANCE.md).
-ONNX_BATCH = 8
+# Origins per ONNX run. ONNX's LSTM holds every step's gate inputs at once (60 x 10 rows x 256
+# floats an origin) in the session's memory arena, which keeps what its runs in flight held for as
+# long as the process lives. A serving process runs 8 at a time (16: 15 % faster batches, 26 MB
+# more in the gunicorn worker); a command that ends with its one batch (evaluate) runs 32, 10 %
+# faster (docs/PERFORMANCE.md).
+SERVING_RUN_ORIGINS = 8
+ONE_BATCH_RUN_ORIGINS = 32
 # The fastest first, among engines that need no TensorFlow (bench measures the order).
 AUTO_ORDER = ("onnx", "litert")
 
@@ -82,13 +84,13 @@ class OnnxEngine:
 
     One single-threaded session: a tick's few origins run in the caller's thread (a second
     thread's hand-off costs more than it saves), and a batch (history, evaluate) runs its runs of
-    ONNX_BATCH origins side by side, one a core. Independent runs keep every core busier than one
+    `run_origins` origins side by side, one a core. Independent runs keep every core busier than one
     run split across cores by ONNX Runtime, whose small per-step products parallelise poorly
     (docs/PERFORMANCE.md)."""
 
     name = "onnx"
 
-    def __init__(self, artifact: ModelArtifact, metadata: dict):
+    def __init__(self, artifact: ModelArtifact, metadata: dict, run_origins: int = SERVING_RUN_ORIGINS):
         import onnxruntime
 
         if not artifact.onnx_path.exists():
@@ -100,6 +102,7 @@ class OnnxEngine:
         except Exception as error:  # onnxruntime raises its own classes, with no common base to name
             raise ModelUnavailable(f"cannot load {artifact.onnx_path}: {error}; restore the file or re-export it") from None
         self._horizon, self._feature = metadata["horizon"], feature_name(metadata)
+        self._run_origins = run_origins
         # The cores this process may run on (one under `taskset -c 0`), not the machine's.
         self._cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         self._pool = concurrent.futures.ThreadPoolExecutor(self._cores, thread_name_prefix="chronoprice-onnx")
@@ -112,7 +115,7 @@ class OnnxEngine:
         return onnxruntime.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
 
     def path(self, relative: np.ndarray) -> np.ndarray:
-        runs = [relative[start : start + ONNX_BATCH] for start in range(0, len(relative), ONNX_BATCH)]
+        runs = [relative[start : start + self._run_origins] for start in range(0, len(relative), self._run_origins)]
         if len(runs) == 1 or self._cores == 1:
             return np.concatenate([self._run(part) for part in runs])
         return np.concatenate(list(self._pool.map(self._run, runs)))
@@ -151,14 +154,15 @@ class LiteRTEngine:
         return np.stack(rows)
 
 
-def load_engine(kind: str, artifact: ModelArtifact, metadata: dict) -> PathEngine:
+def load_engine(kind: str, artifact: ModelArtifact, metadata: dict, run_origins: int = SERVING_RUN_ORIGINS) -> PathEngine:
     """Make the engine `kind` (config.ENGINES validates the setting). auto takes the first of
-    AUTO_ORDER whose file loads, and keras only when none of their files exists."""
+    AUTO_ORDER whose file loads, and keras only when none of their files exists. `run_origins`
+    sizes the onnx engine's runs of a batch."""
     if kind == "auto":
         problems = []
         for candidate in AUTO_ORDER:
             try:
-                engine = load_engine(candidate, artifact, metadata)
+                engine = load_engine(candidate, artifact, metadata, run_origins)
             except ModelUnavailable as problem:
                 problems.append(str(problem))
                 continue
@@ -171,7 +175,7 @@ def load_engine(kind: str, artifact: ModelArtifact, metadata: dict) -> PathEngin
             raise ModelUnavailable("; ".join(problems))
         kind = "keras"
     if kind == "onnx":
-        return OnnxEngine(artifact, metadata)
+        return OnnxEngine(artifact, metadata, run_origins)
     if kind == "litert":
         return LiteRTEngine(artifact)
     if kind == "keras":

@@ -15,7 +15,7 @@ import numpy as np
 
 from chronoprice.evaluation.metrics import DEFAULT_LEVEL, INTERVAL_LEVELS, VOLATILITY_WINDOW, recent_volatility
 from chronoprice.model.artifact import ModelArtifact, artifact_at, read_metadata
-from chronoprice.model.engines import PathEngine, feature_name, load_engine
+from chronoprice.model.engines import SERVING_RUN_ORIGINS, PathEngine, feature_name, load_engine
 from chronoprice.model.features import (
     HORIZON,
     WINDOW,
@@ -143,11 +143,13 @@ class MovingAverageForecaster(PointBaseline):
         return np.repeat(closes.mean(axis=1, keepdims=True), self.horizon, axis=1)
 
 
-def load_forecaster(model_path, engine: str = "auto", level: float = DEFAULT_LEVEL) -> LSTMForecaster:
-    """Read the artifact at `model_path` and make its forecaster; raises ModelUnavailable with the reason."""
+def load_forecaster(model_path, engine: str = "auto", level: float = DEFAULT_LEVEL,
+                    run_origins: int = SERVING_RUN_ORIGINS) -> LSTMForecaster:
+    """Read the artifact at `model_path` and make its forecaster; raises ModelUnavailable with the
+    reason. `run_origins`: see engines.SERVING_RUN_ORIGINS."""
     artifact = artifact_at(model_path)
     metadata = read_metadata(artifact)
-    return LSTMForecaster(load_engine(engine, artifact, metadata), metadata, level, artifact)
+    return LSTMForecaster(load_engine(engine, artifact, metadata, run_origins), metadata, level, artifact)
 
 
 def walk_forward(forecaster, series: np.ndarray, window: int = WINDOW, horizon: int = HORIZON) -> dict[str, np.ndarray]:
