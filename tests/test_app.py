@@ -31,18 +31,18 @@ def test_app_module_exposes_a_flask_server_for_gunicorn(monkeypatch, tmp_path, t
     assert not (tmp_path / "app.db").exists(), "importing the app does no I/O"
 
 
-def test_a_server_on_the_offline_demo_carries_neither_ipython_nor_ccxts_websocket_half(tmp_path, tiny_model):
+def test_a_demo_server_on_sqlite_leaves_out_ipython_ccxts_websocket_half_and_the_postgresql_driver(tmp_path, tiny_model):
     pytest.importorskip("IPython")
     env = {**os.environ, "CHRONOPRICE_SOURCE": "demo", "CHRONOPRICE_DB": str(tmp_path / "app.db"),
            "CHRONOPRICE_MODEL": str(tiny_model)}
-    loaded = "import sys; print(*(bool(sys.modules.get(name)) for name in ('IPython', 'ccxt.pro', 'dash')))"
+    loaded = "import sys; print(*(bool(sys.modules.get(name)) for name in ('IPython', 'ccxt.pro', 'psycopg', 'dash')))"
     server = subprocess.run([sys.executable, "-c", f"import app; app.start_worker_scheduler(); {loaded}"], cwd=PROJECT,
                             env=env, capture_output=True, text=True, timeout=LIVENESS_SECONDS)
-    assert server.stdout.split() == ["False", "False", "True"], server.stderr
+    assert server.stdout.split() == ["False", "False", "False", "True"], server.stderr
     # Inside a notebook, IPython is already loaded: the dashboard leaves it there.
     notebook = subprocess.run([sys.executable, "-c", f"import IPython, app; {loaded}"], cwd=PROJECT, env=env,
                               capture_output=True, text=True, timeout=LIVENESS_SECONDS)
-    assert notebook.stdout.split() == ["True", "False", "True"], notebook.stderr
+    assert notebook.stdout.split() == ["True", "False", "False", "True"], notebook.stderr
 
 
 def test_python_app_py_serves_the_offline_demo(tmp_path):

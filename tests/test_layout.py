@@ -1,7 +1,8 @@
 """The package layout of docs/ARCHITECTURE.md, checked from the source: one package per stage,
 imports only downward, no import circle, no function-level import but the ones that keep
-TensorFlow off the serving path, an engine's runtime out of processes that serve with another
-and ccxt's WebSocket half out of processes that never stream, no module over ~350 lines.
+TensorFlow off the serving path, an engine's runtime out of processes that serve with another,
+ccxt's WebSocket half out of processes that never stream and PostgreSQL's driver out of
+processes on SQLite, no module over ~350 lines.
 
 `python -m pytest tests/test_layout.py` is the check; it reads the code, it imports nothing.
 """
@@ -38,8 +39,8 @@ CONFINED = {"ccxt": ("market.live", "market.stream"), "aiohttp": ("market.stream
             "psycopg": ("store",), "psycopg_pool": ("store.postgres",)}
 TENSORFLOW_MODULES = {"model.network", "model.training"}
 # An engine's runtime is imported when the engine is made: a process carries only the one it uses.
-# So is ccxt's WebSocket half when a stream starts.
-LAZY_RUNTIMES = {"onnxruntime", "ai_edge_litert.interpreter", "ccxt.pro"}
+# So are ccxt's WebSocket half when a stream starts and the PostgreSQL store when one is opened.
+LAZY_RUNTIMES = {"onnxruntime", "ai_edge_litert.interpreter", "ccxt.pro", "store.postgres"}
 
 
 def module_name(path: Path) -> str:

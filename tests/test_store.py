@@ -7,7 +7,7 @@ import psycopg
 import pytest
 
 from chronoprice.market.source import Market
-from chronoprice.store import open_store, StoreError
+from chronoprice.store import STORE_UNAVAILABLE, StoreError, open_store
 from chronoprice.store.records import (
     forecast_origins_since,
     matured_error_sums,
@@ -152,8 +152,10 @@ def test_postgres_store_reconnects_after_the_server_restarts(postgres_server, po
     db = open_store(postgres_url)
     upsert_candles(db, MARKET, make_candles(10))
     postgres_server.stop()
-    with pytest.raises(psycopg.OperationalError):
+    # The store's own error, which STORE_UNAVAILABLE names: no caller needs the driver for it.
+    with pytest.raises(StoreError, match="PostgreSQL unavailable") as unavailable:
         read_candles(db, MARKET)
+    assert isinstance(unavailable.value, STORE_UNAVAILABLE) and PASSWORD not in str(unavailable.value)
     postgres_server.start()
     assert len(read_candles(db, MARKET)) == 10, "the pool replaced its dead connections"
     db.close()

@@ -8,28 +8,34 @@ import sqlite3
 from pathlib import Path
 from typing import Callable
 
-import psycopg
-
-from chronoprice.store.postgres import PostgresDatabase, SharedPostgres, open_postgres
 from chronoprice.store.schema import Database, StoreError, is_database_url
-from chronoprice.store.sqlite import ConnectionPerThread, open_sqlite
+from chronoprice.store.sqlite import ConnectionPerThread, is_sqlite, open_sqlite
 
 __all__ = ["Database", "StoreError", "STORE_UNAVAILABLE", "log_failure", "open_store", "store_connections", "is_database_url"]
 
 # What a read or write raises while the store cannot answer for now: a SQLite lock held past the
 # busy timeout, a PostgreSQL server down or restarting (the pool's wait for a connection
-# included). The API answers 503 with Retry-After, the dashboard keeps its last good page.
-STORE_UNAVAILABLE = (StoreError, sqlite3.OperationalError, psycopg.OperationalError)
+# included; store/postgres.py raises it as StoreError). The API answers 503 with Retry-After,
+# the dashboard keeps its last good page.
+STORE_UNAVAILABLE = (StoreError, sqlite3.OperationalError)
 
 
 def open_store(target: Path | str) -> Database:
     """A connection to the store at `target` (a path or a postgresql:// URL), schema migrated."""
-    return open_postgres(str(target)) if is_database_url(target) else open_sqlite(target)
+    return _postgres().open_postgres(str(target)) if is_database_url(target) else open_sqlite(target)
 
 
 def store_connections(target: Path | str) -> Callable[[], Database]:
     """What a thread calls for its connection: its own SQLite one, or the shared PostgreSQL pool."""
-    return SharedPostgres(str(target)) if is_database_url(target) else ConnectionPerThread(target)
+    return _postgres().SharedPostgres(str(target)) if is_database_url(target) else ConnectionPerThread(target)
+
+
+def _postgres():
+    """The PostgreSQL store, imported when a postgresql:// store is opened: its driver and pool
+    hold 9 MB in a server process, which a process on SQLite, the default, does without."""
+    from chronoprice.store import postgres
+
+    return postgres
 
 
 def log_failure(log: logging.Logger, what: str, error: Exception, **extra) -> None:
@@ -43,7 +49,7 @@ def log_failure(log: logging.Logger, what: str, error: Exception, **extra) -> No
 
 def table_bytes(db: Database, table: str) -> int:
     """Bytes `table` and its indexes take in the database."""
-    if isinstance(db, PostgresDatabase):
+    if not is_sqlite(db):
         return int(db.execute("select pg_total_relation_size(?::regclass)", [table]).fetchone()[0])
     return int(db.execute("select coalesce(sum(d.pgsize), 0) from dbstat d join sqlite_master m on m.name = d.name "
                           "where m.tbl_name = ?", [table]).fetchone()[0])

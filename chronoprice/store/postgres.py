@@ -21,6 +21,17 @@ POOL_SIZE = 8  # the scheduler's tick threads, the history thread and a few web 
 MIGRATION_LOCK = 7_302_117  # the advisory lock held while a process migrates the schema
 
 
+@contextlib.contextmanager
+def _unavailable_as_store_error():
+    """A server down, restarting or past the statement timeout (psycopg's OperationalError, the
+    pool's wait included) as the store's own StoreError, which store.STORE_UNAVAILABLE names:
+    so nothing outside this module needs the driver, and a process on SQLite never loads it."""
+    try:
+        yield
+    except psycopg.OperationalError as error:
+        raise StoreError(f"PostgreSQL unavailable: {redact(str(error))}") from error
+
+
 def _postgres_sql(sql: str) -> str:
     """The store's SQL, written with SQLite's `?` placeholders, in psycopg's."""
     return sql.replace("%", "%%").replace("?", "%s")
@@ -59,7 +70,7 @@ class _Transaction:
     def __enter__(self):
         local = self._database.local
         if getattr(local, "depth", 0) == 0:
-            with contextlib.ExitStack() as stack:
+            with _unavailable_as_store_error(), contextlib.ExitStack() as stack:
                 local.connection = stack.enter_context(self._database.pool.connection())  # PoolTimeout while the server is down
                 stack.enter_context(local.connection.transaction())
                 local.held = stack.pop_all()
@@ -71,11 +82,12 @@ class _Transaction:
         local.depth -= 1
         if local.depth == 0:
             held, local.held, local.connection = local.held, None, None
-            held.__exit__(*exc)  # commits, or rolls back on an exception; then the connection goes back
+            with _unavailable_as_store_error():
+                held.__exit__(*exc)  # commits, or rolls back on an exception; then the connection goes back
         return None
 
     def executemany(self, sql: str, rows) -> None:
-        with self:
+        with self, _unavailable_as_store_error():
             with self._database.local.connection.cursor() as cursor:
                 cursor.executemany(_postgres_sql(sql), list(rows))
 
@@ -98,12 +110,13 @@ class PostgresDatabase:
         return _Transaction(self)
 
     def execute(self, sql: str, parameters=()) -> _Rows:
-        if getattr(self.local, "depth", 0):
-            return _Rows(self.local.connection.execute(_postgres_sql(sql), list(parameters)))
-        # A statement on its own commits by itself (autocommit): no COMMIT round trip, which
-        # was a third of a web request's time on reads.
-        with self.pool.connection() as connection:
-            return _Rows(connection.execute(_postgres_sql(sql), list(parameters)))
+        with _unavailable_as_store_error():
+            if getattr(self.local, "depth", 0):
+                return _Rows(self.local.connection.execute(_postgres_sql(sql), list(parameters)))
+            # A statement on its own commits by itself (autocommit): no COMMIT round trip, which
+            # was a third of a web request's time on reads.
+            with self.pool.connection() as connection:
+                return _Rows(connection.execute(_postgres_sql(sql), list(parameters)))
 
     def close(self) -> None:
         self.pool.close()

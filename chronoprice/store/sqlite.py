@@ -40,6 +40,11 @@ def migrate(db: sqlite_utils.Database) -> None:
         raise
 
 
+def is_sqlite(db) -> bool:
+    """Whether `db` is a SQLite store (else a PostgreSQL one)."""
+    return isinstance(db, sqlite_utils.Database)
+
+
 def db_path(db: sqlite_utils.Database) -> str:
     row = db.execute("PRAGMA database_list").fetchone()
     return row[2] or ":memory:"
