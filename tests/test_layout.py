@@ -36,7 +36,7 @@ ALLOWED = {
 CONFINED = {"ccxt": ("market.live", "market.stream"), "aiohttp": ("market.stream_simulator",), "tensorflow": ("model.network",), "keras": ("model.network", "model.training"),
             "onnx": ("model.onnx_graph",), "onnxruntime": ("model.engines",), "ai_edge_litert": ("model.engines",),
             "dash": ("web",), "flask": ("web",), "flask_caching": ("web",), "sqlite_utils": ("store.sqlite",),
-            "psycopg": ("store",), "psycopg_pool": ("store.postgres",)}
+            "psycopg": ("store.postgres",), "psycopg_pool": ("store.postgres",)}
 TENSORFLOW_MODULES = {"model.network", "model.training"}
 # An engine's runtime is imported when the engine is made: a process carries only the one it uses.
 # So are ccxt's WebSocket half when a stream starts and the PostgreSQL store when one is opened.
