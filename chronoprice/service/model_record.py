@@ -86,7 +86,7 @@ def watched_markets(ticker) -> dict[str, list[tuple[Market, int]]]:
     """Per timeframe, the watched markets with a stored candle and their newest one."""
     db, markets = ticker.db(), {}
     for symbol, timeframe in read_watchlist(db):
-        market = ticker.market(symbol, ticker.stored_status(symbol, timeframe).exchange, timeframe)
+        market = ticker.stored_market(symbol, timeframe)
         newest = newest_candle_ts(db, market)
         if newest is not None:
             markets.setdefault(timeframe, []).append((market, newest))

@@ -204,8 +204,7 @@ class Scheduler:
         """Apply the promotion rule to the watched markets' shadows (service/promotion.py); a
         failure is logged and the next check tries again."""
         try:
-            markets = [self.ticker.market(symbol, self.ticker.stored_status(symbol, timeframe).exchange, timeframe)
-                       for symbol, timeframe in watched]
+            markets = [self.ticker.stored_market(symbol, timeframe) for symbol, timeframe in watched]
             if check_promotions(self.ticker.db(), markets, self.ticker.required_origins, int(self._clock() * 1000)):
                 self.ticker.models.refresh()
         except Exception as error:  # the watchlist's ticks must go on

@@ -143,6 +143,10 @@ class Ticker:
     def _tick_key(self, symbol: str, timeframe: str) -> str:
         return f"{type(self.source).__name__}:{symbol}:{timeframe}"
 
+    def stored_market(self, symbol: str, timeframe: str) -> Market:
+        """The market with the exchange its last tick was served by (a fail-over may have moved it)."""
+        return self.market(symbol, self.stored_status(symbol, timeframe).exchange, timeframe)
+
     def stored_status(self, symbol: str, timeframe: str | None = None) -> TickStatus:
         """The status the last tick of this market saved, from any process sharing the store."""
         timeframe = timeframe or self.timeframe
