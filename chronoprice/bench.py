@@ -33,7 +33,7 @@ from chronoprice.store import open_store
 from chronoprice.store.records import upsert_candles
 from chronoprice.bench_deploy import BENCH_START_MS, resident_mb_by_engine, run_deploy_benchmark
 
-ENGINE_NAMES = ("onnx", "litert", "keras")
+ENGINE_NAMES = ("native", "onnx", "litert", "keras")
 BATCH_ORIGINS = 4096  # origins each engine forecasts in one call for its batch throughput
 
 
@@ -90,7 +90,7 @@ def shadow_copy(model_path: Path, folder: Path) -> tuple[dict, ModelArtifact]:
     candles: a shadow that costs a tick what a retrained one would."""
     source, copy = artifact_at(model_path), artifact_at(folder / "shadow")
     for original, copied in ((source.keras_path, copy.keras_path), (source.tflite_path, copy.tflite_path),
-                             (source.onnx_path, copy.onnx_path)):
+                             (source.onnx_path, copy.onnx_path), (source.weights_path, copy.weights_path)):
         if original.exists():
             shutil.copyfile(original, copied)
     metadata = read_metadata(source)

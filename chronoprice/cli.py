@@ -112,7 +112,7 @@ def train_and_register(args: argparse.Namespace, reason: str = "trained from the
     variant = training.Variant(**{name: value for name, value in chosen.items() if value is not None})
     metadata = training.train_artifact(candles, artifact_at(out), args.epochs, description, variant, folds=args.folds,
                                        timeframe=args.timeframe if args.db else "1m")
-    print(f"wrote {out}.keras, .tflite, .onnx and .json (version {metadata['version']})")
+    print(f"wrote {out}.keras, .tflite, .onnx, .npz and .json (version {metadata['version']})")
     print(format_step_table(metadata["holdout"], "holdout (last 15 %, never trained on)"))
     if args.db:
         register_trained(args, artifact_at(out), metadata, reason, supersede)
@@ -219,8 +219,8 @@ def format_step_table(rows: list[dict], title: str, level: float = DEFAULT_LEVEL
 
 def run_export(args: argparse.Namespace) -> int:
     artifact = artifact_at(args.model)
-    metadata = _training().export_onnx_file(artifact)
-    print(f"wrote {artifact.onnx_path} (version {metadata['version']})")
+    metadata = _training().export_engine_files(artifact)
+    print(f"wrote {artifact.onnx_path} and {artifact.weights_path} (version {metadata['version']})")
     return 0
 
 

@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--model", type=Path, default=DEFAULT_MODEL,
                           help="model artifact (default: the shipped model), or `naive`: the last close with its band, "
                                "as 5m, 15m and 1h serve")
-    evaluate.add_argument("--engine", choices=ENGINES, default="auto", help="forecast engine (default auto: onnx, batched)")
+    evaluate.add_argument("--engine", choices=ENGINES, default="auto", help="forecast engine (default auto: native, batched)")
     evaluate.add_argument("--level", type=float, default=DEFAULT_LEVEL, choices=INTERVAL_LEVELS,
                           help=f"interval level (default {DEFAULT_LEVEL})")
     evaluate.add_argument("--include-training-data", action="store_true", help="also score origins the model was trained or calibrated on")
@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--spread", type=_cost, default=DEFAULT_SPREAD,
                           help=f"full bid-ask spread, as a fraction of the price; a side pays half (default {DEFAULT_SPREAD})")
 
-    export = commands.add_parser("export", help="write a model's .onnx engine file from its .keras weights")
+    export = commands.add_parser("export", help="write a model's engine files (.onnx, .npz) from its .keras weights")
     export.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="model artifact (default: the shipped model)")
 
     bench = commands.add_parser("bench", help="time the forecast engines and a full tick, in one run")

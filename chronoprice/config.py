@@ -18,7 +18,7 @@ from chronoprice.store.schema import is_database_url
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = PROJECT_ROOT / "models" / "chronoprice-lstm"
 SOURCES = ("auto", "live", "replay", "demo")
-ENGINES = ("auto", "onnx", "litert", "keras")
+ENGINES = ("auto", "native", "onnx", "litert", "keras")
 LOG_FORMATS = ("text", "json")
 
 
@@ -174,7 +174,7 @@ _OPTIONS = (
     _Option("db", store_target, "the store: a SQLite file (default chronoprice.db in the working directory) or a "
             "postgresql://USER:PASSWORD@HOST:PORT/DATABASE URL (env DATABASE_URL too, as Render sets it)", secret=True),
     _Option("model", Path, "model artifact path without extension (default: the shipped model in models/)"),
-    _Option("engine", _choice(ENGINES), "forecast engine: auto (the fastest that needs no TensorFlow: onnx, else litert), onnx, litert, keras"),
+    _Option("engine", _choice(ENGINES), "forecast engine: auto (the fastest that needs no TensorFlow: native, else onnx, else litert), native, onnx, litert, keras"),
     _Option("refresh_seconds", _positive_float, "seconds between ticks (default 10)"),
     _Option("replay", Path, "CSV of 1-minute candles for the replay source"),
     _Option("replay_speed", _positive_float, "replayed candles per second (default 1)"),

@@ -30,7 +30,7 @@ def test_health_says_what_is_running(client):
     body = client.get("/api/health").get_json()
     assert body["status"] == "ok" and body["source"] == "offline demo"
     assert body["model_available"] is True and body["model_version"].startswith("lstm-")
-    assert body["engine"] == "onnx" and body["resident_mb"] > 0
+    assert body["engine"] == "native" and body["resident_mb"] > 0
     assert body["scheduler"] == "none", "nothing ticks the watchlist beside this test's app"
 
 

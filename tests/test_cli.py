@@ -103,17 +103,17 @@ def test_bench_json_reports_every_engine_in_one_run(tiny_model, capsys):
                  "--batch-origins", "300", "--watch-markets", "2", "--watch-minutes", "2", "--alert-rules", "3", "--live-samples", "0",
                  "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["serving_engine"] == "onnx"
-    assert set(report["forecast_ms"]) == {"onnx", "keras", "litert", "predict_loop"}
+    assert report["serving_engine"] == "native"
+    assert set(report["forecast_ms"]) == {"native", "onnx", "keras", "litert", "predict_loop"}
     for timing in report["forecast_ms"].values():
         assert 0 < timing["median"] <= timing["p99"]
-    assert set(report["speedup_vs_predict_loop"]) == set(report["batch_origins_per_second"]) == {"onnx", "keras", "litert"}
+    assert set(report["speedup_vs_predict_loop"]) == set(report["batch_origins_per_second"]) == {"native", "onnx", "keras", "litert"}
     assert all(rate > 0 for rate in report["batch_origins_per_second"].values())
-    assert set(report["engines_path_relative_difference"]) == {"onnx", "litert"}
+    assert set(report["engines_path_relative_difference"]) == {"native", "onnx", "litert"}
     assert max(report["engines_path_relative_difference"].values()) <= 1e-4, "the engines forecast the same path"
     assert report["compute_floor_ms"] > 0 and report["single_core_matmul_gmacs"] > 0
     # Both sides are rounded figures: the ratio to 0.01, the median and the floor to 0.001 ms.
-    assert report["serving_engine_to_floor"] == pytest.approx(report["forecast_ms"]["onnx"]["median"] / report["compute_floor_ms"], rel=0.01, abs=0.005)
+    assert report["serving_engine_to_floor"] == pytest.approx(report["forecast_ms"]["native"]["median"] / report["compute_floor_ms"], rel=0.01, abs=0.005)
     assert report["history_24h_seconds"] > 0 and report["evaluate_10000_origins_seconds"] > 0
     assert 0 < report["tick_ms_p50"] <= report["tick_ms_p95"] and 0 < report["tick_with_a_shadow_ms_p50"] <= report["tick_with_a_shadow_ms_p95"]
     assert report["model_version"] == read_metadata(artifact_at(tiny_model))["version"]

@@ -42,7 +42,7 @@ def test_settings_replay_path_implies_replay_source():
     "flags, env, named",
     [
         ({"source": "cloud"}, {}, "--source='cloud': must be one of auto, live, replay, demo"),
-        ({}, {"CHRONOPRICE_ENGINE": "torch"}, "CHRONOPRICE_ENGINE='torch': must be one of auto, onnx, litert, keras"),
+        ({}, {"CHRONOPRICE_ENGINE": "torch"}, "CHRONOPRICE_ENGINE='torch': must be one of auto, native, onnx, litert, keras"),
         ({"port": "70000"}, {}, "--port='70000'"),
         ({"refresh_seconds": "0"}, {}, "--refresh-seconds='0': must be a positive number"),
         ({"symbol": "BTCUSDT"}, {}, "must look like BASE/QUOTE"),

@@ -20,7 +20,7 @@ from tests.conftest import MINUTE_MS, SERIES_START_MS, wait_until
 PROJECT = Path(__file__).resolve().parents[1]
 
 
-def test_render_yaml_is_one_free_gunicorn_service_on_onnx():
+def test_render_yaml_is_one_free_gunicorn_service_on_the_fastest_engine_without_tensorflow():
     blueprint = yaml.safe_load((PROJECT / "render.yaml").read_text())
     (service,) = blueprint["services"]
     assert service["type"] == "web" and service["plan"] == "free" and service["runtime"] == "python"
@@ -28,7 +28,7 @@ def test_render_yaml_is_one_free_gunicorn_service_on_onnx():
     assert service["healthCheckPath"] == "/api/health"
     env = {item["key"]: item["value"] for item in service["envVars"]}
     assert env["PYTHON_VERSION"].startswith("3.11."), "TensorFlow 2.21, ai-edge-litert 2.3 and onnxruntime 1.32 ship cp311 wheels"
-    assert env["CHRONOPRICE_ENGINE"] == "onnx"
+    assert env["CHRONOPRICE_ENGINE"] == "auto", "native where the host has a C compiler, else onnx"
     assert env["CHRONOPRICE_EXCHANGE"] != "binance", "Binance answers HTTP 451 to US hosts"
 
 
@@ -54,7 +54,7 @@ def test_the_scaled_blueprint_wires_web_instances_and_a_worker_to_one_postgres_a
     web_settings, worker_settings = settings_from({}, wired(web)), settings_from({}, wired(worker))
     assert web_settings.scheduler is False and worker_settings.scheduler is True
     assert str(web_settings.db) == str(worker_settings.db) == "postgresql://user:password@db.internal:5432/chronoprice"
-    assert worker_settings.exchange == "binanceus" and worker_settings.engine == "onnx"
+    assert worker_settings.exchange == "binanceus" and worker_settings.engine == "auto"
     cache_url = {item["key"]: item for item in web["envVars"] if "key" in item}["CACHE_REDIS_URL"]["fromService"]
     assert cache_url == {"type": "keyvalue", "name": cache["name"], "property": "connectionString"}
     assert cache_config({"CACHE_REDIS_URL": "redis://red-x:6379"})["CACHE_TYPE"] == "RedisCache"
@@ -105,14 +105,14 @@ def test_of_two_gunicorn_workers_exactly_one_ticks_the_watchlist_with_nobody_rea
 def test_render_configuration_never_imports_tensorflow(shipped_model):
     # Memory and start-up time are measured by `python -m chronoprice bench` (docs/PERFORMANCE.md).
     report = run_deploy_benchmark(shipped_model, ticks=3)
-    assert report["engine"] == "onnx"
+    assert report["engine"] == "native"
     assert report["tensorflow_imported"] is False, "sys.modules of the gunicorn worker after forecasts"
 
 
 def test_the_bench_reads_the_offline_demos_memory_once_its_histories_are_forecast(tiny_model):
     # The bench compares both engines this way in one run (docs/PERFORMANCE.md); here it must work:
     # a server with dash, pandas and an engine loaded holds well over 100 MB.
-    assert offline_demo_resident_mb(tiny_model, "onnx") > 100
+    assert offline_demo_resident_mb(tiny_model, "native") > 100
 
 
 SOAK_SECONDS = float(os.environ.get("CHRONOPRICE_SOAK_SECONDS", "60"))

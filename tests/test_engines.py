@@ -1,7 +1,8 @@
-"""The onnx engine is the Keras recursion, exactly: for every input form, for batches of 1, 7
-and 256, and for the shipped model over every window of the shared data in a serving process's
-runs and in evaluate's. auto serves with it,
-and falls back to litert, never to TensorFlow, when its file is missing or damaged."""
+"""The native and onnx engines are the Keras recursion, exactly: for every input form, for
+batches of 1, 7 and 256, and for the shipped model over every window of the shared data (onnx in
+a serving process's runs and in evaluate's). auto serves with native, falls back to onnx when
+its weights are missing or damaged or there is no C compiler to build its kernel, then to
+litert, never to TensorFlow."""
 
 import logging
 import shutil
@@ -12,7 +13,8 @@ import tensorflow as tf
 
 from chronoprice.market.files import read_candle_csv
 from chronoprice.model.artifact import ModelUnavailable, artifact_at, read_metadata
-from chronoprice.model.engines import ONE_BATCH_RUN_ORIGINS, SERVING_RUN_ORIGINS, OnnxEngine, load_engine
+from chronoprice.model import native
+from chronoprice.model.engines import ONE_BATCH_RUN_ORIGINS, SERVING_RUN_ORIGINS, NativeEngine, OnnxEngine, load_engine
 from chronoprice.model.features import candle_rows, channel_count, model_input, walk_forward_windows
 from chronoprice.model.forecasters import load_forecaster
 from chronoprice.model.network import build_model, recursive_path
@@ -34,12 +36,14 @@ def predicted_closes(path: np.ndarray, windows: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("feature", FORMS)
-def test_the_onnx_graph_is_the_keras_recursion_for_every_input_form_and_batch_size(feature, shared_windows, tmp_path):
+@pytest.mark.parametrize("engine_class", [NativeEngine, OnnxEngine])
+def test_the_engine_is_the_keras_recursion_for_every_input_form_and_batch_size(engine_class, feature, shared_windows, tmp_path):
     tf.keras.utils.set_random_seed(11)
-    model = build_model(channels=channel_count(feature))  # untrained: the graph, not the weights, is under test
+    model = build_model(channels=channel_count(feature))  # untrained: the engine, not the weights, is under test
     artifact = artifact_at(tmp_path / "net")
     artifact.onnx_path.write_bytes(export_onnx(model.get_weights(), 60, 10, feature))
-    engine = OnnxEngine(artifact, {"horizon": 10, "feature": {"name": feature}})
+    native.save_weights(artifact.weights_path, model.get_weights())
+    engine = engine_class(artifact, {"horizon": 10, "feature": {"name": feature}})
     picks = shared_windows[:: len(shared_windows) // 264][:264]
     # Keras runs each window on its own whatever the batch, so one call (one trace) serves all sizes.
     keras_paths = recursive_path(model, tf.constant(model_input(picks, SCALE, feature)), 10, feature).numpy()
@@ -54,26 +58,80 @@ def test_the_onnx_graph_is_the_keras_recursion_for_every_input_form_and_batch_si
         assert np.abs(closes / predicted_closes(expected, windows) - 1).max() <= CLOSE_TOLERANCE
 
 
-def test_the_shipped_model_on_onnx_matches_keras_on_every_window_of_the_shared_data(shipped_model, shared_windows):
+def test_the_shipped_model_on_native_and_onnx_matches_keras_on_every_window_of_the_shared_data(shipped_model, shared_windows):
     expected = load_forecaster(shipped_model, "keras").forecast(shared_windows)
-    # A serving process's runs and the larger ones of a command that ends with its batch (evaluate).
-    for run_origins in (SERVING_RUN_ORIGINS, ONE_BATCH_RUN_ORIGINS):
-        got = load_forecaster(shipped_model, "onnx", run_origins=run_origins).forecast(shared_windows)
+    # onnx in a serving process's runs and the larger ones of a command that ends with its batch (evaluate).
+    for engine, run_origins in (("native", SERVING_RUN_ORIGINS), ("onnx", SERVING_RUN_ORIGINS), ("onnx", ONE_BATCH_RUN_ORIGINS)):
+        got = load_forecaster(shipped_model, engine, run_origins=run_origins).forecast(shared_windows)
         for key in ("mean", "lower", "upper"):
-            assert np.abs(got[key] / expected[key] - 1).max() <= CLOSE_TOLERANCE, (run_origins, key)
+            assert np.abs(got[key] / expected[key] - 1).max() <= CLOSE_TOLERANCE, (engine, run_origins, key)
 
 
 @pytest.fixture
 def model_copy(tiny_model, tmp_path):
     artifact = artifact_at(tiny_model)
-    for path in (artifact.keras_path, artifact.tflite_path, artifact.onnx_path, artifact.metadata_path):
+    for path in (artifact.keras_path, artifact.tflite_path, artifact.onnx_path, artifact.weights_path, artifact.metadata_path):
         shutil.copy(path, tmp_path / path.name)
     return artifact_at(tmp_path / artifact.base.name)
 
 
-def test_auto_serves_with_onnx_and_falls_back_to_litert_naming_the_problem(model_copy, caplog):
+def test_auto_serves_with_native_and_falls_back_to_onnx_naming_the_problem(model_copy, caplog):
     metadata = read_metadata(model_copy)
-    assert load_engine("auto", model_copy, metadata).name == "onnx"
+    assert load_engine("auto", model_copy, metadata).name == "native"
+    model_copy.weights_path.write_bytes(b"PK\x03\x04 cut short")
+    with pytest.raises(ModelUnavailable, match=f"cannot load {model_copy.weights_path}"):
+        load_engine("native", model_copy, metadata)
+    with caplog.at_level(logging.WARNING, logger="chronoprice.model.engines"):
+        assert load_engine("auto", model_copy, metadata).name == "onnx"
+    assert "tiny.npz" in caplog.text and "serving with the onnx engine" in caplog.text
+    model_copy.weights_path.unlink()
+    with pytest.raises(ModelUnavailable, match="chronoprice export"):
+        load_engine("native", model_copy, metadata)
+
+
+def test_with_no_c_compiler_the_native_engine_says_so_and_auto_serves_with_onnx(model_copy, tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(native, "_kernel", None)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # no kernel built yet
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    metadata = read_metadata(model_copy)
+    with pytest.raises(ModelUnavailable, match="install a C compiler"):
+        load_engine("native", model_copy, metadata)
+    with caplog.at_level(logging.WARNING, logger="chronoprice.model.engines"):
+        assert load_engine("auto", model_copy, metadata).name == "onnx"
+    assert "serving with the onnx engine" in caplog.text
+    assert list((tmp_path / "cache" / "chronoprice").iterdir()) == []  # nothing half-built left behind
+
+
+def test_the_kernel_is_built_once_a_machine_and_a_broken_build_leaves_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(native, "_kernel", None)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    built = native.built_kernel_path()
+    assert built.parent == tmp_path / "chronoprice" and not built.exists()
+    native.kernel()
+    assert built.exists() and list(built.parent.iterdir()) == [built]
+    first_build = built.stat().st_mtime_ns
+    monkeypatch.setattr(native, "_kernel", None)
+    native.kernel()  # a new process finds the library and loads it as it is
+    assert built.stat().st_mtime_ns == first_build
+    monkeypatch.setattr(native, "KERNEL_SOURCE", tmp_path / "broken.c")
+    (tmp_path / "broken.c").write_text("int forecast_paths( {\n")
+    with pytest.raises(ModelUnavailable, match="could not build the native engine's kernel"):
+        native.build_kernel(tmp_path / "chronoprice" / "broken.so")
+    assert list(built.parent.iterdir()) == [built]
+
+
+def test_the_native_engine_refuses_an_architecture_its_kernel_does_not_serve(tmp_path):
+    tf.keras.utils.set_random_seed(3)
+    weights = build_model(channels=3).get_weights()
+    path = tmp_path / "net.npz"
+    native.save_weights(path, [weights[0][:, :200], *weights[1:]])
+    with pytest.raises(ModelUnavailable, match="not two stacked LSTMs"):
+        native.NativeNetwork(native.read_weights(path), path)
+
+
+def test_auto_falls_back_to_litert_when_neither_native_nor_onnx_loads(model_copy, caplog):
+    metadata = read_metadata(model_copy)
+    model_copy.weights_path.unlink()
     model_copy.onnx_path.write_bytes(b"\x08\x07 not a graph")
     with pytest.raises(ModelUnavailable, match=f"cannot load {model_copy.onnx_path}"):
         load_engine("onnx", model_copy, metadata)
@@ -86,6 +144,7 @@ def test_auto_serves_with_onnx_and_falls_back_to_litert_naming_the_problem(model
 
 
 def test_auto_never_falls_back_to_tensorflow_over_a_damaged_file(model_copy):
+    model_copy.weights_path.unlink()
     model_copy.onnx_path.unlink()
     model_copy.tflite_path.write_bytes(b"\x00" * 100)
     with pytest.raises(ModelUnavailable, match="tiny.tflite"):

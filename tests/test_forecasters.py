@@ -16,7 +16,7 @@ from tests.conftest import make_candles
 HORIZON = 10
 
 
-@pytest.fixture(scope="module", params=["lstm-keras", "lstm-litert", "lstm-onnx", "naive", "drift", "moving_average"])
+@pytest.fixture(scope="module", params=["lstm-keras", "lstm-litert", "lstm-onnx", "lstm-native", "naive", "drift", "moving_average"])
 def forecaster(request, tiny_model):
     baselines = {"naive": NaiveForecaster, "drift": DriftForecaster, "moving_average": MovingAverageForecaster}
     if request.param in baselines:

@@ -166,7 +166,7 @@ def test_naive_forecaster_repeats_the_last_close():
     assert NaiveForecaster(horizon=2).forecast(windows)["mean"].tolist() == [[3.0, 3.0], [7.0, 7.0]]
 
 
-@pytest.mark.parametrize("engine", ["onnx", "litert"])
+@pytest.mark.parametrize("engine", ["native", "onnx", "litert"])
 def test_the_serving_engines_never_import_tensorflow(tiny_model, engine):
     script = (
         "import sys, numpy as np\n"
@@ -193,6 +193,9 @@ def test_missing_or_corrupt_model_files_raise_model_unavailable(tiny_model, tmp_
         load_forecaster(broken, "litert")
     with pytest.raises(ModelUnavailable, match="broken.keras"):
         load_forecaster(broken, "keras")
+    broken.with_suffix(".npz").write_bytes(b"PK\x03\x04 cut short")
+    with pytest.raises(ModelUnavailable, match="cannot load .*broken.npz"):
+        load_forecaster(broken, "native")
     broken.with_suffix(".json").write_text("{not json")
     with pytest.raises(ModelUnavailable, match="unreadable"):
         load_forecaster(broken)

@@ -1,4 +1,5 @@
-"""The model artifact on disk: `<name>.keras`, `<name>.tflite`, `<name>.onnx` and `<name>.json` metadata.
+"""The model artifact on disk: `<name>.keras`, `<name>.tflite`, `<name>.onnx`, `<name>.npz` (the
+weights for the native engine) and `<name>.json` metadata.
 
 This module never imports TensorFlow, so the LiteRT serving path can read metadata cheaply.
 """
@@ -34,27 +35,31 @@ class ModelArtifact:
         return self.base.with_suffix(".onnx")
 
     @property
+    def weights_path(self) -> Path:
+        return self.base.with_suffix(".npz")
+
+    @property
     def metadata_path(self) -> Path:
         return self.base.with_suffix(".json")
 
 
 def artifact_at(path: Path | str) -> ModelArtifact:
-    """Accept `models/name`, `models/name.keras|.tflite|.onnx|.json`, or a folder holding one model."""
+    """Accept `models/name`, `models/name.keras|.tflite|.onnx|.npz|.json`, or a folder holding one model."""
     path = Path(path)
     if path.is_dir():
         candidates = sorted(path.glob("*.json"))
         if len(candidates) != 1:
             raise ModelUnavailable(f"{path} holds {len(candidates)} model metadata files; pass --model models/NAME")
         path = candidates[0]
-    if path.suffix in (".keras", ".tflite", ".onnx", ".json"):
+    if path.suffix in (".keras", ".tflite", ".onnx", ".npz", ".json"):
         path = path.with_suffix("")
     return ModelArtifact(path)
 
 
 def content_version(*files: Path) -> str:
     """A short content hash of the weight files: the model version stored with every forecast.
-    The .onnx graph is derived from the .keras weights, so it is not hashed: re-exporting it
-    keeps the version."""
+    The .onnx graph and the .npz are derived from the .keras weights, so they are not hashed:
+    re-exporting them keeps the version."""
     digest = hashlib.sha256()
     for file in files:
         digest.update(file.read_bytes())

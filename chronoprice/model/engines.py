@@ -1,9 +1,9 @@
 """Forecast engines: the recursive network as a function from model input to the predicted path.
 
 An engine maps [B, window, channels] model input (features.model_input) to [B, horizon] scaled
-log returns from the origin. The onnx and litert engines never import TensorFlow; the keras
-engine loads it when it is made. Each engine imports its runtime when it is made, so a process
-carries only the one it serves with.
+log returns from the origin. The native, onnx and litert engines never import TensorFlow; the
+keras engine loads it when it is made. Each engine imports its runtime when it is made, so a
+process carries only the one it serves with.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from typing import Protocol
 
 import numpy as np
 
+from chronoprice.model import native
 from chronoprice.model.artifact import ModelArtifact, ModelUnavailable
-from chronoprice.model.features import recursive_windows
+from chronoprice.model.features import parse_feature, recursive_windows
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +30,11 @@ EVALUATION_BATCH = 512
 # faster (docs/PERFORMANCE.md).
 SERVING_RUN_ORIGINS = 8
 ONE_BATCH_RUN_ORIGINS = 32
+# The native kernel keeps no memory between calls, so every process runs its batches in runs
+# of 32 (16 to 64 a run measured alike here; 1 to 8 up to a third slower).
+NATIVE_RUN_ORIGINS = 32
 # The fastest first, among engines that need no TensorFlow (bench measures the order).
-AUTO_ORDER = ("onnx", "litert")
+AUTO_ORDER = ("native", "onnx", "litert")
 
 
 class PathEngine(Protocol):
@@ -79,14 +83,50 @@ class KerasEngine:
         return np.concatenate(parts)
 
 
-class OnnxEngine:
+class _RunsSideBySide:
+    """A batch cut into runs of `run_origins` origins, one in flight a core: a tick's few origins
+    run in the caller's thread (a second thread's hand-off costs more than it saves). The
+    runtimes below let go of the GIL while they compute."""
+
+    def __init__(self, run_origins: int):
+        self._run_origins = run_origins
+        # The cores this process may run on (one under `taskset -c 0`), not the machine's.
+        self._cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        self._pool = concurrent.futures.ThreadPoolExecutor(self._cores, thread_name_prefix=f"chronoprice-{self.name}")
+
+    def path(self, relative: np.ndarray) -> np.ndarray:
+        runs = [relative[start : start + self._run_origins] for start in range(0, len(relative), self._run_origins)]
+        if len(runs) == 1 or self._cores == 1:
+            return np.concatenate([self._run(part) for part in runs])
+        return np.concatenate(list(self._pool.map(self._run, runs)))
+
+    def _run(self, relative: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+class NativeEngine(_RunsSideBySide):
+    """The recursion in our own C kernel (model/lstm_kernel.c through model/native.py): each step
+    multiplies a tile of rows by the weights and updates their cells while the sums are in
+    registers and cache, the shared-timeline schedule of the onnx graph."""
+
+    name = "native"
+
+    def __init__(self, artifact: ModelArtifact, metadata: dict):
+        self._network = native.NativeNetwork(native.read_weights(artifact.weights_path), artifact.weights_path)
+        self._horizon, self._feature = metadata["horizon"], feature_name(metadata)
+        self._relative_closes = parse_feature(self._feature)[0] == "relative_closes"
+        super().__init__(NATIVE_RUN_ORIGINS)
+
+    def _run(self, relative: np.ndarray) -> np.ndarray:
+        return self._network.paths(recursive_windows(relative, self._horizon, self._feature), self._relative_closes)
+
+
+class OnnxEngine(_RunsSideBySide):
     """The whole recursion as one ONNX graph (model.onnx_graph) on ONNX Runtime's CPU kernels.
 
-    One single-threaded session: a tick's few origins run in the caller's thread (a second
-    thread's hand-off costs more than it saves), and a batch (history, evaluate) runs its runs of
-    `run_origins` origins side by side, one a core. Independent runs keep every core busier than one
-    run split across cores by ONNX Runtime, whose small per-step products parallelise poorly
-    (docs/PERFORMANCE.md)."""
+    One single-threaded session, concurrent runs of a batch side by side on it. Independent runs
+    keep every core busier than one run split across cores by ONNX Runtime, whose small
+    per-step products parallelise poorly (docs/PERFORMANCE.md)."""
 
     name = "onnx"
 
@@ -102,10 +142,7 @@ class OnnxEngine:
         except Exception as error:  # onnxruntime raises its own classes, with no common base to name
             raise ModelUnavailable(f"cannot load {artifact.onnx_path}: {error}; restore the file or re-export it") from None
         self._horizon, self._feature = metadata["horizon"], feature_name(metadata)
-        self._run_origins = run_origins
-        # The cores this process may run on (one under `taskset -c 0`), not the machine's.
-        self._cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        self._pool = concurrent.futures.ThreadPoolExecutor(self._cores, thread_name_prefix="chronoprice-onnx")
+        super().__init__(run_origins)
 
     @staticmethod
     def _single_threaded(onnxruntime, graph: bytes):
@@ -113,12 +150,6 @@ class OnnxEngine:
         options.intra_op_num_threads, options.inter_op_num_threads = 1, 1
         options.log_severity_level = 3  # its warnings would go to stderr, past our logging
         return onnxruntime.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
-
-    def path(self, relative: np.ndarray) -> np.ndarray:
-        runs = [relative[start : start + self._run_origins] for start in range(0, len(relative), self._run_origins)]
-        if len(runs) == 1 or self._cores == 1:
-            return np.concatenate([self._run(part) for part in runs])
-        return np.concatenate(list(self._pool.map(self._run, runs)))
 
     def _run(self, relative: np.ndarray) -> np.ndarray:
         # ONNX Runtime runs concurrent calls of one session safely: no lock.
@@ -171,9 +202,12 @@ def load_engine(kind: str, artifact: ModelArtifact, metadata: dict, run_origins:
             return engine
         # Only an artifact with no TensorFlow-free file at all falls back to Keras: a damaged
         # file must not quietly load TensorFlow into the web process.
-        if artifact.onnx_path.exists() or artifact.tflite_path.exists() or not artifact.keras_path.exists():
+        tensorflow_free = (artifact.weights_path, artifact.onnx_path, artifact.tflite_path)
+        if any(path.exists() for path in tensorflow_free) or not artifact.keras_path.exists():
             raise ModelUnavailable("; ".join(problems))
         kind = "keras"
+    if kind == "native":
+        return NativeEngine(artifact, metadata)
     if kind == "onnx":
         return OnnxEngine(artifact, metadata, run_origins)
     if kind == "litert":

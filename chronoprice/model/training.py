@@ -35,6 +35,7 @@ from chronoprice.model.features import (
 )
 from chronoprice.model.forecasters import LSTMForecaster, walk_forward
 from chronoprice.model.network import export_tflite, fit_model, load_keras_model, save_keras_model
+from chronoprice.model.native import save_weights
 from chronoprice.model.onnx_graph import export_onnx
 
 log = logging.getLogger(__name__)
@@ -179,6 +180,7 @@ def train_artifact(
     save_keras_model(model, out.keras_path)
     out.tflite_path.write_bytes(export_tflite(model, window, horizon, variant.feature))
     out.onnx_path.write_bytes(export_onnx(model.get_weights(), window, horizon, variant.feature))
+    save_weights(out.weights_path, model.get_weights())
     ts = candles["ts"].to_numpy()
     validation_end = splits["validation"].stop
     metadata.update(
@@ -206,12 +208,13 @@ def train_artifact(
     return metadata
 
 
-def export_onnx_file(artifact: ModelArtifact) -> dict:
-    """Write the .onnx graph of an existing artifact from its .keras weights (its version, a hash
-    of the weight files, stays). Returns the artifact's metadata."""
+def export_engine_files(artifact: ModelArtifact) -> dict:
+    """Write the .onnx graph and the native engine's .npz of an existing artifact from its .keras
+    weights (its version, a hash of the weight files, stays). Returns the artifact's metadata."""
     metadata = read_metadata(artifact)
-    graph = export_onnx(load_keras_model(artifact).get_weights(), metadata["window"], metadata["horizon"], feature_name(metadata))
-    artifact.onnx_path.write_bytes(graph)
+    weights = load_keras_model(artifact).get_weights()
+    artifact.onnx_path.write_bytes(export_onnx(weights, metadata["window"], metadata["horizon"], feature_name(metadata)))
+    save_weights(artifact.weights_path, weights)
     return metadata
 
 
