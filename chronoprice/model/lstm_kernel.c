@@ -61,7 +61,7 @@ INLINE vf clamp(vf x, float low, float high) {
     return (vf)bits;
 }
 
-/* exp as in Cephes' expf: 2^n times a degree-7 polynomial of the remainder, about 1 ulp. */
+/* exp as in Cephes' expf: 2^n times a polynomial of the remainder, about 1 ulp. */
 INLINE vf exp_vf(vf x) {
     const vf round_magic = splat(12582912.0f); /* 1.5 * 2^23: adding it rounds to an integer */
     x = clamp(x, -87.0f, 88.0f);
@@ -98,9 +98,9 @@ INLINE vf tanh_vf(vf x) {
 /* sums[r][:] = bias + a[r] @ weights_a + b[r] @ weights_b for `rows` (at most TILE_ROWS) rows,
    a pass of TILE_VECTORS vectors of columns at a time. */
 INLINE void gate_sums(int rows, int gates, const float *bias,
-                             const float *const a[], int a_count, const float *weights_a,
-                             const float *const b[], int b_count, const float *weights_b,
-                             float *sums) {
+                      const float *const a[], int a_count, const float *weights_a,
+                      const float *const b[], int b_count, const float *weights_b,
+                      float *sums) {
     for (int column = 0; column < gates; column += TILE_VECTORS * LANES) {
         vf sum[TILE_ROWS][TILE_VECTORS];
         for (int r = 0; r < rows; r++)

@@ -96,8 +96,9 @@ class NativeNetwork:
         """features.recursive_windows [horizon, window, B, channels] -> [B, horizon] scaled log
         returns from the origin."""
         horizon, window, origins, channels = windows.shape
-        if channels != self.channels:
-            raise ValueError(f"the model reads {self.channels} channels, not {channels}")
+        if channels != self.channels or horizon > window:
+            raise ValueError(f"the kernel takes windows of {self.channels} channels at least as long as the horizon, "
+                             f"not {channels} channels, {window} candles, horizon {horizon}")
         windows = np.ascontiguousarray(windows, dtype="float32")
         path = np.empty((origins, horizon), dtype="float32")
         if origins and self._function(ctypes.byref(self._network), windows.ctypes.data_as(_FLOATS), horizon, window,
