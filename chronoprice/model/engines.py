@@ -31,7 +31,7 @@ EVALUATION_BATCH = 512
 SERVING_RUN_ORIGINS = 8
 ONE_BATCH_RUN_ORIGINS = 32
 # The native kernel keeps no memory between calls, so every process runs its batches in runs
-# of 32 (16 to 64 a run measured alike here; 1 to 8 up to a third slower).
+# of 32 (8 to 64 a run measured alike here, 4 a seventh slower, one at a time 45 % slower).
 NATIVE_RUN_ORIGINS = 32
 # The fastest first, among engines that need no TensorFlow (bench measures the order).
 AUTO_ORDER = ("native", "onnx", "litert")

@@ -79,9 +79,9 @@ class Ticker:
         self.holds_schedule: Callable[[], bool] = lambda: False  # the Scheduler built on this ticker replaces it
         self.required_origins = REQUIRED_ORIGINS  # matured origins the skill guard and a promotion judge, per timeframe
         self._matured_origins = MaturedOrigins()
-        # Cold-start histories run one at a time: each already keeps every core busy (ONNX Runtime's
-        # threads), and concurrent ones only multiplied the memory. The pool's thread is not a
-        # daemon, so exit waits for them, since ONNX Runtime aborts the process when the
+        # Cold-start histories run one at a time: each already keeps every core busy (the engine's
+        # runs side by side), and concurrent ones only multiplied the memory. The pool's thread is
+        # not a daemon, so exit waits for them, since ONNX Runtime aborts the process when the
         # interpreter stops a thread inside it.
         self._history_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="chronoprice-history")
         self._histories: list[concurrent.futures.Future] = []
