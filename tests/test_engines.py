@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from chronoprice.cli import main
 from chronoprice.market.files import read_candle_csv
 from chronoprice.model.artifact import ModelUnavailable, artifact_at, read_metadata
 from chronoprice.model import native
-from chronoprice.model.engines import ONE_BATCH_RUN_ORIGINS, SERVING_RUN_ORIGINS, NativeEngine, OnnxEngine, load_engine
+from chronoprice.model.engines import AUTO_ORDER, ONE_BATCH_RUN_ORIGINS, SERVING_RUN_ORIGINS, NativeEngine, OnnxEngine, load_engine
 from chronoprice.model.features import candle_rows, channel_count, model_input, walk_forward_windows
 from chronoprice.model.forecasters import load_forecaster
 from chronoprice.model.network import build_model, recursive_path
@@ -75,18 +76,35 @@ def model_copy(tiny_model, tmp_path):
     return artifact_at(tmp_path / artifact.base.name)
 
 
-def test_auto_serves_with_native_and_falls_back_to_onnx_naming_the_problem(model_copy, caplog):
+ENGINE_FILES = {"native": "weights_path", "onnx": "onnx_path"}
+
+
+@pytest.mark.parametrize("engine", ["native", "onnx"])
+def test_auto_falls_back_past_a_damaged_or_missing_engine_file_naming_it(engine, model_copy, caplog):
     metadata = read_metadata(model_copy)
-    assert load_engine("auto", model_copy, metadata).name == "native"
-    model_copy.weights_path.write_bytes(b"PK\x03\x04 cut short")
-    with pytest.raises(ModelUnavailable, match=f"cannot load {model_copy.weights_path}"):
-        load_engine("native", model_copy, metadata)
+    position = AUTO_ORDER.index(engine)
+    for earlier in AUTO_ORDER[:position]:
+        getattr(model_copy, ENGINE_FILES[earlier]).unlink()
+    fallback, engine_file = AUTO_ORDER[position + 1], getattr(model_copy, ENGINE_FILES[engine])
+    assert load_engine("auto", model_copy, metadata).name == engine
+    engine_file.write_bytes(b"PK\x03\x04 cut short")
+    with pytest.raises(ModelUnavailable, match=f"cannot load {engine_file}"):
+        load_engine(engine, model_copy, metadata)
     with caplog.at_level(logging.WARNING, logger="chronoprice.model.engines"):
-        assert load_engine("auto", model_copy, metadata).name == "onnx"
-    assert "tiny.npz" in caplog.text and "serving with the onnx engine" in caplog.text
-    model_copy.weights_path.unlink()
+        assert load_engine("auto", model_copy, metadata).name == fallback
+    assert engine_file.name in caplog.text and f"serving with the {fallback} engine" in caplog.text
+    engine_file.unlink()
     with pytest.raises(ModelUnavailable, match="chronoprice export"):
-        load_engine("native", model_copy, metadata)
+        load_engine(engine, model_copy, metadata)
+
+
+def test_export_writes_the_engine_files_of_an_older_model_and_keeps_its_version(model_copy, capsys):
+    model_copy.onnx_path.unlink()
+    model_copy.weights_path.unlink()
+    version = read_metadata(model_copy)["version"]
+    assert main(["export", "--model", str(model_copy.base)]) == 0
+    assert f"wrote {model_copy.onnx_path} and {model_copy.weights_path} (version {version})" in capsys.readouterr().out
+    assert load_engine("auto", model_copy, read_metadata(model_copy)).name == "native"
 
 
 def test_with_no_c_compiler_the_native_engine_says_so_and_auto_serves_with_onnx(model_copy, tmp_path, monkeypatch, caplog):
@@ -127,20 +145,6 @@ def test_the_native_engine_refuses_an_architecture_its_kernel_does_not_serve(tmp
     native.save_weights(path, [weights[0][:, :200], *weights[1:]])
     with pytest.raises(ModelUnavailable, match="not two stacked LSTMs"):
         native.NativeNetwork(native.read_weights(path), path)
-
-
-def test_auto_falls_back_to_litert_when_neither_native_nor_onnx_loads(model_copy, caplog):
-    metadata = read_metadata(model_copy)
-    model_copy.weights_path.unlink()
-    model_copy.onnx_path.write_bytes(b"\x08\x07 not a graph")
-    with pytest.raises(ModelUnavailable, match=f"cannot load {model_copy.onnx_path}"):
-        load_engine("onnx", model_copy, metadata)
-    with caplog.at_level(logging.WARNING, logger="chronoprice.model.engines"):
-        assert load_engine("auto", model_copy, metadata).name == "litert"
-    assert "tiny.onnx" in caplog.text and "serving with the litert engine" in caplog.text
-    model_copy.onnx_path.unlink()
-    with pytest.raises(ModelUnavailable, match="chronoprice export"):
-        load_engine("onnx", model_copy, metadata)
 
 
 def test_auto_never_falls_back_to_tensorflow_over_a_damaged_file(model_copy):

@@ -34,7 +34,7 @@ ALLOWED = {
 }
 # Third-party packages only one stage may touch.
 CONFINED = {"ccxt": ("market.live", "market.stream"), "aiohttp": ("market.stream_simulator",), "tensorflow": ("model.network",), "keras": ("model.network", "model.training"),
-            "onnx": ("model.onnx_graph",), "onnxruntime": ("model.engines",), "ai_edge_litert": ("model.engines",),
+            "onnx": ("model.onnx_graph",), "onnxruntime": ("model.engines",), "ai_edge_litert": ("model.engines",), "ctypes": ("model.native",),
             "dash": ("web",), "flask": ("web",), "flask_caching": ("web",), "sqlite_utils": ("store.sqlite",),
             "psycopg": ("store.postgres",), "psycopg_pool": ("store.postgres",)}
 TENSORFLOW_MODULES = {"model.network", "model.training"}

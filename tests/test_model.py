@@ -22,6 +22,7 @@ from chronoprice.model.forecasters import (
     load_forecaster,
     walk_forward,
 )
+from chronoprice.model.native import read_weights
 from tests.conftest import make_candles
 
 
@@ -104,9 +105,14 @@ def test_the_recursion_feeds_back_a_predicted_candle_as_training_would_see_it(fe
     np.testing.assert_allclose(fed_back, expected, atol=2e-5)
 
 
-def test_train_writes_keras_tflite_and_metadata(tiny_model):
+def test_train_writes_every_engine_file_and_metadata(tiny_model):
+    from chronoprice.model.network import load_keras_model
+
     artifact = artifact_at(tiny_model)
-    assert artifact.keras_path.stat().st_size > 0 and artifact.tflite_path.stat().st_size > 0
+    assert artifact.keras_path.stat().st_size > 0 and artifact.tflite_path.stat().st_size > 0 and artifact.onnx_path.stat().st_size > 0
+    stored, trained = read_weights(artifact.weights_path), load_keras_model(artifact).get_weights()
+    assert [weight.shape for weight in stored] == [weight.shape for weight in trained]
+    assert all(np.array_equal(mine, theirs) for mine, theirs in zip(stored, trained))
     metadata = read_metadata(artifact)
     assert metadata["version"].startswith("lstm-")
     assert metadata["window"] == 60 and metadata["horizon"] == 10

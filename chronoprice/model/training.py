@@ -34,8 +34,8 @@ from chronoprice.model.features import (
     window_closes,
 )
 from chronoprice.model.forecasters import LSTMForecaster, walk_forward
-from chronoprice.model.network import export_tflite, fit_model, load_keras_model, save_keras_model
 from chronoprice.model.native import save_weights
+from chronoprice.model.network import export_tflite, fit_model, load_keras_model, save_keras_model
 from chronoprice.model.onnx_graph import export_onnx
 
 log = logging.getLogger(__name__)
