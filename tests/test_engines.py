@@ -144,7 +144,7 @@ def test_the_native_engine_refuses_an_architecture_its_kernel_does_not_serve(tmp
     path = tmp_path / "net.npz"
     native.save_weights(path, [weights[0][:, :200], *weights[1:]])
     with pytest.raises(ModelUnavailable, match="not two stacked LSTMs"):
-        native.NativeNetwork(native.read_weights(path), path)
+        native.NativeNetwork(path)
 
 
 def test_auto_never_falls_back_to_tensorflow_over_a_damaged_file(model_copy):

@@ -112,7 +112,7 @@ class NativeEngine(_RunsSideBySide):
     name = "native"
 
     def __init__(self, artifact: ModelArtifact, metadata: dict):
-        self._network = native.NativeNetwork(native.read_weights(artifact.weights_path), artifact.weights_path)
+        self._network = native.NativeNetwork(artifact.weights_path)
         self._horizon, self._feature = metadata["horizon"], feature_name(metadata)
         self._relative_closes = parse_feature(self._feature)[0] == "relative_closes"
         super().__init__(NATIVE_RUN_ORIGINS)

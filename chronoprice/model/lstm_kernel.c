@@ -174,7 +174,7 @@ static void shared_timeline(const network *net, state *s, const float *windows, 
                             int window, int origins, float *path) {
     const int channels = net->channels;
     for (int t = 0; t < window + horizon - 1; t++) {
-        int open = t < window ? (t < horizon ? t + 1 : horizon) : horizon;
+        int open = t < horizon ? t + 1 : horizon; /* horizon <= window: native.py checks */
         int closed = t < window ? 0 : t - window + 1;
         if (t < horizon) reset(net, s, t * origins, origins);
         for (int k = closed; k < open; k++)

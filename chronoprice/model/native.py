@@ -50,6 +50,7 @@ def save_weights(path: Path, weights: list[np.ndarray]) -> None:
 
 
 def read_weights(path: Path) -> list[np.ndarray]:
+    """The engine's .npz -> the weights in Keras's order; ModelUnavailable when missing or damaged."""
     if not path.exists():
         raise ModelUnavailable(f"{path} not found; run `python -m chronoprice export --model {path.with_suffix('')}` or use --engine onnx")
     try:
@@ -80,10 +81,11 @@ class NativeNetwork:
     """The weights of one model bound to the kernel; `paths` is safe to call from several threads
     at once (the kernel keeps nothing between calls) and runs without the GIL."""
 
-    def __init__(self, weights: list[np.ndarray], source: Path):
+    def __init__(self, path: Path):
+        weights = read_weights(path)
         problem = _architecture_problem(weights)
         if problem:
-            raise ModelUnavailable(f"the native engine cannot serve {source}: {problem}; use --engine onnx")
+            raise ModelUnavailable(f"the native engine cannot serve {path}: {problem}; use --engine onnx")
         self._function = kernel().forecast_paths
         self._weights = weights  # the struct points into these arrays
         kernel1, recurrent1, _, _, recurrent2, _, dense1, *_ = weights
