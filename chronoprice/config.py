@@ -221,7 +221,7 @@ def settings_from(flags: Mapping[str, str | None], env: Mapping[str, str]) -> Se
         try:
             values[option.name] = option.parse(raw)
         except ValueError as error:
-            shown = "(hidden)" if option.secret else repr(raw)
+            shown = "(hidden)" if option.secret else repr(raw) if len(raw) <= 80 else f"{raw[:80]!r}… ({len(raw):,} characters)"
             raise SettingsError(f"{origin}={shown}: {error}") from None
     if "host" not in values and env.get("PORT"):
         values["host"] = "0.0.0.0"

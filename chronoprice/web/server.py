@@ -19,6 +19,7 @@ from chronoprice.web.dashboard.alerts import attach_alert_callbacks
 from chronoprice.web.dashboard.callbacks import attach_callbacks
 from chronoprice.web.dashboard.layout import build_layout
 from chronoprice.web.dashboard.models import attach_models_callbacks
+from chronoprice.web.hardening import QuietRequestHandler, harden
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ def create_app(settings: Settings, ticker: Ticker | None = None, env: Mapping[st
     attach_callbacks(app, ticker, cache, settings)
     attach_alert_callbacks(app, ticker, cache, settings)
     attach_models_callbacks(app, ticker, cache, settings)
+    harden(app)
     # Dash registers its script bundles on the first request, after marking the setup done, so a
     # concurrent request can find none and answer 500 (plotly/dash#3971): register them now.
     app._setup_server()
@@ -53,4 +55,4 @@ def serve(settings: Settings) -> None:
     if settings.scheduler:
         start_scheduler(settings, ticker)
     log.info("ChronoPrice on http://%s:%d/ (%s source, %s)", settings.host, settings.port, settings.source, settings.symbol)
-    app.run(host=settings.host, port=settings.port, debug=settings.debug)
+    app.run(host=settings.host, port=settings.port, debug=settings.debug, request_handler=QuietRequestHandler)
