@@ -24,7 +24,7 @@ from chronoprice.market.simulator import BinanceSimulator
 from chronoprice.model.artifact import ModelArtifact, artifact_at, read_metadata, write_metadata
 from chronoprice.model.engines import ONE_BATCH_RUN_ORIGINS, feature_name
 from chronoprice.market.source import Market
-from chronoprice.model.features import candle_rows, model_input, walk_forward_windows
+from chronoprice.model.features import candle_rows, input_scales, model_input, walk_forward_windows
 from chronoprice.model.forecasters import LSTMForecaster, load_forecaster
 from chronoprice.service.backfill import forecast_history
 from chronoprice.service.models import register_shadow
@@ -171,7 +171,7 @@ def run_benchmark(model_path: Path, repeats: int = 200, ticks: int = 40, deploy_
     timings = {engine: timings_ms(lambda: forecasters[engine].forecast(window), repeats) for engine in ENGINE_NAMES}
     keras_forecaster = forecasters["keras"]
     metadata = keras_forecaster.metadata
-    relative = model_input(window, float(metadata["feature"]["scale"]), feature_name(metadata))
+    relative = model_input(window, input_scales(window, metadata["feature"]), feature_name(metadata))
     timings["predict_loop"] = timings_ms(
         lambda: predict_loop_path(keras_forecaster.engine.model, relative, keras_forecaster.horizon, feature_name(metadata)),
         max(3, repeats // 40),
@@ -181,7 +181,7 @@ def run_benchmark(model_path: Path, repeats: int = 200, ticks: int = 40, deploy_
     for engine in ENGINE_NAMES:
         # LiteRT runs one window an invoke, at ~10 ms: a slice of the batch measures it as well.
         windows = batch[: max(1, batch_origins // 16)] if engine == "litert" else batch
-        inputs = model_input(windows, float(metadata["feature"]["scale"]), feature_name(metadata))
+        inputs = model_input(windows, input_scales(windows, metadata["feature"]), feature_name(metadata))
         started = time.perf_counter()
         paths[engine] = forecasters[engine].engine.path(inputs)
         throughput[engine] = round(len(windows) / (time.perf_counter() - started))

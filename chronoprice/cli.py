@@ -33,8 +33,8 @@ from chronoprice.evaluation.metrics import (
 from chronoprice.evaluation.report import write_report
 from chronoprice.evaluation.walkforward import evaluate_forecaster
 from chronoprice.logs import configure_logging
-from chronoprice.market.candles import aggregate_candles, find_gaps
-from chronoprice.market.files import read_candle_csv
+from chronoprice.market.candles import find_gaps
+from chronoprice.market.candle_files import CandleFile, read_candle_file
 from chronoprice.market.timeframes import timeframe_ms
 from chronoprice.model.artifact import artifact_at
 from chronoprice.model.engines import ONE_BATCH_RUN_ORIGINS
@@ -75,10 +75,10 @@ def _training():
 def training_data(args: argparse.Namespace) -> tuple[pd.DataFrame, str, Path]:
     """The candles `train` fits, what the metadata says they are, and where the artifact goes."""
     if args.csv:
-        loaded = read_candle_csv(args.csv)
-        for line, reason in loaded.bad_rows[:10]:
-            log.warning("%s:%d: skipped: %s", args.csv, line, reason)
-        return loaded.candles, f"{args.csv.name}: {len(loaded.candles)} candles", args.out or DEFAULT_MODEL
+        loaded = read_reported_file(args.csv, args.timeframe)
+        args.timeframe = loaded.timeframe
+        return loaded.candles, loaded.describe(), args.out or DEFAULT_MODEL
+    args.timeframe = args.timeframe or "1m"
     if not args.symbol:
         raise ValueError("train --db needs --symbol (and --timeframe unless 1m)")
     db = open_store(args.db)
@@ -97,6 +97,16 @@ def training_data(args: argparse.Namespace) -> tuple[pd.DataFrame, str, Path]:
     return candles, description, args.out or args.out_dir / name
 
 
+def read_reported_file(path: Path, timeframe: str | None = None) -> CandleFile:
+    """A candle file (read_candle_file), its skipped rows and gaps logged: gaps are never filled,
+    so windows across one are forecast as if the candles were consecutive."""
+    loaded = read_candle_file(path, timeframe)
+    for line, reason in loaded.bad_rows[:10]:
+        log.warning("%s:%d: skipped: %s", path, line, reason)
+    log.info("%s (from %s candles)", loaded.describe(), loaded.file_timeframe)
+    return loaded
+
+
 def run_train(args: argparse.Namespace) -> int:
     train_and_register(args)
     return 0
@@ -108,10 +118,10 @@ def train_and_register(args: argparse.Namespace, reason: str = "trained from the
     and with --db register the model as a shadow in that store."""
     training = _training()
     candles, description, out = training_data(args)
-    chosen = {"feature": args.feature, "loss": args.loss, "train_days": args.train_days}
+    chosen = {"feature": args.feature, "loss": args.loss, "train_days": args.train_days, "normalise": args.normalise}
     variant = training.Variant(**{name: value for name, value in chosen.items() if value is not None})
     metadata = training.train_artifact(candles, artifact_at(out), args.epochs, description, variant, folds=args.folds,
-                                       timeframe=args.timeframe if args.db else "1m")
+                                       timeframe=args.timeframe)
     print(f"wrote {out}.keras, .tflite, .onnx, .npz and .json (version {metadata['version']})")
     print(format_step_table(metadata["holdout"], "holdout (last 15 %, never trained on)"))
     if args.db:
@@ -125,7 +135,7 @@ def run_retraining(args: argparse.Namespace) -> int:
 
 def run_compare(args: argparse.Namespace) -> int:
     training = _training()
-    candles = read_candle_csv(args.csv).candles
+    candles = read_reported_file(args.csv).candles
     variants = [
         training.Variant(feature, loss, None if days == "all" else float(days))
         for feature in args.features.split(",") for loss in args.losses.split(",") for days in args.train_days.split(",")
@@ -152,11 +162,18 @@ def run_evaluate(args: argparse.Namespace) -> int:
     step = args.backtest_step or forecaster.horizon
     if args.backtest:
         check_settings(step, forecaster.horizon, args.fee, args.spread)
-    candles = aggregate_candles(read_candle_csv(args.csv).candles, timeframe_ms(args.timeframe))
+    loaded = read_reported_file(args.csv, args.timeframe)
+    args.timeframe, candles = loaded.timeframe, loaded.candles
     first_scored_close = forecaster.window - 1
+    model_timeframe = forecaster.metadata.get("timeframe", "1m") if str(args.model) != "naive" else args.timeframe
+    if model_timeframe != args.timeframe:
+        log.warning("model %s was trained on %s candles and is evaluated here on %s candles", forecaster.version,
+                    model_timeframe, args.timeframe)
     if not args.include_training_data:
-        trained_until = forecaster.metadata.get("training", {}).get("trained_until_ts")
-        if trained_until is not None:
+        training = forecaster.metadata.get("training", {})
+        trained_until = training.get("trained_until_ts")
+        # A file that ends before the training data begins holds nothing the model saw.
+        if trained_until is not None and int(candles["ts"].iloc[-1]) >= training.get("first_ts", 0):
             first_scored_close = max(first_scored_close, int((candles["ts"] < trained_until).sum()))
     # Origins before the scored ones only warm up the adaptive intervals.
     if first_scored_close + forecaster.horizon >= len(candles):

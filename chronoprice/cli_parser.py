@@ -52,8 +52,8 @@ def _add_store_training_arguments(parser: argparse.ArgumentParser, symbol_defaul
     """What training from a store's candles takes (train --db, retrain), and the training options."""
     parser.add_argument("--symbol", default=symbol_default,
                         help="with --db: the market, e.g. BTC/USDT" + (f" (default {symbol_default})" if symbol_default else ""))
-    parser.add_argument("--timeframe", choices=list(TIMEFRAME_MS), default="1m", help="with --db: its timeframe, which the model then "
-                        "serves (default 1m)")
+    parser.add_argument("--timeframe", choices=list(TIMEFRAME_MS), help="the timeframe the model serves: with --db the stored "
+                        "candles' (default 1m); with --csv the file's own (default), or a longer one aggregated from it")
     parser.add_argument("--exchange", help="with --db: whose candles (default: the exchange with the most of that market)")
     parser.add_argument("--days", type=_positive_float, default=days_default,
                         help=f"with --db: only the last N days of candles (default: {days_default or 'all'})")
@@ -62,6 +62,8 @@ def _add_store_training_arguments(parser: argparse.ArgumentParser, symbol_defaul
                         help="training loss (default: the shipped model's, huber; see docs/MODEL.md)")
     parser.add_argument("--feature", type=_feature, help="input: relative_closes or log_returns, optionally +range and/or "
                         "+volume (default: the shipped model's, log_returns+range+volume)")
+    parser.add_argument("--normalise", choices=["window_volatility"], help="express each window's returns in units of its "
+                        "own volatility instead of the training split's (default: the training split's)")
     parser.add_argument("--train-days", type=float, default=None, help="train on only the last N days of the training split (default: all)")
     parser.add_argument("--out-dir", type=Path, default=DEFAULT_MODEL.parent / "trained",
                         help="with --db: the folder of the artifact, named after the market and the time (default models/trained)")
@@ -80,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train the LSTM on a candle CSV or the candles a store collected, and write the model artifact")
     data = train.add_mutually_exclusive_group(required=True)
-    data.add_argument("--csv", type=Path, help="1-minute candle CSV (Binance Data Vision or headed OHLCV)")
+    data.add_argument("--csv", type=Path, help="candle file of 1m, 5m, 15m or 1h candles: CSV (Binance Data Vision or headed "
+                      "OHLCV) or freqtrade JSON, plain or gzipped; the timeframe is read from its spacing")
     data.add_argument("--db", type=store_target, help="a ChronoPrice store (SQLite file or postgresql:// URL): train on the "
                       "closed candles it collected for --symbol and --timeframe")
     _add_store_training_arguments(train)
@@ -101,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--db", help="the store (default: CHRONOPRICE_DB or DATABASE_URL, else chronoprice.db)")
 
     compare = commands.add_parser("compare", help="train model variants and compare them walk-forward against the naive baseline")
-    compare.add_argument("--csv", type=Path, required=True, help="1-minute candle CSV")
+    compare.add_argument("--csv", type=Path, required=True, help="candle file (CSV or freqtrade JSON, plain or gzipped, any timeframe)")
     compare.add_argument("--epochs", type=_positive_int, default=30, help="most epochs per variant (default 30)")
     compare.add_argument("--features", default=",".join(COMPARED_FEATURES), help="inputs to try, comma-separated")
     compare.add_argument("--losses", default="mse,huber,mae", help="losses to try")
@@ -110,9 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--json", type=Path, help="also write the rows to this JSON file")
 
     evaluate = commands.add_parser("evaluate", help="walk-forward accuracy of a model against the naive baseline")
-    evaluate.add_argument("--csv", type=Path, required=True, help="1-minute candle CSV")
-    evaluate.add_argument("--timeframe", choices=list(TIMEFRAME_MS), default="1m",
-                          help="evaluate on candles of this timeframe, aggregated from the CSV's minutes (default 1m)")
+    evaluate.add_argument("--csv", type=Path, required=True, help="candle file of 1m, 5m, 15m or 1h candles (CSV or freqtrade "
+                          "JSON, plain or gzipped; the timeframe is read from its spacing)")
+    evaluate.add_argument("--timeframe", choices=list(TIMEFRAME_MS),
+                          help="evaluate on candles of this timeframe: the file's own (default) or a longer one aggregated from it")
     evaluate.add_argument("--model", type=Path, default=DEFAULT_MODEL,
                           help="model artifact (default: the shipped model), or `naive`: the last close with its band, "
                                "as 5m, 15m and 1h serve")

@@ -75,7 +75,8 @@ def test_train_command_writes_an_artifact(synthetic_csv, tmp_path, capsys):
     assert "training: 100%" in printed.err and "epoch=1/1" in printed.err
     assert "holdout" in printed.out
     metadata = read_metadata(artifact_at(out))
-    assert metadata["training"]["data"] == "synthetic.csv: 1500 candles"
+    assert metadata["training"]["data"] == "synthetic.csv: 1500 1m candles, 2025-01-01 00:00 to 2025-01-02 00:59 UTC"
+    assert metadata["timeframe"] == "1m"
     assert len(metadata["selection"]["folds"]) == 2
 
 
@@ -267,3 +268,35 @@ def test_train_from_the_store_names_its_artifact_after_the_market_and_says_what_
     assert "needs --symbol" in capsys.readouterr().err
     assert main(["train", "--db", str(path), "--symbol", "ETH/USDT"]) == 2
     assert "no ETH/USDT 1m candles; it holds: binance BTC/USDT 5m, kraken BTC/USDT 5m" in capsys.readouterr().err
+
+
+def test_evaluate_reads_a_file_of_longer_candles_and_refuses_to_split_them(synthetic_csv, tmp_path, capsys):
+    """A 5m file (here: the synthetic minutes aggregated and written as gzipped freqtrade JSON)
+    is read at its own timeframe, aggregated upward on request, never downward."""
+    import gzip
+
+    from chronoprice.market.candle_files import read_candle_file
+
+    five = read_candle_file(synthetic_csv, "5m").candles
+    path = tmp_path / "five.json.gz"
+    path.write_bytes(gzip.compress(json.dumps(five.to_numpy().tolist()).encode()))
+    assert main(["evaluate", "--csv", str(path), "--model", "naive", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["timeframe"] == "5m"
+    assert main(["evaluate", "--csv", str(path), "--model", "naive", "--json", "--timeframe", "15m"]) == 0
+    assert json.loads(capsys.readouterr().out)["origins"] == len(five) // 3 - 60 - 10 + 1
+    assert main(["evaluate", "--csv", str(path), "--model", "naive", "--timeframe", "1m"]) == 2
+    assert "1m candles cannot be made from them" in capsys.readouterr().err
+
+
+def test_evaluate_scores_every_origin_of_a_file_older_than_the_models_training(shipped_model, synthetic_csv, tmp_path, capsys):
+    """The shipped model was trained on March 2023: a 2021 file holds nothing it saw, so nothing
+    is skipped (it used to refuse such a file as 'already seen')."""
+    from chronoprice.market.candle_files import read_candle_file
+
+    candles = read_candle_file(synthetic_csv).candles
+    candles["ts"] -= 4 * 365 * 86_400_000  # January 2021
+    path = tmp_path / "old.csv"
+    candles.rename(columns={"ts": "open_time"}).to_csv(path, index=False)
+    assert main(["evaluate", "--csv", str(path), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["skipped_training_origins"] == 0 and report["origins"] == len(candles) - 60 - 10 + 1

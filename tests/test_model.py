@@ -12,6 +12,7 @@ from chronoprice.model.artifact import ModelUnavailable, artifact_at, read_metad
 from chronoprice.model.engines import KerasEngine, LiteRTEngine, load_engine
 from chronoprice.model.features import (
     candle_rows,
+    input_scales,
     model_input,
     training_pairs,
     walk_forward_windows,
@@ -228,3 +229,18 @@ def test_shipped_model_holdout_scores_are_what_its_weights_give_on_the_data(ship
     np.testing.assert_allclose(scores["mae_model"], saved["mae_model"], rtol=1e-5)
     np.testing.assert_allclose(scores["coverage"], saved["coverage"], atol=2 / len(holdout))
     assert (scores["mae_ratio"] <= 1.0).all()
+
+
+def test_window_volatility_normalisation_makes_calm_and_wild_markets_look_alike():
+    returns = np.random.default_rng(5).normal(0, 1, 200)
+    def candles(k):
+        closes = 100 * np.exp(np.cumsum(k * 0.001 * returns))
+        return np.stack([closes * np.exp(k * 0.0005), closes * np.exp(-k * 0.0005), closes, np.ones_like(closes)], axis=1)
+
+    feature = "log_returns+range"
+    calm, wild = (training_pairs(candles(k), 0.001, 60, feature, "window_volatility") for k in (1.0, 8.0))
+    assert np.allclose(calm[0], wild[0], atol=1e-4) and np.allclose(calm[1], wild[1], atol=1e-4)
+    plain = training_pairs(candles(8.0), 0.001, 60, feature)
+    assert not np.allclose(plain[1], calm[1], atol=1e-2), "without normalisation the wild market's targets are larger"
+    flat = np.full((1, 60), 100.0)
+    assert input_scales(flat, {"scale": 0.001, "normalise": "window_volatility"})[0] == pytest.approx(0.0001)

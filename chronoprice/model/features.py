@@ -2,9 +2,12 @@
 
 A window is the last WINDOW candles, either as closes ([B, WINDOW]) or as candle rows
 ([B, WINDOW, 4] of high, low, close, volume: CANDLE_COLUMNS). The model sees it as channels, all
-scale-free, and predicts the next close as a log return from the newest close, divided by
-`scale` (the standard deviation of 1-minute log returns on the training split, saved with the
-model). One model therefore serves any symbol and price level.
+scale-free, and predicts the next close as a log return from the newest close, divided by a
+scale: either `scale` (the standard deviation of 1-step log returns on the training split, saved
+with the model), or, for a model normalised by window volatility, each window's own standard
+deviation of log returns (floored at a fraction of `scale`, so a flat window is not blown up).
+One model therefore serves any symbol and price level, and a normalised one any volatility
+regime: a calm year and a wild one look alike to it.
 
 A feature name is a close form, optionally with extra channels joined by "+", e.g.
 "relative_closes+range+volume". Close forms (the first channel):
@@ -33,6 +36,25 @@ def log_return_scale(closes: np.ndarray) -> float:
     """Standard deviation of 1-step log returns: the unit the model works in."""
     returns = np.diff(np.log(np.asarray(closes, dtype="float64")))
     return float(returns.std())
+
+
+VOLATILITY_FLOOR = 0.1  # a window's scale is at least this share of the training scale
+
+
+def window_volatility(windows: np.ndarray, floor: float) -> np.ndarray:
+    """[B, W] closes or [B, W, 4] candles -> [B] standard deviation of the window's log returns,
+    at least `floor`."""
+    returns = np.diff(np.log(window_closes(windows)), axis=1)
+    return np.maximum(returns.std(axis=1), floor)
+
+
+def input_scales(windows: np.ndarray, feature: dict) -> np.ndarray:
+    """[B] the scale each window's input and predicted returns are expressed in, from a model's
+    metadata `feature` ({"scale", and "normalise": "window_volatility" when normalised})."""
+    scale = float(feature["scale"])
+    if feature.get("normalise") == "window_volatility":
+        return window_volatility(windows, VOLATILITY_FLOOR * scale)
+    return np.full(len(windows), scale)
 
 
 FEATURES = ("relative_closes", "log_returns")
@@ -76,10 +98,12 @@ def window_closes(windows: np.ndarray) -> np.ndarray:
     return windows[..., CLOSE] if windows.ndim == 3 else windows
 
 
-def model_input(windows: np.ndarray, scale: float, feature: str = "relative_closes") -> np.ndarray:
-    """[B, WINDOW] closes or [B, WINDOW, 4] candles -> [B, WINDOW, channels] float32 model input."""
+def model_input(windows: np.ndarray, scale, feature: str = "relative_closes") -> np.ndarray:
+    """[B, WINDOW] closes or [B, WINDOW, 4] candles -> [B, WINDOW, channels] float32 model input;
+    `scale` is one number or one per window ([B], input_scales)."""
     form, extras = parse_feature(feature)
     windows = np.asarray(windows, dtype="float64")
+    scale = np.reshape(np.asarray(scale, dtype="float64"), (-1, 1))
     if extras and windows.ndim != 3:
         raise ValueError(f"feature {feature!r} needs candle rows ({', '.join(CANDLE_COLUMNS)}), not closes alone")
     logs = np.log(window_closes(windows))
@@ -148,16 +172,19 @@ def _extended_by_window_means(values: np.ndarray, horizon: int) -> np.ndarray:
     return np.concatenate([values, values @ _window_means_operator(values.shape[1], horizon)], axis=1)
 
 
-def training_pairs(series: np.ndarray, scale: float, window: int = WINDOW, feature: str = "relative_closes") -> tuple[np.ndarray, np.ndarray]:
+def training_pairs(series: np.ndarray, scale: float, window: int = WINDOW, feature: str = "relative_closes",
+                   normalise: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Every (input window, next-step target) pair of a series of closes [N] or candles [N, 4],
-    in time order.
+    in time order; with `normalise` ("window_volatility"), each pair in its window's own scale.
 
     Returns X [M, window, channels] float32 and y [M] float32 with M = N - window.
     """
     series = np.asarray(series, dtype="float64")
     closes = series[:, CLOSE] if series.ndim == 2 else series
-    targets = np.log(closes[window:] / closes[window - 1 : -1]) / scale
-    return model_input(_windows_of(series[:-1], window), scale, feature), targets.astype("float32")
+    windows = _windows_of(series[:-1], window)
+    scales = input_scales(windows, {"scale": scale, "normalise": normalise})
+    targets = np.log(closes[window:] / closes[window - 1 : -1]) / scales
+    return model_input(windows, scales, feature), targets.astype("float32")
 
 
 def _windows_of(series: np.ndarray, window: int) -> np.ndarray:

@@ -19,6 +19,7 @@ from chronoprice.model.engines import SERVING_RUN_ORIGINS, PathEngine, feature_n
 from chronoprice.model.features import (
     HORIZON,
     WINDOW,
+    input_scales,
     model_input,
     walk_forward_windows,
     window_closes,
@@ -52,7 +53,7 @@ class LSTMForecaster:
         self.artifact = artifact  # where it was loaded from, for the registry
         self.version = metadata["version"]
         self.window, self.horizon = metadata["window"], metadata["horizon"]
-        self._scale, self._feature = float(metadata["feature"]["scale"]), feature_name(metadata)
+        self._feature = feature_name(metadata)
         self.calibrated_quantiles = score_quantiles(metadata, level)
         self._shrinkage = np.asarray(metadata.get("shrinkage", [1.0] * self.horizon), dtype="float64")
 
@@ -62,8 +63,9 @@ class LSTMForecaster:
         windows = _as_batch(windows)
         if windows.shape[1] != self.window:
             raise ValueError(f"a forecast needs windows of {self.window} candles, got {windows.shape[1]}")
-        raw_path = self.engine.path(model_input(windows, self._scale, self._feature)).astype("float64")
-        log_path = raw_path * self._scale * self._shrinkage
+        scales = input_scales(windows, self.metadata["feature"])
+        raw_path = self.engine.path(model_input(windows, scales, self._feature)).astype("float64")
+        log_path = raw_path * scales[:, None] * self._shrinkage
         closes = window_closes(windows)
         origin = closes[:, -1:]
         widths = (self.calibrated_quantiles if quantiles is None else quantiles) * recent_volatility(closes)

@@ -82,10 +82,12 @@ class Variant:
     feature: str = "log_returns+range+volume"  # the defaults are the shipped model's: see docs/MODEL.md
     loss: str = "huber"
     train_days: float | None = None  # None: every candle before the validation window
+    normalise: str | None = None  # "window_volatility": each window in its own scale (features.input_scales)
 
     def describe(self) -> str:
         days = "all" if self.train_days is None else f"last {self.train_days:g} d"
-        return f"{self.feature}, {self.loss}, train {days}"
+        scale = ", per-window volatility" if self.normalise else ""
+        return f"{self.feature}{scale}, {self.loss}, train {days}"
 
 
 def fit_fold(candles: np.ndarray, fold: dict[str, slice], variant: Variant, epochs: int, window: int = WINDOW,
@@ -102,14 +104,15 @@ def fit_fold(candles: np.ndarray, fold: dict[str, slice], variant: Variant, epoc
     if variant.train_days is not None:
         train = train[-int(variant.train_days * 1440) :]
     scale = log_return_scale(train[:, CLOSE])
-    x_train, y_train = training_pairs(train, scale, window, variant.feature)
-    x_val, y_val = training_pairs(candles[fold["validation"]], scale, window, variant.feature)
+    x_train, y_train = training_pairs(train, scale, window, variant.feature, variant.normalise)
+    x_val, y_val = training_pairs(candles[fold["validation"]], scale, window, variant.feature, variant.normalise)
     model, history = fit_model(x_train, y_train, x_val, y_val, epochs, loss=variant.loss)
     metadata = {
         "version": "unsaved",
         "window": window,
         "horizon": horizon,
-        "feature": {"name": variant.feature, "definition": describe_feature(variant.feature), "scale": scale},
+        "feature": {"name": variant.feature, "definition": describe_feature(variant.feature), "scale": scale,
+                    **({"normalise": variant.normalise} if variant.normalise else {})},
         "intervals": {
             "method": "split-conformal on validation errors in units of the last minutes' volatility",
             "volatility_window": VOLATILITY_WINDOW,
