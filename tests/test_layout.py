@@ -28,7 +28,7 @@ ALLOWED = {
     "model": {"model", "evaluation.metrics"},
     "evaluation": {"evaluation", "model"},
     "service": {"market", "store", "model", "evaluation", "service", "config"},
-    "web": {"market.source", "market.timeframes", "store", "model", "evaluation", "service", "web", "config"},
+    "web": {"market.source", "market.timeframes", "store", "model", "evaluation", "service", "web", "config", "logs"},
     "config": {"market.timeframes", "store.schema"},
     "logs": set(),
 }
