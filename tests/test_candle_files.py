@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from chronoprice.market.candle_files import expand_paths, read_candle_file, read_candle_files
+from chronoprice.market.candle_files import read_candle_file
 from chronoprice.market.files import CsvFormatError
 
 FIVE_MINUTES = 300_000
@@ -80,16 +80,3 @@ def test_unusable_files_get_a_clear_error_naming_them(tmp_path, content, message
     path.write_bytes(content)
     with pytest.raises((CsvFormatError, ValueError), match=message):
         read_candle_file(path)
-
-
-def test_several_files_stay_separate_series_of_one_timeframe(tmp_path):
-    write_csv(tmp_path / "a.csv", candle_rows(20))
-    write_csv(tmp_path / "b.csv", candle_rows(20, start=START + 3000 * FIVE_MINUTES))
-    write_csv(tmp_path / "hourly.csv", candle_rows(20, step_ms=3_600_000))
-    files = read_candle_files([tmp_path / "[ab].csv"])
-    assert [each.name for each in files] == ["a.csv", "b.csv"] and all(len(each.candles) == 20 for each in files)
-    with pytest.raises(CsvFormatError, match="different timeframes"):
-        read_candle_files([tmp_path / "*.csv"])
-    assert len(read_candle_files([tmp_path / "*.csv"], "1h")) == 3
-    with pytest.raises(ValueError, match="matches no file"):
-        expand_paths([tmp_path / "none-*.csv"])

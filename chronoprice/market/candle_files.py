@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import glob
 import gzip
 import io
 import json
@@ -68,10 +67,8 @@ def _rows(path: Path, text: str) -> list[list[str]]:
 
 
 def infer_spacing_ms(ts: np.ndarray) -> int:
-    """The candles' spacing: the most common step between consecutive (sorted) times."""
+    """The candles' spacing: the most common step between consecutive (sorted) times, of two or more."""
     steps = np.diff(np.unique(ts))
-    if len(steps) == 0:
-        raise ValueError("too few candles to tell the timeframe")
     values, counts = np.unique(steps, return_counts=True)
     return int(values[np.argmax(counts)])
 
@@ -129,26 +126,3 @@ def _file_spacing(rows: list[list[str]]) -> int:
     if problem:
         raise CsvFormatError(problem)
     return spacing
-
-
-def expand_paths(patterns: list) -> list[Path]:
-    """`--csv` values: paths or globs, each file once, in the order given (a glob's matches
-    sorted); ValueError for a pattern that matches nothing."""
-    paths: list[Path] = []
-    for pattern in patterns:
-        matches = sorted(glob.glob(str(pattern))) if glob.has_magic(str(pattern)) else [str(pattern)]
-        if not matches:
-            raise ValueError(f"--csv {pattern} matches no file")
-        paths += [Path(match) for match in matches if Path(match) not in paths]
-    return paths
-
-
-def read_candle_files(patterns: list, timeframe: str | None = None) -> list[CandleFile]:
-    """Every file the patterns name, each its own series, all of one timeframe: `timeframe`, or
-    with none the files' own, which must then agree."""
-    files = [read_candle_file(path, timeframe) for path in expand_paths(patterns)]
-    timeframes = {each.timeframe for each in files}
-    if len(timeframes) > 1:
-        raise CsvFormatError("the files hold different timeframes (" + ", ".join(f"{each.name}: {each.timeframe}" for each in files)
-                             + "); pass --timeframe to aggregate them to one")
-    return files
