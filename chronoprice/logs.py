@@ -21,7 +21,7 @@ _SECRETS = (
     (re.compile(r"(?<=://)(?P<keep>[^/\s:@]*:)[^@\s/]+(?=@)"), r"\g<keep>***"),
     (re.compile(r"(?P<keep>bearer\s+)[^\s,;\"']+", re.IGNORECASE), r"\g<keep>***"),
 )
-MESSAGE_CHARACTERS = 4_000  # a log line quotes at most this much of a message or traceback
+MESSAGE_CHARACTERS = 4_000  # a log line quotes at most this much of a message (5x of a traceback)
 
 
 def redact(text: str) -> str:
@@ -44,7 +44,7 @@ class JsonFormatter(logging.Formatter):
                  "logger": record.name, "message": bounded(record.getMessage())}
         entry.update({field: getattr(record, field) for field in MARKET_FIELDS if hasattr(record, field)})
         if record.exc_info:
-            entry["exception"] = bounded(self.formatException(record.exc_info), 4 * MESSAGE_CHARACTERS)
+            entry["exception"] = bounded(self.formatException(record.exc_info), 5 * MESSAGE_CHARACTERS)
         return json.dumps(entry)
 
 
