@@ -145,6 +145,47 @@ class MovingAverageForecaster(PointBaseline):
         return np.repeat(closes.mean(axis=1, keepdims=True), self.horizon, axis=1)
 
 
+AUTOREGRESSION_ORDER = 5
+
+
+def fit_autoregression(close_runs: list[np.ndarray], order: int = AUTOREGRESSION_ORDER) -> np.ndarray:
+    """Least-squares coefficients of a linear autoregression on log returns, no intercept, over
+    gap-free runs of closes (no lag reaches from one run into the next). [order], newest lag first."""
+    lagged, targets = [], []
+    for closes in close_runs:
+        returns = np.diff(np.log(np.asarray(closes, dtype="float64")))
+        if len(returns) <= order:
+            continue
+        lags = np.lib.stride_tricks.sliding_window_view(returns[:-1], order)[:, ::-1]
+        lagged.append(lags)
+        targets.append(returns[order:])
+    if not lagged:
+        raise ValueError(f"an AR({order}) needs a run of more than {order + 1} closes")
+    coefficients, *_ = np.linalg.lstsq(np.concatenate(lagged), np.concatenate(targets), rcond=None)
+    return coefficients
+
+
+class AutoregressiveForecaster(PointBaseline):
+    """AR(p) on log returns, run recursively: the first thing a quant tries."""
+
+    name = "ar"
+
+    def __init__(self, coefficients: np.ndarray, horizon: int = HORIZON):
+        super().__init__(horizon)
+        self.coefficients = np.asarray(coefficients, dtype="float64")
+
+    def path(self, closes: np.ndarray) -> np.ndarray:
+        order = len(self.coefficients)
+        recent = list(np.diff(np.log(closes[:, -(order + 1):]), axis=1)[:, ::-1].T)  # newest lag first
+        log_path, level = [], np.zeros(len(closes))
+        for _ in range(self.horizon):
+            step = sum(weight * lag for weight, lag in zip(self.coefficients, recent))
+            recent = [step, *recent[:-1]]
+            level = level + step
+            log_path.append(level)
+        return closes[:, -1:] * np.exp(np.stack(log_path, axis=1))
+
+
 def load_forecaster(model_path, engine: str = "auto", level: float = DEFAULT_LEVEL,
                     run_origins: int = SERVING_RUN_ORIGINS) -> LSTMForecaster:
     """Read the artifact at `model_path` and make its forecaster; raises ModelUnavailable with the

@@ -158,6 +158,18 @@ def fit_variant(candles: np.ndarray, variant: Variant, epochs: int, window: int 
     return model, metadata, LSTMForecaster(engine, metadata), split_by_time(len(candles), window), history
 
 
+ARCHITECTURE = "LSTM(64, return_sequences) -> Dropout(0.2) -> LSTM(32) -> Dense(16, relu) -> Dense(1)"
+
+
+def write_model_files(model: keras.Model, out: ModelArtifact, window: int, horizon: int, feature: str) -> None:
+    """The model's .keras, .tflite, .onnx and native .npz files (the metadata is written last, by the caller)."""
+    out.base.parent.mkdir(parents=True, exist_ok=True)
+    save_keras_model(model, out.keras_path)
+    out.tflite_path.write_bytes(export_tflite(model, window, horizon, feature))
+    out.onnx_path.write_bytes(export_onnx(model.get_weights(), window, horizon, feature))
+    save_weights(out.weights_path, model.get_weights())
+
+
 def train_artifact(
     candles,
     out: ModelArtifact,
@@ -179,17 +191,13 @@ def train_artifact(
     model, metadata, forecaster, splits, history = fit_variant(rows, variant, epochs, window, horizon, folds)
     holdout = step_metrics(walk_forward(forecaster, rows[splits["holdout"]], window, horizon), DEFAULT_LEVEL)
 
-    out.base.parent.mkdir(parents=True, exist_ok=True)
-    save_keras_model(model, out.keras_path)
-    out.tflite_path.write_bytes(export_tflite(model, window, horizon, variant.feature))
-    out.onnx_path.write_bytes(export_onnx(model.get_weights(), window, horizon, variant.feature))
-    save_weights(out.weights_path, model.get_weights())
+    write_model_files(model, out, window, horizon, variant.feature)
     ts = candles["ts"].to_numpy()
     validation_end = splits["validation"].stop
     metadata.update(
         {
             "version": content_version(out.keras_path, out.tflite_path),
-            "architecture": "LSTM(64, return_sequences) -> Dropout(0.2) -> LSTM(32) -> Dense(16, relu) -> Dense(1)",
+            "architecture": ARCHITECTURE,
             "timeframe": timeframe,
             "training": {
                 "data": data_description,

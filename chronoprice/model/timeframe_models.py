@@ -1,0 +1,135 @@
+"""A model per timeframe, by docs/MODEL.md's rule: which files each trains on, the settings fixed
+in advance, and the one judgment on the validation spans (the newest 15 % of each file) that
+decides whether it ships. Imports TensorFlow (through series_training.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from chronoprice.evaluation.metrics import DEFAULT_LEVEL, adaptive_quantiles, conformal_quantiles, interval_scores, recent_volatility
+from chronoprice.evaluation.pooling import rule_failures, step_verdicts
+from chronoprice.market.candle_files import CandleFile, read_candle_file
+from chronoprice.model.artifact import ModelArtifact, content_version, write_metadata
+from chronoprice.model.features import HORIZON, WINDOW, walk_forward_windows, window_closes
+from chronoprice.model.forecasters import AutoregressiveForecaster, fit_autoregression, walk_forward
+from chronoprice.model.series_training import FOLD_EDGES, Candidate, fit_candidate, span_runs, share_index
+from chronoprice.model.training import ARCHITECTURE, Variant, write_model_files
+
+log = logging.getLogger(__name__)
+
+# Fixed before any of these models was trained (docs/MODEL.md, "A model per timeframe").
+VARIANT = Variant(feature="log_returns+range+volume", loss="huber", normalise="window_volatility")
+EPOCHS = 8
+PLAN = {  # timeframe: (the files it is judged on, the files it also trains on), globs in the data folder
+    "1m": (("binance_*_1m_*.csv",), ()),
+    "5m": (("binance_btcusdt_5m_*.csv",), ("binance_*_1m_*.csv",)),
+    "15m": (("binance_btcusdt_5m_*.csv",), ("binance_*_1m_*.csv",)),
+    "1h": (("binance_*_1h_*.csv",), ()),
+}
+
+
+def plan_files(data_dir: Path, timeframe: str) -> tuple[list[CandleFile], list[CandleFile]]:
+    """The judged files and the extra training files of a timeframe, read at that timeframe."""
+    judged, extra = PLAN[timeframe]
+    def read(patterns):
+        paths = sorted({path for pattern in patterns for path in Path(data_dir).glob(pattern)})
+        return [read_candle_file(path, timeframe) for path in paths]
+    files = read(judged)
+    if not files:
+        raise FileNotFoundError(f"no {timeframe} training file in {data_dir} ({', '.join(judged)})")
+    return files, read(extra)
+
+
+def file_record(candle_file: CandleFile) -> dict:
+    ts = candle_file.candles["ts"].to_numpy()
+    return {"file": candle_file.name, "describe": candle_file.describe(), "first_ts": int(ts[0]), "last_ts": int(ts[-1]),
+            "validation_from_ts": int(ts[share_index(candle_file, FOLD_EDGES[-1])])}
+
+
+@dataclasses.dataclass
+class Judgment:
+    per_file: dict[str, pd.DataFrame]
+    pooled: pd.DataFrame
+    baselines: dict[str, float]  # mean MAE ratio over the steps, pooled, of each baseline
+    failures: list[str]
+    errors: list[np.ndarray]  # per judged file [N, horizon] absolute errors / origin close, for promotion checks
+
+
+def _banded(forecaster, naive_quantiles: np.ndarray, run: np.ndarray, window: int, horizon: int, level: float) -> dict:
+    """Walk-forward of a run with the bands as served: the model's adaptive band, and the last
+    close's, calibrated the same way on its own errors."""
+    result = walk_forward(forecaster, run, window, horizon)
+    windows = walk_forward_windows(run, window, horizon)[0]
+    volatility = recent_volatility(window_closes(windows))
+    for prefix, mean, fallback in (("", result["mean"], forecaster.calibrated_quantiles),
+                                   ("naive_", result["naive"], naive_quantiles)):
+        scores = interval_scores(np.log(result["actual"] / mean), volatility)
+        widths = adaptive_quantiles(scores, level, fallback) * volatility
+        result[f"{prefix}lower"], result[f"{prefix}upper"] = mean * np.exp(-widths), mean * np.exp(widths)
+    return result
+
+
+def naive_band_quantiles(files: list[CandleFile], window: int, horizon: int, level: float) -> np.ndarray:
+    """The last close's score quantiles, calibrated where the model's are (fold 2's validation)."""
+    scores = []
+    for each in files:
+        for run in span_runs(each, FOLD_EDGES[1], FOLD_EDGES[2], window, window + horizon):
+            windows, actual = walk_forward_windows(run, window, horizon)
+            closes = window_closes(windows)
+            scores.append(interval_scores(np.log(actual / closes[:, -1:]), recent_volatility(closes)))
+    return np.asarray(conformal_quantiles(np.concatenate(scores), (level,))[f"{level:.2f}"])
+
+
+def judge(forecaster, judged: list[CandleFile], training: list[CandleFile], level: float = DEFAULT_LEVEL,
+          window: int = WINDOW, horizon: int = HORIZON) -> Judgment:
+    """Score a forecaster once on the validation spans of the judged files, beside the last close
+    and an AR(5) fitted on every training file's candles before its validation span."""
+    ar = AutoregressiveForecaster(fit_autoregression(
+        [run[:, 2] for each in training for run in span_runs(each, 0.0, FOLD_EDGES[-1], 0, window)]), horizon)
+    naive_quantiles = naive_band_quantiles(judged, window, horizon, level)
+    per_file, results, ar_errors, errors = {}, [], [], []
+    for each in judged:
+        runs = span_runs(each, FOLD_EDGES[-1], 1.0, window, window + horizon)
+        file_results = [_banded(forecaster, naive_quantiles, run, window, horizon, level) for run in runs]
+        per_file[each.name] = step_verdicts(file_results, level)
+        results += file_results
+        for run, result in zip(runs, file_results):
+            windows = walk_forward_windows(run, window, horizon)[0]
+            ar_errors.append(np.abs(ar.forecast(windows)["mean"] - result["actual"]) / result["origin_close"])
+        errors.append(np.concatenate([np.abs(result["mean"] - result["actual"]) / result["origin_close"]
+                                      for result in file_results]))
+    pooled = step_verdicts(results, level)
+    naive_errors = np.concatenate([np.abs(result["naive"] - result["actual"]) / result["origin_close"] for result in results])
+    baselines = {"AR(5)": float((np.concatenate(ar_errors).mean(axis=0) / naive_errors.mean(axis=0)).mean())}
+    return Judgment(per_file, pooled, baselines, rule_failures(pooled, per_file, baselines), errors)
+
+
+def train_timeframe(timeframe: str, data_dir: Path, out: ModelArtifact, epochs: int = EPOCHS,
+                    variant: Variant = VARIANT) -> dict:
+    """Train the timeframe's model by the rule, judge it once, write the artifact (shipping is the
+    caller's decision, from metadata["validation"]["failures"]). Returns the metadata."""
+    judged, extra = plan_files(data_dir, timeframe)
+    data = " + ".join(filter(None, [f"{len(judged)} {timeframe} file(s)",
+                                    f"{len(extra)} finer file(s) aggregated" if extra else ""]))
+    fit = fit_candidate(Candidate(variant, data, tuple(judged + extra)), epochs)
+    judgment = judge(fit.forecaster, judged, judged + extra)
+    write_model_files(fit.model, out, WINDOW, HORIZON, variant.feature)
+    metadata = {**fit.forecaster.metadata, "version": content_version(out.keras_path, out.tflite_path),
+                "architecture": ARCHITECTURE, "timeframe": timeframe,
+                "training": {"data": data, "files": [file_record(each) for each in judged + extra],
+                             "rule": "docs/MODEL.md, A model per timeframe", "fold_edges": list(FOLD_EDGES),
+                             "first_ts": min(file_record(each)["first_ts"] for each in judged + extra),
+                             "epochs_max": epochs, "loss": variant.loss, "history": fit.history},
+                "selection": {"method": "rolling origin over 2 folds per file", "candidate": fit.candidate.describe(),
+                              "score": round(fit.score, 6), "folds": fit.folds},
+                "validation": {"pooled": judgment.pooled.round(6).to_dict("records"),
+                               "per_file": {name: table.round(6).to_dict("records") for name, table in judgment.per_file.items()},
+                               "baselines": judgment.baselines, "failures": judgment.failures}}
+    write_metadata(out, metadata)
+    return metadata
