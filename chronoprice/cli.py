@@ -234,6 +234,31 @@ def format_step_table(rows: list[dict], title: str, level: float = DEFAULT_LEVEL
     return "\n".join(lines)
 
 
+def run_train_models(args: argparse.Namespace) -> int:
+    """Train and judge each timeframe's model; shipping one (copying it beside models/chronoprice-lstm)
+    is a decision docs/MODEL.md records, taken only when the printed verdict passes."""
+    from chronoprice.model.timeframe_models import train_timeframe  # loads TensorFlow
+
+    for timeframe in args.timeframes:
+        out = artifact_at(args.out_dir / f"chronoprice-lstm-{timeframe}")
+        metadata = train_timeframe(timeframe, args.data, out)
+        validation = metadata["validation"]
+        print(format_verdict_table(validation["pooled"], f"{timeframe}: {metadata['training']['data']}, pooled over the "
+                                   "validation spans (never trained or tuned on)"))
+        failures = validation["failures"]
+        print(f"{timeframe}: {out.base} {'passes the rule' if not failures else 'does not pass: ' + '; '.join(failures)}\n")
+    return 0
+
+
+def format_verdict_table(rows: list[dict], title: str) -> str:
+    """evaluation.pooling.step_verdicts rows as text."""
+    lines = [title, "step  origins  MAE ratio  DM p    direction  coverage  interval-score ratio  DM p"]
+    lines += [f"{row['step']:>4}  {row['origins']:7d}  {row['mae_ratio']:9.4f}  {row['dm_p_value']:.3f}  "
+              f"{row['direction_accuracy']:9.3f}  {row['coverage']:8.3f}  {row['interval_score_ratio']:20.4f}  "
+              f"{row['interval_dm_p_value']:.3f}" for row in rows]
+    return "\n".join(lines)
+
+
 def run_export(args: argparse.Namespace) -> int:
     artifact = artifact_at(args.model)
     metadata = _training().export_engine_files(artifact)
@@ -283,5 +308,5 @@ def run_backfill(args: argparse.Namespace) -> int:
     return 0 if status.error is None else 1
 
 
-COMMANDS = {"serve": run_serve, "worker": run_worker, "train": run_train, "retrain": run_retraining, "models": run_models,
+COMMANDS = {"serve": run_serve, "worker": run_worker, "train": run_train, "train-models": run_train_models, "retrain": run_retraining, "models": run_models,
             "compare": run_compare, "evaluate": run_evaluate, "export": run_export, "bench": run_bench, "backfill": run_backfill, "migrate": run_migrate}

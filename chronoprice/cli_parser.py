@@ -7,11 +7,19 @@ import argparse
 from pathlib import Path
 
 from chronoprice.bench import BATCH_ORIGINS
-from chronoprice.config import DEFAULT_MODEL, ENGINES, LOG_FORMATS, add_settings_arguments, store_target
+from chronoprice.config import DEFAULT_MODEL, ENGINES, LOG_FORMATS, PROJECT_ROOT, add_settings_arguments, store_target
 from chronoprice.evaluation.backtest import DEFAULT_FEE, DEFAULT_SPREAD
 from chronoprice.evaluation.metrics import DEFAULT_LEVEL, INTERVAL_LEVELS
 from chronoprice.market.timeframes import TIMEFRAME_MS
 from chronoprice.model.features import parse_feature
+
+
+def _timeframe_list(text: str) -> list[str]:
+    chosen = [each.strip() for each in text.split(",") if each.strip()]
+    unknown = [each for each in chosen if each not in TIMEFRAME_MS]
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(f"unknown timeframe {', '.join(unknown) or '(none)'}; choose from {', '.join(TIMEFRAME_MS)}")
+    return chosen
 
 
 def _positive_int(text: str) -> int:
@@ -112,6 +120,15 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--folds", type=_positive_int, default=3, help="rolling validation windows before the holdout (default 3)")
     compare.add_argument("--json", type=Path, help="also write the rows to this JSON file")
 
+    train_models = commands.add_parser("train-models", help="train a model per timeframe on the shared candle files by "
+                                       "docs/MODEL.md's rule, and judge each once on its files' validation spans")
+    train_models.add_argument("--data", type=Path, default=PROJECT_ROOT.parent / "shared" / "data",
+                              help="the folder of candle files (default ../shared/data)")
+    train_models.add_argument("--timeframes", default=",".join(TIMEFRAME_MS), type=_timeframe_list,
+                              help="comma-separated (default every one: 1m,5m,15m,1h)")
+    train_models.add_argument("--out-dir", type=Path, default=DEFAULT_MODEL.parent / "trained",
+                              help="where the artifacts go, chronoprice-lstm-TIMEFRAME (default models/trained)")
+
     evaluate = commands.add_parser("evaluate", help="walk-forward accuracy of a model against the naive baseline")
     evaluate.add_argument("--csv", type=Path, required=True, help="candle file of 1m, 5m, 15m or 1h candles (CSV or freqtrade "
                           "JSON, plain or gzipped; the timeframe is read from its spacing)")
@@ -163,6 +180,6 @@ def build_parser() -> argparse.ArgumentParser:
     backfill = commands.add_parser("backfill", help="fetch and store candle history, then forecast from it")
     add_settings_arguments(backfill)
     backfill.add_argument("--hours", type=float, default=24.0, help="hours of history to fetch (default 24)")
-    for command in (train, retrain, models, compare, evaluate, export, bench, migrate):
+    for command in (train, train_models, retrain, models, compare, evaluate, export, bench, migrate):
         command.add_argument("--log-format", choices=LOG_FORMATS, help="log lines as text (default) or json [env CHRONOPRICE_LOG_FORMAT]")
     return parser

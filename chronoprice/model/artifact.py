@@ -56,6 +56,14 @@ def artifact_at(path: Path | str) -> ModelArtifact:
     return ModelArtifact(path)
 
 
+def timeframe_siblings(path: Path | str, timeframes) -> dict[str, Path]:
+    """The models shipped beside a model for other timeframes: `<name>-5m.json` etc. next to
+    `<name>`, by timeframe (only those in `timeframes`)."""
+    base = artifact_at(path).base
+    found = {each: base.with_name(f"{base.name}-{each}") for each in timeframes}
+    return {each: sibling for each, sibling in found.items() if sibling.with_suffix(".json").exists()}
+
+
 def content_version(*files: Path) -> str:
     """A short content hash of the weight files: the model version stored with every forecast.
     The .onnx graph and the .npz are derived from the .keras weights, so they are not hashed:

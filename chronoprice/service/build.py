@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from typing import Callable, Mapping
@@ -13,7 +14,8 @@ from chronoprice.market.live import LiveSource
 from chronoprice.market.replay import ReplaySource
 from chronoprice.market.source import CandleSource
 from chronoprice.market.stream import CandleStream, supports_streaming
-from chronoprice.market.timeframes import cold_start_candles
+from chronoprice.market.timeframes import TIMEFRAME_MS, cold_start_candles
+from chronoprice.model.artifact import timeframe_siblings
 from chronoprice.model.forecasters import load_forecaster
 from chronoprice.store.shared_cache import open_shared_cache
 from chronoprice.service.alerts import Alerts
@@ -47,6 +49,8 @@ def build_ticker(settings: Settings, history_hours: float | None = None, clock: 
         clock=clock,
         live=LiveBoard(open_shared_cache(env, "live")),
         load_registered=lambda path: load_forecaster(path, settings.engine),
+        timeframe_models={timeframe: functools.partial(load_forecaster, path, settings.engine)
+                          for timeframe, path in timeframe_siblings(settings.model, TIMEFRAME_MS).items()},
     )
 
 

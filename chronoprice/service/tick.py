@@ -16,7 +16,7 @@ import functools
 import logging
 import threading
 import time
-from typing import Callable
+from typing import Callable, Mapping
 
 from chronoprice.market.candles import find_gaps
 from chronoprice.market.source import CandleSource, Market, SourceError, UnknownSymbol
@@ -63,12 +63,17 @@ class Ticker:
         progress: bool = True,
         live: LiveBoard | None = None,
         load_registered: Callable[[str], LSTMForecaster] = load_forecaster,
+        timeframe_models: Mapping[str, Callable[[], LSTMForecaster]] | None = None,
     ):
         self.source = source
         self.live = live or LiveBoard()  # forming candles streamed by the scheduler's process
         self.db = store_connections(db_path)
         self._model = ModelSlot(load_forecaster)
         self._configured_registered = False
+        # The shipped models of the other timeframes (model/artifact.timeframe_siblings), each
+        # registered as its timeframe's champion the first time it is served, like the configured one.
+        self._timeframe_slots = {each: ModelSlot(load) for each, load in (timeframe_models or {}).items()}
+        self._registered_slots: set[str] = set()
         self.models = ModelShelf(self.db, load_registered)
         self.timeframe = timeframe
         self._refresh_ms = int(refresh_seconds * 1000)
@@ -97,29 +102,44 @@ class Ticker:
         timeframe = timeframe or self.timeframe
         configured = self._model.get()
         if configured is not None and not self._configured_registered:
-            self._register(configured)
+            self._configured_registered = self._register(configured)
+        shipped = self._shipped(timeframe) if timeframe != self._model.timeframe else None
         champion = self.models.champion(timeframe)
         if champion is not None and (configured is None or champion.version != configured.version):
             return self.models.forecaster(champion)
         if timeframe == self._model.timeframe:
             return configured
+        if shipped is not None:
+            return shipped
         return self._naive_band(configured.window if configured else None, configured.horizon if configured else None)
+
+    def _shipped(self, timeframe: str) -> LSTMForecaster | None:
+        """The shipped model of a timeframe other than the configured one's, registered once."""
+        slot = self._timeframe_slots.get(timeframe)
+        forecaster = slot.get() if slot else None
+        if forecaster is not None and timeframe not in self._registered_slots and self._register(forecaster):
+            self._registered_slots.add(timeframe)
+        return forecaster
 
     def model_error(self, timeframe: str | None = None) -> str | None:
         """Why the model served on `timeframe` is unavailable, if it is."""
-        champion = self.models.champion(timeframe or self.timeframe)
+        timeframe = timeframe or self.timeframe
+        champion = self.models.champion(timeframe)
         if champion is not None and champion.version in self.models.errors:
             return self.models.errors[champion.version]
-        return self._model.error
+        slot = self._timeframe_slots.get(timeframe)
+        return slot.error if slot and timeframe != self._model.timeframe else self._model.error
 
-    def _register(self, configured: LSTMForecaster) -> None:
-        """Register the configured model once; while the store cannot take it, again on the next look."""
+    def _register(self, forecaster: LSTMForecaster) -> bool:
+        """Register a model the process was started with; False while the store cannot take it
+        (it is tried again on the next look)."""
         try:
-            if register_configured(self.db(), configured, self.now_ms()):
+            if register_configured(self.db(), forecaster, self.now_ms()):
                 self.models.refresh()
-            self._configured_registered = True
+            return True
         except STORE_UNAVAILABLE as error:
-            log.warning("model %s not registered yet: store unavailable (%s)", configured.version, error)
+            log.warning("model %s not registered yet: store unavailable (%s)", forecaster.version, error)
+            return False
 
     def symbols(self) -> list[str]:
         """Symbols the source offers, for the symbol picker; empty if it cannot say right now."""

@@ -1,0 +1,130 @@
+"""A model per timeframe: gap-free runs of many files, pooled verdicts, the AR baseline, and the
+shipped model of each timeframe served and registered as its champion."""
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from chronoprice.evaluation.pooling import rule_failures, step_verdicts, winkler_scores
+from chronoprice.market.candle_files import CandleFile, find_gaps
+from chronoprice.market.demo import DemoSource
+from chronoprice.model.artifact import artifact_at, timeframe_siblings
+from chronoprice.model.forecasters import AutoregressiveForecaster, fit_autoregression, load_forecaster
+from chronoprice.model.series_training import gap_free_runs, pooled_log_return_scale, sampled_pairs, span_runs
+from chronoprice.model.training import Variant
+from chronoprice.service.tick import Ticker
+from chronoprice.store.registry import read_models
+from tests.conftest import FakeClock
+
+MINUTE = 60_000
+
+
+def candle_file(name: str, closes: np.ndarray, ts: np.ndarray) -> CandleFile:
+    candles = pd.DataFrame({"ts": ts, "open": closes, "high": closes * 1.001, "low": closes * 0.999, "close": closes,
+                            "volume": np.ones(len(closes))})
+    return CandleFile(name, candles, "1m", "1m", [], find_gaps(ts, MINUTE))
+
+
+def walk(count: int, start: float, seed: int) -> np.ndarray:
+    return start * np.exp(np.cumsum(np.random.default_rng(seed).normal(0, 1e-3, count)))
+
+
+def test_no_window_crosses_a_gap_or_a_file():
+    ts = np.arange(1000) * MINUTE
+    ts[600:] += 30 * MINUTE  # a 30-minute outage after the 600th candle
+    btc, eth = candle_file("btc", walk(1000, 40_000.0, 1), ts), candle_file("eth", walk(800, 2_000.0, 2), np.arange(800) * MINUTE)
+    assert [len(run) for run in gap_free_runs(btc.candles, "1m", 61)] == [600, 400]
+    runs = [run for each in (btc, eth) for run in span_runs(each, 0.0, 1.0, 0, 61)]
+    scale = pooled_log_return_scale(runs)
+    assert scale == pytest.approx(1e-3, rel=0.1), "the 40,000 -> 2,000 jump between the files is in no return"
+    x, y = sampled_pairs(runs, scale, Variant(), 60, 10**6, np.random.default_rng(0))
+    assert len(x) == (600 - 60) + (400 - 60) + (800 - 60)
+    assert np.abs(y).max() < 6, "a target across the gap or the files would be hundreds of scales"
+    validation = span_runs(btc, 0.85, 1.0, 60, 70)
+    assert len(validation) == 1 and len(validation[0]) == 150 + 60, "the span starts a window early, after the gap"
+
+
+def result_of(actual: np.ndarray, mean: np.ndarray, naive: np.ndarray, width: float) -> dict:
+    origin = naive[:, :1]
+    return {"actual": actual, "mean": mean, "naive": naive, "origin_close": origin,
+            "lower": mean - width, "upper": mean + width, "naive_lower": naive - width, "naive_upper": naive + width}
+
+
+def test_pooled_verdicts_know_the_answer_on_synthetic_series():
+    rng = np.random.default_rng(3)
+    origins = 2000
+    prices = 100 + rng.normal(0, 1, (origins, 3)).cumsum(axis=1)
+    naive = np.full((origins, 3), 100.0)
+    same = step_verdicts([result_of(prices, naive, naive, 2.0)], 0.9)
+    assert same["mae_ratio"].tolist() == [1.0] * 3 and same["dm_p_value"].tolist() == [1.0] * 3
+    halfway = naive + 0.5 * (prices - naive)  # halves every error
+    files = [result_of(prices[:1000], halfway[:1000], naive[:1000], 2.0), result_of(prices[1000:], halfway[1000:], naive[1000:], 2.0)]
+    pooled = step_verdicts(files, 0.9)
+    assert pooled["origins"].tolist() == [origins] * 3
+    assert pooled["mae_ratio"].tolist() == pytest.approx([0.5] * 3)
+    assert (pooled["dm_statistic"] < 0).all() and (pooled["dm_p_value"] < 1e-6).all()
+    assert (pooled["interval_score_ratio"] < 1).all() and (pooled["interval_dm_p_value"] < 0.05).all()
+    assert rule_failures(pooled, {"a": pooled.assign(coverage=0.9)}, {"AR(5)": 0.9}) == []
+    failures = rule_failures(same, {"a": same.assign(coverage=0.8)}, {"AR(5)": 0.9})
+    assert len(failures) == 3 and "step 1" in failures[0] and "80.0% on a" in failures[1] and "AR(5)" in failures[2]
+
+
+def test_the_interval_score_is_the_width_plus_the_penalty_for_missing():
+    assert winkler_scores(np.array([9.0, 9.0]), np.array([11.0, 11.0]), np.array([10.0, 12.0]), 0.9).tolist() == pytest.approx([2.0, 22.0])
+
+
+def test_the_autoregression_recovers_its_coefficients_and_runs_recursively():
+    rng = np.random.default_rng(0)
+    returns = np.zeros(30_000)
+    for t in range(2, len(returns)):
+        returns[t] = 0.3 * returns[t - 1] - 0.2 * returns[t - 2] + rng.normal(0, 1e-3)
+    closes = 100 * np.exp(np.cumsum(returns))
+    coefficients = fit_autoregression([closes[:15_000], closes[15_000:]])
+    assert coefficients[:2] == pytest.approx([0.3, -0.2], abs=0.03) and np.abs(coefficients[2:]).max() < 0.03
+    window = np.array([100.0, 100.0, 100.0, 100.0, 100.0, 101.0])
+    path = AutoregressiveForecaster(np.array([0.5, 0, 0, 0, 0]), 2).forecast(window)["mean"][0]
+    step = np.log(1.01) * 0.5
+    assert path == pytest.approx([101 * np.exp(step), 101 * np.exp(step + step * 0.5)])
+
+
+def test_the_shipped_model_of_another_timeframe_is_served_and_registered_as_its_champion(tmp_path, tiny_model):
+    base = tmp_path / "chronoprice-lstm"
+    for source in artifact_at(tiny_model).base.parent.glob(f"{artifact_at(tiny_model).base.name}.*"):
+        shutil.copy(source, base.with_suffix(source.suffix))
+        shutil.copy(source, tmp_path / f"chronoprice-lstm-5m{source.suffix}")
+    five = artifact_at(tmp_path / "chronoprice-lstm-5m").metadata_path
+    five.write_text(json.dumps({**json.loads(five.read_text()), "timeframe": "5m", "version": "lstm-five"}))
+    assert timeframe_siblings(base, ("1m", "5m", "15m", "1h")) == {"5m": tmp_path / "chronoprice-lstm-5m"}
+
+    clock = FakeClock(1_780_000_000.0)
+    ticker = Ticker(DemoSource(history=1200, now_ms=lambda: int(clock() * 1000)), tmp_path / "served.db",
+                    lambda: load_forecaster(base), clock=clock, progress=False,
+                    timeframe_models={"5m": lambda: load_forecaster(tmp_path / "chronoprice-lstm-5m")})
+    assert ticker.forecaster("5m").version == "lstm-five"
+    assert ticker.forecaster("1h").name == "naive", "a timeframe with no model keeps the last close"
+    assert {(each.version, each.timeframe, each.status) for each in read_models(ticker.db())} == {
+        (ticker.forecaster("1m").version, "1m", "champion"), ("lstm-five", "5m", "champion")}
+    assert ticker.tick("BTC/USDT", "5m", force=True).model_version == "lstm-five"
+    ticker.wait_for_histories()
+
+
+def test_train_models_trains_judges_and_says_whether_a_model_passes(tmp_path, capsys):
+    from chronoprice.cli import main
+
+    for number, name in enumerate(("binance_btcusdt_1h_x.csv", "binance_ethusdt_1h_x.csv")):
+        closes = walk(1200, 100.0 * (number + 1), number)
+        ts = pd.to_datetime(1_599_998_400_000 + np.arange(1200) * 3_600_000, unit="ms", utc=True)
+        pd.DataFrame({"open_time": ts.strftime("%Y-%m-%dT%H:%M:%S+00:00"), "open": closes, "high": closes * 1.002,
+                      "low": closes * 0.998, "close": closes, "volume": 1.0}).to_csv(tmp_path / name, index=False)
+    assert main(["train-models", "--data", str(tmp_path), "--timeframes", "1h", "--out-dir", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out
+    assert "pooled over the validation spans" in printed and "1h: " in printed
+    metadata = json.loads((tmp_path / "out" / "chronoprice-lstm-1h.json").read_text())
+    assert metadata["timeframe"] == "1h" and [each["file"] for each in metadata["training"]["files"]] == [
+        "binance_btcusdt_1h_x.csv", "binance_ethusdt_1h_x.csv"]
+    assert metadata["validation"]["pooled"][0]["origins"] == 2 * (180 - 10 + 1)
+    assert load_forecaster(tmp_path / "out" / "chronoprice-lstm-1h").version == metadata["version"]
+    assert ("does not pass" in printed) == bool(metadata["validation"]["failures"])
