@@ -237,17 +237,34 @@ def format_step_table(rows: list[dict], title: str, level: float = DEFAULT_LEVEL
 def run_train_models(args: argparse.Namespace) -> int:
     """Train and judge each timeframe's model; shipping one (copying it beside models/chronoprice-lstm)
     is a decision docs/MODEL.md records, taken only when the printed verdict passes."""
-    from chronoprice.model.timeframe_models import train_timeframe  # loads TensorFlow
+    from chronoprice.evaluation.timeframe_models import train_timeframe  # loads TensorFlow
 
     for timeframe in args.timeframes:
         out = artifact_at(args.out_dir / f"chronoprice-lstm-{timeframe}")
-        metadata = train_timeframe(timeframe, args.data, out)
+        metadata = train_timeframe(timeframe, *plan_files(args.data, timeframe), out)
         validation = metadata["validation"]
         print(format_verdict_table(validation["pooled"], f"{timeframe}: {metadata['training']['data']}, pooled over the "
                                    "validation spans (never trained or tuned on)"))
         failures = validation["failures"]
         print(f"{timeframe}: {out.base} {'passes the rule' if not failures else 'does not pass: ' + '; '.join(failures)}\n")
     return 0
+
+
+def plan_files(data_dir: Path, timeframe: str) -> tuple[list, list]:
+    """The files a timeframe's model is judged on and the ones it also trains on
+    (timeframe_models.PLAN), read at that timeframe, each reported as it is read."""
+    from chronoprice.evaluation.timeframe_models import PLAN
+    from chronoprice.model.series_training import TrainingFile
+
+    def read(patterns: tuple[str, ...]) -> list:
+        paths = sorted({path for pattern in patterns for path in Path(data_dir).glob(pattern)})
+        files = [read_reported_file(path, timeframe) for path in paths]
+        return [TrainingFile(each.name, each.candles, timeframe_ms(timeframe)) for each in files]
+
+    judged, extra = (read(patterns) for patterns in PLAN[timeframe])
+    if not judged:
+        raise ValueError(f"no {timeframe} file in {data_dir} matches {', '.join(PLAN[timeframe][0])}")
+    return judged, extra
 
 
 def format_verdict_table(rows: list[dict], title: str) -> str:

@@ -37,7 +37,7 @@ CONFINED = {"ccxt": ("market.live", "market.stream"), "aiohttp": ("market.stream
             "onnx": ("model.onnx_graph",), "onnxruntime": ("model.engines",), "ai_edge_litert": ("model.engines",), "ctypes": ("model.native",),
             "dash": ("web",), "flask": ("web",), "flask_caching": ("web",), "sqlite_utils": ("store.sqlite",),
             "psycopg": ("store.postgres",), "psycopg_pool": ("store.postgres",)}
-TENSORFLOW_MODULES = {"model.network", "model.training"}
+TENSORFLOW_MODULES = {"model.network", "model.training", "model.series_training", "evaluation.timeframe_models"}
 # An engine's runtime is imported when the engine is made: a process carries only the one it uses.
 # So are ccxt's WebSocket half when a stream starts and the PostgreSQL store when one is opened.
 LAZY_RUNTIMES = {"onnxruntime", "ai_edge_litert.interpreter", "ccxt.pro", "store.postgres"}

@@ -9,11 +9,10 @@ import pandas as pd
 import pytest
 
 from chronoprice.evaluation.pooling import rule_failures, step_verdicts, winkler_scores
-from chronoprice.market.candle_files import CandleFile, find_gaps
 from chronoprice.market.demo import DemoSource
 from chronoprice.model.artifact import artifact_at, timeframe_siblings
 from chronoprice.model.forecasters import AutoregressiveForecaster, fit_autoregression, load_forecaster
-from chronoprice.model.series_training import gap_free_runs, pooled_log_return_scale, sampled_pairs, span_runs
+from chronoprice.model.series_training import TrainingFile, gap_free_runs, pooled_log_return_scale, sampled_pairs, span_runs
 from chronoprice.model.training import Variant
 from chronoprice.service.tick import Ticker
 from chronoprice.store.registry import read_models
@@ -22,10 +21,10 @@ from tests.conftest import FakeClock
 MINUTE = 60_000
 
 
-def candle_file(name: str, closes: np.ndarray, ts: np.ndarray) -> CandleFile:
+def candle_file(name: str, closes: np.ndarray, ts: np.ndarray) -> TrainingFile:
     candles = pd.DataFrame({"ts": ts, "open": closes, "high": closes * 1.001, "low": closes * 0.999, "close": closes,
                             "volume": np.ones(len(closes))})
-    return CandleFile(name, candles, "1m", "1m", [], find_gaps(ts, MINUTE))
+    return TrainingFile(name, candles, MINUTE)
 
 
 def walk(count: int, start: float, seed: int) -> np.ndarray:
@@ -36,7 +35,7 @@ def test_no_window_crosses_a_gap_or_a_file():
     ts = np.arange(1000) * MINUTE
     ts[600:] += 30 * MINUTE  # a 30-minute outage after the 600th candle
     btc, eth = candle_file("btc", walk(1000, 40_000.0, 1), ts), candle_file("eth", walk(800, 2_000.0, 2), np.arange(800) * MINUTE)
-    assert [len(run) for run in gap_free_runs(btc.candles, "1m", 61)] == [600, 400]
+    assert [len(run) for run in gap_free_runs(btc.candles, MINUTE, 61)] == [600, 400]
     runs = [run for each in (btc, eth) for run in span_runs(each, 0.0, 1.0, 0, 61)]
     scale = pooled_log_return_scale(runs)
     assert scale == pytest.approx(1e-3, rel=0.1), "the 40,000 -> 2,000 jump between the files is in no return"

@@ -3,7 +3,7 @@
 Each file is its own series, cut at its gaps into gap-free runs: no window crosses from one file
 into the next, or over a gap. Every file is split by time at the same shares (FOLD_EDGES): two
 rolling folds choose the candidate and fit its shrinkage, and the newest span of each file is
-the validation span, judged once (series_judgment.py), never trained or tuned on.
+the validation span, judged once (evaluation/timeframe_models.py), never trained or tuned on.
 Imports TensorFlow (through network.py).
 """
 
@@ -12,8 +12,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-import keras
 import numpy as np
+import pandas as pd
 
 from chronoprice.evaluation.metrics import (
     DEFAULT_LEVEL,
@@ -24,10 +24,8 @@ from chronoprice.evaluation.metrics import (
     recent_volatility,
     step_metrics,
 )
-from chronoprice.market.candle_files import CandleFile
-from chronoprice.market.timeframes import timeframe_ms
 from chronoprice.model.engines import KerasEngine
-from chronoprice.model.features import CLOSE, HORIZON, WINDOW, describe_feature, training_pairs, walk_forward_windows, window_closes
+from chronoprice.model.features import CANDLE_COLUMNS, CLOSE, HORIZON, WINDOW, describe_feature, training_pairs, walk_forward_windows, window_closes
 from chronoprice.model.forecasters import LSTMForecaster, walk_forward
 from chronoprice.model.network import fit_model
 from chronoprice.model.training import Variant
@@ -43,24 +41,33 @@ PATIENCE = 2
 SEED = 7
 
 
-def gap_free_runs(candles, timeframe: str, minimum: int) -> list[np.ndarray]:
+@dataclasses.dataclass(frozen=True)
+class TrainingFile:
+    """One candle file as training sees it: its name, candles (ts and OHLCV) and spacing."""
+
+    name: str
+    candles: pd.DataFrame
+    step_ms: int
+
+
+def gap_free_runs(candles: pd.DataFrame, step_ms: int, minimum: int) -> list[np.ndarray]:
     """A candles DataFrame cut at every gap: [N, 4] rows (features.CANDLE_COLUMNS) of each run of
     at least `minimum` consecutive candles."""
     ts = candles["ts"].to_numpy()
-    rows = candles[["high", "low", "close", "volume"]].to_numpy(dtype="float64")
-    breaks = np.flatnonzero(np.diff(ts) != timeframe_ms(timeframe)) + 1
+    rows = candles[list(CANDLE_COLUMNS)].to_numpy(dtype="float64")
+    breaks = np.flatnonzero(np.diff(ts) != step_ms) + 1
     return [run for run in np.split(rows, breaks) if len(run) >= minimum]
 
 
-def share_index(candle_file: CandleFile, share: float) -> int:
+def share_index(candle_file: TrainingFile, share: float) -> int:
     return int(len(candle_file.candles) * share)
 
 
-def span_runs(candle_file: CandleFile, start: float, stop: float, lookback: int, minimum: int) -> list[np.ndarray]:
+def span_runs(candle_file: TrainingFile, start: float, stop: float, lookback: int, minimum: int) -> list[np.ndarray]:
     """The gap-free runs of a file's candles between two shares, starting `lookback` candles
     early so the first target is the span's first candle (inputs may look back, targets never)."""
     begin, end = share_index(candle_file, start), share_index(candle_file, stop)
-    return gap_free_runs(candle_file.candles.iloc[max(0, begin - lookback) : end], candle_file.timeframe, minimum)
+    return gap_free_runs(candle_file.candles.iloc[max(0, begin - lookback) : end], candle_file.step_ms, minimum)
 
 
 def pooled_log_return_scale(runs: list[np.ndarray]) -> float:
@@ -85,7 +92,7 @@ class Candidate:
 
     variant: Variant
     data: str  # e.g. "5m file" or "5m file + 1m files aggregated"
-    files: tuple[CandleFile, ...]
+    files: tuple[TrainingFile, ...]
 
     def describe(self) -> str:
         return f"{self.variant.describe()}; {self.data}"
@@ -94,7 +101,7 @@ class Candidate:
 @dataclasses.dataclass
 class CandidateFit:
     candidate: Candidate
-    model: keras.Model
+    model: object  # the keras.Model of fold 2
     forecaster: LSTMForecaster
     folds: list[dict]
     score: float  # mean MAE ratio of the model as is over folds, files and steps: what the choice is made on
@@ -112,7 +119,7 @@ def _metadata(variant: Variant, scale: float, window: int, horizon: int) -> dict
     }
 
 
-def _fold_validation(forecaster, files: tuple[CandleFile, ...], start: float, stop: float, window: int,
+def _fold_validation(forecaster, files: tuple[TrainingFile, ...], start: float, stop: float, window: int,
                      horizon: int) -> dict[str, list[tuple[np.ndarray, dict]]]:
     """(run, walk-forward result) of every gap-free run of each file's span, by file name."""
     return {each.name: [(run, walk_forward(forecaster, run, window, horizon))

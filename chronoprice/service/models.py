@@ -9,7 +9,7 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 from chronoprice.config import PROJECT_ROOT
 from chronoprice.model.artifact import ModelArtifact, ModelUnavailable
@@ -48,6 +48,29 @@ class ModelSlot:
         return model_timeframe(self._forecaster.metadata) if self._forecaster else DEFAULT_TIMEFRAME
 
 
+class TimeframeModels:
+    """The models shipped for timeframes other than the configured model's (model/artifact.py's
+    timeframe_siblings), each loaded on first use and registered once, as the configured one is:
+    a version the registry has not seen becomes its timeframe's champion."""
+
+    def __init__(self, loads: Mapping[str, Callable[[], LSTMForecaster]]):
+        self._slots = {timeframe: ModelSlot(load) for timeframe, load in loads.items()}
+        self._registered: set[str] = set()
+
+    def get(self, timeframe: str, register: Callable[[LSTMForecaster], bool]) -> LSTMForecaster | None:
+        """The timeframe's shipped model (None without one, or if it cannot load); `register`
+        returns False while the store cannot take it, so it is tried again on the next call."""
+        slot = self._slots.get(timeframe)
+        forecaster = slot.get() if slot else None
+        if forecaster is not None and timeframe not in self._registered and register(forecaster):
+            self._registered.add(timeframe)
+        return forecaster
+
+    def error(self, timeframe: str) -> str | None:
+        slot = self._slots.get(timeframe)
+        return slot.error if slot else None
+
+
 def stored_path(artifact: ModelArtifact | None) -> str:
     """How the registry names an artifact: relative to the project when inside it, so every
     machine with a checkout of the project finds the shipped and trained models."""
@@ -76,6 +99,18 @@ def register_configured(db: Database, forecaster: LSTMForecaster, now_ms: int) -
     if registered:
         log.info("model %s registered as the %s champion", entry.version, entry.timeframe)
     return registered
+
+
+def register_started(db: Callable[[], Database], forecaster: LSTMForecaster, now_ms: int, shelf: "ModelShelf") -> bool:
+    """register_configured, and the shelf reads the registry again if it changed; False while the
+    store cannot take it (the caller tries again on its next look)."""
+    try:
+        if register_configured(db(), forecaster, now_ms):
+            shelf.refresh()
+        return True
+    except STORE_UNAVAILABLE as error:
+        log.warning("model %s not registered yet: store unavailable (%s)", forecaster.version, error)
+        return False
 
 
 def register_shadow(db: Database, metadata: dict, artifact: ModelArtifact, reason: str, now_ms: int,

@@ -28,7 +28,7 @@ from chronoprice.evaluation.verdicts import REQUIRED_ORIGINS
 from chronoprice.service.backfill import forecast_history, forecast_rows
 from chronoprice.service.guard import MaturedOrigins, last_close_band, skill_state
 from chronoprice.service.live import LiveBoard
-from chronoprice.service.models import ModelShelf, ModelSlot, register_configured
+from chronoprice.service.models import ModelShelf, ModelSlot, TimeframeModels, register_started
 from chronoprice.service.scoring import adapted_quantiles
 from chronoprice.service.status import TickStatus, forming_row, status_from_json, status_to_json
 from chronoprice.store.claims import SCHEDULER_LEASE, claim_tick, lease_holder, read_tick_status, save_tick_status
@@ -70,10 +70,7 @@ class Ticker:
         self.db = store_connections(db_path)
         self._model = ModelSlot(load_forecaster)
         self._configured_registered = False
-        # The shipped models of the other timeframes (model/artifact.timeframe_siblings), each
-        # registered as its timeframe's champion the first time it is served, like the configured one.
-        self._timeframe_slots = {each: ModelSlot(load) for each, load in (timeframe_models or {}).items()}
-        self._registered_slots: set[str] = set()
+        self._timeframe_models = TimeframeModels(timeframe_models or {})
         self.models = ModelShelf(self.db, load_registered)
         self.timeframe = timeframe
         self._refresh_ms = int(refresh_seconds * 1000)
@@ -96,30 +93,20 @@ class Ticker:
 
     def forecaster(self, timeframe: str | None = None) -> LSTMForecaster | NaiveBandForecaster | None:
         """The forecaster served on `timeframe`: the registry's champion of it, or with none the
-        configured model on the timeframe it was trained on, each loaded on first use (None, see
-        model_error, if it is unavailable); on any other, the last close with a band, since no
-        model has shown skill there."""
+        configured model on the timeframe it was trained on or the model shipped for the timeframe,
+        each loaded on first use (None, see model_error, if it is unavailable); on any other, the
+        last close with a band, since no model has shown skill there."""
         timeframe = timeframe or self.timeframe
         configured = self._model.get()
         if configured is not None and not self._configured_registered:
             self._configured_registered = self._register(configured)
-        shipped = self._shipped(timeframe) if timeframe != self._model.timeframe else None
+        shipped = self._timeframe_models.get(timeframe, self._register) if timeframe != self._model.timeframe else None
         champion = self.models.champion(timeframe)
         if champion is not None and (configured is None or champion.version != configured.version):
             return self.models.forecaster(champion)
         if timeframe == self._model.timeframe:
             return configured
-        if shipped is not None:
-            return shipped
-        return self._naive_band(configured.window if configured else None, configured.horizon if configured else None)
-
-    def _shipped(self, timeframe: str) -> LSTMForecaster | None:
-        """The shipped model of a timeframe other than the configured one's, registered once."""
-        slot = self._timeframe_slots.get(timeframe)
-        forecaster = slot.get() if slot else None
-        if forecaster is not None and timeframe not in self._registered_slots and self._register(forecaster):
-            self._registered_slots.add(timeframe)
-        return forecaster
+        return shipped or self._naive_band(configured.window if configured else None, configured.horizon if configured else None)
 
     def model_error(self, timeframe: str | None = None) -> str | None:
         """Why the model served on `timeframe` is unavailable, if it is."""
@@ -127,19 +114,11 @@ class Ticker:
         champion = self.models.champion(timeframe)
         if champion is not None and champion.version in self.models.errors:
             return self.models.errors[champion.version]
-        slot = self._timeframe_slots.get(timeframe)
-        return slot.error if slot and timeframe != self._model.timeframe else self._model.error
+        error = self._timeframe_models.error(timeframe) if timeframe != self._model.timeframe else None
+        return error or self._model.error
 
     def _register(self, forecaster: LSTMForecaster) -> bool:
-        """Register a model the process was started with; False while the store cannot take it
-        (it is tried again on the next look)."""
-        try:
-            if register_configured(self.db(), forecaster, self.now_ms()):
-                self.models.refresh()
-            return True
-        except STORE_UNAVAILABLE as error:
-            log.warning("model %s not registered yet: store unavailable (%s)", forecaster.version, error)
-            return False
+        return register_started(self.db, forecaster, self.now_ms(), self.models)
 
     def symbols(self) -> list[str]:
         """Symbols the source offers, for the symbol picker; empty if it cannot say right now."""

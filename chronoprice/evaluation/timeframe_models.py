@@ -7,18 +7,16 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from chronoprice.evaluation.metrics import DEFAULT_LEVEL, adaptive_quantiles, conformal_quantiles, interval_scores, recent_volatility
 from chronoprice.evaluation.pooling import rule_failures, step_verdicts
-from chronoprice.market.candle_files import CandleFile, read_candle_file
 from chronoprice.model.artifact import ModelArtifact, content_version, write_metadata
 from chronoprice.model.features import HORIZON, WINDOW, walk_forward_windows, window_closes
 from chronoprice.model.forecasters import AutoregressiveForecaster, fit_autoregression, walk_forward
-from chronoprice.model.series_training import FOLD_EDGES, Candidate, fit_candidate, span_runs, share_index
+from chronoprice.model.series_training import FOLD_EDGES, Candidate, TrainingFile, fit_candidate, share_index, span_runs
 from chronoprice.model.training import ARCHITECTURE, Variant, write_model_files
 
 log = logging.getLogger(__name__)
@@ -34,21 +32,9 @@ PLAN = {  # timeframe: (the files it is judged on, the files it also trains on),
 }
 
 
-def plan_files(data_dir: Path, timeframe: str) -> tuple[list[CandleFile], list[CandleFile]]:
-    """The judged files and the extra training files of a timeframe, read at that timeframe."""
-    judged, extra = PLAN[timeframe]
-    def read(patterns):
-        paths = sorted({path for pattern in patterns for path in Path(data_dir).glob(pattern)})
-        return [read_candle_file(path, timeframe) for path in paths]
-    files = read(judged)
-    if not files:
-        raise FileNotFoundError(f"no {timeframe} training file in {data_dir} ({', '.join(judged)})")
-    return files, read(extra)
-
-
-def file_record(candle_file: CandleFile) -> dict:
+def file_record(candle_file: TrainingFile) -> dict:
     ts = candle_file.candles["ts"].to_numpy()
-    return {"file": candle_file.name, "describe": candle_file.describe(), "first_ts": int(ts[0]), "last_ts": int(ts[-1]),
+    return {"file": candle_file.name, "candles": len(ts), "first_ts": int(ts[0]), "last_ts": int(ts[-1]),
             "validation_from_ts": int(ts[share_index(candle_file, FOLD_EDGES[-1])])}
 
 
@@ -75,7 +61,7 @@ def _banded(forecaster, naive_quantiles: np.ndarray, run: np.ndarray, window: in
     return result
 
 
-def naive_band_quantiles(files: list[CandleFile], window: int, horizon: int, level: float) -> np.ndarray:
+def naive_band_quantiles(files: list[TrainingFile], window: int, horizon: int, level: float) -> np.ndarray:
     """The last close's score quantiles, calibrated where the model's are (fold 2's validation)."""
     scores = []
     for each in files:
@@ -86,7 +72,7 @@ def naive_band_quantiles(files: list[CandleFile], window: int, horizon: int, lev
     return np.asarray(conformal_quantiles(np.concatenate(scores), (level,))[f"{level:.2f}"])
 
 
-def judge(forecaster, judged: list[CandleFile], training: list[CandleFile], level: float = DEFAULT_LEVEL,
+def judge(forecaster, judged: list[TrainingFile], training: list[TrainingFile], level: float = DEFAULT_LEVEL,
           window: int = WINDOW, horizon: int = HORIZON) -> Judgment:
     """Score a forecaster once on the validation spans of the judged files, beside the last close
     and an AR(5) fitted on every training file's candles before its validation span."""
@@ -110,11 +96,11 @@ def judge(forecaster, judged: list[CandleFile], training: list[CandleFile], leve
     return Judgment(per_file, pooled, baselines, rule_failures(pooled, per_file, baselines), errors)
 
 
-def train_timeframe(timeframe: str, data_dir: Path, out: ModelArtifact, epochs: int = EPOCHS,
-                    variant: Variant = VARIANT) -> dict:
-    """Train the timeframe's model by the rule, judge it once, write the artifact (shipping is the
-    caller's decision, from metadata["validation"]["failures"]). Returns the metadata."""
-    judged, extra = plan_files(data_dir, timeframe)
+def train_timeframe(timeframe: str, judged: list[TrainingFile], extra: list[TrainingFile], out: ModelArtifact,
+                    epochs: int = EPOCHS, variant: Variant = VARIANT) -> dict:
+    """Train the timeframe's model by the rule on the judged and extra files (PLAN's), judge it
+    once, write the artifact (shipping is the caller's decision, from
+    metadata["validation"]["failures"]). Returns the metadata."""
     data = " + ".join(filter(None, [f"{len(judged)} {timeframe} file(s)",
                                     f"{len(extra)} finer file(s) aggregated" if extra else ""]))
     fit = fit_candidate(Candidate(variant, data, tuple(judged + extra)), epochs)
