@@ -35,11 +35,12 @@ from chronoprice.evaluation.walkforward import evaluate_forecaster
 from chronoprice.logs import configure_logging
 from chronoprice.market.candles import find_gaps
 from chronoprice.market.candle_files import CandleFile, read_candle_file
-from chronoprice.market.timeframes import timeframe_ms
-from chronoprice.model.artifact import artifact_at
+from chronoprice.market.timeframes import TIMEFRAME_MS, timeframe_ms
+from chronoprice.model.artifact import artifact_at, read_metadata, timeframe_siblings
 from chronoprice.model.engines import ONE_BATCH_RUN_ORIGINS
 from chronoprice.model.features import WINDOW, candle_rows, parse_feature
 from chronoprice.model.forecasters import NaiveBandForecaster, load_forecaster
+from chronoprice.model.registry import model_timeframe
 from chronoprice.service.build import build_scheduler, build_ticker
 from chronoprice.store import open_store
 from chronoprice.store.records import stored_training_candles
@@ -165,13 +166,15 @@ def run_evaluate(args: argparse.Namespace) -> int:
     loaded = read_reported_file(args.csv, args.timeframe)
     args.timeframe, candles = loaded.timeframe, loaded.candles
     first_scored_close = forecaster.window - 1
-    model_timeframe = forecaster.metadata.get("timeframe", "1m") if str(args.model) != "naive" else args.timeframe
-    if model_timeframe != args.timeframe:
+    trained_timeframe = model_timeframe(forecaster.metadata) if str(args.model) != "naive" else args.timeframe
+    if trained_timeframe != args.timeframe:
         log.warning("model %s was trained on %s candles and is evaluated here on %s candles", forecaster.version,
-                    model_timeframe, args.timeframe)
+                    trained_timeframe, args.timeframe)
     if not args.include_training_data:
         training = forecaster.metadata.get("training", {})
-        trained_until = training.get("trained_until_ts")
+        # A file the model trained on (train-models) is scored from its own validation span on.
+        own = {record["file"]: record["validation_from_ts"] for record in training.get("files", [])}
+        trained_until = own.get(args.csv.name, training.get("trained_until_ts"))
         # A file that ends before the training data begins holds nothing the model saw.
         if trained_until is not None and int(candles["ts"].iloc[-1]) >= training.get("first_ts", 0):
             first_scored_close = max(first_scored_close, int((candles["ts"] < trained_until).sum()))
@@ -241,13 +244,21 @@ def run_train_models(args: argparse.Namespace) -> int:
 
     for timeframe in args.timeframes:
         out = artifact_at(args.out_dir / f"chronoprice-lstm-{timeframe}")
-        metadata = train_timeframe(timeframe, *plan_files(args.data, timeframe), out)
+        metadata = train_timeframe(timeframe, *plan_files(args.data, timeframe), out, incumbent=shipped_model(timeframe))
         validation = metadata["validation"]
         print(format_verdict_table(validation["pooled"], f"{timeframe}: {metadata['training']['data']}, pooled over the "
                                    "validation spans (never trained or tuned on)"))
         failures = validation["failures"]
         print(f"{timeframe}: {out.base} {'passes the rule' if not failures else 'does not pass: ' + '; '.join(failures)}\n")
     return 0
+
+
+def shipped_model(timeframe: str):
+    """The model shipped for a timeframe (models/chronoprice-lstm, or its -5m etc. sibling), which a
+    new one must beat by the promotion rule to replace; None where the last close is served."""
+    siblings = {model_timeframe(read_metadata(artifact_at(DEFAULT_MODEL))): DEFAULT_MODEL,
+                **timeframe_siblings(DEFAULT_MODEL, TIMEFRAME_MS)}
+    return load_forecaster(siblings[timeframe]) if timeframe in siblings else None
 
 
 def plan_files(data_dir: Path, timeframe: str) -> tuple[list, list]:

@@ -127,3 +127,7 @@ def test_train_models_trains_judges_and_says_whether_a_model_passes(tmp_path, ca
     assert metadata["validation"]["pooled"][0]["origins"] == 2 * (180 - 10 + 1)
     assert load_forecaster(tmp_path / "out" / "chronoprice-lstm-1h").version == metadata["version"]
     assert ("does not pass" in printed) == bool(metadata["validation"]["failures"])
+    assert main(["evaluate", "--csv", str(tmp_path / "binance_ethusdt_1h_x.csv"), "--model",
+                 str(tmp_path / "out" / "chronoprice-lstm-1h"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["origins"] == 1200 - 1020 - 10, "evaluate scores a training file only from its validation span on"

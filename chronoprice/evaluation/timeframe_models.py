@@ -13,6 +13,7 @@ import pandas as pd
 
 from chronoprice.evaluation.metrics import DEFAULT_LEVEL, adaptive_quantiles, conformal_quantiles, interval_scores, recent_volatility
 from chronoprice.evaluation.pooling import rule_failures, step_verdicts
+from chronoprice.evaluation.verdicts import REQUIRED_ORIGINS, compare_errors, should_promote
 from chronoprice.model.artifact import ModelArtifact, content_version, write_metadata
 from chronoprice.model.features import HORIZON, WINDOW, walk_forward_windows, window_closes
 from chronoprice.model.forecasters import AutoregressiveForecaster, fit_autoregression, walk_forward
@@ -96,8 +97,25 @@ def judge(forecaster, judged: list[TrainingFile], training: list[TrainingFile], 
     return Judgment(per_file, pooled, baselines, rule_failures(pooled, per_file, baselines), errors)
 
 
+def incumbent_verdict(challenger, incumbent, judged: list[TrainingFile], timeframe: str, window: int = WINDOW,
+                      horizon: int = HORIZON) -> dict:
+    """The promotion rule's own test (evaluation/verdicts.py) of a new model against the one it
+    would replace, on the judged files' validation spans: each origin's mean absolute error over
+    the steps, relative to its close, pooled over the files."""
+    errors = {name: [] for name in ("challenger", "incumbent")}
+    for each in judged:
+        for run in span_runs(each, FOLD_EDGES[-1], 1.0, window, window + horizon):
+            for name, forecaster in (("challenger", challenger), ("incumbent", incumbent)):
+                result = walk_forward(forecaster, run, window, horizon)
+                errors[name].append((np.abs(result["mean"] - result["actual"]) / result["origin_close"]).mean(axis=1))
+    comparison = compare_errors(np.concatenate(errors["challenger"]), np.concatenate(errors["incumbent"]), horizon)
+    return {"incumbent": incumbent.version, "origins": comparison.origins, "mae_ratio": comparison.mae_ratio,
+            "dm_statistic": comparison.statistic, "p_value": comparison.p_value,
+            "promoted": should_promote(comparison, REQUIRED_ORIGINS[timeframe])}
+
+
 def train_timeframe(timeframe: str, judged: list[TrainingFile], extra: list[TrainingFile], out: ModelArtifact,
-                    epochs: int = EPOCHS, variant: Variant = VARIANT) -> dict:
+                    epochs: int = EPOCHS, variant: Variant = VARIANT, incumbent=None) -> dict:
     """Train the timeframe's model by the rule on the judged and extra files (PLAN's), judge it
     once, write the artifact (shipping is the caller's decision, from
     metadata["validation"]["failures"]). Returns the metadata."""
@@ -105,17 +123,26 @@ def train_timeframe(timeframe: str, judged: list[TrainingFile], extra: list[Trai
                                     f"{len(extra)} finer file(s) aggregated" if extra else ""]))
     fit = fit_candidate(Candidate(variant, data, tuple(judged + extra)), epochs)
     judgment = judge(fit.forecaster, judged, judged + extra)
+    failures = list(judgment.failures)
+    replaces = incumbent_verdict(fit.forecaster, incumbent, judged, timeframe) if incumbent is not None else None
+    if replaces is not None and not replaces["promoted"]:
+        failures.append(f"does not beat the shipped {replaces['incumbent']} by the promotion rule (ratio "
+                        f"{replaces['mae_ratio']:.4f}, DM p {replaces['p_value']:.3f})")
     write_model_files(fit.model, out, WINDOW, HORIZON, variant.feature)
+    records = [file_record(each) for each in judged + extra]
     metadata = {**fit.forecaster.metadata, "version": content_version(out.keras_path, out.tflite_path),
                 "architecture": ARCHITECTURE, "timeframe": timeframe,
-                "training": {"data": data, "files": [file_record(each) for each in judged + extra],
+                "training": {"data": data, "files": records,
                              "rule": "docs/MODEL.md, A model per timeframe", "fold_edges": list(FOLD_EDGES),
-                             "first_ts": min(file_record(each)["first_ts"] for each in judged + extra),
+                             "first_ts": min(record["first_ts"] for record in records),
+                             "last_ts": max(record["last_ts"] for record in records),
+                             # evaluate scores a file it does not know only after every file's training part
+                             "trained_until_ts": max(record["validation_from_ts"] for record in records),
                              "epochs_max": epochs, "loss": variant.loss, "history": fit.history},
                 "selection": {"method": "rolling origin over 2 folds per file", "candidate": fit.candidate.describe(),
                               "score": round(fit.score, 6), "folds": fit.folds},
                 "validation": {"pooled": judgment.pooled.round(6).to_dict("records"),
                                "per_file": {name: table.round(6).to_dict("records") for name, table in judgment.per_file.items()},
-                               "baselines": judgment.baselines, "failures": judgment.failures}}
+                               "baselines": judgment.baselines, "incumbent": replaces, "failures": failures}}
     write_metadata(out, metadata)
     return metadata
