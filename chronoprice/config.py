@@ -176,7 +176,7 @@ _OPTIONS = (
     _Option("model", Path, "model artifact path without extension (default: the shipped model in models/)"),
     _Option("engine", _choice(ENGINES), "forecast engine: auto (the fastest that needs no TensorFlow: native, else onnx, else litert), native, onnx, litert, keras"),
     _Option("refresh_seconds", _positive_float, "seconds between ticks (default 10)"),
-    _Option("replay", Path, "CSV of 1-minute candles for the replay source"),
+    _Option("replay", Path, "candle file (CSV or freqtrade JSON, 1m to 1h) for the replay source"),
     _Option("replay_speed", _positive_float, "replayed candles per second (default 1)"),
     _Option("host", str, "address to bind (default 127.0.0.1; 0.0.0.0 when PORT is set)"),
     _Option("port", _port, "port to listen on (default 8050, or $PORT)"),

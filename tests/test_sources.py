@@ -1,6 +1,7 @@
 import concurrent.futures
 import dataclasses
 import time
+import json
 
 import ccxt
 import numpy as np
@@ -17,6 +18,7 @@ from chronoprice.market.simulator import BinanceSimulator, Fault, kline_row
 from chronoprice.market.source import (
     MalformedReply,
     RateLimited,
+    SourceError,
     SourceUnavailable,
     UnknownExchange,
     UnknownSymbol,
@@ -409,3 +411,14 @@ def test_replay_advances_at_its_speed_and_says_when_finished(tmp_path):
     fetched = source.fetch_closed(SYMBOL, "1m", nothing_stored)
     assert len(fetched.candles) == 600 and "replay finished" in fetched.note
     assert source.label == "replay: short.csv"
+
+
+def test_replay_plays_a_five_minute_freqtrade_file_and_refuses_finer_candles(tmp_path):
+    five = aggregate_candles(make_candles(3000), 5 * MINUTE_MS)
+    (tmp_path / "five.json").write_text(json.dumps(five[["ts", "open", "high", "low", "close", "volume"]].values.tolist()))
+    source = ReplaySource(tmp_path / "five.json", history=120, clock=FakeClock())
+    shown = source.fetch_closed(SYMBOL, "5m", nothing_stored).candles
+    assert len(shown) == 120 and (np.diff(shown["ts"]) == 5 * MINUTE_MS).all()
+    assert len(source.fetch_closed(SYMBOL, "15m", nothing_stored).candles) == 40
+    with pytest.raises(SourceError, match="holds 5m candles: no 1m candles"):
+        source.fetch_closed(SYMBOL, "1m", nothing_stored)

@@ -1,5 +1,5 @@
-"""A CSV of 1-minute candles replayed as if it were a live market, at a chosen speed; longer
-timeframes are aggregated from the minutes shown so far."""
+"""A candle file (candle_files.py: CSV or freqtrade JSON, any timeframe) replayed as if it were a
+live market, at a chosen speed; longer timeframes are aggregated from the candles shown so far."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ from pathlib import Path
 from typing import Callable
 
 from chronoprice.market.candles import aggregate_candles
-from chronoprice.market.files import read_candle_csv
-from chronoprice.market.source import Fetched, SinceFor
-from chronoprice.market.timeframes import MINUTE_MS, timeframe_ms
+from chronoprice.market.candle_files import read_candle_file
+from chronoprice.market.source import Fetched, SinceFor, SourceError
+from chronoprice.market.timeframes import timeframe_ms
 
 
 class ReplaySource:
-    """A 1-minute candle CSV replayed at `speed` candles per second of a simulated clock,
-    starting with `history` of them shown."""
+    """A candle file replayed at `speed` of its candles per second of a simulated clock, starting
+    with `history` of them shown; timeframes finer than the file's have no candles."""
 
     exchange = "replay"
 
@@ -27,8 +27,8 @@ class ReplaySource:
         clock: Callable[[], float] = time.monotonic,
     ):
         self._path = Path(path)
-        loaded = read_candle_csv(self._path, MINUTE_MS)
-        self._candles, self.bad_rows = loaded.candles, loaded.bad_rows
+        loaded = read_candle_file(self._path)
+        self._candles, self.bad_rows, self.file_timeframe = loaded.candles, loaded.bad_rows, loaded.timeframe
         self._speed, self._history, self._clock = speed, history, clock
         self._started = clock()
 
@@ -40,8 +40,10 @@ class ReplaySource:
         return []
 
     def fetch_closed(self, symbol: str, timeframe: str, since_for: SinceFor) -> Fetched:
+        if timeframe_ms(timeframe) < timeframe_ms(self.file_timeframe):
+            raise SourceError(f"the replay file holds {self.file_timeframe} candles: no {timeframe} candles can be made from them")
         shown = min(len(self._candles), self._history + int((self._clock() - self._started) * self._speed))
-        visible = aggregate_candles(self._candles.iloc[:shown], timeframe_ms(timeframe))
+        visible = aggregate_candles(self._candles.iloc[:shown], timeframe_ms(timeframe), timeframe_ms(self.file_timeframe))
         since = since_for(self.exchange)
         if since is not None:
             visible = visible[visible["ts"] >= since]
