@@ -35,7 +35,7 @@ from chronoprice.evaluation.walkforward import evaluate_forecaster
 from chronoprice.logs import configure_logging
 from chronoprice.market.candles import find_gaps
 from chronoprice.market.candle_files import CandleFile, read_candle_file
-from chronoprice.market.timeframes import TIMEFRAME_MS, timeframe_ms
+from chronoprice.market.timeframes import DAY_MS, TIMEFRAME_MS, timeframe_ms
 from chronoprice.model.artifact import artifact_at, read_metadata, timeframe_siblings
 from chronoprice.model.engines import ONE_BATCH_RUN_ORIGINS
 from chronoprice.model.features import WINDOW, candle_rows, parse_feature
@@ -120,7 +120,8 @@ def train_and_register(args: argparse.Namespace, reason: str = "trained from the
     training = _training()
     candles, description, out = training_data(args)
     chosen = {"feature": args.feature, "loss": args.loss, "train_days": args.train_days, "normalise": args.normalise}
-    variant = training.Variant(**{name: value for name, value in chosen.items() if value is not None})
+    variant = training.Variant(**{name: value for name, value in chosen.items() if value is not None},
+                               candles_per_day=DAY_MS // timeframe_ms(args.timeframe))
     metadata = training.train_artifact(candles, artifact_at(out), args.epochs, description, variant, folds=args.folds,
                                        timeframe=args.timeframe)
     print(f"wrote {out}.keras, .tflite, .onnx, .npz and .json (version {metadata['version']})")
@@ -136,9 +137,10 @@ def run_retraining(args: argparse.Namespace) -> int:
 
 def run_compare(args: argparse.Namespace) -> int:
     training = _training()
-    candles = read_reported_file(args.csv).candles
+    loaded = read_reported_file(args.csv)
+    candles, per_day = loaded.candles, DAY_MS // timeframe_ms(loaded.timeframe)
     variants = [
-        training.Variant(feature, loss, None if days == "all" else float(days))
+        training.Variant(feature, loss, None if days == "all" else float(days), candles_per_day=per_day)
         for feature in args.features.split(",") for loss in args.losses.split(",") for days in args.train_days.split(",")
     ]
     for feature in {variant.feature for variant in variants}:

@@ -83,6 +83,7 @@ class Variant:
     loss: str = "huber"
     train_days: float | None = None  # None: every candle before the validation window
     normalise: str | None = None  # "window_volatility": each window in its own scale (features.input_scales)
+    candles_per_day: int = 1440  # of the timeframe trained on: what train_days counts in
 
     def describe(self) -> str:
         days = "all" if self.train_days is None else f"last {self.train_days:g} d"
@@ -102,7 +103,7 @@ def fit_fold(candles: np.ndarray, fold: dict[str, slice], variant: Variant, epoc
 
     train = candles[fold["train"]]
     if variant.train_days is not None:
-        train = train[-int(variant.train_days * 1440) :]
+        train = train[-int(variant.train_days * variant.candles_per_day) :]
     scale = log_return_scale(train[:, CLOSE])
     x_train, y_train = training_pairs(train, scale, window, variant.feature, variant.normalise)
     x_val, y_val = training_pairs(candles[fold["validation"]], scale, window, variant.feature, variant.normalise)
