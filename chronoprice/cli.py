@@ -284,7 +284,7 @@ def format_verdict_table(rows: list[dict], title: str) -> str:
     """evaluation.pooling.step_verdicts rows as text."""
     lines = [title, "step  origins  MAE ratio  DM p    direction  coverage  interval-score ratio  DM p"]
     lines += [f"{row['step']:>4}  {row['origins']:7d}  {row['mae_ratio']:9.4f}  {row['dm_p_value']:.3f}  "
-              f"{row['direction_accuracy']:9.3f}  {row['coverage']:8.3f}  {row['interval_score_ratio']:20.4f}  "
+              f"{'no call' if row['direction_accuracy'] is None else format(row['direction_accuracy'], '.3f'):>9}  {row['coverage']:8.3f}  {row['interval_score_ratio']:20.4f}  "
               f"{row['interval_dm_p_value']:.3f}" for row in rows]
     return "\n".join(lines)
 

@@ -59,6 +59,7 @@ def test_pooled_verdicts_know_the_answer_on_synthetic_series():
     naive = np.full((origins, 3), 100.0)
     same = step_verdicts([result_of(prices, naive, naive, 2.0)], 0.9)
     assert same["mae_ratio"].tolist() == [1.0] * 3 and same["dm_p_value"].tolist() == [1.0] * 3
+    assert same["direction_accuracy"].isna().all(), "the last close calls no direction"
     halfway = naive + 0.5 * (prices - naive)  # halves every error
     files = [result_of(prices[:1000], halfway[:1000], naive[:1000], 2.0), result_of(prices[1000:], halfway[1000:], naive[1000:], 2.0)]
     pooled = step_verdicts(files, 0.9)

@@ -29,8 +29,8 @@ def winkler_scores(lower: np.ndarray, upper: np.ndarray, actual: np.ndarray, lev
 def step_verdicts(results: list[dict[str, np.ndarray]], level: float) -> pd.DataFrame:
     """One row per step over the origins of every result (walk_forward's dict, plus the last
     close's band as naive_lower / naive_upper): MAE ratio to the last close with its DM test,
-    direction accuracy, coverage, and the interval-score ratio to the last close's band with its
-    DM test."""
+    direction accuracy (None where the forecast called no direction), coverage, and the
+    interval-score ratio to the last close's band with its DM test."""
     def stacked(key: str) -> np.ndarray:
         return np.concatenate([result[key] / result["origin_close"] for result in results])
 
@@ -38,8 +38,8 @@ def step_verdicts(results: list[dict[str, np.ndarray]], level: float) -> pd.Data
     model_band = winkler_scores(stacked("lower"), stacked("upper"), actual, level)
     naive_band = winkler_scores(stacked("naive_lower"), stacked("naive_upper"), actual, level)
     covered = (actual >= stacked("lower")) & (actual <= stacked("upper"))
-    moved = actual != origin
-    hits = (np.sign(mean - origin) == np.sign(actual - origin)) & moved
+    called = (actual != origin) & (mean != origin)  # a step shrunk to the last close calls no direction
+    hits = (np.sign(mean - origin) == np.sign(actual - origin)) & called
     rows = []
     for step in range(actual.shape[1]):
         model_error, naive_error = mean[:, step] - actual[:, step], naive[:, step] - actual[:, step]
@@ -49,7 +49,7 @@ def step_verdicts(results: list[dict[str, np.ndarray]], level: float) -> pd.Data
             "step": step + 1, "origins": len(actual),
             "mae_ratio": float(np.abs(model_error).mean() / np.abs(naive_error).mean()),
             "dm_statistic": statistic, "dm_p_value": p_value,
-            "direction_accuracy": float(hits[:, step].sum() / max(moved[:, step].sum(), 1)),
+            "direction_accuracy": float(hits[:, step].sum() / called[:, step].sum()) if called[:, step].any() else None,
             "coverage": float(covered[:, step].mean()),
             "interval_score_ratio": float(model_band[:, step].mean() / naive_band[:, step].mean()),
             "interval_dm_statistic": band_statistic, "interval_dm_p_value": band_p,

@@ -6,7 +6,6 @@ decides whether it ships. Imports TensorFlow (through series_training.py).
 from __future__ import annotations
 
 import dataclasses
-import logging
 
 import numpy as np
 import pandas as pd
@@ -15,12 +14,10 @@ from chronoprice.evaluation.metrics import DEFAULT_LEVEL, adaptive_quantiles, co
 from chronoprice.evaluation.pooling import rule_failures, step_verdicts
 from chronoprice.evaluation.verdicts import REQUIRED_ORIGINS, compare_errors, should_promote
 from chronoprice.model.artifact import ModelArtifact, content_version, write_metadata
-from chronoprice.model.features import HORIZON, WINDOW, walk_forward_windows, window_closes
+from chronoprice.model.features import CLOSE, HORIZON, WINDOW, walk_forward_windows, window_closes
 from chronoprice.model.forecasters import AutoregressiveForecaster, fit_autoregression, walk_forward
 from chronoprice.model.series_training import FOLD_EDGES, Candidate, TrainingFile, fit_candidate, share_index, span_runs
 from chronoprice.model.training import ARCHITECTURE, Variant, write_model_files
-
-log = logging.getLogger(__name__)
 
 # Fixed before any of these models was trained (docs/MODEL.md, "A model per timeframe").
 VARIANT = Variant(feature="log_returns+range+volume", loss="huber", normalise="window_volatility")
@@ -45,7 +42,6 @@ class Judgment:
     pooled: pd.DataFrame
     baselines: dict[str, float]  # mean MAE ratio over the steps, pooled, of each baseline
     failures: list[str]
-    errors: list[np.ndarray]  # per judged file [N, horizon] absolute errors / origin close, for promotion checks
 
 
 def _banded(forecaster, naive_quantiles: np.ndarray, run: np.ndarray, window: int, horizon: int, level: float) -> dict:
@@ -78,9 +74,9 @@ def judge(forecaster, judged: list[TrainingFile], training: list[TrainingFile], 
     """Score a forecaster once on the validation spans of the judged files, beside the last close
     and an AR(5) fitted on every training file's candles before its validation span."""
     ar = AutoregressiveForecaster(fit_autoregression(
-        [run[:, 2] for each in training for run in span_runs(each, 0.0, FOLD_EDGES[-1], 0, window)]), horizon)
+        [run[:, CLOSE] for each in training for run in span_runs(each, 0.0, FOLD_EDGES[-1], 0, window)]), horizon)
     naive_quantiles = naive_band_quantiles(judged, window, horizon, level)
-    per_file, results, ar_errors, errors = {}, [], [], []
+    per_file, results, ar_errors = {}, [], []
     for each in judged:
         runs = span_runs(each, FOLD_EDGES[-1], 1.0, window, window + horizon)
         file_results = [_banded(forecaster, naive_quantiles, run, window, horizon, level) for run in runs]
@@ -89,12 +85,10 @@ def judge(forecaster, judged: list[TrainingFile], training: list[TrainingFile], 
         for run, result in zip(runs, file_results):
             windows = walk_forward_windows(run, window, horizon)[0]
             ar_errors.append(np.abs(ar.forecast(windows)["mean"] - result["actual"]) / result["origin_close"])
-        errors.append(np.concatenate([np.abs(result["mean"] - result["actual"]) / result["origin_close"]
-                                      for result in file_results]))
     pooled = step_verdicts(results, level)
     naive_errors = np.concatenate([np.abs(result["naive"] - result["actual"]) / result["origin_close"] for result in results])
     baselines = {"AR(5)": float((np.concatenate(ar_errors).mean(axis=0) / naive_errors.mean(axis=0)).mean())}
-    return Judgment(per_file, pooled, baselines, rule_failures(pooled, per_file, baselines), errors)
+    return Judgment(per_file, pooled, baselines, rule_failures(pooled, per_file, baselines))
 
 
 def incumbent_verdict(challenger, incumbent, judged: list[TrainingFile], timeframe: str, window: int = WINDOW,

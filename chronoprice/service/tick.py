@@ -39,7 +39,7 @@ from chronoprice.store.records import (
     upsert_candles,
     write_forecasts,
 )
-from chronoprice.store import STORE_UNAVAILABLE, log_failure, store_connections
+from chronoprice.store import log_failure, store_connections
 from chronoprice.store.watchlist import is_watched
 
 log = logging.getLogger(__name__)
