@@ -17,7 +17,6 @@ import pandas as pd
 
 from chronoprice.evaluation.metrics import (
     DEFAULT_LEVEL,
-    VOLATILITY_WINDOW,
     conformal_quantiles,
     fit_shrinkage,
     interval_scores,
@@ -25,10 +24,10 @@ from chronoprice.evaluation.metrics import (
     step_metrics,
 )
 from chronoprice.model.engines import KerasEngine
-from chronoprice.model.features import CANDLE_COLUMNS, CLOSE, HORIZON, WINDOW, describe_feature, training_pairs, walk_forward_windows, window_closes
+from chronoprice.model.features import CANDLE_COLUMNS, CLOSE, HORIZON, WINDOW, training_pairs, walk_forward_windows, window_closes
 from chronoprice.model.forecasters import LSTMForecaster, walk_forward
 from chronoprice.model.network import fit_model
-from chronoprice.model.training import Variant
+from chronoprice.model.training import Variant, uncalibrated_metadata
 
 log = logging.getLogger(__name__)
 
@@ -108,17 +107,6 @@ class CandidateFit:
     history: dict
 
 
-def _metadata(variant: Variant, scale: float, window: int, horizon: int) -> dict:
-    return {
-        "version": "unsaved", "window": window, "horizon": horizon,
-        "feature": {"name": variant.feature, "definition": describe_feature(variant.feature), "scale": scale,
-                    **({"normalise": variant.normalise} if variant.normalise else {})},
-        "intervals": {"method": "split-conformal on validation errors in units of the last candles' volatility",
-                      "volatility_window": VOLATILITY_WINDOW,
-                      "score_quantile": {f"{DEFAULT_LEVEL:.2f}": [0.0] * horizon}},
-    }
-
-
 def _fold_validation(forecaster, files: tuple[TrainingFile, ...], start: float, stop: float, window: int,
                      horizon: int) -> dict[str, list[tuple[np.ndarray, dict]]]:
     """(run, walk-forward result) of every gap-free run of each file's span, by file name."""
@@ -145,7 +133,7 @@ def fit_candidate(candidate: Candidate, epochs: int, window: int = WINDOW, horiz
                  number, len(x_train), 100 * (validation_stop - train_stop))
         model, history = fit_model(x_train, y_train, x_val, y_val, epochs, loss=variant.loss, patience=PATIENCE)
         forecaster = LSTMForecaster(KerasEngine(model, window, horizon, variant.feature),
-                                    _metadata(variant, scale, window, horizon))
+                                    uncalibrated_metadata(variant, scale, window, horizon))
         results = _fold_validation(forecaster, candidate.files, train_stop, validation_stop, window, horizon)
         ratios = {name: step_metrics(_joined([result for _, result in runs]), DEFAULT_LEVEL)["mae_ratio"].round(6).tolist()
                   for name, runs in results.items() if runs}

@@ -91,6 +91,22 @@ class Variant:
         return f"{self.feature}{scale}, {self.loss}, train {days}"
 
 
+def uncalibrated_metadata(variant: Variant, scale: float, window: int, horizon: int) -> dict:
+    """A freshly fitted model's metadata: its input form and scale, intervals not yet calibrated."""
+    return {
+        "version": "unsaved",
+        "window": window,
+        "horizon": horizon,
+        "feature": {"name": variant.feature, "definition": describe_feature(variant.feature), "scale": scale,
+                    **({"normalise": variant.normalise} if variant.normalise else {})},
+        "intervals": {
+            "method": "split-conformal on validation errors in units of the last candles' volatility",
+            "volatility_window": VOLATILITY_WINDOW,
+            "score_quantile": {f"{DEFAULT_LEVEL:.2f}": [0.0] * horizon},
+        },
+    }
+
+
 def fit_fold(candles: np.ndarray, fold: dict[str, slice], variant: Variant, epochs: int, window: int = WINDOW,
              horizon: int = HORIZON) -> tuple[keras.Model, LSTMForecaster, dict, dict]:
     """Train `variant` on a fold's training candles (early stopping on its validation window) and
@@ -108,19 +124,8 @@ def fit_fold(candles: np.ndarray, fold: dict[str, slice], variant: Variant, epoc
     x_train, y_train = training_pairs(train, scale, window, variant.feature, variant.normalise)
     x_val, y_val = training_pairs(candles[fold["validation"]], scale, window, variant.feature, variant.normalise)
     model, history = fit_model(x_train, y_train, x_val, y_val, epochs, loss=variant.loss)
-    metadata = {
-        "version": "unsaved",
-        "window": window,
-        "horizon": horizon,
-        "feature": {"name": variant.feature, "definition": describe_feature(variant.feature), "scale": scale,
-                    **({"normalise": variant.normalise} if variant.normalise else {})},
-        "intervals": {
-            "method": "split-conformal on validation errors in units of the last minutes' volatility",
-            "volatility_window": VOLATILITY_WINDOW,
-            "score_quantile": {f"{DEFAULT_LEVEL:.2f}": [0.0] * horizon},
-        },
-    }
-    forecaster = LSTMForecaster(KerasEngine(model, window, horizon, variant.feature), metadata)
+    forecaster = LSTMForecaster(KerasEngine(model, window, horizon, variant.feature),
+                                uncalibrated_metadata(variant, scale, window, horizon))
     return model, forecaster, history, walk_forward(forecaster, candles[fold["validation"]], window, horizon)
 
 
