@@ -1,5 +1,5 @@
-"""`python -m chronoprice serve|worker|train|retrain|models|compare|evaluate|export|bench|backfill|migrate`:
-each command run (their arguments: cli_parser.py; the model lifecycle's: cli_models.py)."""
+"""`python -m chronoprice serve|worker|train|train-models|retrain|models|compare|evaluate|export|bench|backfill|migrate`:
+each command run (their arguments: cli_parser.py; the model lifecycle's: cli_models.py; evaluate: cli_evaluate.py)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import pandas as pd
 
 from chronoprice.bench import format_bench, run_benchmark
 from chronoprice.bench_scale import format_scale, run_scale_benchmark
+from chronoprice.cli_evaluate import format_step_table, format_verdict_table, read_reported_file, run_evaluate
 from chronoprice.cli_models import RETRAIN_REASON, register_trained, run_models, run_retrain, store_setting
 from chronoprice.cli_parser import build_parser
 from chronoprice.config import (
@@ -24,22 +25,12 @@ from chronoprice.config import (
     settings_from_args,
     store_target,
 )
-from chronoprice.evaluation.backtest import backtest, check_settings, format_backtest
-from chronoprice.evaluation.metrics import (
-    ADAPTIVE_WINDOW,
-    DEFAULT_LEVEL,
-    INTERVAL_LEVELS,
-)
-from chronoprice.evaluation.report import write_report
-from chronoprice.evaluation.walkforward import evaluate_forecaster
 from chronoprice.logs import configure_logging
 from chronoprice.market.candles import find_gaps
-from chronoprice.market.candle_files import CandleFile, read_candle_file
 from chronoprice.market.timeframes import DAY_MS, TIMEFRAME_MS, timeframe_ms
 from chronoprice.model.artifact import artifact_at, read_metadata, timeframe_siblings
-from chronoprice.model.engines import ONE_BATCH_RUN_ORIGINS
-from chronoprice.model.features import WINDOW, candle_rows, parse_feature
-from chronoprice.model.forecasters import NaiveBandForecaster, load_forecaster
+from chronoprice.model.features import parse_feature
+from chronoprice.model.forecasters import load_forecaster
 from chronoprice.model.registry import model_timeframe
 from chronoprice.service.build import build_scheduler, build_ticker
 from chronoprice.store import open_store
@@ -98,16 +89,6 @@ def training_data(args: argparse.Namespace) -> tuple[pd.DataFrame, str, Path]:
     return candles, description, args.out or args.out_dir / name
 
 
-def read_reported_file(path: Path, timeframe: str | None = None) -> CandleFile:
-    """A candle file (read_candle_file), its skipped rows and gaps logged: gaps are never filled,
-    so windows across one are forecast as if the candles were consecutive."""
-    loaded = read_candle_file(path, timeframe)
-    for line, reason in loaded.bad_rows[:10]:
-        log.warning("%s:%d: skipped: %s", path, line, reason)
-    log.info("%s (from %s candles)", loaded.describe(), loaded.file_timeframe)
-    return loaded
-
-
 def run_train(args: argparse.Namespace) -> int:
     train_and_register(args)
     return 0
@@ -156,89 +137,6 @@ def run_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_evaluate(args: argparse.Namespace) -> int:
-    if str(args.model) == "naive":
-        forecaster = NaiveBandForecaster(level=args.level, window=WINDOW)
-    else:
-        # The process ends with this one batch: larger runs are faster, and their memory goes with it.
-        forecaster = load_forecaster(args.model, args.engine, args.level, ONE_BATCH_RUN_ORIGINS)
-    step = args.backtest_step or forecaster.horizon
-    if args.backtest:
-        check_settings(step, forecaster.horizon, args.fee, args.spread)
-    loaded = read_reported_file(args.csv, args.timeframe)
-    args.timeframe, candles = loaded.timeframe, loaded.candles
-    first_scored_close = forecaster.window - 1
-    trained_timeframe = model_timeframe(forecaster.metadata) if str(args.model) != "naive" else args.timeframe
-    if trained_timeframe != args.timeframe:
-        log.warning("model %s was trained on %s candles and is evaluated here on %s candles", forecaster.version,
-                    trained_timeframe, args.timeframe)
-    if not args.include_training_data:
-        training = forecaster.metadata.get("training", {})
-        # A file the model trained on (train-models) is scored from its own validation span on.
-        own = {record["file"]: record["validation_from_ts"] for record in training.get("files", [])}
-        trained_until = own.get(args.csv.name, training.get("trained_until_ts"))
-        # A file that ends before the training data begins holds nothing the model saw.
-        if trained_until is not None and int(candles["ts"].iloc[-1]) >= training.get("first_ts", 0):
-            first_scored_close = max(first_scored_close, int((candles["ts"] < trained_until).sum()))
-    # Origins before the scored ones only warm up the adaptive intervals.
-    if first_scored_close + forecaster.horizon >= len(candles):
-        raise ValueError(f"{args.csv} has no origin after the candles the model was trained and calibrated on "
-                         "(up to its metadata's trained_until_ts); pass newer candles, or --include-training-data")
-    start = max(0, first_scored_close - forecaster.window + 1 - ADAPTIVE_WINDOW - forecaster.horizon)
-    scored_from = first_scored_close - forecaster.window + 1 - start
-    table, arrays = evaluate_forecaster(forecaster, candle_rows(candles)[start:], scored_from, args.level)
-    origins = len(arrays["actual"])
-    skipped = first_scored_close - forecaster.window + 1
-    trading = None
-    if args.backtest:
-        trading = backtest(arrays["origin_close"][:, 0], arrays["actual"][:, 0], arrays["mean"], step, args.fee, args.spread,
-                           timeframe_ms(args.timeframe) // 60_000)
-    if args.report:
-        write_report(args.report, table, arrays, f"{forecaster.version} on {args.csv.name}: {origins} unseen origins", args.level, trading)
-    if args.json:
-        report = {"origins": origins, "model_version": forecaster.version, "timeframe": args.timeframe, "skipped_training_origins": skipped,
-                  "interval": {"method": "split-conformal, adapted to the last errors", "window": ADAPTIVE_WINDOW},
-                  "steps": table.to_dict("records")}
-        if trading:
-            report["backtest"] = {key: value for key, value in trading.items() if key != "curves"}
-        print(json.dumps(report))
-    else:
-        print(f"{origins} origins, model {forecaster.version}, {skipped} earlier origins skipped (seen in training)")
-        print(format_step_table(table.to_dict("records"), f"walk-forward on {args.csv.name}, {args.timeframe} candles", args.level))
-        if trading:
-            print(format_backtest(trading))
-    return 0
-
-
-def coverages(row: dict) -> str:
-    """The adaptive interval's coverage at every calibrated level, e.g. '0.803 0.903 0.955'."""
-    return " ".join(f"{row['coverage_%.2f' % each]:.3f}" for each in INTERVAL_LEVELS)
-
-
-def format_step_table(rows: list[dict], title: str, level: float = DEFAULT_LEVEL) -> str:
-    """A per-step table; rows from evaluate carry baselines, tests and intervals too (the static
-    interval's coverage is shown at `level`)."""
-    full = "dm_statistic" in rows[0]
-    head = "step  MAE model  MAE naive  ratio   RMSE model  RMSE naive  MAPE % model  direction"
-    if full:
-        levels = "/".join(f"{each * 100:g}" for each in INTERVAL_LEVELS)
-        head += f"  (95 % CI)      DM stat  p      drift  mov.avg  coverage {levels} (static {level * 100:g})"
-    else:
-        head += "  coverage"
-    lines = [title, head]
-    for row in rows:
-        line = (f"{row['step']:>4}  {row['mae_model']:9.3f}  {row['mae_naive']:9.3f}  {row['mae_ratio']:.4f}  "
-                f"{row['rmse_model']:10.3f}  {row['rmse_naive']:10.3f}  {row['mape_model']:12.4f}  {row['direction_accuracy']:9.3f}")
-        if full:
-            line += (f"  ({row['direction_ci_low']:.3f}-{row['direction_ci_high']:.3f})  {row['dm_statistic']:6.2f}  {row['dm_p_value']:.3f}"
-                     f"  {row['mae_ratio_drift']:.4f}  {row['mae_ratio_moving_average']:.4f}"
-                     f"   {coverages(row)} ({row[f'coverage_static_{level:.2f}']:.3f})")
-        else:
-            line += f"  {row['coverage']:8.3f}"
-        lines.append(line)
-    return "\n".join(lines)
-
-
 def run_train_models(args: argparse.Namespace) -> int:
     """Train and judge each timeframe's model; shipping one (copying it beside models/chronoprice-lstm)
     is a decision docs/MODEL.md records, taken only when the printed verdict passes."""
@@ -278,15 +176,6 @@ def plan_files(data_dir: Path, timeframe: str) -> tuple[list, list]:
     if not judged:
         raise ValueError(f"no {timeframe} file in {data_dir} matches {', '.join(PLAN[timeframe][0])}")
     return judged, extra
-
-
-def format_verdict_table(rows: list[dict], title: str) -> str:
-    """evaluation.pooling.step_verdicts rows as text."""
-    lines = [title, "step  origins  MAE ratio  DM p    direction  coverage  interval-score ratio  DM p"]
-    lines += [f"{row['step']:>4}  {row['origins']:7d}  {row['mae_ratio']:9.4f}  {row['dm_p_value']:.3f}  "
-              f"{'no call' if row['direction_accuracy'] is None else format(row['direction_accuracy'], '.3f'):>9}  {row['coverage']:8.3f}  {row['interval_score_ratio']:20.4f}  "
-              f"{row['interval_dm_p_value']:.3f}" for row in rows]
-    return "\n".join(lines)
 
 
 def run_export(args: argparse.Namespace) -> int:

@@ -130,8 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
                               help="where the artifacts go, chronoprice-lstm-TIMEFRAME (default models/trained)")
 
     evaluate = commands.add_parser("evaluate", help="walk-forward accuracy of a model against the naive baseline")
-    evaluate.add_argument("--csv", type=Path, required=True, help="candle file of 1m, 5m, 15m or 1h candles (CSV or freqtrade "
-                          "JSON, plain or gzipped; the timeframe is read from its spacing)")
+    evaluate.add_argument("--csv", type=Path, required=True, action="append",
+                          help="candle file of 1m, 5m, 15m or 1h candles (CSV or freqtrade JSON, plain or gzipped; the "
+                          "timeframe is read from its spacing); repeat it or give a quoted glob for several files, each "
+                          "its own series, with a pooled verdict")
     evaluate.add_argument("--timeframe", choices=list(TIMEFRAME_MS),
                           help="evaluate on candles of this timeframe: the file's own (default) or a longer one aggregated from it")
     evaluate.add_argument("--model", type=Path, default=DEFAULT_MODEL,

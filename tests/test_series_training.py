@@ -132,3 +132,11 @@ def test_train_models_trains_judges_and_says_whether_a_model_passes(tmp_path, ca
                  str(tmp_path / "out" / "chronoprice-lstm-1h"), "--json"]) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["origins"] == 1200 - 1020 - 10, "evaluate scores a training file only from its validation span on"
+    assert main(["evaluate", "--csv", str(tmp_path / "binance_*_1h_x.csv"), "--model",
+                 str(tmp_path / "out" / "chronoprice-lstm-1h"), "--json"]) == 0
+    pooled = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert [each["file"] for each in pooled["files"]] == ["binance_btcusdt_1h_x.csv", "binance_ethusdt_1h_x.csv"]
+    assert [row["origins"] for row in pooled["pooled"]] == [2 * (1200 - 1020 - 10)] * 10, "each file its own series"
+    assert 0 <= pooled["pooled"][0]["dm_p_value"] <= 1 and pooled["pooled"][0]["interval_score_ratio"] > 0
+    assert main(["evaluate", "--csv", str(tmp_path / "nothing_*.csv"), "--model", "naive"]) == 2
+    assert "matches no file" in capsys.readouterr().err
