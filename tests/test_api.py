@@ -147,6 +147,31 @@ def test_cache_backend_follows_the_deployment():
     assert cache_config({"CACHE_REDIS_URL": "redis://127.0.0.1:6379/0"})["CACHE_TYPE"] == "RedisCache"
 
 
+@pytest.mark.parametrize("body", [
+    {"type": "price_cross", "level": 65000.5}, {"type": "price_cross", "level": 65000, "direction": "up"},
+    {"type": "band_exit"}, {"type": "band_exit", "level": 0.95, "step": 10}, {"type": "forecast_move", "percent": 0.5},
+    {"type": "market_state", "cooldown_minutes": 0},
+    {"type": "price_cross"}, {"type": "price_cross", "level": 0}, {"type": "band_exit", "level": 0.85},
+    {"type": "band_exit", "step": 11}, {"type": "forecast_move"}, {"type": "forecast_move", "percent": 101},
+    {"type": "price_cross", "level": 1, "direction": "sideways"}, {"type": "market_state", "cooldown_minutes": 10**6},
+])
+def test_the_alert_rule_schema_accepts_exactly_what_the_server_accepts(body):
+    import jsonschema
+
+    from chronoprice.service.alert_rules import RuleError, new_rule
+    from chronoprice.web.openapi import OPENAPI
+
+    schema = OPENAPI["components"]["schemas"]["NewAlertRule"]
+    full = {"symbol": "BTC/USDT", **body}
+    schema_accepts = jsonschema.Draft4Validator(schema).is_valid(full)
+    try:
+        new_rule(full, "BTC/USDT", "1m", 10, 0, allow_private=False)
+        server_accepts = True
+    except RuleError:
+        server_accepts = False
+    assert schema_accepts == server_accepts
+
+
 # The fuzz: every operation of the OpenAPI document, with generated parameters, must answer
 # without a 5xx and in the documented shape.
 fuzz_schema = schemathesis.pytest.from_fixture("api_schema")

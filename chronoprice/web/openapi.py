@@ -1,7 +1,9 @@
 """The OpenAPI 3 description of the JSON API, served at /api/openapi.json and fuzzed by the tests."""
 
-from chronoprice.evaluation.metrics import ERROR_WINDOW_HOURS
+from chronoprice.evaluation.metrics import ERROR_WINDOW_HOURS, INTERVAL_LEVELS
 from chronoprice.market.timeframes import TIMEFRAME_MS
+from chronoprice.model.features import HORIZON
+from chronoprice.service.alert_rules import DIRECTIONS, FORMATS, MAX_COOLDOWN_MINUTES
 
 _NUMBER = {"type": "number", "nullable": True}
 _ERROR = {
@@ -25,6 +27,31 @@ _TIMEFRAME = {
     "name": "timeframe", "in": "query", "required": False, "description": "candle timeframe; default: the server's --timeframe",
     "schema": {"type": "string", "enum": list(TIMEFRAME_MS), "default": "1m"},
 }
+
+
+
+_STEP = {"type": "integer", "minimum": 1, "maximum": HORIZON}
+# Each rule type's own parameters, as service/alert_rules.rule_params checks them.
+_RULE_FIELDS = {
+    "price_cross": ({"level": {"type": "number", "minimum": 1e-12, "maximum": 1e12, "description": "the price to cross"},
+                     "direction": {"type": "string", "enum": list(DIRECTIONS), "default": "any"}}, ["level"]),
+    "band_exit": ({"level": {"type": "number", "enum": list(INTERVAL_LEVELS), "default": 0.9, "description": "the band's level"},
+                   "step": {**_STEP, "default": 1}}, []),
+    "forecast_move": ({"step": {**_STEP, "default": HORIZON},
+                       "percent": {"type": "number", "minimum": 1e-6, "maximum": 100}}, ["percent"]),
+    "market_state": ({}, []),
+}
+
+
+def _alert_rule(kind: str, fields: tuple[dict, list[str]]) -> dict:
+    """The body that creates an alert rule of one type: the shared fields and the type's own."""
+    own, required = fields
+    return {"type": "object", "required": ["symbol", "type", *required], "properties": {
+        "symbol": {"type": "string", "example": "BTC/USDT"}, "timeframe": {"type": "string", "enum": list(TIMEFRAME_MS)},
+        "type": {"type": "string", "enum": [kind]}, **own,
+        "webhook": {"type": "string", "nullable": True, "description": "http(s) URL; a secret, never shown back"},
+        "format": {"type": "string", "enum": list(FORMATS)},
+        "cooldown_minutes": {"type": "integer", "minimum": 0, "maximum": MAX_COOLDOWN_MINUTES}}}
 
 
 def _errors(*codes: int) -> dict:
@@ -184,16 +211,8 @@ OPENAPI = {
                                "cooldown_minutes": {"type": "integer"}, "created_ms": {"type": "integer"},
                                "last_fired_ms": {"type": "integer", "nullable": True},
                                "observed": {"type": "object", "nullable": True}}}}}},
-            "NewAlertRule": {
-                "type": "object", "required": ["symbol", "type"],
-                "properties": {"symbol": {"type": "string", "example": "BTC/USDT"}, "timeframe": {"type": "string", "enum": list(TIMEFRAME_MS)},
-                               "type": {"type": "string", "enum": ["price_cross", "band_exit", "forecast_move", "market_state"]},
-                               "level": {"type": "number"}, "direction": {"type": "string", "enum": ["any", "up", "down"]},
-                               "step": {"type": "integer", "minimum": 1}, "percent": {"type": "number"},
-                               "webhook": {"type": "string", "nullable": True, "description": "http(s) URL; a secret, never shown back"},
-                               "format": {"type": "string", "enum": ["generic", "slack", "discord"]},
-                               "cooldown_minutes": {"type": "integer", "minimum": 0}},
-            },
+            "NewAlertRule": {"oneOf": [_alert_rule(kind, fields) for kind, fields in _RULE_FIELDS.items()],
+                             "discriminator": {"propertyName": "type"}},
             "AlertFirings": {"type": "object", "required": ["firings"], "properties": {"firings": {"type": "array", "items": {
                 "type": "object", "required": ["id", "rule_id", "symbol", "timeframe", "message", "delivery"],
                 "properties": {"id": {"type": "string"}, "rule_id": {"type": "string"}, "symbol": {"type": "string"},
