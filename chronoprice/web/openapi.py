@@ -57,9 +57,11 @@ def _alert_rule(kind: str, fields: tuple[dict, list[str]]) -> dict:
 def _errors(*codes: int) -> dict:
     text = {400: "a bad parameter, named in `parameter`", 401: "a write without the admin token the server has",
             403: "a write from another machine while the server has no admin token", 404: "unknown symbol, rule or path",
-            409: "the watchlist is full", 503: "no forecast available (model missing, or not enough candles yet)"}
+            409: "the watchlist is full", 503: "no forecast available (model missing, or not enough candles yet)",
+            413: "a body over 1 MB (web/hardening.py)", 414: "a path over 2 KB or a query over 4 KB (web/hardening.py)"}
+    # Any request can be too large, whatever the operation.
     return {str(code): {"description": text[code], "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
-            for code in codes}
+            for code in (*codes, 413, 414)}
 
 
 def _ok(schema: str, description: str) -> dict:
@@ -105,7 +107,7 @@ OPENAPI = {
     "openapi": "3.0.3",
     "info": {"title": "ChronoPrice API", "version": "1"},
     "paths": {
-        "/api/health": _get("liveness and runtime facts (never runs a tick)", [], _ok("Health", "the service is up")),
+        "/api/health": _get("liveness and runtime facts (never runs a tick)", [], {**_ok("Health", "the service is up"), **_errors()}),
         "/api/v1/candles": _get("the newest closed candles", [_SYMBOL, _TIMEFRAME, _LIMIT], {**_ok("Candles", "candles, oldest first"), **_errors(400, 404)}),
         "/api/v1/forecast": _get("the newest forecast, one step per candle of the model's horizon", [_SYMBOL, _TIMEFRAME], {**_ok("Forecast", "the forecast"), **_errors(400, 404, 503)}),
         "/api/v1/metrics": _get("live accuracy against the naive baseline", [_SYMBOL, _TIMEFRAME, _WINDOW], {**_ok("Metrics", "scores"), **_errors(400, 404)}),
