@@ -67,9 +67,11 @@ def first_scored_close(forecaster, path: Path, candles, include_training_data: b
     return first
 
 
-def evaluate_file(forecaster, path: Path, timeframe: str | None, include_training_data: bool, level: float) -> dict:
-    """One file walked forward: its step table, the scored arrays (with the last close's band,
-    calibrated the same way on its own errors, as naive_lower / naive_upper), and what was skipped."""
+def evaluate_file(forecaster, path: Path, timeframe: str | None, include_training_data: bool, level: float,
+                  pooled: bool) -> dict:
+    """One file walked forward: its step table, the scored arrays (for a `pooled` verdict with the
+    last close's band, calibrated the same way on its own errors, as naive_lower / naive_upper),
+    and what was skipped."""
     loaded = read_reported_file(path, timeframe)
     candles = loaded.candles
     first = first_scored_close(forecaster, path, candles, include_training_data)
@@ -78,8 +80,9 @@ def evaluate_file(forecaster, path: Path, timeframe: str | None, include_trainin
     scored_from = first - forecaster.window + 1 - start
     rows = candle_rows(candles)[start:]
     table, arrays = evaluate_forecaster(forecaster, rows, scored_from, level)
-    naive_band = evaluate_forecaster(NaiveBandForecaster(forecaster.horizon, forecaster.window, level), rows, scored_from, level)[1]
-    arrays.update(naive_lower=naive_band["lower"], naive_upper=naive_band["upper"])
+    if pooled:
+        naive_band = evaluate_forecaster(NaiveBandForecaster(forecaster.horizon, forecaster.window, level), rows, scored_from, level)[1]
+        arrays.update(naive_lower=naive_band["lower"], naive_upper=naive_band["upper"])
     return {"file": path.name, "timeframe": loaded.timeframe, "table": table, "arrays": arrays,
             "skipped": first - forecaster.window + 1}
 
@@ -96,7 +99,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     step = args.backtest_step or forecaster.horizon
     if args.backtest:
         check_settings(step, forecaster.horizon, args.fee, args.spread)
-    files = [evaluate_file(forecaster, path, args.timeframe, args.include_training_data, args.level) for path in paths]
+    files = [evaluate_file(forecaster, path, args.timeframe, args.include_training_data, args.level, len(paths) > 1)
+             for path in paths]
     timeframes = {each["timeframe"] for each in files}
     if len(timeframes) > 1:
         raise ValueError(f"the files hold different timeframes ({', '.join(sorted(timeframes))}); pass --timeframe")
