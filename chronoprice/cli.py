@@ -15,7 +15,7 @@ import pandas as pd
 
 from chronoprice.bench import format_bench, run_benchmark
 from chronoprice.bench_scale import format_scale, run_scale_benchmark
-from chronoprice.cli_evaluate import format_step_table, format_verdict_table, read_reported_file, run_evaluate
+from chronoprice.cli_evaluate import format_baselines, format_step_table, format_verdict_table, read_reported_file, run_evaluate
 from chronoprice.cli_models import RETRAIN_REASON, register_trained, run_models, run_retrain, store_setting
 from chronoprice.cli_parser import build_parser
 from chronoprice.config import (
@@ -30,7 +30,7 @@ from chronoprice.market.candles import find_gaps
 from chronoprice.market.timeframes import DAY_MS, TIMEFRAME_MS, timeframe_ms
 from chronoprice.model.artifact import artifact_at, read_metadata, timeframe_siblings
 from chronoprice.model.features import parse_feature
-from chronoprice.model.forecasters import load_forecaster
+from chronoprice.model.forecasters import load_forecaster, statistical_peers
 from chronoprice.model.registry import model_timeframe
 from chronoprice.service.build import build_scheduler, build_ticker
 from chronoprice.store import open_store
@@ -140,12 +140,16 @@ def run_compare(args: argparse.Namespace) -> int:
 def run_train_models(args: argparse.Namespace) -> int:
     """Train and judge each timeframe's model; shipping one (copying it beside models/chronoprice-lstm)
     is a decision docs/MODEL.md records, taken only when the printed verdict passes."""
-    from chronoprice.evaluation.timeframe_models import train_timeframe  # loads TensorFlow
+    from chronoprice.evaluation.timeframe_models import SETTINGS, train_timeframe  # loads TensorFlow
 
+    peers = statistical_peers()  # the rule compares with them: fail before hours of training, not after
+    settings = tuple(setting for setting in SETTINGS if setting.letter in args.settings)
     for timeframe in args.timeframes:
         out = artifact_at(args.out_dir / f"chronoprice-lstm-{timeframe}")
-        metadata = train_timeframe(timeframe, *plan_files(args.data, timeframe), out, incumbent=shipped_model(timeframe))
+        metadata = train_timeframe(timeframe, *plan_files(args.data, timeframe), out, settings,
+                                   incumbent=shipped_model(timeframe), peers=peers)
         validation = metadata["validation"]
+        print(format_baselines(validation["baselines"]))
         print(format_verdict_table(validation["pooled"], f"{timeframe}: {metadata['training']['data']}, pooled over the "
                                    "validation spans (never trained or tuned on)"))
         failures = validation["failures"]

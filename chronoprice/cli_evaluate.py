@@ -10,16 +10,18 @@ import json
 import logging
 from pathlib import Path
 
+import pandas as pd
+
 from chronoprice.evaluation.backtest import backtest, check_settings, format_backtest
 from chronoprice.evaluation.metrics import ADAPTIVE_WINDOW, DEFAULT_LEVEL, INTERVAL_LEVELS
 from chronoprice.evaluation.pooling import step_verdicts
 from chronoprice.evaluation.report import write_report
-from chronoprice.evaluation.walkforward import evaluate_forecaster
+from chronoprice.evaluation.walkforward import evaluate_forecaster, peer_step_ratios, peer_summary
 from chronoprice.market.candle_files import CandleFile, read_candle_file
 from chronoprice.market.timeframes import timeframe_ms
 from chronoprice.model.engines import ONE_BATCH_RUN_ORIGINS
 from chronoprice.model.features import WINDOW, candle_rows
-from chronoprice.model.forecasters import NaiveBandForecaster, load_forecaster
+from chronoprice.model.forecasters import NaiveBandForecaster, load_forecaster, statistical_peers
 from chronoprice.model.registry import model_timeframe
 
 log = logging.getLogger(__name__)
@@ -68,7 +70,7 @@ def first_scored_close(forecaster, path: Path, candles, include_training_data: b
 
 
 def evaluate_file(forecaster, path: Path, timeframe: str | None, include_training_data: bool, level: float,
-                  pooled: bool) -> dict:
+                  pooled: bool, peers=(), peer_stride: int = 1) -> dict:
     """One file walked forward: its step table, the scored arrays (for a `pooled` verdict with the
     last close's band, calibrated the same way on its own errors, as naive_lower / naive_upper),
     and what was skipped."""
@@ -79,7 +81,7 @@ def evaluate_file(forecaster, path: Path, timeframe: str | None, include_trainin
     start = max(0, first - forecaster.window + 1 - ADAPTIVE_WINDOW - forecaster.horizon)
     scored_from = first - forecaster.window + 1 - start
     rows = candle_rows(candles)[start:]
-    table, arrays = evaluate_forecaster(forecaster, rows, scored_from, level)
+    table, arrays = evaluate_forecaster(forecaster, rows, scored_from, level, peers, peer_stride)
     if pooled:
         naive_band = evaluate_forecaster(NaiveBandForecaster(forecaster.horizon, forecaster.window, level), rows, scored_from, level)[1]
         arrays.update(naive_lower=naive_band["lower"], naive_upper=naive_band["upper"])
@@ -89,6 +91,8 @@ def evaluate_file(forecaster, path: Path, timeframe: str | None, include_trainin
 
 def run_evaluate(args: argparse.Namespace) -> int:
     paths = expand_paths(args.csv)
+    if args.stride != 1 and not args.peers:
+        raise ValueError("--stride sets how often the peers forecast: pass --peers too")
     if len(paths) > 1 and (args.report or args.backtest):
         raise ValueError("--report and --backtest take one --csv file")
     if str(args.model) == "naive":
@@ -99,8 +103,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     step = args.backtest_step or forecaster.horizon
     if args.backtest:
         check_settings(step, forecaster.horizon, args.fee, args.spread)
-    files = [evaluate_file(forecaster, path, args.timeframe, args.include_training_data, args.level, len(paths) > 1)
-             for path in paths]
+    peers = statistical_peers(forecaster.horizon) if args.peers else ()
+    files = [evaluate_file(forecaster, path, args.timeframe, args.include_training_data, args.level, len(paths) > 1,
+                           peers, args.stride) for path in paths]
     timeframes = {each["timeframe"] for each in files}
     if len(timeframes) > 1:
         raise ValueError(f"the files hold different timeframes ({', '.join(sorted(timeframes))}); pass --timeframe")
@@ -112,12 +117,16 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if len(files) == 1:
         return print_one_file(args, forecaster, files[0], step)
     pooled = step_verdicts([each["arrays"] for each in files], args.level)
+    peer_results = [each["arrays"]["peers"] for each in files] if peers else []
+    if peers:
+        pooled = pd.concat([pooled, pd.DataFrame(peer_step_ratios(peer_results))], axis=1)
     if args.json:
         print(json.dumps({"model_version": forecaster.version, "timeframe": args.timeframe,
                           "files": [{"file": each["file"], "origins": len(each["arrays"]["actual"]),
                                      "skipped_training_origins": each["skipped"], "steps": each["table"].to_dict("records")}
                                     for each in files],
-                          "pooled": pooled.to_dict("records")}))
+                          "pooled": pooled.to_dict("records"),
+                          **({"peers": peer_summary(peer_results)} if peers else {})}))
         return 0
     for each in files:
         print(f"{len(each['arrays']['actual'])} origins, {each['skipped']} earlier origins skipped (seen in training)")
@@ -125,6 +134,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         print()
     print(format_verdict_table(pooled.to_dict("records"), f"pooled over {len(files)} files, model {forecaster.version} "
                                "(errors relative to each origin's close; one DM test a step)"))
+    if peers:
+        print(format_baselines(peer_summary(peer_results)))
     return 0
 
 
@@ -144,12 +155,16 @@ def print_one_file(args: argparse.Namespace, forecaster, evaluated: dict, step: 
                   "steps": table.to_dict("records")}
         if trading:
             report["backtest"] = {key: value for key, value in trading.items() if key != "curves"}
+        if "peers" in arrays:
+            report["peers"] = peer_summary([arrays["peers"]])
         print(json.dumps(report))
     else:
         print(f"{origins} origins, model {forecaster.version}, {skipped} earlier origins skipped (seen in training)")
         print(format_step_table(table.to_dict("records"), f"walk-forward on {evaluated['file']}, {args.timeframe} candles", args.level))
         if trading:
             print(format_backtest(trading))
+        if "peers" in arrays:
+            print(format_baselines(peer_summary([arrays["peers"]])))
     return 0
 
 
@@ -168,6 +183,8 @@ def format_step_table(rows: list[dict], title: str, level: float = DEFAULT_LEVEL
         head += f"  (95 % CI)      DM stat  p      drift  mov.avg  coverage {levels} (static {level * 100:g})"
     else:
         head += "  coverage"
+    peers = [key.removeprefix("mae_ratio_") for key in rows[0] if key.startswith("mae_ratio_Auto")]
+    head += "".join(f"  {name:>9}" for name in peers) + ("  model (same)" if peers else "")
     lines = [title, head]
     for row in rows:
         line = (f"{row['step']:>4}  {row['mae_model']:9.3f}  {row['mae_naive']:9.3f}  {row['mae_ratio']:.4f}  "
@@ -178,15 +195,31 @@ def format_step_table(rows: list[dict], title: str, level: float = DEFAULT_LEVEL
                      f"   {coverages(row)} ({row[f'coverage_static_{level:.2f}']:.3f})")
         else:
             line += f"  {row['coverage']:8.3f}"
+        line += "".join(f"  {row[f'mae_ratio_{name}']:9.4f}" for name in peers)
+        line += f"  {row['peer_origins_mae_ratio']:11.4f}" if peers else ""
         lines.append(line)
     return "\n".join(lines)
 
 
 def format_verdict_table(rows: list[dict], title: str) -> str:
     """evaluation.pooling.step_verdicts rows as text."""
-    lines = [title, "step  origins  MAE ratio  DM p    direction  coverage  interval-score ratio  DM p"]
+    peers = [key.removeprefix("mae_ratio_") for key in rows[0] if key.startswith("mae_ratio_Auto")]
+    lines = [title, "step  origins  MAE ratio  DM p    direction  coverage  interval-score ratio  DM p"
+             + "".join(f"  {name:>9}" for name in peers) + ("  model (same)" if peers else "")]
     lines += [f"{row['step']:>4}  {row['origins']:7d}  {row['mae_ratio']:9.4f}  {row['dm_p_value']:.3f}  "
               f"{'no call' if row['direction_accuracy'] is None else format(row['direction_accuracy'], '.3f'):>9}  "
-              f"{row['coverage']:8.3f}  {row['interval_score_ratio']:20.4f}  "
-              f"{row['interval_dm_p_value']:.3f}" for row in rows]
+              f"{row['coverage']:8.3f}  {row['interval_score_ratio']:20.4f}  {row['interval_dm_p_value']:.3f}"
+              + "".join(f"  {row[f'mae_ratio_{name}']:9.4f}" for name in peers)
+              + (f"  {row['peer_origins_mae_ratio']:11.4f}" if peers else "") for row in rows]
+    return "\n".join(lines)
+
+
+def format_baselines(baselines: dict[str, dict]) -> str:
+    """Each baseline's mean MAE ratio over the steps beside the model's on the same origins."""
+    lines = []
+    for name, baseline in baselines.items():
+        fitted = f", fitted in {baseline['fit_seconds']:.1f} s" if "fit_seconds" in baseline else ""
+        failed = f", {baseline['failed_fits']} fits failed (last close used)" if baseline.get("failed_fits") else ""
+        lines.append(f"{name}: mean ratio {baseline['mean_ratio']:.4f} (the model {baseline['model_mean_ratio']:.4f}) "
+                     f"over {baseline['origins']:,} origins{fitted}{failed}")
     return "\n".join(lines)

@@ -14,6 +14,13 @@ from chronoprice.market.timeframes import TIMEFRAME_MS
 from chronoprice.model.features import parse_feature
 
 
+def _setting_letters(text: str) -> str:
+    letters = text.strip().upper()
+    if not letters or set(letters) - set("ABCD"):
+        raise argparse.ArgumentTypeError(f"{text!r}: letters of the rule's candidates A, B, C and D (docs/MODEL.md)")
+    return letters
+
+
 def _timeframe_list(text: str) -> list[str]:
     chosen = [each.strip() for each in text.split(",") if each.strip()]
     unknown = [each for each in chosen if each not in TIMEFRAME_MS]
@@ -128,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
                               help="comma-separated (default every one: 1m,5m,15m,1h)")
     train_models.add_argument("--out-dir", type=Path, default=DEFAULT_MODEL.parent / "trained",
                               help="where the artifacts go, chronoprice-lstm-TIMEFRAME (default models/trained)")
+    train_models.add_argument("--settings", default="ABCD", type=_setting_letters,
+                              help="the rule's candidates to fit, by letter (default ABCD: all of docs/MODEL.md's round 2)")
 
     evaluate = commands.add_parser("evaluate", help="walk-forward accuracy of a model against the naive baseline")
     evaluate.add_argument("--csv", type=Path, required=True, action="append",
@@ -145,6 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--include-training-data", action="store_true", help="also score origins the model was trained or calibrated on")
     evaluate.add_argument("--report", type=Path, help="also write a Plotly HTML report to this path")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluate.add_argument("--peers", action="store_true", help="also score statsforecast's AutoETS and AutoTheta, each fitted "
+                          "at every origin on the window's closes (an optional extra: pip install --no-deps -r requirements-peers.txt)")
+    evaluate.add_argument("--stride", type=_positive_int, default=1,
+                          help="the peers forecast every Nth origin (default 1: every one); their fit time is printed")
     evaluate.add_argument("--backtest", action="store_true", help="also trade the forecasts after costs: long/flat and long/short "
                           "beside buy-and-hold and flat (docs/MODEL.md)")
     evaluate.add_argument("--backtest-step", type=_positive_int, help="the step whose forecast move sets the position (default: the last)")

@@ -2,7 +2,9 @@
 shipped model of each timeframe served and registered as its champion."""
 
 import json
+import re
 import shutil
+import sys
 
 import numpy as np
 import pandas as pd
@@ -67,8 +69,9 @@ def test_pooled_verdicts_know_the_answer_on_synthetic_series():
     assert pooled["mae_ratio"].tolist() == pytest.approx([0.5] * 3)
     assert (pooled["dm_statistic"] < 0).all() and (pooled["dm_p_value"] < 1e-6).all()
     assert (pooled["interval_score_ratio"] < 1).all() and (pooled["interval_dm_p_value"] < 0.05).all()
-    assert rule_failures(pooled, {"a": pooled.assign(coverage=0.9)}, {"AR(5)": 0.9}) == []
-    failures = rule_failures(same, {"a": same.assign(coverage=0.8)}, {"AR(5)": 0.9})
+    assert rule_failures(pooled, {"a": pooled.assign(coverage=0.9)}, {"AR(5)": {"mean_ratio": 0.9, "model_mean_ratio": 0.5}}) == []
+    failures = rule_failures(same, {"a": same.assign(coverage=0.8)},
+                             {"AR(5)": {"mean_ratio": 0.9, "model_mean_ratio": 1.0}, "AutoETS": {"mean_ratio": 1.1, "model_mean_ratio": 1.0}})
     assert len(failures) == 3 and "step 1" in failures[0] and "80.0% on a" in failures[1] and "AR(5)" in failures[2]
 
 
@@ -119,7 +122,8 @@ def test_train_models_trains_judges_and_says_whether_a_model_passes(tmp_path, ca
         ts = pd.to_datetime(1_599_998_400_000 + np.arange(1200) * 3_600_000, unit="ms", utc=True)
         pd.DataFrame({"open_time": ts.strftime("%Y-%m-%dT%H:%M:%S+00:00"), "open": closes, "high": closes * 1.002,
                       "low": closes * 0.998, "close": closes, "volume": 1.0}).to_csv(tmp_path / name, index=False)
-    assert main(["train-models", "--data", str(tmp_path), "--timeframes", "1h", "--out-dir", str(tmp_path / "out")]) == 0
+    assert main(["train-models", "--data", str(tmp_path), "--timeframes", "1h", "--settings", "AB",
+                 "--out-dir", str(tmp_path / "out")]) == 0
     printed = capsys.readouterr().out
     assert "pooled over the validation spans" in printed and "1h: " in printed
     metadata = json.loads((tmp_path / "out" / "chronoprice-lstm-1h.json").read_text())
@@ -140,3 +144,51 @@ def test_train_models_trains_judges_and_says_whether_a_model_passes(tmp_path, ca
     assert 0 <= pooled["pooled"][0]["dm_p_value"] <= 1 and pooled["pooled"][0]["interval_score_ratio"] > 0
     assert main(["evaluate", "--csv", str(tmp_path / "nothing_*.csv"), "--model", "naive"]) == 2
     assert "matches no file" in capsys.readouterr().err
+    selection = metadata["selection"]
+    assert [each["setting"] for each in selection["candidates"]] == ["A", "B"]
+    assert selection["score"] == min(each["score"] for each in selection["candidates"])
+    assert selection["setting"] == min(selection["candidates"], key=lambda each: each["score"])["setting"]
+    baselines = metadata["validation"]["baselines"]
+    assert set(baselines) == {"AR(5)", "AutoETS", "AutoTheta"}
+    assert baselines["AutoETS"]["origins"] == 2 * len(range(0, 180 - 10 + 1, 10)), "every 10th origin of each span"
+    assert "AutoTheta: mean ratio" in printed
+
+
+def test_the_peers_score_every_nth_origin_beside_the_model_and_say_how_long_they_took(tmp_path, capsys):
+    from chronoprice.cli import main
+
+    closes = 100 + 0.05 * np.arange(400)  # a steady trend: a model with a trend beats the last close
+    ts = pd.to_datetime(1_699_999_980_000 + np.arange(400) * MINUTE, unit="ms", utc=True)
+    pd.DataFrame({"open_time": ts.strftime("%Y-%m-%dT%H:%M:%S+00:00"), "open": closes, "high": closes + 0.1, "low": closes - 0.1, "close": closes,
+                  "volume": 1.0}).to_csv(tmp_path / "trend.csv", index=False)
+    assert main(["evaluate", "--csv", str(tmp_path / "trend.csv"), "--model", "naive", "--peers", "--stride", "7", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    origins = report["origins"]
+    for name in ("AutoETS", "AutoTheta"):
+        assert report["peers"][name]["origins"] == len(range(0, origins, 7)) and report["peers"][name]["fit_seconds"] >= 0
+        assert report["peers"][name]["model_mean_ratio"] == pytest.approx(1.0), "the last close against itself"
+        assert all(step[f"mae_ratio_{name}"] < 0.96 for step in report["steps"]), f"{name} follows the trend"
+    assert max(step["mae_ratio_AutoETS"] for step in report["steps"]) < 0.01, "ETS's additive trend is this series"
+    assert 0.5 < report["steps"][-1]["mae_ratio_AutoTheta"] < 0.6, "Theta extrapolates half the trend"
+    assert main(["evaluate", "--csv", str(tmp_path / "trend.csv"), "--model", "naive", "--stride", "7"]) == 2
+    assert "pass --peers too" in capsys.readouterr().err
+
+
+def test_a_peer_that_cannot_fit_gives_the_last_close_and_is_counted():
+    from chronoprice.model.forecasters import StatisticalPeer
+
+    class Unfittable:
+        def forecast(self, y, h):
+            raise ValueError("no fit")
+
+    peer = StatisticalPeer("broken", Unfittable, horizon=3)
+    windows = np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    assert peer.forecast(windows)["mean"].tolist() == [[3.0] * 3, [6.0] * 3] and peer.failures == 2
+
+
+def test_without_statsforecast_the_peers_say_how_to_install_them(monkeypatch):
+    from chronoprice.model.forecasters import PEERS_INSTALL, PeersUnavailable, statistical_peers
+
+    monkeypatch.setitem(sys.modules, "statsforecast.models", None)
+    with pytest.raises(PeersUnavailable, match=re.escape(PEERS_INSTALL)):
+        statistical_peers()

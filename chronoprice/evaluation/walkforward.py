@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pandas as pd
 
@@ -23,14 +25,16 @@ from chronoprice.model.forecasters import (
 )
 
 
-def evaluate_forecaster(forecaster, closes: np.ndarray, scored_from: int, level: float) -> tuple[pd.DataFrame, dict]:
+def evaluate_forecaster(forecaster, closes: np.ndarray, scored_from: int, level: float, peers=(),
+                        peer_stride: int = 1) -> tuple[pd.DataFrame, dict]:
     """Walk forward over every origin of `closes`, scoring those from origin `scored_from` on.
 
     Earlier origins only warm up the adaptive intervals (their errors matured before the first
     scored origin). Returns one row per step (step_metrics, plus direction-accuracy Wilson
     interval, Diebold-Mariano against naive, coverage at every level for adaptive and static
     intervals, and the drift and moving-average baselines' MAE ratios) and the arrays of the
-    scored origins for plotting.
+    scored origins for plotting. `peers` (forecasters.statistical_peers) are scored at every
+    `peer_stride`-th scored origin, beside the model on those origins (peer_origins_mae_ratio).
     """
     window, horizon = forecaster.window, forecaster.horizon
     result = walk_forward(forecaster, closes, window, horizon)
@@ -65,4 +69,47 @@ def evaluate_forecaster(forecaster, closes: np.ndarray, scored_from: int, level:
     for each, (adaptive, static, _) in coverage.items():
         table[f"coverage_{each}"] = adaptive
         table[f"coverage_static_{each}"] = static
-    return table, {**scored_result, "log_errors": log_errors[scored]}
+    arrays = {**scored_result, "log_errors": log_errors[scored]}
+    if peers:
+        arrays["peers"] = score_peers(peers, windows[scored], scored_result, peer_stride)
+        table = pd.concat([table, pd.DataFrame(peer_step_ratios([arrays["peers"]]))], axis=1)
+    return table, arrays
+
+
+def score_peers(peers, windows: np.ndarray, scored_result: dict, stride: int) -> dict:
+    """Each peer's forecasts at every `stride`-th origin, with the actuals, origin closes and the
+    model's and the last close's forecasts of those origins, and each peer's fit time."""
+    sample = {key: scored_result[key][::stride] for key in ("actual", "origin_close", "mean", "naive")}
+    means, seconds = {}, {}
+    failed = {}
+    for peer in peers:
+        started, failures_before = time.perf_counter(), peer.failures
+        means[peer.name] = peer.forecast(windows[::stride])["mean"]
+        seconds[peer.name] = time.perf_counter() - started
+        failed[peer.name] = peer.failures - failures_before
+    return {**sample, "means": means, "fit_seconds": seconds, "failed_fits": failed}
+
+
+def peer_step_ratios(scored: list[dict]) -> dict[str, np.ndarray]:
+    """Per step, each peer's MAE over the last close's on the origins score_peers sampled (pooled
+    over `scored`, errors relative to each origin's close), and the model's on the same origins."""
+    def stacked(get) -> np.ndarray:
+        return np.concatenate([get(each) / each["origin_close"] for each in scored])
+
+    actual = stacked(lambda each: each["actual"])
+    naive = np.abs(stacked(lambda each: each["naive"]) - actual).mean(axis=0)
+    ratios = {"peer_origins_mae_ratio": np.abs(stacked(lambda each: each["mean"]) - actual).mean(axis=0) / naive}
+    for name in scored[0]["means"]:
+        ratios[f"mae_ratio_{name}"] = np.abs(stacked(lambda each: each["means"][name]) - actual).mean(axis=0) / naive
+    return ratios
+
+
+def peer_summary(scored: list[dict]) -> dict[str, dict]:
+    """Each peer's mean MAE ratio over the steps beside the model's on the same origins, pooled
+    over `scored` (score_peers' results), with its fit time: cli_evaluate.format_baselines' input."""
+    ratios = peer_step_ratios(scored)
+    return {name: {"mean_ratio": float(ratios[f"mae_ratio_{name}"].mean()),
+                   "model_mean_ratio": float(ratios["peer_origins_mae_ratio"].mean()),
+                   "origins": sum(len(each["actual"]) for each in scored),
+                   "fit_seconds": round(sum(each["fit_seconds"][name] for each in scored), 1),
+                   "failed_fits": sum(each["failed_fits"][name] for each in scored)} for name in scored[0]["means"]}

@@ -186,6 +186,42 @@ class AutoregressiveForecaster(PointBaseline):
         return closes[:, -1:] * np.exp(np.stack(log_path, axis=1))
 
 
+PEERS_INSTALL = "pip install --no-deps -r requirements-peers.txt"
+
+
+class PeersUnavailable(RuntimeError):
+    """statsforecast, the peers' library, is not installed (an optional extra)."""
+
+
+class StatisticalPeer(PointBaseline):
+    """A statsforecast model fitted afresh at every origin on the window's closes: what a
+    statistician would try before a network. `failures` counts windows it could not fit, which
+    get the last close instead (so a failed fit is never an invented advantage)."""
+
+    def __init__(self, name: str, make_model, horizon: int = HORIZON):
+        super().__init__(horizon)
+        self.name, self.make_model, self.failures = name, make_model, 0
+
+    def path(self, closes: np.ndarray) -> np.ndarray:
+        paths = np.repeat(closes[:, -1:], self.horizon, axis=1)
+        for row, window in enumerate(closes):
+            try:
+                paths[row] = self.make_model().forecast(y=window, h=self.horizon)["mean"]
+            except (ValueError, ArithmeticError, np.linalg.LinAlgError):
+                self.failures += 1
+        return paths
+
+
+def statistical_peers(horizon: int = HORIZON) -> list[StatisticalPeer]:
+    """statsforecast's AutoETS and AutoTheta (non-seasonal); PeersUnavailable without the extra."""
+    try:
+        from statsforecast.models import AutoETS, AutoTheta
+    except ImportError as error:
+        raise PeersUnavailable(f"the peers (AutoETS, AutoTheta) need statsforecast: {PEERS_INSTALL}") from error
+    return [StatisticalPeer("AutoETS", lambda: AutoETS(season_length=1), horizon),
+            StatisticalPeer("AutoTheta", lambda: AutoTheta(season_length=1), horizon)]
+
+
 def load_forecaster(model_path, engine: str = "auto", level: float = DEFAULT_LEVEL,
                     run_origins: int = SERVING_RUN_ORIGINS) -> LSTMForecaster:
     """Read the artifact at `model_path` and make its forecaster; raises ModelUnavailable with the
