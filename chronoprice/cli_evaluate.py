@@ -207,7 +207,7 @@ def format_verdict_table(rows: list[dict], title: str) -> str:
     lines = [title, "step  origins  MAE ratio  DM p    direction  coverage  interval-score ratio  DM p"
              + "".join(f"  {name:>9}" for name in peers) + ("  model (same)" if peers else "")]
     lines += [f"{row['step']:>4}  {row['origins']:7d}  {row['mae_ratio']:9.4f}  {row['dm_p_value']:.3f}  "
-              f"{'no call' if row['direction_accuracy'] is None else format(row['direction_accuracy'], '.3f'):>9}  "
+              f"{'no call' if pd.isna(row['direction_accuracy']) else format(row['direction_accuracy'], '.3f'):>9}  "
               f"{row['coverage']:8.3f}  {row['interval_score_ratio']:20.4f}  {row['interval_dm_p_value']:.3f}"
               + "".join(f"  {row[f'mae_ratio_{name}']:9.4f}" for name in peers)
               + (f"  {row['peer_origins_mae_ratio']:11.4f}" if peers else "") for row in rows]

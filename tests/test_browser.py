@@ -127,6 +127,48 @@ def test_symbol_switch_and_unknown_symbol_message(page):
     assert page.problems == []
 
 
+def title_starts(page, text: str) -> None:
+    page.wait_for_function(f"() => (document.querySelector('#price-title')?.innerText ?? '').startsWith({text!r})",
+                           timeout=LIVENESS_SECONDS * 1000)
+
+
+def test_the_url_is_the_view_a_link_reopens_it_back_and_forward_work_and_bad_values_are_said(browser, dashboard_url):
+    page = browser.new_page(viewport={"width": 1440, "height": 900})
+    problems = []
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    page.goto(dashboard_url + "market?symbol=ETH/USDT&timeframe=15m&overlays=rsi")
+    title_starts(page, "ETH/USDT 15m")
+    assert page.is_checked("#overlays input[value='rsi']") and page.input_value("#symbol-input") == "ETH/USDT"
+    page.click("#timeframe >> text=1m")
+    title_starts(page, "ETH/USDT 1m")
+    page.wait_for_function("() => location.search.includes('timeframe=1m') && location.search.includes('overlays=rsi')")
+    page.click("#overlays >> text=SMA 20")
+    page.wait_for_function("() => location.search.includes('overlays=sma20%2Crsi')")
+    shared = page.url
+    page.go_back()
+    page.wait_for_function("() => !document.querySelector(\"#overlays input[value='sma20']\").checked")
+    page.go_back()
+    title_starts(page, "ETH/USDT 15m")
+    page.go_forward()
+    title_starts(page, "ETH/USDT 1m")
+    other = browser.new_page(viewport={"width": 390, "height": 844})
+    other.goto(shared)
+    title_starts(other, "ETH/USDT 1m")
+    assert other.is_checked("#overlays input[value='sma20']") and other.is_checked("#overlays input[value='rsi']")
+    other.goto(dashboard_url + "market?timeframe=7m")
+    other.wait_for_function("() => (document.querySelector('#symbol-message')?.innerText ?? '').includes('“7m” in the link is not a timeframe')",
+                            timeout=LIVENESS_SECONDS * 1000)
+    title_starts(other, "BTC/USDT 1m")
+    other.goto(dashboard_url + "market?symbol=FOO/BAR")
+    other.wait_for_function("() => (document.querySelector('#symbol-message')?.innerText ?? '').includes('FOO/BAR')",
+                            timeout=LIVENESS_SECONDS * 1000)
+    assert "Still showing BTC/USDT" in other.inner_text("#symbol-message")
+    title_starts(other, "BTC/USDT 1m")
+    assert problems == []
+    page.close()
+    other.close()
+
+
 def test_the_overview_lists_every_watched_market_and_opens_its_chart(browser, dashboard_url):
     page = browser.new_page(viewport={"width": 390, "height": 844})
     page.goto(dashboard_url)

@@ -16,11 +16,11 @@ from chronoprice.web.access import write_refusal
 from chronoprice.web.dashboard.callbacks import (
     check_symbol,
     read_view,
-    page_of,
     render_view,
     verdict,
     watch_message,
 )
+from chronoprice.web.dashboard.urls import PageView, market_search, page_view
 from chronoprice.web.dashboard.figures import (
     Horizon,
     error_figure,
@@ -246,10 +246,20 @@ def test_overview_summarises_every_watched_market_from_the_store(demo_ticker):
     assert naive.model_version == "naive" and set(naive.forecast) == {naive.last_price}
     row = overview_row(naive, demo_ticker.now_ms())
     assert row["path"] == "/market?symbol=BTC%2FUSDT&timeframe=15m" and row["mae_ratio"] is None and "last close" in row["forecast"]
-    assert page_of("/market", "?symbol=eth/usdt&timeframe=1h", "BTC/USDT", "1m") == ("ETH/USDT", "1h", "market")
-    assert page_of("/", "?symbol=nonsense&timeframe=2m", "BTC/USDT", "1m") == ("BTC/USDT", "1m", "overview")
-    assert page_of("/models/", None, "BTC/USDT", "1m") == ("BTC/USDT", "1m", "models")
-    assert page_of("/elsewhere", None, "BTC/USDT", "1m")[2] == "overview"
+
+
+def test_the_url_is_the_view_and_what_it_gets_wrong_is_said():
+    view = page_view("/market", "?symbol=eth/usdt&timeframe=1h&overlays=rsi,sma20", "BTC/USDT", "1m")
+    assert view == PageView("market", "ETH/USDT", "1h", ("rsi", "sma20"))
+    assert page_view("/market", market_search("ETH/USDT", "1h", ["sma20", "rsi"]), "BTC/USDT", "1m").overlays == ("sma20", "rsi")
+    assert market_search("ETH/USDT", "15m") == "?symbol=ETH%2FUSDT&timeframe=15m"
+    wrong = page_view("/market", "?symbol=nonsense&timeframe=7m&overlays=macd", "BTC/USDT", "1m")
+    assert (wrong.symbol, wrong.timeframe, wrong.overlays) == ("BTC/USDT", "1m", ())
+    assert ["not a symbol" in wrong.problems[0], "“7m”" in wrong.problems[1], "macd" in wrong.problems[2]] == [True] * 3
+    assert "showing 1m" in wrong.problems[1], "a bad value says what is shown instead"
+    assert page_view("/models/", None, "BTC/USDT", "1m") == PageView("models", "BTC/USDT", "1m", ())
+    assert page_view("/elsewhere", "?timeframe=", "BTC/USDT", "1m").page == "overview"
+    assert len(page_view("/market", "?symbol=" + "A" * 60_000, "BTC/USDT", "1m").problems[0]) < 200, "echoes a bounded part"
 
 
 def test_the_overview_form_watches_and_explains(demo_ticker):

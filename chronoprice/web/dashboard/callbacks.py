@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from urllib.parse import parse_qs
 
 import dash
 import flask
@@ -39,6 +38,7 @@ from chronoprice.web.dashboard.figures import (
 )
 from chronoprice.web.dashboard.layout import DEFAULT_SYMBOLS, symbol_options
 from chronoprice.web.dashboard.overview import DEFAULT_SORT, overview_row, sort_after_click, table_body
+from chronoprice.web.dashboard.urls import market_search, page_view
 
 INDICATOR_WARM_UP = 60  # extra candles read so EMA 50 is settled on the first shown candle
 
@@ -207,19 +207,6 @@ def check_symbol(ticker: Ticker, text: str | None, current: str) -> tuple[str, s
     return symbol, ""
 
 
-def page_of(pathname: str | None, search: str | None, symbol: str, timeframe: str) -> tuple[str, str, str]:
-    """(symbol, timeframe, page: overview, market or models) for a URL such as
-    /market?symbol=ETH/USDT&timeframe=15m; what the query lacks or gets wrong stays as it was."""
-    query = parse_qs((search or "").lstrip("?"))
-    try:
-        symbol = settings_from({"symbol": query["symbol"][0]}, {}).symbol if "symbol" in query else symbol
-    except SettingsError:
-        pass
-    timeframe = query["timeframe"][0] if query.get("timeframe", [""])[0] in TIMEFRAME_MS else timeframe
-    last = (pathname or "/").rstrip("/").rpartition("/")[2]
-    return symbol, timeframe, last if last in ("market", "models") else "overview"
-
-
 def watch_message(ticker: Ticker, symbol: str | None, timeframe: str, limit: int) -> str:
     """Watch the market the form names; the sentence that says what happened."""
     try:
@@ -245,16 +232,31 @@ def attach_callbacks(app: dash.Dash, ticker: Ticker, cache, settings: Settings) 
         return [outputs[component + ("-hidden" if prop == "hidden" else "")] for component, prop in REFRESH_OUTPUTS]
 
     @app.callback(Output("active-symbol", "data"), Output("symbol-message", "children"), Output("symbol-input", "value"),
-                  Output("timeframe", "value"), Output("overview-page", "hidden"), Output("market-page", "hidden"),
+                  Output("timeframe", "value"), Output("overlays", "value"), Output("url", "search"),
+                  Output("overview-page", "hidden"), Output("market-page", "hidden"),
                   Output("market-controls", "hidden"), Output("models-page", "hidden"),
                   Input("url", "pathname"), Input("url", "search"), Input("symbol-input", "value"),
-                  State("active-symbol", "data"), State("timeframe", "value"))
-    def route(pathname, search, text, current, timeframe):
-        if dash.ctx.triggered_id == "symbol-input":
+                  Input("timeframe", "value"), Input("overlays", "value"), State("active-symbol", "data"))
+    def route(pathname, search, text, timeframe, overlays, current):
+        """One callback for the URL and the controls that write it (Dash allows a callback's own
+        outputs among its inputs): a control's change becomes a new history entry, and a URL,
+        typed, linked or reached by back and forward, sets the controls."""
+        keep = dash.no_update
+        trigger = dash.ctx.triggered_id
+        if trigger == "symbol-input":
             symbol, message = check_symbol(ticker, text, current)
-            return symbol, message, *[dash.no_update] * 6
-        symbol, timeframe, page = page_of(pathname, search, current, timeframe)
-        return symbol, "", symbol, timeframe, page != "overview", page != "market", page != "market", page != "models"
+            return symbol, message, keep, keep, keep, market_search(symbol, timeframe, overlays) if not message else keep, *[keep] * 4
+        if trigger in ("timeframe", "overlays"):
+            return keep, "", keep, keep, keep, market_search(current, timeframe, overlays), *[keep] * 4
+        view = page_view(pathname, search, current, timeframe)
+        symbol, problems = view.symbol, list(view.problems)
+        if view.page == "market" and symbol != current:
+            symbol, unknown = check_symbol(ticker, symbol, current)
+            problems.append(unknown.rstrip("."))
+        problems = [problem for problem in problems if problem] if view.page == "market" else []
+        message = ". ".join(problems) + "." if problems else ""
+        return (symbol, message, symbol, view.timeframe, list(view.overlays), keep,
+                view.page != "overview", view.page != "market", view.page != "market", view.page != "models")
 
     @app.callback(Output("overview-body", "children"), Input("refresh", "n_intervals"), Input("overview-page", "hidden"),
                   Input("overview-sort", "data"), Input("watchlist-changed", "data"))

@@ -38,7 +38,7 @@ def build_layout(settings: Settings) -> html.Div:
         id="root",
         className="theme-dark",
         children=[
-            dcc.Location(id="url"),
+            dcc.Location(id="url", refresh=False),  # the controls write the URL: a history entry, no reload
             dcc.Store(id="theme", storage_type="local", data="dark"),
             dcc.Store(id="active-symbol", data=settings.symbol),
             dcc.Store(id="updated-at"),

@@ -7,13 +7,12 @@ sorting them on the server keeps the page light on a phone.
 
 from __future__ import annotations
 
-from urllib.parse import urlencode
-
 from dash import dcc, html
 
 from chronoprice.market.timeframes import TIMEFRAME_MS
 from chronoprice.model.forecasters import NaiveBandForecaster
 from chronoprice.service.overview import MarketSummary
+from chronoprice.web.dashboard.urls import market_search
 
 BLOCKS = "▁▂▃▄▅▆▇█"
 # (key, heading, digits for numbers; None for text)
@@ -26,7 +25,7 @@ DEFAULT_SORT = {"key": "market", "descending": False}
 
 
 def market_path(symbol: str, timeframe: str) -> str:
-    return "/market?" + urlencode({"symbol": symbol, "timeframe": timeframe})
+    return "/market" + market_search(symbol, timeframe)
 
 
 def sparkline(closes: list[float], forecast: list[float]) -> str:
