@@ -169,6 +169,40 @@ def test_the_url_is_the_view_a_link_reopens_it_back_and_forward_work_and_bad_val
     other.close()
 
 
+X_RANGE = "() => { const axis = document.querySelector('#price-chart .js-plotly-plot')._fullLayout.xaxis; return [axis.range, axis.autorange]; }"
+
+
+def test_zoom_and_pan_survive_refreshes_and_a_double_click_resets_them(browser, dashboard):
+    _, ticker = dashboard
+    settings = settings_from({"source": "demo", "refresh_seconds": "1"}, {})
+    server = make_server("127.0.0.1", 0, create_app(settings, ticker).server, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    page = browser.new_page(viewport={"width": 1440, "height": 900})
+    try:
+        page.goto(f"http://127.0.0.1:{server.server_port}/market")
+        page.wait_for_function(f"() => ({CANDLES_DRAWN})() === 70", timeout=LIVENESS_SECONDS * 1000)
+        page.evaluate("() => { const gd = document.querySelector('#price-chart .js-plotly-plot'); window.redraws = 0; "
+                      "gd.on('plotly_afterplot', () => { window.redraws += 1; }); }")
+        plot = page.locator("#price-chart .nsewdrag").first.bounding_box()
+        page.mouse.move(plot["x"] + plot["width"] * 0.3, plot["y"] + plot["height"] * 0.5)
+        page.mouse.down()
+        page.mouse.move(plot["x"] + plot["width"] * 0.6, plot["y"] + plot["height"] * 0.6, steps=8)
+        page.mouse.up()
+        zoomed = page.evaluate(X_RANGE)
+        assert zoomed[1] is False
+        page.evaluate("() => { window.redraws = 0; }")
+        page.wait_for_function("() => window.redraws >= 3", timeout=LIVENESS_SECONDS * 1000)  # two refreshes and more
+        assert page.evaluate(X_RANGE) == zoomed, "the zoom survives the refreshes"
+        page.mouse.dblclick(plot["x"] + plot["width"] * 0.5, plot["y"] + plot["height"] * 0.5)
+        page.wait_for_function(f"() => ({X_RANGE})()[1] === true")
+        page.evaluate("() => { window.redraws = 0; }")
+        page.wait_for_function("() => window.redraws >= 3", timeout=LIVENESS_SECONDS * 1000)
+        assert page.evaluate(X_RANGE)[1] is True, "a double click gives the whole chart back, and it stays"
+    finally:
+        page.close()
+        server.shutdown()
+
+
 def test_the_overview_lists_every_watched_market_and_opens_its_chart(browser, dashboard_url):
     page = browser.new_page(viewport={"width": 390, "height": 844})
     page.goto(dashboard_url)

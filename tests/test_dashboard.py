@@ -20,7 +20,7 @@ from chronoprice.web.dashboard.callbacks import (
     verdict,
     watch_message,
 )
-from chronoprice.web.dashboard.urls import PageView, market_search, page_view
+from chronoprice.web.dashboard.chart_view import ranges_after, with_user_ranges
 from chronoprice.web.dashboard.figures import (
     Horizon,
     error_figure,
@@ -30,6 +30,7 @@ from chronoprice.web.dashboard.figures import (
     step_error_figure,
     with_indicators,
 )
+from chronoprice.web.dashboard.urls import PageView, market_search, page_view
 from chronoprice.web.dashboard.overview import overview_row, sort_after_click, sorted_rows, sparkline
 from tests.conftest import MINUTE_MS, make_candles
 
@@ -279,3 +280,20 @@ def test_watchlist_writes_are_refused_to_strangers_and_to_a_wrong_token():
     assert write_refusal("127.0.0.1", None, "a-long-admin-token-for-tests")[0] == 401, "with a token set, loopback needs it too"
     assert write_refusal("203.0.113.9", "a-long-admin-token-for-tests", "a-long-admin-token-for-tests") is None
     assert "a-long" not in write_refusal("203.0.113.9", "wrong", "a-long-admin-token-for-tests")[1]
+
+
+def test_the_users_zoom_is_kept_from_relayout_events_and_applied_to_every_x_axis():
+    zoomed = ranges_after(None, {"xaxis2.range[0]": "2026-12-07 10:00", "xaxis2.range[1]": "2026-12-07 11:00",
+                                 "yaxis.range[0]": 100.0, "yaxis.range[1]": 110.0})
+    assert zoomed == {"x": ["2026-12-07 10:00", "2026-12-07 11:00"], "yaxis": [100.0, 110.0]}
+    assert ranges_after(zoomed, {"autosize": True}) == zoomed, "a resize is not a zoom"
+    assert ranges_after(zoomed, {"xaxis.autorange": True, "yaxis.autorange": True}) == {}
+    assert ranges_after(None, {"xaxis.range": ["a", "b"]}) == {"x": ["a", "b"]}
+    assert ranges_after(None, {"xaxis.range[0]": "x" * 1000, "xaxis.range[1]": "b", "yaxis.range": "bad"}) == {}, \
+        "what the chart cannot have sent is dropped"
+    figure = {"data": [], "layout": {"xaxis": {"matches": "x2"}, "xaxis2": {}, "yaxis": {"side": "right"}}}
+    applied = with_user_ranges(figure, zoomed)
+    assert applied["layout"]["xaxis"] == {"matches": "x2", "range": ["2026-12-07 10:00", "2026-12-07 11:00"], "autorange": False}
+    assert applied["layout"]["xaxis2"]["range"] == zoomed["x"] and applied["layout"]["yaxis"]["range"] == [100.0, 110.0]
+    assert "range" not in figure["layout"]["xaxis"], "the cached figure is not changed"
+    assert with_user_ranges(figure, {}) is figure

@@ -36,6 +36,7 @@ from chronoprice.web.dashboard.figures import (
     price_figure,
     step_error_figure,
 )
+from chronoprice.web.dashboard.chart_view import ranges_after, with_user_ranges
 from chronoprice.web.dashboard.layout import DEFAULT_SYMBOLS, symbol_options
 from chronoprice.web.dashboard.overview import DEFAULT_SORT, overview_row, sort_after_click, table_body
 from chronoprice.web.dashboard.urls import market_search, page_view
@@ -222,14 +223,23 @@ def watch_message(ticker: Ticker, symbol: str | None, timeframe: str, limit: int
 def attach_callbacks(app: dash.Dash, ticker: Ticker, cache, settings: Settings) -> None:
     @app.callback([Output(component, prop) for component, prop in REFRESH_OUTPUTS],
                   Input("refresh", "n_intervals"), Input("active-symbol", "data"), Input("timeframe", "value"),
-                  Input("theme", "data"), Input("overlays", "value"))
-    def refresh(_, symbol, timeframe, theme, overlays):
+                  Input("theme", "data"), Input("overlays", "value"), State("chart-view", "data"))
+    def refresh(_, symbol, timeframe, theme, overlays, chart_view):
         try:
             status = ticker.tick(symbol, timeframe if timeframe in TIMEFRAME_MS else ticker.timeframe)
             outputs = cached_outputs(cache, ticker, status, theme or "dark", overlays or [], cached_seconds(settings.refresh_seconds))
         except STORE_UNAVAILABLE:
             raise PreventUpdate from None  # a lock past the busy timeout: keep the last good page
+        if chart_view and chart_view.get("market") == f"{status.symbol}@{status.timeframe}":
+            outputs = {**outputs, "price-chart": with_user_ranges(outputs["price-chart"], chart_view.get("ranges"))}
         return [outputs[component + ("-hidden" if prop == "hidden" else "")] for component, prop in REFRESH_OUTPUTS]
+
+    @app.callback(Output("chart-view", "data"), Input("price-chart", "relayoutData"), State("chart-view", "data"),
+                  State("active-symbol", "data"), State("timeframe", "value"), prevent_initial_call=True)
+    def keep_chart_view(relayout, chart_view, symbol, timeframe):
+        market = f"{symbol}@{timeframe}"
+        kept = chart_view.get("ranges") if chart_view and chart_view.get("market") == market else None
+        return {"market": market, "ranges": ranges_after(kept, relayout if isinstance(relayout, dict) else None)}
 
     @app.callback(Output("active-symbol", "data"), Output("symbol-message", "children"), Output("symbol-input", "value"),
                   Output("timeframe", "value"), Output("overlays", "value"), Output("url", "search"),

@@ -1,0 +1,47 @@
+"""The price chart's zoom and pan, kept across refreshes and live updates. Plotly's uirevision
+does not keep them on this chart (its x axes are matched across the subplots, and a redraw
+dropped a box-zoom within seconds), so the page keeps them itself: the ranges the user set, from
+the chart's relayout events, are written into every redrawn figure of the same market. Pure."""
+
+from __future__ import annotations
+
+import re
+
+AXIS_RANGE = re.compile(r"^(xaxis\d*|yaxis)\.range(?:\[([01])\])?$")
+AXIS_AUTORANGE = re.compile(r"^(xaxis\d*|yaxis)\.autorange$")
+MAX_VALUE_CHARACTERS = 40  # an axis end is a date or a price; anything longer is not from the chart
+
+
+def _end(value) -> str | float | None:
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        return None
+    return value if not isinstance(value, str) or len(value) <= MAX_VALUE_CHARACTERS else None
+
+
+def ranges_after(ranges: dict | None, relayout: dict | None) -> dict[str, list]:
+    """The ranges the user has set ("x": the shared time axis, "yaxis": the price axis) after a
+    relayout event: a zoom or pan sets them, a double click (autorange) clears them, and what is
+    not an axis range (a resize, a legend click, a malformed value) changes nothing."""
+    ranges = {axis: list(values) for axis, values in (ranges or {}).items()}
+    for key, value in (relayout or {}).items():
+        if (match := AXIS_AUTORANGE.match(str(key))) and value is True:
+            ranges.pop("x" if match[1].startswith("x") else match[1], None)
+        elif match := AXIS_RANGE.match(str(key)):
+            axis = "x" if match[1].startswith("x") else match[1]
+            if match[2] is None:
+                ends = [_end(each) for each in value] if isinstance(value, list) and len(value) == 2 else [None, None]
+                ranges[axis] = ends
+            else:
+                ranges.setdefault(axis, [None, None])[int(match[2])] = _end(value)
+    return {axis: ends for axis, ends in ranges.items() if None not in ends}
+
+
+def with_user_ranges(figure: dict, ranges: dict | None) -> dict:
+    """`figure` (a dict) with the user's ranges applied: the time range to every matched x axis."""
+    if not ranges or "layout" not in figure:
+        return figure
+    layout = dict(figure["layout"])
+    for axis, ends in ranges.items():
+        for key in [name for name in layout if name.startswith("xaxis")] if axis == "x" else [axis]:
+            layout[key] = {**layout.get(key, {}), "range": list(ends), "autorange": False}
+    return {**figure, "layout": layout}
