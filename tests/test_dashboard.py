@@ -30,8 +30,8 @@ from chronoprice.web.dashboard.figures import (
     step_error_figure,
     with_indicators,
 )
-from chronoprice.web.dashboard.urls import PageView, market_search, page_view
 from chronoprice.web.dashboard.overview import overview_row, sort_after_click, sorted_rows, sparkline
+from chronoprice.web.dashboard.urls import PageView, market_search, page_view
 from tests.conftest import MINUTE_MS, make_candles
 
 
