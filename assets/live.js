@@ -27,8 +27,9 @@
         const dc = window.dash_clientside;
         const unchanged = [dc.no_update, dc.no_update, dc.no_update];
         const polled = dc.callback_context.triggered.some((item) => item.prop_id === "live-poll.n_intervals");
-        if (hidden || !figure || !figure.data) {
-          return unchanged;
+        const candles = figure && figure.data ? figure.data.find((trace) => trace.uid === "candles") : null;
+        if (hidden || !candles || !candles.x || !candles.x.length) {
+          return unchanged; // no candle drawn yet: the first tick has not stored any, so there is nothing live to ask for
         }
         const market = symbol + "@" + timeframe;
         if (polled) {
@@ -39,10 +40,9 @@
             return unchanged; // offline for a moment: the next poll tries again
           }
         }
-        const candles = figure.data.find((trace) => trace.uid === "candles");
         const forming = figure.data.findIndex((trace) => trace.uid === "forming");
         const candle = latest.candle;
-        if (latest.market !== market || !candle || !candles || forming < 0 || !candles.x || !candles.x.length) {
+        if (latest.market !== market || !candle || forming < 0) {
           return unchanged;
         }
         if (candle.ts <= Date.parse(candles.x[candles.x.length - 1] + "Z")) {

@@ -281,6 +281,14 @@ def test_python_app_py_offline_shows_the_demo_and_a_forecast(browser, tmp_path):
     process = subprocess.Popen(command, cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        console_errors = []
+        page.on("console", lambda message: console_errors.append(message.text) if message.type == "error" else None)
+        # Every text the source badge and the model badge ever show, from the first paint on.
+        page.add_init_script("""window.badges = new Set(); new MutationObserver(() => {
+            for (const id of ['source-badge', 'model-badge']) {
+                const element = document.getElementById(id);
+                if (element && element.innerText) { window.badges.add(id + ': ' + element.innerText); }
+            } }).observe(document, {subtree: true, childList: true, characterData: true});""")
         while True:
             try:
                 page.goto(f"http://127.0.0.1:{port}/market")
@@ -291,6 +299,10 @@ def test_python_app_py_offline_shows_the_demo_and_a_forecast(browser, tmp_path):
         page.wait_for_function(f"() => ({CANDLES_DRAWN})() === 70", timeout=LIVENESS_SECONDS * 1000)
         assert page.inner_text("#source-badge") == "offline demo"
         assert "live unreachable" in page.inner_text("#banner")
+        badges = page.evaluate("() => [...window.badges]")
+        assert [badge for badge in badges if badge.startswith("source-badge")] == ["source-badge: offline demo"], badges
+        assert "model-badge: model unavailable" not in badges, "no model verdict before there are candles"
+        assert console_errors == [], "no live poll (or anything else) fails before the first tick"
         page.close()
     finally:
         process.terminate()

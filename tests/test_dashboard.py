@@ -5,10 +5,10 @@ import pandas as pd
 import pytest
 
 from chronoprice.config import settings_from
-from chronoprice.service.build import build_ticker
 from chronoprice.evaluation.metrics import diebold_mariano, overall_metrics
-from chronoprice.service.scoring import read_scored
+from chronoprice.service.build import build_ticker
 from chronoprice.service.overview import SPARK_CANDLES, change_pct, summarise_watchlist
+from chronoprice.service.scoring import read_scored
 from chronoprice.service.watchlist import seed_watchlist
 from chronoprice.store.records import read_candles
 from chronoprice.store.watchlist import read_watchlist
@@ -17,7 +17,6 @@ from chronoprice.web.dashboard.callbacks import (
     check_symbol,
     read_view,
     render_view,
-    verdict,
     watch_message,
 )
 from chronoprice.web.dashboard.chart_view import ranges_after, with_user_ranges
@@ -30,7 +29,14 @@ from chronoprice.web.dashboard.figures import (
     step_error_figure,
     with_indicators,
 )
-from chronoprice.web.dashboard.overview import overview_row, sort_after_click, sorted_rows, sparkline
+from chronoprice.web.dashboard.market_text import coverage_detail, render_text, source_badge, verdict
+from chronoprice.web.dashboard.overview import (
+    number_text,
+    overview_row,
+    sort_after_click,
+    sorted_rows,
+    sparkline,
+)
 from chronoprice.web.dashboard.urls import PageView, market_search, page_view
 from tests.conftest import MINUTE_MS, make_candles
 
@@ -185,6 +191,24 @@ def test_render_view_shows_a_failing_source_as_a_status_message(demo_ticker):
     assert len(traces(outputs["price-chart"], "candles")[0].x) == 60, "the last good candles stay on screen"
 
 
+def test_the_page_claims_nothing_before_the_first_candles_and_warns_of_a_narrow_band(demo_ticker):
+    view = view_of(demo_ticker, "BTC/USDT", "1m")
+    assert render_text(view)["source-badge"] == "offline demo" and render_text(view)["model-badge"].startswith("model ")
+    empty = dataclasses.replace(view, candles=view.candles.iloc[:0], matured=view.matured.iloc[:0],
+                                status=dataclasses.replace(view.status, newest_ts=None))
+    outputs = render_text(empty)
+    assert outputs["source-badge"] == "" and outputs["model-badge"] == "", "no source or model claimed before candles"
+    assert outputs["status-message"] == "Waiting for the first candles from offline demo…"
+    failing = dataclasses.replace(empty, status=dataclasses.replace(empty.status, error="binance unreachable"))
+    assert render_text(failing)["status-message"] == "Waiting for the first candles from offline demo: binance unreachable."
+    assert source_badge(failing.status, has_candles=True) == "offline demo: not answering"
+    horizon = Horizon(10, "1m")
+    origins = pd.DataFrame({"origin_ts": np.arange(250)})
+    assert coverage_detail(0.84, origins, horizon).startswith("⚠ too narrow: 84 % of closes inside the 90 % band, over 250")
+    assert coverage_detail(0.86, origins, horizon) == "of closes inside the 90 % band", "within 5 points"
+    assert coverage_detail(0.5, origins.head(199), horizon) == "of closes inside the 90 % band", "too few origins to say"
+
+
 def test_check_symbol_switches_or_explains(demo_ticker):
     assert check_symbol(demo_ticker, "eth/usdt", "BTC/USDT") == ("ETH/USDT", "")
     symbol, message = check_symbol(demo_ticker, "DOGE/EUR", "ETH/USDT")
@@ -247,6 +271,12 @@ def test_overview_summarises_every_watched_market_from_the_store(demo_ticker):
     assert naive.model_version == "naive" and set(naive.forecast) == {naive.last_price}
     row = overview_row(naive, demo_ticker.now_ms())
     assert row["path"] == "/market?symbol=BTC%2FUSDT&timeframe=15m" and row["mae_ratio"] is None and "last close" in row["forecast"]
+    assert lstm.matured_origins == rows["origin_ts"].nunique() > 0
+    hour_old = dataclasses.replace(naive, timeframe="1h", newest_ts=demo_ticker.now_ms() - 65 * 60_000)
+    assert overview_row(hour_old, demo_ticker.now_ms())["age_minutes"] == 5, "the newest 1h candle closed 5 minutes ago"
+    narrow = dataclasses.replace(lstm, coverage=0.8, matured_origins=200)
+    assert overview_row(narrow, demo_ticker.now_ms())["undercovered"] and not overview_row(lstm, demo_ticker.now_ms())["undercovered"]
+    assert [number_text(-0.001, 2), number_text(-0.5, 2), number_text(-1234.5, 1)] == ["0.00", "-0.50", "-1,234.5"]
 
 
 def test_the_url_is_the_view_and_what_it_gets_wrong_is_said():

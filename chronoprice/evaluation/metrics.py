@@ -13,9 +13,17 @@ import pandas as pd
 INTERVAL_LEVELS = (0.8, 0.9, 0.95)  # calibrated with every model
 DEFAULT_LEVEL = 0.9  # the band the dashboard and the API serve
 ERROR_WINDOW_HOURS = 24  # live scores on the dashboard and the API's default window
+UNDERCOVERAGE_POINTS = 0.05  # a band covering this much less than its level is flagged ...
+UNDERCOVERAGE_ORIGINS = 200  # ... once this many origins have matured (fewer is too noisy to say)
 VOLATILITY_WINDOW = 15  # candles of returns that scale the interval, chosen on validation
 ADAPTIVE_WINDOW = 360  # matured scores per step that set the live interval (6 hours), chosen on validation
 ADAPTIVE_MIN_ERRORS = 120  # below this many, the validation calibration saved with the model is used
+
+
+def undercovered(coverage: float | None, origins: int, level: float = DEFAULT_LEVEL) -> bool:
+    """Whether a band's live coverage is more than UNDERCOVERAGE_POINTS below its level, on enough
+    matured origins to say so: the page warns that the band is too narrow."""
+    return coverage is not None and origins >= UNDERCOVERAGE_ORIGINS and coverage < level - UNDERCOVERAGE_POINTS
 
 
 def recent_volatility(closes: np.ndarray, span: int = VOLATILITY_WINDOW) -> np.ndarray:

@@ -35,6 +35,7 @@ class MarketSummary:
     dm_p_value: float | None
     coverage: float | None
     model_version: str | None
+    matured_origins: int = 0
     guarded: bool = False  # the skill guard serves the last close in the model's place
 
 
@@ -96,7 +97,7 @@ def summarise_market(ticker: Ticker, symbol: str, timeframe: str) -> MarketSumma
         mae_ratio=mae_ratio, coverage=sums["coverage"] if sums["count"] else None,
         dm_p_value=last_step_p_value(matured_step_errors(db, market, since, horizon), horizon) if horizon else None,
         model_version=str(forecast["model_version"].iloc[0]) if not forecast.empty else status.model_version,
-        guarded=status.guarded,
+        guarded=status.guarded, matured_origins=sums["origins"] or 0,
     )
 
 

@@ -185,13 +185,16 @@ def matured_step_errors(db: Database, market: Market, since_target_ts: int, step
 def matured_error_sums(db: Database, market: Market, since_target_ts: int, model_version: str | None = None) -> dict:
     """Over the matured forecast steps (by `model_version`, or SERVED) since `since_target_ts`,
     summed in the database rather than read row by row: their count, mean absolute error, mean
-    absolute error of the origin close, and the share of actual closes inside [lower, upper]."""
+    absolute error of the origin close, the share of actual closes inside [lower, upper], and
+    from how many origins."""
     where, params = _matured_where(market, since_target_ts, None, None, model_version)
-    count, mae, mae_origin, inside = db.execute(
+    count, mae, mae_origin, inside, origins = db.execute(
         "select count(*), avg(abs(predicted - actual)), avg(abs(origin_close - actual)), "
-        f"avg(case when actual between lower and upper then 1.0 else 0.0 end) from forecasts where {where}", params).fetchone()
+        "avg(case when actual between lower and upper then 1.0 else 0.0 end), count(distinct origin_ts) "
+        f"from forecasts where {where}", params).fetchone()
     # PostgreSQL averages the 1.0 and 0.0 literals as numeric (Decimal): floats, as on SQLite.
-    return {"count": count, "mae": mae, "mae_origin_close": mae_origin, "coverage": None if inside is None else float(inside)}
+    return {"count": count, "mae": mae, "mae_origin_close": mae_origin, "coverage": None if inside is None else float(inside),
+            "origins": origins}
 
 
 def matured_step_sums(db: Database, market: Market, since_target_ts: int, model_version: str) -> np.ndarray:

@@ -13,32 +13,45 @@ from dash import ALL, ClientsideFunction, Input, Output, State
 from dash.exceptions import PreventUpdate
 
 from chronoprice.config import Settings, SettingsError, settings_from
-from chronoprice.evaluation.metrics import ERROR_WINDOW_HOURS, matured_metrics
+from chronoprice.evaluation.metrics import ERROR_WINDOW_HOURS
 from chronoprice.market.timeframes import TIMEFRAME_MS, timeframe_ms
 from chronoprice.model.features import HORIZON
-from chronoprice.model.forecasters import NaiveBandForecaster
+from chronoprice.service.guard import served_forecast
 from chronoprice.service.overview import summarise_watchlist
-from chronoprice.service.watchlist import parse_market, watch_market
-from chronoprice.service.guard import guard_text, served_forecast
 from chronoprice.service.scoring import read_scored
-from chronoprice.service.status import TickStatus, forming_frame, fresh_forming_row, status_to_json
+from chronoprice.service.status import (
+    TickStatus,
+    forming_frame,
+    fresh_forming_row,
+    status_to_json,
+)
 from chronoprice.service.tick import Ticker
+from chronoprice.service.watchlist import parse_market, watch_market
 from chronoprice.store import STORE_UNAVAILABLE
 from chronoprice.store.records import read_candles
-from chronoprice.store.watchlist import WatchlistFull, read_watchlist, remove_from_watchlist
+from chronoprice.store.watchlist import (
+    WatchlistFull,
+    read_watchlist,
+    remove_from_watchlist,
+)
 from chronoprice.web.access import write_refusal
 from chronoprice.web.cache import cached_seconds
+from chronoprice.web.dashboard.chart_view import ranges_after, with_user_ranges
 from chronoprice.web.dashboard.figures import (
     SHOWN_CANDLES,
     Horizon,
     error_figure,
-    kpis,
     price_figure,
     step_error_figure,
 )
-from chronoprice.web.dashboard.chart_view import ranges_after, with_user_ranges
 from chronoprice.web.dashboard.layout import DEFAULT_SYMBOLS, symbol_options
-from chronoprice.web.dashboard.overview import DEFAULT_SORT, overview_row, sort_after_click, table_body
+from chronoprice.web.dashboard.market_text import render_text
+from chronoprice.web.dashboard.overview import (
+    DEFAULT_SORT,
+    overview_row,
+    sort_after_click,
+    table_body,
+)
 from chronoprice.web.dashboard.urls import market_search, page_view
 
 INDICATOR_WARM_UP = 60  # extra candles read so EMA 50 is settled on the first shown candle
@@ -85,36 +98,6 @@ def fresh_forming(status: TickStatus, candles: pd.DataFrame, now_ms: int) -> pd.
     return forming_frame(forming)
 
 
-def _utc(ts: int | None) -> str:
-    return pd.Timestamp(ts, unit="ms", tz="UTC").strftime("%H:%M UTC") if ts else "–"
-
-
-def _price(value: float | None) -> str:
-    return "–" if value is None else f"{value:,.2f}"
-
-
-def _against_naive(ratio: float) -> str:
-    difference = abs(ratio - 1) * 100
-    if difference < 0.05:
-        return "as accurate as"
-    return f"{difference:.1f} % {'better' if ratio < 1 else 'worse'} than"
-
-
-def verdict(matured: pd.DataFrame, horizon: Horizon) -> str:
-    """One plain sentence on model vs naive, e.g. 'Forecasts 10 minutes ahead are 0.2 % worse
-    than repeating the last close; 1 minute ahead: as accurate as it'."""
-    if matured.empty:
-        return f"No forecast has matured yet: the first are scored {horizon.ahead()} after they are made."
-    per_step = matured_metrics(matured).set_index("step")["mae_ratio"].dropna()
-    if per_step.empty:
-        return "The price has not moved since the forecasts were made: nothing to score yet."
-    longest, shortest = int(per_step.index.max()), int(per_step.index.min())
-    sentence = f"Forecasts {horizon.ahead(longest)} ahead are {_against_naive(per_step[longest])} repeating the last close"
-    if shortest != longest:
-        sentence += f"; {horizon.ahead(shortest)} ahead: {_against_naive(per_step[shortest])} it"
-    return f"{sentence} ({len(matured)} matured forecast steps, last {ERROR_WINDOW_HOURS} hours)."
-
-
 def render_figures(view: ViewData, theme: str, overlays) -> dict:
     """The three charts, keyed by component id; they change only with a new candle."""
     symbol, horizon = f"{view.status.symbol}@{view.status.timeframe}", view.horizon
@@ -129,39 +112,6 @@ def render_figures(view: ViewData, theme: str, overlays) -> dict:
 def render_view(view: ViewData, theme: str, overlays) -> dict:
     """Every output of the refresh callback, keyed by component id, from data already read."""
     return {**render_figures(view, theme, overlays), **render_text(view)}
-
-
-def render_text(view: ViewData) -> dict:
-    """Everything but the charts: KPIs, badges, banner, status line."""
-    status, horizon, numbers = view.status, view.horizon, kpis(view.candles, view.forecast, view.matured, view.forming)
-    offline = status.source == "offline demo"
-    change = "" if numbers["change_pct"] is None else f"{numbers['change_pct']:+.3f} % vs last price"
-    problems = "; ".join(filter(None, [status.error, status.note if not offline else None]))
-    naive = status.model_version == NaiveBandForecaster.version
-    return {
-        "price-title": f"{status.symbol} {status.timeframe}: last {SHOWN_CANDLES} candles and the next {horizon.steps} forecast",
-        "kpi-last-price": _price(numbers["last_price"]),
-        "kpi-last-price-detail": (f"the {_utc(int(view.forming['ts'].iloc[0]))} candle, still forming" if view.forming is not None
-                                  else f"close of the {_utc(status.newest_ts)} candle"),
-        "kpi-forecast-title": f"Forecast in {horizon.ahead()}",
-        "kpi-forecast": _price(numbers["forecast"]),
-        "kpi-forecast-detail": change,
-        "kpi-mae-ratio": "–" if numbers["mae_ratio"] is None else f"{numbers['mae_ratio']:.3f}",
-        "kpi-mae-ratio-detail": ("no model here: the forecast is the last close" if naive
-                                 else "LSTM error ÷ naive error (below 1 beats it)"),
-        "kpi-coverage": "–" if numbers["coverage"] is None else f"{100 * numbers['coverage']:.0f} %",
-        "kpi-coverage-detail": f"of closes inside the {horizon.band} band",
-        "verdict": verdict(view.matured, horizon),
-        "source-badge": status.source,
-        "model-badge": (f"last close: no model has shown skill on {status.timeframe} candles" if naive
-                        else guard_text(status.skill) if status.guarded
-                        else f"model {status.model_version}" if status.model_version else "model unavailable"),
-        "newest-candle": f"newest candle {_utc(status.newest_ts)}" + (f" · {status.feed}" if status.feed else ""),
-        "banner": (f"Offline demo: synthetic prices, not a real market. {status.note or ''}" if offline else ""),
-        "banner-hidden": not offline,
-        "status-message": problems and f"⚠ {problems}. Showing the last good data.",
-        "updated-at": status.finished_at_ms,
-    }
 
 
 def view_key(status: TickStatus, now_ms: int, theme: str, overlays) -> str:

@@ -10,6 +10,7 @@ from dash import Input, Output, dcc, html
 from dash.exceptions import PreventUpdate
 
 from chronoprice.config import Settings
+from chronoprice.evaluation.metrics import undercovered
 from chronoprice.market.timeframes import utc_minute
 from chronoprice.service.model_record import change_entry, model_entries, registered
 from chronoprice.store import STORE_UNAVAILABLE
@@ -18,7 +19,7 @@ from chronoprice.web.cache import cached_seconds
 from chronoprice.web.dashboard.overview import market_path
 
 HEADINGS = ["Model", "Timeframe", "Status", "Since", "Trained on", "Holdout MAE vs last close", "Market",
-            "Live MAE vs last close", "DM p", "Band coverage %", "Matured origins",
+            "Live MAE vs last close", "DM p, mean of steps", "Band coverage %", "Matured origins",
             "Traded after 0.1 % fees: long/flat, long/short, buy-and-hold (net %)"]
 STATUS_NOTES = {"champion": "serves the forecasts", "shadow": "forecasts beside the champion, scored, not shown",
                 "retired": "no longer forecasts"}
@@ -45,7 +46,8 @@ def _live_cells(record: dict | None) -> list[html.Td]:
     coverage = None if record["coverage"] is None else 100 * record["coverage"]
     return [html.Td(dcc.Link(f"{record['symbol']}", href=market_path(record["symbol"], record["timeframe"])), className="text"),
             html.Td(_number(record["mae_ratio"], 4), className="number"), html.Td(_number(record["dm_p_value"], 3), className="number"),
-            html.Td(_number(coverage, 1), className="number"), html.Td(f"{record['matured_origins']:,}", className="number"),
+            html.Td(("⚠ " if undercovered(record["coverage"], record["matured_origins"]) else "") + _number(coverage, 1),
+                    className="number"), html.Td(f"{record['matured_origins']:,}", className="number"),
             html.Td(backtest_text(record["backtest"]), className="number")]
 
 

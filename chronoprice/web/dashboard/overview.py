@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from dash import dcc, html
 
-from chronoprice.market.timeframes import TIMEFRAME_MS
+from chronoprice.evaluation.metrics import DEFAULT_LEVEL, UNDERCOVERAGE_POINTS, undercovered
+from chronoprice.market.timeframes import TIMEFRAME_MS, timeframe_ms
 from chronoprice.model.forecasters import NaiveBandForecaster
 from chronoprice.service.overview import MarketSummary
 from chronoprice.web.dashboard.urls import market_search
@@ -18,8 +19,8 @@ BLOCKS = "▁▂▃▄▅▆▇█"
 # (key, heading, digits for numbers; None for text)
 COLUMNS = [
     ("market", "Market", None), ("price", "Last price", 2), ("change", "24 h %", 2), ("trend", "Closes ┆ forecast", None),
-    ("forecast", "Forecast, 10 candles (90 % band)", None), ("mae_ratio", "MAE vs last close", 4), ("dm_p", "DM p", 3),
-    ("coverage", "Band coverage %", 1), ("age_minutes", "Newest candle, min ago", 0), ("status", "Status", None),
+    ("forecast", "Forecast, 10 candles (90 % band)", None), ("mae_ratio", "MAE vs last close", 4), ("dm_p", "DM p, last step", 3),
+    ("coverage", "Band coverage %", 1), ("age_minutes", "Newest close, min ago", 0), ("status", "Status", None),
 ]
 DEFAULT_SORT = {"key": "market", "descending": False}
 
@@ -53,9 +54,21 @@ def overview_row(summary: MarketSummary, now_ms: int) -> dict:
         "price": summary.last_price, "change": summary.change_24h_pct, "trend": sparkline(summary.closes, summary.forecast),
         "forecast": forecast, "mae_ratio": None if naive else summary.mae_ratio, "dm_p": None if naive else summary.dm_p_value,
         "coverage": None if summary.coverage is None else 100 * summary.coverage,
-        "age_minutes": None if summary.newest_ts is None else max(0, (now_ms - summary.newest_ts) // 60_000),
+        "undercovered": undercovered(summary.coverage, summary.matured_origins),
+        "age_minutes": None if summary.newest_ts is None else max(0, (now_ms - closed_at(summary)) // 60_000),
         "status": summary.status if not summary.error else f"{summary.status}: {summary.error}",
     }
+
+
+def closed_at(summary: MarketSummary) -> int:
+    """When the newest candle closed: its open plus one candle (a healthy 1h market is 0-60 min old)."""
+    return summary.newest_ts + timeframe_ms(summary.timeframe)
+
+
+def number_text(value: float, digits: int) -> str:
+    """A number as the table shows it; one that rounds to zero has no sign ("0.00", never "-0.00")."""
+    text = f"{value:,.{digits}f}"
+    return text.lstrip("-") if float(text.replace(",", "")) == 0 else text
 
 
 def sorted_rows(rows: list[dict], sort: dict) -> list[dict]:
@@ -71,7 +84,10 @@ def _cell(row: dict, key: str, digits: int | None) -> html.Td:
         return html.Td(dcc.Link(value, href=row["path"]))
     if digits is None or value is None:
         return html.Td("–" if value is None else value, className="text")
-    return html.Td(f"{value:,.{digits}f}", className="number")
+    if key == "coverage" and row.get("undercovered"):
+        return html.Td(f"⚠ {number_text(value, digits)}", className="number warning",
+                       title=f"more than {UNDERCOVERAGE_POINTS:.0%} below the band's {DEFAULT_LEVEL:.0%}: it is too narrow")
+    return html.Td(number_text(value, digits), className="number")
 
 
 def _unwatch(row: dict) -> html.Td:
@@ -95,8 +111,8 @@ def overview_section() -> html.Section:
     return html.Section(className="panel", children=[
         html.H2("Watched markets"),
         html.P("Every market here is forecast on each of its candle closes, whether or not anyone is looking. "
-               "MAE below 1 beats repeating the last close; DM p is the Diebold-Mariano test of that at the last step "
-               "(small means significant). Click a heading to sort, a market for its chart.", className="verdict"),
+               "MAE below 1 beats repeating the last close; DM p, last step, is the Diebold-Mariano test of that at the "
+               "last step (small means significant); ⚠ marks a band that covers too little. Click a heading to sort, a market for its chart.", className="verdict"),
         dcc.Store(id="overview-sort", data=DEFAULT_SORT),
         dcc.Store(id="watchlist-changed", data=0),
         html.Div(className="watch-form", children=[
