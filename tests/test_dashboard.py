@@ -38,7 +38,7 @@ from chronoprice.web.dashboard.overview import (
     sparkline,
 )
 from chronoprice.web.dashboard.urls import PageView, market_search, page_view
-from tests.conftest import MINUTE_MS, make_candles
+from tests.conftest import MINUTE_MS, make_candles, wait_until
 
 
 def forecast_after(candles, drift=0.0005):
@@ -296,7 +296,9 @@ def test_the_url_is_the_view_and_what_it_gets_wrong_is_said():
 def test_the_overview_form_watches_and_explains(demo_ticker):
     limit = 3
     seed_watchlist(demo_ticker.db(), "BTC/USDT@1m,ETH/USDT@1m", limit)
-    assert watch_message(demo_ticker, "sol/usdt", "5m", limit) == "Watching SOL/USDT 5m: it is forecast from its next candle close on."
+    assert watch_message(demo_ticker, "sol/usdt", "5m", limit).startswith("Watching SOL/USDT 5m: its history is being fetched")
+    assert wait_until(lambda: demo_ticker.stored_status("SOL/USDT", "5m").newest_ts is not None), \
+        "a newly watched market is ticked at once, not at its next close"
     assert watch_message(demo_ticker, "SOL/USDT", "5m", limit) == "SOL/USDT 5m is watched already."
     assert "BASE/QUOTE" in watch_message(demo_ticker, "bitcoin", "1m", limit)
     assert watch_message(demo_ticker, "DOGE/EUR", "1m", limit) == "offline demo does not list DOGE/EUR."

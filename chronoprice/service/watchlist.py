@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 
 from chronoprice.config import SettingsError, settings_from
 from chronoprice.market.timeframes import TIMEFRAME_MS
 from chronoprice.service.tick import Ticker
+from chronoprice.store import STORE_UNAVAILABLE
 from chronoprice.store.schema import Database
 from chronoprice.store.watchlist import add_to_watchlist, read_watchlist, replace_watchlist, seeded_from
 
@@ -79,8 +81,21 @@ class NotListed(ValueError):
 
 def watch_market(ticker: Ticker, symbol: str, timeframe: str, limit: int) -> bool:
     """Add the market to the store's watchlist; False if it was watched already. Raises
-    NotListed when the source lists symbols and not this one, WatchlistFull at the limit."""
+    NotListed when the source lists symbols and not this one, WatchlistFull at the limit.
+    A newly watched market is ticked at once in the background, so its history and first
+    forecast show now rather than at its next close."""
     offered = ticker.symbols()
     if offered and symbol not in offered:
         raise NotListed(f"{ticker.source.label} does not list {symbol}")
-    return add_to_watchlist(ticker.db(), symbol, timeframe, limit)
+    added = add_to_watchlist(ticker.db(), symbol, timeframe, limit)
+    if added:
+        threading.Thread(target=_first_tick, args=(ticker, symbol, timeframe), daemon=True,
+                         name=f"first tick {symbol}@{timeframe}").start()
+    return added
+
+
+def _first_tick(ticker: Ticker, symbol: str, timeframe: str) -> None:
+    try:
+        log.info("%s", ticker.tick(symbol, timeframe, force=True).summary())  # force: it is watched, and not yet ticked
+    except STORE_UNAVAILABLE as error:  # the scheduler ticks it at its next close anyway
+        log.warning("%s@%s: first tick postponed to its next close: %s", symbol, timeframe, error)

@@ -167,7 +167,7 @@ def watch_message(ticker: Ticker, symbol: str | None, timeframe: str, limit: int
         return str(error).replace("@", " ") + "."
     if not added:
         return f"{symbol} {timeframe} is watched already."
-    return f"Watching {symbol} {timeframe}: it is forecast from its next candle close on."
+    return f"Watching {symbol} {timeframe}: its history is being fetched, and it is forecast on every close."
 
 
 def attach_callbacks(app: dash.Dash, ticker: Ticker, cache, settings: Settings) -> None:
