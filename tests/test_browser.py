@@ -213,6 +213,10 @@ def test_the_overview_lists_every_watched_market_and_opens_its_chart(browser, da
         assert f"{symbol} {timeframe}" in text
     assert "┆" in text and "last close" in text, "sparklines with forecasts; 15m is served by the last close"
     assert page.evaluate("() => document.documentElement.scrollWidth") <= 390, "the table scrolls inside its panel"
+    page.set_viewport_size({"width": 1440, "height": 900})
+    page.wait_for_function("() => { const box = document.querySelector('.table-scroll'); return box.scrollWidth <= box.clientWidth; }",
+                           timeout=LIVENESS_SECONDS * 1000)  # every column, the remove buttons too, without scrolling
+    page.set_viewport_size({"width": 390, "height": 844})
     if os.environ.get("CHRONOPRICE_OVERVIEW_SCREENSHOT"):
         page.screenshot(path=os.environ["CHRONOPRICE_OVERVIEW_SCREENSHOT"], full_page=True)
     page.fill("#watch-symbol", "SOL/USDT")
@@ -269,6 +273,12 @@ def test_dashboard_fits_a_phone(browser, dashboard_url):
     page.wait_for_function(f"() => ({CANDLES_DRAWN})() === 70", timeout=LIVENESS_SECONDS * 1000)
     widths = page.evaluate("() => [document.documentElement.scrollWidth, Number(document.querySelector('#price-chart .main-svg').getAttribute('width'))]")
     assert widths[0] <= 390 and widths[1] <= 390
+    chart, kpis = (page.locator(selector).bounding_box() for selector in ("#price-chart", ".kpis"))
+    assert chart["y"] < 844 / 2 and chart["y"] < kpis["y"], "the chart with its forecast comes first on a phone"
+    labels = page.evaluate("() => [...document.querySelectorAll('#price-chart .annotation-text')].map(text => text.textContent)")
+    forecast = page.inner_text("#kpi-forecast")
+    assert any(label.startswith(forecast) and "–" in label for label in labels), "the last forecast price and band are labelled"
+    assert page.evaluate("() => document.querySelector('#price-chart .js-plotly-plot')._fullLayout.yaxis.hoverformat") == ",.2f"
     page.close()
 
 

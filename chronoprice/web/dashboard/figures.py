@@ -102,7 +102,7 @@ def _style(figure: go.Figure, theme: str, uirevision: str) -> go.Figure:
         legend={"orientation": "h", "y": 1.06, "x": 0, "font": {"size": 11}},
     )
     figure.update_xaxes(gridcolor=colors["grid"], rangeslider_visible=False)
-    figure.update_yaxes(gridcolor=colors["grid"], side="right")
+    figure.update_yaxes(gridcolor=colors["grid"], side="right", hoverformat=",.2f")  # prices as prices, never "25.01k"
     return figure
 
 
@@ -206,6 +206,10 @@ def _add_forecast(figure: go.Figure, predicted: pd.DataFrame, origin_ts: int, co
     figure.add_vline(x=divider, line={"color": colors["forecast"], "dash": "dash", "width": 1})
     figure.add_annotation(x=divider, y=1, yref="paper", text="forecast →", showarrow=False, xanchor="left",
                           font={"color": colors["forecast"], "size": 11})
+    last = predicted.iloc[-1]
+    figure.add_annotation(x=when.iloc[-1], y=float(last["close"]), text=f"<b>{last['close']:,.2f}</b><br>{last['lower']:,.2f}–{last['upper']:,.2f}",
+                          showarrow=False, xanchor="right", yanchor="bottom", align="right", yshift=6,
+                          font={"color": colors["forecast"], "size": 11}, name="last forecast")
 
 
 def error_figure(matured: pd.DataFrame, theme: str, horizon: Horizon, uirevision: str = "errors") -> go.Figure:

@@ -84,7 +84,7 @@ def build_layout(settings: Settings) -> html.Div:
             html.Div(id="market-page", hidden=True, children=[
                 html.Div(id="status-message", className="status-message"),
                 html.Section(className="kpis", children=[_kpi_card(card_id, title) for card_id, title in KPI_CARDS]),
-                html.Section(className="panel", children=[
+                html.Section(className="panel price-panel", children=[
                     html.Div(className="panel-head", children=[
                         html.H2(id="price-title", children="Price"),
                         dcc.Checklist(id="overlays", options=[{"label": label, "value": key} for key, label in OVERLAYS.items()],

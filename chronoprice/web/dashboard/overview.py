@@ -117,8 +117,7 @@ def overview_section() -> html.Section:
         dcc.Store(id="watchlist-changed", data=0),
         html.Div(className="watch-form", children=[
             dcc.Input(id="watch-symbol", type="text", placeholder="add a market, e.g. SOL/USDT", spellCheck=False, autoComplete="off"),
-            dcc.Dropdown(id="watch-timeframe", options=list(TIMEFRAME_MS), value="1m", clearable=False, searchable=False,
-                         className="watch-timeframe"),
+            dcc.RadioItems(id="watch-timeframe", options=list(TIMEFRAME_MS), value="1m", inline=True, className="timeframes"),
             dcc.Input(id="admin-token", type="password", placeholder="admin token, if the server has one", autoComplete="off"),
             html.Button("Watch", id="watch-add", n_clicks=0),
             html.Div(id="watch-message", className="inline-message", role="status"),
