@@ -331,6 +331,17 @@ def test_alerts_are_added_on_the_market_page_and_ring_the_bell(browser, dashboar
                            timeout=LIVENESS_SECONDS * 1000)
     rules = page.inner_text("#alert-rules")
     assert "close leaves the 90 % band at step 1" in rules and "nominal 10 %" in rules and "of the time in the last 24 h" in rules
+    assert "success" in page.get_attribute("#alert-message", "class"), "success in the success colour"
+    assert page.locator(".alert-form label").count() == 7, "every field labelled"
+    background = page.evaluate("() => getComputedStyle(document.querySelector('#alert-value')).backgroundColor")
+    assert background != "rgb(255, 255, 255)", "dark theme: the fields are dark, their values readable"
+    page.click("#timeframe >> text=5m")  # the rules list redraws for another market: the message stays
+    title_starts(page, "BTC/USDT 5m")
+    page.click("#timeframe >> text=1m")
+    title_starts(page, "BTC/USDT 1m")
+    assert page.inner_text("#alert-message").startswith("Alert added"), "a message stays until dismissed"
+    page.click("#alert-dismiss")
+    page.wait_for_function("() => document.querySelector('#alert-message').innerText === ''")
     rule = read_rules(ticker.db(), "BTC/USDT", "1m")[0]
     record_firing(ticker.db(), firing(rule, ticker.now_ms() // 60_000 * 60_000, ticker.now_ms(), "the close left the band"))
     page.wait_for_function("() => document.querySelector('#alerts-unread').innerText === '1'", timeout=LIVENESS_SECONDS * 1000)

@@ -37,22 +37,31 @@ def bell() -> html.Div:
     ])
 
 
+def _field(label: str, component) -> html.Div:
+    return html.Div(className="field", children=[html.Label(label, htmlFor=component.id), component])
+
+
 def rules_section() -> html.Section:
     return html.Section(className="panel", children=[
         html.H2("Alerts on this market"),
         html.Div(className="alert-form", children=[
-            dcc.Dropdown(id="alert-type", options=[{"label": KIND_LABELS[kind], "value": kind} for kind in KINDS],
-                         value="band_exit", clearable=False, searchable=False),
-            dcc.Input(id="alert-value", type="number", placeholder="price, or move in %", min=0),
-            dcc.Input(id="alert-step", type="number", min=1, step=1, value=1, placeholder="step"),
-            dcc.Dropdown(id="alert-level", options=[{"label": f"{level * 100:.0f} % band", "value": level} for level in INTERVAL_LEVELS],
-                         value=0.9, clearable=False, searchable=False),
-            dcc.Input(id="alert-webhook", type="url", placeholder="webhook URL (optional)", autoComplete="off"),
-            dcc.Dropdown(id="alert-format", options=list(FORMATS), value="generic", clearable=False, searchable=False),
-            dcc.Input(id="alert-token", type="password", placeholder="admin token, if the server has one", autoComplete="off"),
+            _field("When", dcc.Dropdown(id="alert-type", options=[{"label": KIND_LABELS[kind], "value": kind} for kind in KINDS],
+                                        value="band_exit", clearable=False, searchable=False)),
+            _field("Price, or move in %", dcc.Input(id="alert-value", type="number", placeholder="e.g. 27000 or 0.5", min=0)),
+            _field("Forecast step", dcc.Input(id="alert-step", type="number", min=1, step=1, value=1)),
+            _field("Band", dcc.Dropdown(id="alert-level", options=[{"label": f"{level * 100:.0f} % band", "value": level}
+                                                                   for level in INTERVAL_LEVELS],
+                                        value=0.9, clearable=False, searchable=False)),
+            _field("Webhook URL (optional)", dcc.Input(id="alert-webhook", type="url", placeholder="https://…", autoComplete="off")),
+            _field("Webhook format", dcc.Dropdown(id="alert-format", options=list(FORMATS), value="generic", clearable=False,
+                                                  searchable=False)),
+            _field("Admin token", dcc.Input(id="alert-token", type="password", placeholder="if the server has one", autoComplete="off")),
             html.Button("Add alert", id="alert-add", n_clicks=0),
         ]),
-        html.Div(id="alert-message", className="inline-message", role="status"),
+        html.Div(className="message-row", children=[
+            html.Div(id="alert-message", className="inline-message", role="status"),
+            html.Button("Dismiss", id="alert-dismiss", n_clicks=0, className="link-button", hidden=True),
+        ]),
         html.Ul(id="alert-rules", className="alert-rules"),
     ])
 
@@ -95,26 +104,34 @@ def observed_rates(cache, ticker, rules: list[AlertRule], seconds: int) -> dict[
 
 
 def attach_alert_callbacks(app: dash.Dash, ticker, cache, settings: Settings) -> None:
-    @app.callback(Output("alert-rules", "children"), Output("alert-message", "children"),
+    @app.callback(Output("alert-rules", "children"), Output("alert-message", "children"), Output("alert-message", "className"),
+                  Output("alert-dismiss", "hidden"),
                   Input("alert-add", "n_clicks"), Input({"type": "alert-delete", "rule": ALL}, "n_clicks"),
                   Input("refresh", "n_intervals"), Input("active-symbol", "data"), Input("timeframe", "value"),
+                  Input("alert-dismiss", "n_clicks"),
                   State("alert-type", "value"), State("alert-value", "value"), State("alert-step", "value"),
                   State("alert-level", "value"), State("alert-webhook", "value"), State("alert-format", "value"),
                   State("alert-token", "value"), State("market-page", "hidden"))
-    def alert_rules(_, __, ___, symbol, timeframe, kind, value, step, level, webhook, format_, token, hidden):
+    def alert_rules(_, __, ___, symbol, timeframe, ____, kind, value, step, level, webhook, format_, token, hidden):
+        """The rules of the market; a message (success or error) stays until dismissed or replaced,
+        not cleared by the next refresh."""
         if hidden:
             raise PreventUpdate
-        message = ""
+        keep = dash.no_update
+        message, style, dismiss_hidden = keep, keep, keep
         target = dash.ctx.triggered_id
         clicked = dash.ctx.triggered and dash.ctx.triggered[0]["value"]
-        if target == "alert-add" or (isinstance(target, dict) and clicked):
+        if target == "alert-dismiss":
+            message, style, dismiss_hidden = "", "inline-message", True
+        elif target == "alert-add" or (isinstance(target, dict) and clicked):
             refusal = write_refusal(flask.request.remote_addr, token, settings.admin_token)
-            message = refusal[1] + "." if refusal else _write(ticker, settings, target, symbol, timeframe,
-                                                               form_body(kind, value, step, level, webhook, format_))
+            succeeded, message = (False, refusal[1] + ".") if refusal else _write(
+                ticker, settings, target, symbol, timeframe, form_body(kind, value, step, level, webhook, format_))
+            style, dismiss_hidden = f"inline-message {'success' if succeeded else 'error'}", False
         try:
             rules = read_rules(ticker.db(), symbol, timeframe)
             rates = observed_rates(cache, ticker, rules, cached_seconds(settings.refresh_seconds))
-            return [rule_item(rule, rates[rule.id]) for rule in rules], message
+            return [rule_item(rule, rates[rule.id]) for rule in rules], message, style, dismiss_hidden
         except STORE_UNAVAILABLE:
             raise PreventUpdate from None
 
@@ -136,11 +153,13 @@ def attach_alert_callbacks(app: dash.Dash, ticker, cache, settings: Settings) ->
     )
 
 
-def _write(ticker, settings: Settings, target, symbol: str, timeframe: str, body: dict) -> str:
+def _write(ticker, settings: Settings, target, symbol: str, timeframe: str, body: dict) -> tuple[bool, str]:
+    """(whether it succeeded, what to say) for an add or a delete."""
     if isinstance(target, dict):
-        return "Alert deleted." if delete_rule(ticker.db(), target["rule"]) else "That alert was deleted already."
+        deleted = delete_rule(ticker.db(), target["rule"])
+        return deleted, "Alert deleted." if deleted else "That alert was deleted already."
     try:
         rule = create_rule(ticker, body, symbol, timeframe, settings.watch_limit, settings.allow_private_webhooks)
     except (RuleError, NotListed, WatchlistFull) as error:
-        return f"{error}."
-    return f"Alert added: {describe(rule)}."
+        return False, f"{error}."
+    return True, f"Alert added: {describe(rule)}."
