@@ -299,6 +299,7 @@ def test_the_overview_form_watches_and_explains(demo_ticker):
     assert watch_message(demo_ticker, "sol/usdt", "5m", limit).startswith("Watching SOL/USDT 5m: its history is being fetched")
     assert wait_until(lambda: demo_ticker.stored_status("SOL/USDT", "5m").newest_ts is not None), \
         "a newly watched market is ticked at once, not at its next close"
+    demo_ticker.wait_for_histories()
     assert watch_message(demo_ticker, "SOL/USDT", "5m", limit) == "SOL/USDT 5m is watched already."
     assert "BASE/QUOTE" in watch_message(demo_ticker, "bitcoin", "1m", limit)
     assert watch_message(demo_ticker, "DOGE/EUR", "1m", limit) == "offline demo does not list DOGE/EUR."
