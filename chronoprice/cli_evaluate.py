@@ -82,6 +82,7 @@ def evaluate_file(forecaster, path: Path, timeframe: str | None, include_trainin
     scored_from = first - forecaster.window + 1 - start
     rows = candle_rows(candles)[start:]
     table, arrays = evaluate_forecaster(forecaster, rows, scored_from, level, peers, peer_stride)
+    arrays["origin_ts"] = candles["ts"].to_numpy()[first : first + len(arrays["actual"])]
     if pooled:
         naive_band = evaluate_forecaster(NaiveBandForecaster(forecaster.horizon, forecaster.window, level), rows, scored_from, level)[1]
         arrays.update(naive_lower=naive_band["lower"], naive_upper=naive_band["upper"])
@@ -147,8 +148,7 @@ def print_one_file(args: argparse.Namespace, forecaster, evaluated: dict, step: 
         trading = backtest(arrays["origin_close"][:, 0], arrays["actual"][:, 0], arrays["mean"], step, args.fee, args.spread,
                            timeframe_ms(args.timeframe) // 60_000)
     if args.report:
-        write_report(args.report, table, arrays, f"{forecaster.version} on {evaluated['file']}: {origins} unseen origins",
-                     args.level, trading)
+        write_report(args.report, table, arrays, f"{forecaster.version} on {evaluated['file']}", args.level, trading, args.timeframe)
     if args.json:
         report = {"origins": origins, "model_version": forecaster.version, "timeframe": args.timeframe, "skipped_training_origins": skipped,
                   "interval": {"method": "split-conformal, adapted to the last errors", "window": ADAPTIVE_WINDOW},

@@ -353,3 +353,27 @@ def test_alerts_are_added_on_the_market_page_and_ring_the_bell(browser, dashboar
     assert read_rules(ticker.db(), "BTC/USDT", "1m") == []
     assert problems == []
     page.close()
+
+
+@pytest.mark.parametrize("width", [1440, 390])
+def test_the_html_report_is_a_document_that_reads_at_any_width(browser, tmp_path, width):
+    from chronoprice.cli import main
+    from tests.conftest import make_candles
+
+    candles = make_candles(1500)
+    csv = tmp_path / "candles.csv"
+    candles.assign(timestamp=candles["ts"])[["timestamp", "open", "high", "low", "close", "volume"]].to_csv(csv, index=False)
+    report = tmp_path / "report" / "report.html"
+    assert main(["evaluate", "--csv", str(csv), "--model", "naive", "--backtest", "--report", str(report)]) == 0
+    page = browser.new_page(viewport={"width": width, "height": 900})
+    problems = []
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    page.goto(report.as_uri())
+    page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot .main-svg').length >= 5",
+                           timeout=LIVENESS_SECONDS * 1000)  # plotly.js from beside the file: it opens offline
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= width, "tables scroll inside their panels"
+    assert "compared with repeating the last close" in page.inner_text(".verdict")
+    ticks = page.evaluate("() => [...document.querySelectorAll('.js-plotly-plot')][0]._fullLayout.xaxis.type")
+    assert ticks == "date", "the time axis is in dates, not origin indexes"
+    assert problems == [] and report.stat().st_size < 2_000_000
+    page.close()

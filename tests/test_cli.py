@@ -194,7 +194,10 @@ def test_evaluate_reports_baselines_tests_and_every_interval_level(tiny_model, s
     assert step["direction_ci_low"] <= step["direction_accuracy"] <= step["direction_ci_high"]
     assert step["coverage"] == step["coverage_0.90"]
     html = report_path.read_text()
-    assert "Mean absolute error by step" in html and "Interval coverage by step" in html and "plotly" in html
+    assert "MAE ratio to the last close by step" in html and "Band coverage by step" in html
+    assert "name='viewport'" in html and "<script src='plotly.min.js'>" in html and (tmp_path / "plotly.min.js").exists()
+    assert "the model never saw (from 20" in html and "compared with repeating the last close" in html, "a dated verdict"
+    assert "95 % interval" in html and report_path.stat().st_size < 2_000_000
 
 
 def test_evaluate_backtests_the_forecasts_after_costs(tiny_model, synthetic_csv, tmp_path, capsys):
