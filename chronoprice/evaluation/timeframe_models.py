@@ -181,6 +181,12 @@ def choose_candidate(timeframe: str, judged: list[TrainingFile], extra: list[Tra
     return (*chosen, tried)
 
 
+def _records(table: pd.DataFrame) -> list[dict]:
+    """A verdict table as JSON rows; a step that makes no call has direction null, not NaN."""
+    rounded = table.round(6)
+    return rounded.astype(object).where(rounded.notna(), None).to_dict("records")
+
+
 def train_timeframe(timeframe: str, judged: list[TrainingFile], extra: list[TrainingFile], out: ModelArtifact,
                     settings: tuple[Setting, ...] = SETTINGS, incumbent=None, peers=()) -> dict:
     """Train the timeframe's candidates by the rule on the judged and extra files (PLAN's), judge
@@ -208,8 +214,8 @@ def train_timeframe(timeframe: str, judged: list[TrainingFile], extra: list[Trai
                 "selection": {"method": "rolling origin over 2 folds per file, the lowest fold score",
                               "setting": setting.letter, "candidate": fit.candidate.describe(),
                               "score": round(fit.score, 6), "folds": fit.folds, "candidates": tried},
-                "validation": {"pooled": judgment.pooled.round(6).to_dict("records"),
-                               "per_file": {name: table.round(6).to_dict("records") for name, table in judgment.per_file.items()},
+                "validation": {"pooled": _records(judgment.pooled),
+                               "per_file": {name: _records(table) for name, table in judgment.per_file.items()},
                                "baselines": judgment.baselines, "incumbent": replaces, "failures": failures}}
     write_metadata(out, metadata)
     return metadata
