@@ -1,7 +1,7 @@
 import concurrent.futures
 import dataclasses
-import time
 import json
+import time
 
 import ccxt
 import numpy as np
@@ -315,6 +315,16 @@ def test_auto_falls_back_to_demo_then_returns_to_live(exchange):
     auto.fetch_closed(SYMBOL, "1m", nothing_stored)  # starts the background probe, which now succeeds
     assert wait_until(lambda: auto.label == "live: binance")
     assert auto.fetch_closed(SYMBOL, "1m", nothing_stored).exchange == "binance"
+
+
+def test_auto_shows_the_demo_soon_when_live_is_slow_to_answer_and_fails_over_once_for_all(exchange, caplog):
+    exchange.queue(Fault(path="/", status=503, delay_seconds=5.0, times=10))  # live hangs, then fails
+    live = LiveSource("binance", exchange.url, (), history=HISTORY, backoff_seconds=0.0, sleep=lambda s: None, attempts=1)
+    auto = AutoSource(live, DemoSource(history=HISTORY), retry_seconds=600, first_answer_seconds=0.3)
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:  # a cold start ticks every watched market at once
+        fetched = list(pool.map(lambda symbol: auto.fetch_closed(symbol, "1m", nothing_stored), [SYMBOL, "ETH/USDT"] * 2))
+    assert {each.exchange for each in fetched} == {"demo"} and "did not answer within 0.3 s" in fetched[0].note
+    assert sum("live unreachable" in record.getMessage() for record in caplog.records) == 1, "one failover, not one a market"
 
 
 # ------------------------------------------------------------------------------------- demo
