@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 
 import numpy as np
 import pandas as pd
@@ -15,6 +14,7 @@ import pandas as pd
 from chronoprice.evaluation.metrics import DEFAULT_LEVEL, adaptive_quantiles, conformal_quantiles, interval_scores, recent_volatility
 from chronoprice.evaluation.pooling import rule_failures, step_verdicts
 from chronoprice.evaluation.verdicts import REQUIRED_ORIGINS, compare_errors, should_promote
+from chronoprice.evaluation.walkforward import peer_summary, score_peers
 from chronoprice.model.artifact import ModelArtifact, content_version, write_metadata
 from chronoprice.model.features import CLOSE, HORIZON, WINDOW, walk_forward_windows, window_closes
 from chronoprice.model.forecasters import AutoregressiveForecaster, fit_autoregression, walk_forward
@@ -113,9 +113,7 @@ def judge(forecaster, judged: list[TrainingFile], training: list[TrainingFile], 
     ar = AutoregressiveForecaster(fit_autoregression(
         [run[:, CLOSE] for each in training for run in span_runs(each, 0.0, FOLD_EDGES[-1], 0, window)]), horizon)
     naive_quantiles = naive_band_quantiles(judged, window, horizon, level)
-    per_file, results, errors = {}, [], {name: [] for name in ("AR(5)", "model", "naive", *[peer.name for peer in peers])}
-    strided = {"model": [], "naive": []}
-    fit_seconds = dict.fromkeys([peer.name for peer in peers], 0.0)
+    per_file, results, errors, peer_results = {}, [], {"AR(5)": [], "model": [], "naive": []}, []
     for each in judged:
         runs = span_runs(each, FOLD_EDGES[-1], 1.0, window, window + horizon)
         file_results = [_banded(forecaster, naive_quantiles, run, window, horizon, level) for run in runs]
@@ -126,23 +124,13 @@ def judge(forecaster, judged: list[TrainingFile], training: list[TrainingFile], 
             errors["model"].append(_relative_errors(result["mean"], result))
             errors["naive"].append(_relative_errors(result["naive"], result))
             errors["AR(5)"].append(_relative_errors(ar.forecast(windows)["mean"], result))
-            sample = {key: value[::peer_stride] for key, value in result.items()}
-            for name in strided:
-                strided[name].append(_relative_errors(sample["mean" if name == "model" else name], sample))
-            for peer in peers:
-                started = time.perf_counter()
-                errors[peer.name].append(_relative_errors(peer.forecast(windows[::peer_stride])["mean"], sample))
-                fit_seconds[peer.name] += time.perf_counter() - started
+            if peers:
+                peer_results.append(score_peers(peers, windows, result, peer_stride))
     pooled = step_verdicts(results, level)
     every = {name: np.concatenate(parts) for name, parts in errors.items()}
-    every_strided = {name: np.concatenate(parts) for name, parts in strided.items()}
     baselines = {"AR(5)": {"mean_ratio": _mean_ratio(every["AR(5)"], every["naive"]), "origins": len(every["naive"]),
-                           "model_mean_ratio": _mean_ratio(every["model"], every["naive"])}}
-    for peer in peers:
-        baselines[peer.name] = {"mean_ratio": _mean_ratio(every[peer.name], every_strided["naive"]),
-                                "origins": len(every_strided["naive"]),
-                                "model_mean_ratio": _mean_ratio(every_strided["model"], every_strided["naive"]),
-                                "fit_seconds": round(fit_seconds[peer.name], 1), "failed_fits": peer.failures}
+                           "model_mean_ratio": _mean_ratio(every["model"], every["naive"])},
+                 **(peer_summary(peer_results) if peer_results else {})}
     return Judgment(per_file, pooled, baselines, rule_failures(pooled, per_file, baselines), every["model"])
 
 
