@@ -39,8 +39,9 @@ CONFINED = {"ccxt": ("market.live", "market.stream"), "aiohttp": ("market.stream
             "psycopg": ("store.postgres",), "psycopg_pool": ("store.postgres",)}
 TENSORFLOW_MODULES = {"model.network", "model.training", "model.series_training", "evaluation.timeframe_models"}
 # An engine's runtime is imported when the engine is made: a process carries only the one it uses.
-# So are ccxt's WebSocket half when a stream starts and the PostgreSQL store when one is opened.
-LAZY_RUNTIMES = {"onnxruntime", "ai_edge_litert.interpreter", "ccxt.pro", "store.postgres"}
+# So are ccxt's WebSocket half when a stream starts, the PostgreSQL store when one is opened, and the
+# peers' statsforecast (an optional extra) when they are asked for.
+LAZY_RUNTIMES = {"onnxruntime", "ai_edge_litert.interpreter", "ccxt.pro", "store.postgres", "statsforecast.models"}
 
 
 def module_name(path: Path) -> str:
