@@ -279,6 +279,11 @@ def test_dashboard_fits_a_phone(browser, dashboard_url):
     forecast = page.inner_text("#kpi-forecast")
     assert any(label.startswith(forecast) and "–" in label for label in labels), "the last forecast price and band are labelled"
     assert page.evaluate("() => document.querySelector('#price-chart .js-plotly-plot')._fullLayout.yaxis.hoverformat") == ",.2f"
+    share = """() => { const gd = document.querySelector('#price-chart .js-plotly-plot');
+        const [start, end] = gd._fullLayout.xaxis.range.map(Date.parse);
+        const candles = gd.data.find(trace => trace.name === 'candles').x;
+        return (end - Date.parse(candles[candles.length - 1])) / (end - start); }"""
+    page.wait_for_function(f"() => ({share})() >= 1 / 3", timeout=LIVENESS_SECONDS * 1000)  # the forecast region: a third or more
     page.close()
 
 

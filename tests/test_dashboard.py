@@ -19,7 +19,7 @@ from chronoprice.web.dashboard.callbacks import (
     render_view,
     watch_message,
 )
-from chronoprice.web.dashboard.chart_view import ranges_after, with_user_ranges
+from chronoprice.web.dashboard.chart_view import ranges_after, recent_ranges, with_user_ranges
 from chronoprice.web.dashboard.figures import (
     Horizon,
     error_figure,
@@ -330,3 +330,13 @@ def test_the_users_zoom_is_kept_from_relayout_events_and_applied_to_every_x_axis
     assert applied["layout"]["xaxis2"]["range"] == zoomed["x"] and applied["layout"]["yaxis"]["range"] == [100.0, 110.0]
     assert "range" not in figure["layout"]["xaxis"], "the cached figure is not changed"
     assert with_user_ranges(figure, {}) is figure
+
+
+def test_a_phone_opens_the_chart_on_the_last_20_candles_and_the_forecast(demo_ticker):
+    view = view_of(demo_ticker, "BTC/USDT", "1m")
+    figure = render_view(view, "dark", [])["price-chart"].to_dict()
+    start, end = (pd.Timestamp(each, tz="UTC") for each in recent_ranges(figure)["x"])
+    shown = view.candles["ts"].iloc[-20]
+    assert start == pd.Timestamp(shown - 30_000, unit="ms", tz="UTC")
+    assert end == pd.Timestamp(view.forecast["target_ts"].iloc[-1] + 30_000, unit="ms", tz="UTC")
+    assert recent_ranges({"data": []}) == {}

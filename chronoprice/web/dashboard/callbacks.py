@@ -36,7 +36,7 @@ from chronoprice.store.watchlist import (
 )
 from chronoprice.web.access import write_refusal
 from chronoprice.web.cache import cached_seconds
-from chronoprice.web.dashboard.chart_view import ranges_after, with_user_ranges
+from chronoprice.web.dashboard.chart_view import PHONE_WIDTH, ranges_after, recent_ranges, with_user_ranges
 from chronoprice.web.dashboard.figures import (
     SHOWN_CANDLES,
     Horizon,
@@ -173,15 +173,17 @@ def watch_message(ticker: Ticker, symbol: str | None, timeframe: str, limit: int
 def attach_callbacks(app: dash.Dash, ticker: Ticker, cache, settings: Settings) -> None:
     @app.callback([Output(component, prop) for component, prop in REFRESH_OUTPUTS],
                   Input("refresh", "n_intervals"), Input("active-symbol", "data"), Input("timeframe", "value"),
-                  Input("theme", "data"), Input("overlays", "value"), State("chart-view", "data"))
-    def refresh(_, symbol, timeframe, theme, overlays, chart_view):
+                  Input("theme", "data"), Input("overlays", "value"), Input("viewport-width", "data"), State("chart-view", "data"))
+    def refresh(_, symbol, timeframe, theme, overlays, viewport_width, chart_view):
         try:
             status = ticker.tick(symbol, timeframe if timeframe in TIMEFRAME_MS else ticker.timeframe)
             outputs = cached_outputs(cache, ticker, status, theme or "dark", overlays or [], cached_seconds(settings.refresh_seconds))
         except STORE_UNAVAILABLE:
             raise PreventUpdate from None  # a lock past the busy timeout: keep the last good page
-        if chart_view and chart_view.get("market") == f"{status.symbol}@{status.timeframe}":
-            outputs = {**outputs, "price-chart": with_user_ranges(outputs["price-chart"], chart_view.get("ranges"))}
+        ranges = chart_view.get("ranges") if chart_view and chart_view.get("market") == f"{status.symbol}@{status.timeframe}" else None
+        if not ranges and isinstance(viewport_width, (int, float)) and viewport_width < PHONE_WIDTH:
+            ranges = recent_ranges(outputs["price-chart"])
+        outputs = {**outputs, "price-chart": with_user_ranges(outputs["price-chart"], ranges)}
         return [outputs[component + ("-hidden" if prop == "hidden" else "")] for component, prop in REFRESH_OUTPUTS]
 
     @app.callback(Output("chart-view", "data"), Input("price-chart", "relayoutData"), State("chart-view", "data"),
@@ -271,6 +273,8 @@ def attach_callbacks(app: dash.Dash, ticker: Ticker, cache, settings: Settings) 
         prevent_initial_call=True,
     )
 
+    app.clientside_callback("function() { return window.innerWidth; }", Output("viewport-width", "data"),
+                            Input("url", "pathname"))
     app.clientside_callback(
         """function(_, updatedAt) {
             if (!updatedAt) { return "updating…"; }

@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import re
 
+import pandas as pd
+
 AXIS_RANGE = re.compile(r"^(xaxis\d*|yaxis)\.range(?:\[([01])\])?$")
 AXIS_AUTORANGE = re.compile(r"^(xaxis\d*|yaxis)\.autorange$")
 MAX_VALUE_CHARACTERS = 40  # an axis end is a date or a price; anything longer is not from the chart
+PHONE_WIDTH = 700  # px: below it the chart opens on the recent candles, so the forecast is a third of it
+PHONE_CANDLES = 20
 
 
 def _end(value) -> str | float | None:
@@ -45,3 +49,17 @@ def with_user_ranges(figure: dict, ranges: dict | None) -> dict:
         for key in [name for name in layout if name.startswith("xaxis")] if axis == "x" else [axis]:
             layout[key] = {**layout.get(key, {}), "range": list(ends), "autorange": False}
     return {**figure, "layout": layout}
+
+
+def recent_ranges(figure: dict, candles: int = PHONE_CANDLES) -> dict[str, list]:
+    """The time range from the last `candles` closed candles to the forecast's end (a third of the
+    chart for ten forecast candles): a phone's first view, where 60 candles leave the forecast a
+    sliver. {} when the figure has no candles."""
+    traces = {trace.get("name"): trace for trace in figure.get("data", [])}
+    if "candles" not in traces or len(traces["candles"].get("x", [])) < 2:
+        return {}
+    shown = pd.to_datetime(pd.Series(list(traces["candles"]["x"])), utc=True)
+    step = shown.iloc[-1] - shown.iloc[-2]
+    end = pd.to_datetime(pd.Series(list(traces["forecast"]["x"])), utc=True).iloc[-1] if "forecast" in traces else shown.iloc[-1]
+    start = shown.iloc[-min(candles, len(shown))]
+    return {"x": [(start - step / 2).strftime("%Y-%m-%d %H:%M:%S"), (end + step / 2).strftime("%Y-%m-%d %H:%M:%S")]}

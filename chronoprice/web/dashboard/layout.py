@@ -43,6 +43,7 @@ def build_layout(settings: Settings) -> html.Div:
             dcc.Store(id="active-symbol", data=settings.symbol),
             dcc.Store(id="updated-at"),
             dcc.Store(id="chart-view"),  # the price chart's zoom and pan (chart_view.py)
+            dcc.Store(id="viewport-width"),  # the browser's, set once: a phone opens the chart on the recent candles
             dcc.Interval(id="refresh", interval=int(settings.refresh_seconds * 1000), n_intervals=0),
             dcc.Interval(id="clock", interval=1000, n_intervals=0),
             dcc.Interval(id="live-poll", interval=LIVE_POLL_MS, n_intervals=0),
