@@ -279,6 +279,11 @@ def test_dashboard_fits_a_phone(browser, dashboard_url):
     forecast = page.inner_text("#kpi-forecast")
     assert any(label.startswith(forecast) and "–" in label for label in labels), "the last forecast price and band are labelled"
     assert page.evaluate("() => document.querySelector('#price-chart .js-plotly-plot')._fullLayout.yaxis.hoverformat") == ",.2f"
+    page.hover("#price-chart .nsewdrag")  # the toolbar shows while the pointer is on the chart
+    page.wait_for_selector("#price-chart .modebar-container .modebar-btn", state="visible")
+    toolbar, legend = (page.locator(f"#price-chart {selector}").first.bounding_box() for selector in (".modebar", ".legend"))
+    assert (toolbar["x"] >= legend["x"] + legend["width"] or toolbar["y"] >= legend["y"] + legend["height"]
+            or legend["y"] >= toolbar["y"] + toolbar["height"]), "no control covers the legend"
     share = """() => { const gd = document.querySelector('#price-chart .js-plotly-plot');
         const [start, end] = gd._fullLayout.xaxis.range.map(Date.parse);
         const candles = gd.data.find(trace => trace.name === 'candles').x;

@@ -100,6 +100,7 @@ def _style(figure: go.Figure, theme: str, uirevision: str) -> go.Figure:
         font={"color": colors["text"], "size": 12}, margin={"l": 10, "r": 10, "t": 30, "b": 10},
         uirevision=uirevision, hovermode="x unified", showlegend=True,
         legend={"orientation": "h", "y": 1.06, "x": 0, "font": {"size": 11}},
+        modebar={"orientation": "v"},  # down the right edge: a row across the top would cover the legend on a phone
     )
     figure.update_xaxes(gridcolor=colors["grid"], rangeslider_visible=False)
     figure.update_yaxes(gridcolor=colors["grid"], side="right", hoverformat=",.2f")  # prices as prices, never "25.01k"
