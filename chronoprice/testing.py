@@ -72,9 +72,12 @@ def dashboard_refresh_body(dependencies: list[dict], symbol: str, timeframe: str
     from the app's /_dash-dependencies."""
     dependency = next(item for item in dependencies if "price-chart.figure" in item["output"])
     outputs = [dict(zip(("id", "property"), part.rsplit(".", 1))) for part in dependency["output"].strip(".").split("...")]
-    values = {"refresh.n_intervals": 1, "active-symbol.data": symbol, "timeframe.value": timeframe, "theme.data": "dark", "overlays.value": []}
-    inputs = [{**item, "value": values[f"{item['id']}.{item['property']}"]} for item in dependency["inputs"]]
-    return {"output": dependency["output"], "outputs": outputs, "inputs": inputs, "changedPropIds": ["refresh.n_intervals"], "state": []}
+    values = {"refresh.n_intervals": 1, "active-symbol.data": symbol, "timeframe.value": timeframe, "theme.data": "dark",
+              "overlays.value": [], "viewport-width.data": 1440, "chart-view.data": None}
+    inputs, state = ([{**item, "value": values[f"{item['id']}.{item['property']}"]} for item in dependency[kind]]
+                     for kind in ("inputs", "state"))
+    return {"output": dependency["output"], "outputs": outputs, "inputs": inputs, "changedPropIds": ["refresh.n_intervals"],
+            "state": state}
 
 
 def local_exchange_env(exchange_url: str, db_path: Path, refresh_seconds: float, workers: int = 1, **extra: str) -> dict:
