@@ -82,7 +82,7 @@ class AutoSource:
     def _first_attempt(self, attempt: concurrent.futures.Future, symbol: str, timeframe: str, since_for: SinceFor) -> None:
         try:
             attempt.set_result(self._live.fetch_closed(symbol, timeframe, since_for))
-        except SourceError as error:
+        except Exception as error:  # whatever it raised reaches the waiting fetch, as it would without the wait
             attempt.set_exception(error)
             return
         if not self._answered.is_set():
