@@ -26,6 +26,7 @@ from urllib.parse import quote, urlsplit
 import numpy as np
 
 from chronoprice.bench_watchlist import START_MS, cold_started_scheduler, exchange_process
+from chronoprice.market.markets import market_key
 from chronoprice.market.timeframes import TIMEFRAME_MS, timeframe_ms
 from chronoprice.model.features import HORIZON
 from chronoprice.service.scheduler import SETTLE_SECONDS
@@ -178,7 +179,7 @@ def web_levels(model_path: Path, store: Path | str, markets: list[tuple[str, str
     API reads, then of dashboard refreshes, of `markets`, watched (so it serves them from the
     store, as beside a worker)."""
     db = open_store(store)
-    seed_watchlist(db, ",".join(f"{symbol}@{timeframe}" for symbol, timeframe in markets), len(markets))
+    seed_watchlist(db, ",".join(market_key(*market) for market in markets), len(markets))
     db.close()
     with exchange_process(sorted({symbol for symbol, _ in markets}), START_MS + 3 * DAY_MS, START_MS + DAY_MS) as (url, _), \
             tempfile.TemporaryDirectory() as folder:

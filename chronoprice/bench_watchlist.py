@@ -27,6 +27,7 @@ import numpy as np
 
 from chronoprice.market.demo import demo_candles
 from chronoprice.market.live import LiveSource
+from chronoprice.market.markets import market_key
 from chronoprice.market.simulator import BinanceSimulator
 from chronoprice.market.source import Market
 from chronoprice.model.forecasters import load_forecaster
@@ -100,7 +101,7 @@ def cold_started_scheduler(url: str, store: Path | str, model_path: Path, market
     history forecast (`history` candles each, or the default cold start)."""
     ticker = Ticker(LiveSource("binance", url, (), history=history), store, lambda: load_forecaster(model_path),
                     clock=clock, progress=False)
-    seed_watchlist(ticker.db(), ",".join(f"{symbol}@{timeframe}" for symbol, timeframe in markets), len(markets))
+    seed_watchlist(ticker.db(), ",".join(market_key(*market) for market in markets), len(markets))
     scheduler = Scheduler(ticker, clock=clock)
     scheduler.run_once()
     scheduler.wait_for_ticks()

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable, Mapping
 from urllib.parse import urlsplit
 
+from chronoprice.market.markets import parse_symbol
 from chronoprice.market.timeframes import TIMEFRAME_MS
 from chronoprice.store.schema import is_database_url
 
@@ -113,11 +114,7 @@ def _boolean(text: str) -> bool:
 
 
 def _symbol(text: str) -> str:
-    value = text.strip().upper()
-    base, slash, quote = value.partition("/")
-    if not (slash and base and quote and base.isalnum() and quote.isalnum()):
-        raise ValueError("must look like BASE/QUOTE, for example BTC/USDT")
-    return value
+    return parse_symbol(text.strip())
 
 
 def _exchange_id(text: str) -> str:

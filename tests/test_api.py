@@ -110,6 +110,28 @@ def test_openapi_document_is_served(client):
     assert document["openapi"].startswith("3.") and "/api/v1/forecast" in document["paths"]
 
 
+def test_the_openapi_document_describes_every_route_and_method(demo_server):
+    document = demo_server.test_client().get("/api/openapi.json").get_json()
+    api_rules = [rule for rule in demo_server.url_map.iter_rules()
+                 if rule.rule.startswith(("/api/v1/", "/price/", "/metrics/", "/api/health")) and "<path:" not in rule.rule]
+    served = {(rule.rule.replace("<", "{").replace(">", "}"), method.lower())
+              for rule in api_rules for method in rule.methods - {"HEAD", "OPTIONS"}}
+    documented = {(path.replace("{id}", "{rule_id}"), method) for path, item in document["paths"].items() for method in item}
+    assert served == documented
+
+
+@pytest.mark.parametrize("text", ["BTC/USDT", "eth/usdt", "1INCH/USDT", " BTC/USDT", "BTC/USDT ", "ÄÖ/USDT", "BTC-USDT",
+                                  "BTC/USDT/X", "/USDT", "BTC/", "BTC/US DT", "", "BTC\n/USDT"])
+def test_the_symbol_pattern_accepts_exactly_what_the_server_accepts(client, text):
+    import re
+
+    from chronoprice.web.openapi import OPENAPI
+
+    pattern = OPENAPI["components"]["schemas"]["NewAlertRule"]["oneOf"][0]["properties"]["symbol"]["pattern"]
+    response = client.get("/api/v1/candles", query_string={"symbol": text, "limit": 1})
+    assert (re.search(pattern, text) is not None) == (response.status_code != 400), response.get_json()
+
+
 def test_missing_model_gives_503_json_and_candles_still_work(tmp_path):
     settings = settings_from({"source": "demo", "db": str(tmp_path / "m.db"), "model": str(tmp_path / "absent")}, {})
     client = create_app(settings, build_ticker(settings, history_hours=2), env={}).server.test_client()
@@ -147,6 +169,16 @@ def test_cache_backend_follows_the_deployment():
     assert cache_config({"CACHE_REDIS_URL": "redis://127.0.0.1:6379/0"})["CACHE_TYPE"] == "RedisCache"
 
 
+def json_schema(openapi_schema):
+    """An OpenAPI 3.0 schema as JSON Schema: `nullable: true` also allows null."""
+    if isinstance(openapi_schema, list):
+        return [json_schema(each) for each in openapi_schema]
+    if not isinstance(openapi_schema, dict):
+        return openapi_schema
+    converted = {key: json_schema(value) for key, value in openapi_schema.items() if key != "nullable"}
+    return {"anyOf": [converted, {"type": "null"}]} if openapi_schema.get("nullable") else converted
+
+
 @pytest.mark.parametrize("body", [
     {"type": "price_cross", "level": 65000.5}, {"type": "price_cross", "level": 65000, "direction": "up"},
     {"type": "band_exit"}, {"type": "band_exit", "level": 0.95, "step": 10}, {"type": "forecast_move", "percent": 0.5},
@@ -154,6 +186,10 @@ def test_cache_backend_follows_the_deployment():
     {"type": "price_cross"}, {"type": "price_cross", "level": 0}, {"type": "band_exit", "level": 0.85},
     {"type": "band_exit", "step": 11}, {"type": "forecast_move"}, {"type": "forecast_move", "percent": 101},
     {"type": "price_cross", "level": 1, "direction": "sideways"}, {"type": "market_state", "cooldown_minutes": 10**6},
+    {"type": "market_state", "webhook": ""}, {"type": "market_state", "webhook": None},
+    {"type": "market_state", "webhook": "https://93.184.216.34/hook"}, {"type": "market_state", "webhook": {}},
+    {"type": "market_state", "webhook": 0}, {"type": "market_state", "webhook": "ftp://93.184.216.34/hook"},
+    {"type": "market_state", "webhook": "https://93.184.216.34/" + "x" * 2000},
 ])
 def test_the_alert_rule_schema_accepts_exactly_what_the_server_accepts(body):
     import jsonschema
@@ -163,7 +199,7 @@ def test_the_alert_rule_schema_accepts_exactly_what_the_server_accepts(body):
 
     schema = OPENAPI["components"]["schemas"]["NewAlertRule"]
     full = {"symbol": "BTC/USDT", **body}
-    schema_accepts = jsonschema.Draft4Validator(schema).is_valid(full)
+    schema_accepts = jsonschema.Draft4Validator(json_schema(schema)).is_valid(full)
     try:
         new_rule(full, "BTC/USDT", "1m", 10, 0, allow_private=False)
         server_accepts = True

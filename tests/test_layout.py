@@ -28,8 +28,8 @@ ALLOWED = {
     "model": {"model", "evaluation.metrics"},
     "evaluation": {"evaluation", "model"},
     "service": {"market", "store", "model", "evaluation", "service", "config"},
-    "web": {"market.source", "market.timeframes", "store", "model", "evaluation", "service", "web", "config", "logs"},
-    "config": {"market.timeframes", "store.schema"},
+    "web": {"market.source", "market.timeframes", "market.markets", "store", "model", "evaluation", "service", "web", "config", "logs"},
+    "config": {"market.timeframes", "market.markets", "store.schema"},
     "logs": set(),
 }
 # Third-party packages only one stage may touch.

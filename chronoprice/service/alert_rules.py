@@ -102,7 +102,9 @@ def new_rule(body: dict, symbol: str, timeframe: str, horizon: int, now_ms: int,
              resolve: Callable = socket.getaddrinfo) -> AlertRule:
     """A rule from an API or form body (symbol and timeframe parsed already); RuleError if bad."""
     params = rule_params(body, horizon)
-    webhook = body.get("webhook") or None
+    webhook = body.get("webhook")
+    if webhook == "":
+        webhook = None  # the page's form sends an empty field for "no webhook"
     if webhook is not None:
         if not isinstance(webhook, str) or len(webhook) > MAX_WEBHOOK_LENGTH:
             raise RuleError(f"webhook must be a URL of at most {MAX_WEBHOOK_LENGTH} characters", "webhook")

@@ -13,6 +13,7 @@ import cachelib
 import redis
 
 from chronoprice.market.candles import COLUMNS
+from chronoprice.market.markets import market_key
 from chronoprice.market.stream import Forming
 from chronoprice.market.timeframes import timeframe_ms
 
@@ -37,7 +38,7 @@ class LiveBoard:
             return
         expires = 2 * timeframe_ms(timeframe) // 1000
         try:
-            self._cache.set(_key(symbol, timeframe), [list(forming.candle), forming.received_ms], timeout=expires)
+            self._cache.set(market_key(symbol, timeframe), [list(forming.candle), forming.received_ms], timeout=expires)
         except SHARED_CACHE_ERRORS as error:
             self._rest("publish", error)
 
@@ -46,7 +47,7 @@ class LiveBoard:
         if self._resting():
             return None
         try:
-            entry = self._cache.get(_key(symbol, timeframe))
+            entry = self._cache.get(market_key(symbol, timeframe))
         except SHARED_CACHE_ERRORS as error:
             self._rest("read", error)
             return None
@@ -65,6 +66,3 @@ def candle_fields(candle) -> dict:
     """A candle as a [ts, open, high, low, close, volume] row gives it, by column name."""
     return dict(zip(COLUMNS, candle))
 
-
-def _key(symbol: str, timeframe: str) -> str:
-    return f"{symbol}@{timeframe}"

@@ -7,8 +7,7 @@ import dataclasses
 import logging
 import threading
 
-from chronoprice.config import SettingsError, settings_from
-from chronoprice.market.timeframes import TIMEFRAME_MS
+from chronoprice.market.markets import market_key, parse_market
 from chronoprice.service.tick import Ticker
 from chronoprice.store import STORE_UNAVAILABLE
 from chronoprice.store.schema import Database
@@ -22,21 +21,6 @@ DEFAULT_WATCH = "BTC/USDT@1m,ETH/USDT@1m,BTC/USDT@15m,BTC/USDT@1h"
 class ParsedWatchlist:
     markets: list[tuple[str, str]]
     problems: list[str]
-
-
-def parse_market(entry: str) -> tuple[str, str]:
-    """`SYMBOL[@TIMEFRAME]` -> (symbol, timeframe); ValueError saying what is wrong."""
-    symbol_text, _, timeframe = entry.strip().partition("@")
-    timeframe = timeframe.strip() or "1m"
-    if ":" in symbol_text:
-        raise ValueError(f"{entry!r}: an exchange prefix is not supported; markets are watched on --exchange")
-    try:
-        symbol = settings_from({"symbol": symbol_text}, {}).symbol
-    except SettingsError:
-        raise ValueError(f"{entry!r}: the symbol must look like BASE/QUOTE, for example BTC/USDT") from None
-    if timeframe not in TIMEFRAME_MS:
-        raise ValueError(f"{entry!r}: timeframe {timeframe!r} is not supported; use one of {', '.join(TIMEFRAME_MS)}")
-    return symbol, timeframe
 
 
 def parse_watchlist(text: str, limit: int) -> ParsedWatchlist:
@@ -71,7 +55,7 @@ def seed_watchlist(db: Database, watch: str | None, limit: int) -> ParsedWatchli
     replace_watchlist(db, parsed.markets, setting)
     for problem in parsed.problems:
         log.warning("%s", problem)
-    log.info("watching %d markets: %s", len(parsed.markets), ", ".join(f"{symbol}@{timeframe}" for symbol, timeframe in parsed.markets))
+    log.info("watching %d markets: %s", len(parsed.markets), ", ".join(market_key(*market) for market in parsed.markets))
     return parsed
 
 
@@ -90,7 +74,7 @@ def watch_market(ticker: Ticker, symbol: str, timeframe: str, limit: int) -> boo
     added = add_to_watchlist(ticker.db(), symbol, timeframe, limit)
     if added:
         threading.Thread(target=_first_tick, args=(ticker, symbol, timeframe), daemon=True,
-                         name=f"first tick {symbol}@{timeframe}").start()
+                         name=f"first tick {market_key(symbol, timeframe)}").start()
     return added
 
 

@@ -1,9 +1,10 @@
 """The OpenAPI 3 description of the JSON API, served at /api/openapi.json and fuzzed by the tests."""
 
 from chronoprice.evaluation.metrics import ERROR_WINDOW_HOURS, INTERVAL_LEVELS
+from chronoprice.market.markets import SYMBOL_PATTERN
 from chronoprice.market.timeframes import TIMEFRAME_MS
 from chronoprice.model.features import HORIZON
-from chronoprice.service.alert_rules import DIRECTIONS, FORMATS, MAX_COOLDOWN_MINUTES
+from chronoprice.service.alert_rules import DIRECTIONS, FORMATS, MAX_COOLDOWN_MINUTES, MAX_WEBHOOK_LENGTH
 
 _NUMBER = {"type": "number", "nullable": True}
 _ERROR = {
@@ -20,8 +21,11 @@ _CANDLE = {
 _SYMBOL = {
     "name": "symbol", "in": "query", "required": False,
     "description": "market as BASE/QUOTE; default: the server's --symbol",
-    "schema": {"type": "string", "pattern": "^[A-Za-z0-9]+/[A-Za-z0-9]+$", "example": "BTC/USDT"},
+    "schema": {"type": "string", "pattern": SYMBOL_PATTERN, "example": "BTC/USDT"},
 }
+_SYMBOL_FIELD = {"type": "string", "pattern": SYMBOL_PATTERN, "example": "BTC/USDT"}
+_NEW_MARKET = {"type": "object", "required": ["symbol"], "properties": {
+    "symbol": _SYMBOL_FIELD, "timeframe": {"type": "string", "enum": list(TIMEFRAME_MS), "default": "1m"}}}
 
 _TIMEFRAME = {
     "name": "timeframe", "in": "query", "required": False, "description": "candle timeframe; default: the server's --timeframe",
@@ -47,9 +51,11 @@ def _alert_rule(kind: str, fields: tuple[dict, list[str]]) -> dict:
     """The body that creates an alert rule of one type: the shared fields and the type's own."""
     own, required = fields
     return {"type": "object", "required": ["symbol", "type", *required], "properties": {
-        "symbol": {"type": "string", "example": "BTC/USDT"}, "timeframe": {"type": "string", "enum": list(TIMEFRAME_MS)},
+        "symbol": _SYMBOL_FIELD, "timeframe": {"type": "string", "enum": list(TIMEFRAME_MS)},
         "type": {"type": "string", "enum": [kind]}, **own,
-        "webhook": {"type": "string", "nullable": True, "description": "http(s) URL; a secret, never shown back"},
+        "webhook": {"type": "string", "nullable": True, "pattern": "^(https?://.+)?$", "maxLength": MAX_WEBHOOK_LENGTH,
+                    "description": "http(s) URL; a secret, never shown back. A host that does not resolve, or resolves "
+                                   "to a private address while the server refuses those, is refused with 400"},
         "format": {"type": "string", "enum": list(FORMATS)},
         "cooldown_minutes": {"type": "integer", "minimum": 0, "maximum": MAX_COOLDOWN_MINUTES}}}
 
@@ -135,6 +141,17 @@ OPENAPI = {
             "summary": "delete an alert rule; needs the admin token when the server has one",
             "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
             "responses": {"200": {"description": "deleted"}, **_errors(401, 403, 404)}}},
+        "/api/v1/markets": {
+            **_get("the watchlist: every watched market with its newest candle and forecast and its state", [],
+                   {**_ok("Markets", "the watched markets, in order"), **_errors()}),
+            "post": {"summary": "watch a market (its history is fetched at once); needs the admin token when the server has one",
+                     "requestBody": {"required": True, "content": {"application/json": {"schema": _NEW_MARKET}}},
+                     "responses": {"200": {"description": "watched already"}, "201": {"description": "now watched"},
+                                   **_errors(400, 401, 403, 404, 409)}},
+            "delete": {"summary": "stop watching a market (its candles and forecasts stay); needs the admin token when the server has one",
+                       "parameters": [{**_SYMBOL, "required": True, "description": "market as BASE/QUOTE"}, _TIMEFRAME],
+                       "responses": {"200": {"description": "no longer watched"}, **_errors(400, 401, 403, 404)}},
+        },
         "/api/v1/firings": _get(
             "the newest alert firings and their delivery",
             [{"name": "limit", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 20}},
@@ -225,6 +242,13 @@ OPENAPI = {
                 "properties": {"version": {"type": "string"}, "timeframe": {"type": "string"}, "changed_ms": {"type": "integer"},
                                "status": {"type": "string"}, "previous": {"type": "string", "nullable": True},
                                "replaced": {"type": "string", "nullable": True}, "reason": {"type": "string"}}}}}},
+            "Markets": {"type": "object", "required": ["markets", "limit"], "properties": {
+                "limit": {"type": "integer"}, "markets": {"type": "array", "items": {
+                    "type": "object", "required": ["symbol", "timeframe", "exchange", "status"],
+                    "properties": {**_MARKET, "newest_candle_ts": {"type": "integer", "nullable": True},
+                                   "newest_forecast_origin_ts": {"type": "integer", "nullable": True}, "status": {"type": "string"},
+                                   "error": {"type": "string", "nullable": True}, "feed": {"type": "string", "nullable": True},
+                                   "last_tick_ms": {"type": "integer", "nullable": True}}}}}},
             "LatestPrice": {
                 "type": "object", "required": ["exchange", "symbol", "timeframe", "ts", "time", "price"],
                 "properties": {**_MARKET, "ts": {"type": "integer"}, "time": {"type": "string"}, "price": _NUMBER},

@@ -14,7 +14,7 @@ from chronoprice.store.watchlist import WatchlistFull
 from chronoprice.web.api.context import api_context
 from chronoprice.web.api.errors import ApiError, api_blueprint
 from chronoprice.web.api.markets import market_from_body, require_write_access
-from chronoprice.web.api.params import parse_int, parse_symbol, parse_timeframe
+from chronoprice.web.api.params import parse_int, symbol_param, timeframe_param
 
 blueprint = api_blueprint("alerts")
 MAX_FIRINGS = 200
@@ -37,8 +37,8 @@ def firing_entry(fired: Firing) -> dict:
 @blueprint.get("/api/v1/alerts")
 def list_alerts():
     ticker = api_context().ticker
-    symbol = parse_symbol(request.args, None) if "symbol" in request.args else None
-    timeframe = parse_timeframe(request.args, None) if "timeframe" in request.args else None
+    symbol = symbol_param(request.args, None) if "symbol" in request.args else None
+    timeframe = timeframe_param(request.args, None) if "timeframe" in request.args else None
     return jsonify({"rules": [rule_entry(rule) for rule in read_rules(ticker.db(), symbol, timeframe)]})
 
 

@@ -15,7 +15,7 @@ from chronoprice.service.status import TickStatus
 from chronoprice.service.tick import Ticker
 from chronoprice.web.cache import cached_seconds
 from chronoprice.web.api.errors import ApiError
-from chronoprice.web.api.params import parse_symbol, parse_timeframe
+from chronoprice.web.api.params import symbol_param, timeframe_param
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,8 +45,8 @@ def ticked_market(args) -> tuple[Market, TickStatus]:
     """The market the request names (symbol and timeframe, or the defaults), after its
     deduplicated tick; 404 if the source does not list it."""
     context = api_context()
-    symbol = parse_symbol(args, context.default_symbol)
-    timeframe = parse_timeframe(args, context.ticker.timeframe)
+    symbol = symbol_param(args, context.default_symbol)
+    timeframe = timeframe_param(args, context.ticker.timeframe)
     status = context.ticker.tick(symbol, timeframe)
     if status.symbol_unknown:
         raise ApiError(404, status.error, "symbol")

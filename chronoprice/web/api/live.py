@@ -12,7 +12,7 @@ from chronoprice.service.status import fresh_forming_row
 from chronoprice.web.api.candles import candle_entry
 from chronoprice.web.api.context import api_context
 from chronoprice.web.api.errors import ApiError, api_blueprint
-from chronoprice.web.api.params import parse_symbol, parse_timeframe
+from chronoprice.web.api.params import symbol_param, timeframe_param
 
 blueprint = api_blueprint("live")
 
@@ -30,8 +30,8 @@ def live_payload(candle, updated_ms: int | None, via: str | None, now_ms: int) -
 def live():
     context = api_context()
     ticker = context.ticker
-    symbol = parse_symbol(request.args, context.default_symbol)
-    timeframe = parse_timeframe(request.args, ticker.timeframe)
+    symbol = symbol_param(request.args, context.default_symbol)
+    timeframe = timeframe_param(request.args, ticker.timeframe)
     market, now_ms = {"symbol": symbol, "timeframe": timeframe}, ticker.now_ms()
     streamed = ticker.live.read(symbol, timeframe)
     if streamed is not None:

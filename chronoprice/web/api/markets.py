@@ -16,7 +16,7 @@ from chronoprice.store.watchlist import WatchlistFull, read_watchlist, remove_fr
 from chronoprice.web.access import write_refusal
 from chronoprice.web.api.context import api_context
 from chronoprice.web.api.errors import ApiError, api_blueprint
-from chronoprice.web.api.params import parse_symbol, parse_timeframe
+from chronoprice.web.api.params import symbol_param, timeframe_param
 
 blueprint = api_blueprint("markets")
 
@@ -52,7 +52,7 @@ def market_from_body() -> tuple[str, str]:
         raise ApiError(400, "symbol is required, as a string like BTC/USDT", "symbol")
     if not isinstance(body.get("timeframe", "1m"), str):
         raise ApiError(400, "timeframe must be a string", "timeframe")
-    return parse_symbol(body, ""), parse_timeframe(body, "1m")
+    return symbol_param(body, ""), timeframe_param(body, "1m")
 
 
 @blueprint.get("/api/v1/markets")
@@ -81,8 +81,8 @@ def remove_market():
     require_write_access()
     if request.args.get("symbol") is None:
         raise ApiError(400, "symbol is required", "symbol")
-    symbol = parse_symbol(request.args, "")
-    timeframe = parse_timeframe(request.args, "1m")
+    symbol = symbol_param(request.args, "")
+    timeframe = timeframe_param(request.args, "1m")
     if not remove_from_watchlist(api_context().ticker.db(), symbol, timeframe):
         raise ApiError(404, f"{symbol} {timeframe} is not watched", "symbol")
     return jsonify({"removed": {"symbol": symbol, "timeframe": timeframe}})

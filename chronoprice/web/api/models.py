@@ -9,7 +9,7 @@ from flask import request
 from chronoprice.service.model_record import model_entries, model_with_changes, registered, registered_model
 from chronoprice.web.api.context import api_context, cached_payload
 from chronoprice.web.api.errors import ApiError, api_blueprint
-from chronoprice.web.api.params import parse_timeframe
+from chronoprice.web.api.params import timeframe_param
 
 blueprint = api_blueprint("models")
 
@@ -17,7 +17,7 @@ blueprint = api_blueprint("models")
 @blueprint.get("/api/v1/models")
 def list_models():
     ticker = api_context().ticker
-    timeframe = parse_timeframe(request.args, None) if "timeframe" in request.args else None
+    timeframe = timeframe_param(request.args, None) if "timeframe" in request.args else None
     return cached_payload(f"api:models:{timeframe}", lambda: {"models": model_entries(ticker, registered(ticker, timeframe))})
 
 

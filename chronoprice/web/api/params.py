@@ -4,28 +4,28 @@ from __future__ import annotations
 
 import pandas as pd
 
-from chronoprice.config import SettingsError, settings_from
-from chronoprice.market.timeframes import TIMEFRAME_MS
+from chronoprice.market.markets import SYMBOL_RULE, parse_symbol, parse_timeframe
 from chronoprice.web.api.errors import ApiError
 
 
-def parse_symbol(args, default: str) -> str:
+def symbol_param(args, default: str) -> str:
     raw = args.get("symbol")
     if raw is None:
         return default
     try:
-        return settings_from({"symbol": raw}, {}).symbol
-    except SettingsError:
-        raise ApiError(400, f"symbol {raw[:40]!r} must look like BASE/QUOTE, for example BTC/USDT", "symbol") from None
+        return parse_symbol(raw)
+    except ValueError:
+        raise ApiError(400, f"symbol {str(raw)[:40]!r} {SYMBOL_RULE}", "symbol") from None
 
 
-def parse_timeframe(args, default: str) -> str:
+def timeframe_param(args, default: str) -> str:
     raw = args.get("timeframe")
     if raw is None:
         return default
-    if raw not in TIMEFRAME_MS:
-        raise ApiError(400, f"timeframe {raw[:20]!r} is not supported; use one of {', '.join(TIMEFRAME_MS)}", "timeframe")
-    return raw
+    try:
+        return parse_timeframe(raw)
+    except ValueError as error:
+        raise ApiError(400, str(error), "timeframe") from None
 
 
 def parse_int(args, name: str, default: int | None, low: int, high: int) -> int | None:

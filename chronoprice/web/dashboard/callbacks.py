@@ -12,8 +12,9 @@ import pandas as pd
 from dash import ALL, ClientsideFunction, Input, Output, State
 from dash.exceptions import PreventUpdate
 
-from chronoprice.config import Settings, SettingsError, settings_from
+from chronoprice.config import Settings
 from chronoprice.evaluation.metrics import ERROR_WINDOW_HOURS
+from chronoprice.market.markets import market_key, parse_market, parse_symbol
 from chronoprice.market.timeframes import TIMEFRAME_MS, timeframe_ms
 from chronoprice.model.features import HORIZON
 from chronoprice.service.guard import served_forecast
@@ -26,7 +27,7 @@ from chronoprice.service.status import (
     status_to_json,
 )
 from chronoprice.service.tick import Ticker
-from chronoprice.service.watchlist import parse_market, watch_market
+from chronoprice.service.watchlist import watch_market
 from chronoprice.store import STORE_UNAVAILABLE
 from chronoprice.store.records import read_candles
 from chronoprice.store.watchlist import (
@@ -100,7 +101,7 @@ def fresh_forming(status: TickStatus, candles: pd.DataFrame, now_ms: int) -> pd.
 
 def render_figures(view: ViewData, theme: str, overlays) -> dict:
     """The three charts, keyed by component id; they change only with a new candle."""
-    symbol, horizon = f"{view.status.symbol}@{view.status.timeframe}", view.horizon
+    symbol, horizon = market_key(view.status.symbol, view.status.timeframe), view.horizon
     return {
         "price-chart": price_figure(view.candles, view.forecast, theme, overlays, uirevision=symbol, level=horizon.level,
                                     forming=view.forming),
@@ -149,8 +150,8 @@ REFRESH_OUTPUTS = [
 def check_symbol(ticker: Ticker, text: str | None, current: str) -> tuple[str, str]:
     """(symbol to show, inline message) for what the user typed; a bad symbol keeps `current`."""
     try:
-        symbol = settings_from({"symbol": text or ""}, {}).symbol
-    except SettingsError:
+        symbol = parse_symbol((text or "").strip())
+    except ValueError:
         return current, f"“{text}” is not a symbol; use BASE/QUOTE, for example ETH/USDT."
     status = ticker.tick(symbol)
     if status.symbol_unknown:
@@ -180,7 +181,7 @@ def attach_callbacks(app: dash.Dash, ticker: Ticker, cache, settings: Settings) 
             outputs = cached_outputs(cache, ticker, status, theme or "dark", overlays or [], cached_seconds(settings.refresh_seconds))
         except STORE_UNAVAILABLE:
             raise PreventUpdate from None  # a lock past the busy timeout: keep the last good page
-        ranges = chart_view.get("ranges") if chart_view and chart_view.get("market") == f"{status.symbol}@{status.timeframe}" else None
+        ranges = chart_view.get("ranges") if chart_view and chart_view.get("market") == market_key(status.symbol, status.timeframe) else None
         if not ranges and isinstance(viewport_width, (int, float)) and viewport_width < PHONE_WIDTH:
             ranges = recent_ranges(outputs["price-chart"])
         outputs = {**outputs, "price-chart": with_user_ranges(outputs["price-chart"], ranges)}
@@ -189,7 +190,7 @@ def attach_callbacks(app: dash.Dash, ticker: Ticker, cache, settings: Settings) 
     @app.callback(Output("chart-view", "data"), Input("price-chart", "relayoutData"), State("chart-view", "data"),
                   State("active-symbol", "data"), State("timeframe", "value"), prevent_initial_call=True)
     def keep_chart_view(relayout, chart_view, symbol, timeframe):
-        market = f"{symbol}@{timeframe}"
+        market = market_key(symbol, timeframe)
         kept = chart_view.get("ranges") if chart_view and chart_view.get("market") == market else None
         return {"market": market, "ranges": ranges_after(kept, relayout if isinstance(relayout, dict) else None)}
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 from urllib.parse import parse_qs, urlencode
 
-from chronoprice.config import SettingsError, settings_from
+from chronoprice.market.markets import parse_symbol
 from chronoprice.market.timeframes import TIMEFRAME_MS
 from chronoprice.web.dashboard.figures import OVERLAYS
 
@@ -37,8 +37,8 @@ def page_view(pathname: str | None, search: str | None, symbol: str, timeframe: 
     asked = _first(query, "symbol")
     if asked is not None:
         try:
-            symbol = settings_from({"symbol": asked}, {}).symbol
-        except SettingsError:
+            symbol = parse_symbol(asked.strip())
+        except ValueError:
             problems.append(f"“{asked[:40]}” in the link is not a symbol (BASE/QUOTE, e.g. ETH/USDT): showing {symbol}")
     asked = _first(query, "timeframe")
     if asked is not None:
