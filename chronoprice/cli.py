@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from chronoprice.bench import format_bench, run_benchmark
+from chronoprice.bench_fuzz import format_fuzz, run_fuzz
 from chronoprice.bench_scale import format_scale, run_scale_benchmark
 from chronoprice.cli_evaluate import format_baselines, format_step_table, format_verdict_table, read_reported_file, run_evaluate
 from chronoprice.cli_models import RETRAIN_REASON, register_trained, run_models, run_retrain, store_setting
@@ -202,6 +203,10 @@ def run_worker(args: argparse.Namespace) -> int:
 
 
 def run_bench(args: argparse.Namespace) -> int:
+    if args.fuzz:
+        report = run_fuzz(args.fuzz, args.seed)
+        print(json.dumps(report) if args.json else format_fuzz(report))
+        return 0 if report["server_errors"] == 0 and report["unanswered"] == 0 else 1
     if args.scale:
         report = run_scale_benchmark(args.model, store_target(args.scale_db) if args.scale_db else None)
         print(json.dumps(report) if args.json else format_scale(report))

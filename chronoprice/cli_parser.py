@@ -183,6 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="price changes timed from the exchange to the page in Chromium under gunicorn (default 40; 0 skips it)")
     bench.add_argument("--scale", action="store_true", help="instead: what one worker and one web instance carry, and storage "
                        "a market a day (docs/SCALING.md)")
+    bench.add_argument("--fuzz", type=_positive_int, metavar="REQUESTS", help="instead: that many random and malformed requests "
+                       "(bodies up to 20 MB) against gunicorn on the offline demo, /api/health timed throughout (docs/RELIABILITY.md)")
+    bench.add_argument("--seed", type=int, default=0, help="the seed --fuzz draws its requests from (default 0)")
     bench.add_argument("--scale-db", help="the store --scale runs on: an empty postgresql:// database (default: a temporary SQLite file)")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
 

@@ -77,7 +77,8 @@ def test_the_callback_shape_check_accepts_what_the_page_sends(app):
 
 
 def test_bodies_and_urls_are_capped_before_they_are_read(client):
-    assert client.post("/_dash-update-component", data="x" * (MAX_BODY_BYTES + 1), content_type="application/json").status_code == 413
+    too_large = client.post("/_dash-update-component", data="x" * (MAX_BODY_BYTES + 1), content_type="application/json")
+    assert too_large.status_code == 413 and "too large" in too_large.get_json()["error"]
     assert client.post("/api/v1/markets", data="{" * (MAX_BODY_BYTES + 1), content_type="application/json").status_code == 413
     assert client.post("/api/v1/alerts", data="[" * 500_000, content_type="application/json").status_code == 400
     long_query = client.get("/api/v1/forecast?symbol=" + "A" * 60_000)
@@ -135,3 +136,26 @@ def test_a_hostile_request_does_not_stall_the_server(app):
         assert failures == []
     finally:
         server.shutdown()
+
+
+def test_the_fuzz_draws_every_kind_of_request_reproducibly_and_within_the_cap(app):
+    from chronoprice.bench_fuzz import MAX_BODY_BYTES as FUZZ_CAP
+    from chronoprice.bench_fuzz import fuzz_requests
+
+    callbacks = app.server.test_client().get("/_dash-dependencies").get_json()
+    drawn = list(fuzz_requests(3000, 7, callbacks))
+    assert drawn == list(fuzz_requests(3000, 7, callbacks))
+    sizes = [len(request.body or b"") for request in drawn]
+    assert max(sizes) <= FUZZ_CAP and sum(size > MAX_BODY_BYTES for size in sizes) >= 10
+    paths = {request.path.partition("?")[0] for request in drawn}
+    assert {"/_dash-update-component", "/api/v1/alerts", "/api/v1/markets", "/api/v1/forecast"} <= paths
+    assert {request.method for request in drawn} >= {"GET", "POST", "DELETE", "PUT", "PATCH"}
+
+
+def test_a_fuzz_run_against_gunicorn_gets_no_server_error_and_no_traceback():
+    from chronoprice.bench_fuzz import run_fuzz
+
+    report = run_fuzz(300, seed=3, clients=2)
+    assert report["server_errors"] == 0, report["server_errors_by_path"]
+    assert report["unanswered"] == 0 and report["tracebacks_logged"] == 0 and report["server_alive"]
+    assert report["health_samples"] >= 1 and set(report["statuses"]) >= {"200", "400"}

@@ -127,6 +127,10 @@ def _guarded_callback_view(view: Callable, callback_map: dict) -> Callable:
     return guarded
 
 
+def _body_too_large(_error):
+    return jsonify({"error": f"the body is too large (at most {MAX_BODY_BYTES:,} bytes)", "parameter": None}), 413
+
+
 def _refuse_oversized_request():
     if len(request.query_string) > MAX_QUERY_BYTES or len(request.path) > MAX_PATH_BYTES:
         return jsonify({"error": f"the URL is too long (path at most {MAX_PATH_BYTES} bytes, query at most "
@@ -141,6 +145,7 @@ def harden(app: dash.Dash) -> None:
     server.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     server.json = BoundedJSONProvider(server)
     server.before_request(_refuse_oversized_request)
+    server.register_error_handler(413, _body_too_large)
     endpoint = app.config.routes_pathname_prefix + DASH_CALLBACK_PATH.lstrip("/")
     server.view_functions[endpoint] = _guarded_callback_view(server.view_functions[endpoint], app.callback_map)
     headers = {**SECURITY_HEADERS, "Content-Security-Policy": content_security_policy(list(app.csp_hashes()))}
