@@ -4,6 +4,7 @@ tick against the local Binance-compatible server, all measured in one run.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import platform
@@ -31,7 +32,7 @@ from chronoprice.service.models import register_shadow
 from chronoprice.service.tick import Ticker
 from chronoprice.store import open_store
 from chronoprice.store.records import upsert_candles
-from chronoprice.bench_deploy import BENCH_START_MS, resident_mb_by_engine, run_deploy_benchmark
+from chronoprice.bench_deploy import BENCH_START_MS, offline_cold_start, resident_mb_by_engine, run_deploy_benchmark
 
 ENGINE_NAMES = ("native", "onnx", "litert", "keras")
 BATCH_ORIGINS = 4096  # origins each engine forecasts in one call for its batch throughput
@@ -158,6 +159,14 @@ def _batch_windows(origins: int) -> np.ndarray:
     return walk_forward_windows(rows, horizon=1)[0][:origins]
 
 
+def unmeasurable(live_samples: int, find_spec: Callable = importlib.util.find_spec) -> list[str]:
+    """What this install cannot measure, a line each: the browser run needs Playwright, a test
+    requirement, and the rest of the bench only the runtime's."""
+    if live_samples > 0 and find_spec("playwright") is None:
+        return ["the price painted in Chromium: Playwright is a test requirement (pip install -r requirements-dev.txt)"]
+    return []
+
+
 def run_benchmark(model_path: Path, repeats: int = 200, ticks: int = 40, deploy_ticks: int = 100,
                   batch_origins: int = BATCH_ORIGINS, watch_markets: int = 20, watch_minutes: int = 30, alert_rules: int = 100,
                   live_samples: int = 40) -> dict:
@@ -193,6 +202,7 @@ def run_benchmark(model_path: Path, repeats: int = 200, ticks: int = 40, deploy_
     floor_ms = forecast_macs(keras_forecaster.engine.model, keras_forecaster.window, keras_forecaster.horizon) / gmacs / 1e6
     medians = {name: float(np.median(values)) for name, values in timings.items()}
     deploy = run_deploy_benchmark(model_path, deploy_ticks) if deploy_ticks > 0 else None
+    skipped = unmeasurable(live_samples)
     tick_ms = _tick_timings(model_path, "auto", ticks)
     shadowed_tick_ms = _tick_timings(model_path, "auto", ticks, with_shadow=True)
     return {
@@ -218,9 +228,11 @@ def run_benchmark(model_path: Path, repeats: int = 200, ticks: int = 40, deploy_
         "ticks": ticks,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "processor": platform.machine()},
         "deploy": deploy,
+        "offline_cold_start": offline_cold_start(model_path),
         "resident_mb_by_engine": resident_mb_by_engine(model_path, deploy) if deploy else None,
         "watchlist": bench_in_child("bench_watchlist", model_path, watch_markets, watch_minutes, alert_rules) if watch_markets > 0 else None,
-        "live": bench_in_child("bench_live", model_path, live_samples) if live_samples > 0 else None,
+        "live": bench_in_child("bench_live", model_path, live_samples) if live_samples > 0 and not skipped else None,
+        "skipped": skipped,
     }
 
 
@@ -258,6 +270,10 @@ def format_bench(report: dict) -> str:
                      f"24 h cold start forecast in {deploy['cold_start_history_seconds']} s; "
                      f"{deploy['resident_mb_after_ticks']} MB resident after {deploy['ticks']} ticks; "
                      f"tensorflow imported: {deploy['tensorflow_imported']}; API tick p50 {deploy['api_tick_ms_p50']} ms, p95 {deploy['api_tick_ms_p95']} ms")
+    offline = report["offline_cold_start"]
+    lines.append(f"offline start (python app.py, every exchange refusing), {offline['markets']} watched markets: first 200 on / "
+                 f"{offline['first_200_seconds']} s, first forecast {offline['first_forecast_seconds']} s, every market's "
+                 f"{offline['every_forecast_seconds']} s")
     if report["resident_mb_by_engine"]:
         lines.append("resident memory, each engine measured alike: " + "; ".join(
             f"{engine} " + ", ".join(f"{value} MB {where.replace('_', ' ')}" for where, value in figures.items())
@@ -278,4 +294,5 @@ def format_bench(report: dict) -> str:
         lines.append(f"exchange event to the price painted in Chromium (gunicorn, stream, {live['page_poll_seconds']} s page poll), "
                      f"{live['samples']} samples: p50 {live['event_to_screen_seconds_p50']} s, p95 {live['event_to_screen_seconds_p95']} s, "
                      f"max {live['event_to_screen_seconds_max']} s; /api/v1/live answer {live['live_message_bytes']} bytes")
+    lines += [f"skipped: {reason}" for reason in report["skipped"]]
     return "\n".join(lines)

@@ -75,6 +75,33 @@ def offline_demo_resident_mb(model_path: Path, engine: str) -> float:
     return health["resident_mb"]
 
 
+UNREACHABLE = "http://127.0.0.1:9"  # nothing listens on the discard port: every connection is refused
+
+
+def offline_cold_start(model_path: Path, timeout_seconds: float = 120.0) -> dict:
+    """`python app.py` with every exchange unreachable (the configured one and both fallbacks)
+    on an empty database with the default watchlist: seconds from starting the process until
+    `/api/v1/markets` shows the first market's forecast, and every market's."""
+    port = free_port()
+    with tempfile.TemporaryDirectory() as folder:
+        command = [sys.executable, "app.py", "--model", str(model_path), "--db", str(Path(folder) / "offline.db"),
+                   "--port", str(port), "--exchange-url", UNREACHABLE,
+                   "--fallback-exchanges", f"kraken={UNREACHABLE},coinbase={UNREACHABLE}"]
+        with app_process(command, {}, port) as (base, _, first_200_seconds, _log):
+            started = time.monotonic() - first_200_seconds
+            first = None
+            while time.monotonic() - started < timeout_seconds:
+                markets = get_json(base + "/api/v1/markets")[1]["markets"]
+                forecast = [market["newest_forecast_origin_ts"] is not None for market in markets]
+                if any(forecast) and first is None:
+                    first = time.monotonic() - started
+                if forecast and all(forecast):
+                    return {"markets": len(markets), "first_200_seconds": round(first_200_seconds, 2),
+                            "first_forecast_seconds": round(first, 2), "every_forecast_seconds": round(time.monotonic() - started, 2)}
+                time.sleep(0.1)
+    raise RuntimeError(f"the offline start forecast not every watched market within {timeout_seconds:.0f} s")
+
+
 def _wait_until_settled(db_file: Path, timeout_seconds: float = 180.0) -> None:
     db = open_store(db_file)
     deadline = time.monotonic() + timeout_seconds

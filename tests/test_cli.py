@@ -124,6 +124,17 @@ def test_bench_json_reports_every_engine_in_one_run(tiny_model, capsys):
     alerts = watch["alerts"]
     assert alerts["rules"] == 3 and alerts["delivered"] == alerts["firings"] and alerts["received_twice"] == 0
     assert report["live"] is None and report["deploy"] is None and report["resident_mb_by_engine"] is None
+    assert report["skipped"] == []
+    offline = report["offline_cold_start"]
+    assert offline["markets"] == 4 and 0 < offline["first_forecast_seconds"] <= offline["every_forecast_seconds"]
+
+
+def test_bench_without_playwright_skips_only_the_browser_run_with_one_line():
+    from chronoprice.bench import unmeasurable
+
+    assert unmeasurable(40, find_spec=lambda name: None) == [
+        "the price painted in Chromium: Playwright is a test requirement (pip install -r requirements-dev.txt)"]
+    assert unmeasurable(0, find_spec=lambda name: None) == [] and unmeasurable(40) == []
 
 
 def test_alert_delivery_is_timed_from_each_firing_to_its_first_arrival():
