@@ -1,6 +1,7 @@
 """The dashboard in a real headless Chromium (Debian's /usr/bin/chromium, driven by Playwright).
 
-Set CHRONOPRICE_SCREENSHOT=docs/dashboard.png to write the README's screenshot.
+Set CHRONOPRICE_SCREENSHOT=docs/dashboard.png, CHRONOPRICE_OVERVIEW_SCREENSHOT=docs/overview.png and
+CHRONOPRICE_PHONE_SCREENSHOT=docs/phone.png to write the README's screenshots.
 """
 
 import os
@@ -172,12 +173,13 @@ def test_the_url_is_the_view_a_link_reopens_it_back_and_forward_work_and_bad_val
 X_RANGE = "() => { const axis = document.querySelector('#price-chart .js-plotly-plot')._fullLayout.xaxis; return [axis.range, axis.autorange]; }"
 
 
-def test_zoom_and_pan_survive_refreshes_and_a_double_click_resets_them(browser, dashboard):
+@pytest.mark.parametrize("width,height", [(1440, 900), (390, 844)])
+def test_zoom_and_pan_survive_refreshes_and_a_double_click_resets_them(browser, dashboard, width, height):
     _, ticker = dashboard
     settings = settings_from({"source": "demo", "refresh_seconds": "1"}, {})
     server = make_server("127.0.0.1", 0, create_app(settings, ticker).server, threaded=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    page = browser.new_page(viewport={"width": 1440, "height": 900})
+    page = browser.new_page(viewport={"width": width, "height": height})
     try:
         page.goto(f"http://127.0.0.1:{server.server_port}/market")
         page.wait_for_function(f"() => ({CANDLES_DRAWN})() === 70", timeout=LIVENESS_SECONDS * 1000)
@@ -289,6 +291,10 @@ def test_dashboard_fits_a_phone(browser, dashboard_url):
         const candles = gd.data.find(trace => trace.name === 'candles').x;
         return (end - Date.parse(candles[candles.length - 1])) / (end - start); }"""
     page.wait_for_function(f"() => ({share})() >= 1 / 3", timeout=LIVENESS_SECONDS * 1000)  # the forecast region: a third or more
+    if os.environ.get("CHRONOPRICE_PHONE_SCREENSHOT"):
+        page.mouse.move(1, 1)  # no hover label in the picture
+        page.wait_for_selector("#price-chart .hovertext", state="detached")
+        page.screenshot(path=os.environ["CHRONOPRICE_PHONE_SCREENSHOT"])
     page.close()
 
 

@@ -19,7 +19,7 @@ from chronoprice.web.dashboard.callbacks import (
     render_view,
     watch_message,
 )
-from chronoprice.web.dashboard.chart_view import ranges_after, recent_ranges, with_user_ranges
+from chronoprice.web.dashboard.chart_view import ranges_after, recent_ranges, shown_ranges, view_after, with_user_ranges
 from chronoprice.web.dashboard.figures import (
     Horizon,
     error_figure,
@@ -340,3 +340,13 @@ def test_a_phone_opens_the_chart_on_the_last_20_candles_and_the_forecast(demo_ti
     assert start == pd.Timestamp(shown - 30_000, unit="ms", tz="UTC")
     assert end == pd.Timestamp(view.forecast["target_ts"].iloc[-1] + 30_000, unit="ms", tz="UTC")
     assert recent_ranges({"data": []}) == {}
+    recent = recent_ranges(figure)
+    assert shown_ranges(None, "BTC/USDT@1m", figure, 390) == recent and shown_ranges(None, "BTC/USDT@1m", figure, 1440) == {}
+    resized = view_after(None, "BTC/USDT@1m", {"autosize": True})
+    assert shown_ranges(resized, "BTC/USDT@1m", figure, 390) == recent, "Plotly's first autosize is not the user's choice"
+    whole = view_after(resized, "BTC/USDT@1m", {"xaxis.autorange": True})
+    assert shown_ranges(whole, "BTC/USDT@1m", figure, 390) == {}, "a double click gives the phone the whole chart, and it stays"
+    assert shown_ranges(view_after(whole, "BTC/USDT@1m", {"autosize": True}), "BTC/USDT@1m", figure, 390) == {}
+    zoomed = view_after(whole, "BTC/USDT@1m", {"xaxis.range": ["a", "b"]})
+    assert zoomed["whole"] is False and shown_ranges(zoomed, "BTC/USDT@1m", figure, 390) == {"x": ["a", "b"]}
+    assert shown_ranges(whole, "ETH/USDT@1m", figure, 390) == recent, "another market opens on its recent candles"

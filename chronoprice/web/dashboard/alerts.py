@@ -28,7 +28,7 @@ KIND_LABELS = {"band_exit": "close leaves the forecast band", "price_cross": "cl
 def bell() -> html.Div:
     return html.Div(className="bell-wrap", children=[
         dcc.Interval(id="alerts-poll", interval=ALERTS_POLL_MS, n_intervals=0),
-        html.Button(["🔔", html.Span(id="alerts-unread", className="bell-count")], id="alerts-bell", n_clicks=0,
+        html.Button(["Alerts", html.Span(id="alerts-unread", className="bell-count")], id="alerts-bell", n_clicks=0,
                     className="bell", title="alerts"),
         html.Div(id="alerts-panel", className="alerts-panel", hidden=True, children=[
             html.Ul(id="alerts-list", className="alerts-list"),

@@ -37,7 +37,7 @@ from chronoprice.store.watchlist import (
 )
 from chronoprice.web.access import write_refusal
 from chronoprice.web.cache import cached_seconds
-from chronoprice.web.dashboard.chart_view import PHONE_WIDTH, ranges_after, recent_ranges, with_user_ranges
+from chronoprice.web.dashboard.chart_view import shown_ranges, view_after, with_user_ranges
 from chronoprice.web.dashboard.figures import (
     SHOWN_CANDLES,
     Horizon,
@@ -181,18 +181,14 @@ def attach_callbacks(app: dash.Dash, ticker: Ticker, cache, settings: Settings) 
             outputs = cached_outputs(cache, ticker, status, theme or "dark", overlays or [], cached_seconds(settings.refresh_seconds))
         except STORE_UNAVAILABLE:
             raise PreventUpdate from None  # a lock past the busy timeout: keep the last good page
-        ranges = chart_view.get("ranges") if chart_view and chart_view.get("market") == market_key(status.symbol, status.timeframe) else None
-        if not ranges and isinstance(viewport_width, (int, float)) and viewport_width < PHONE_WIDTH:
-            ranges = recent_ranges(outputs["price-chart"])
+        ranges = shown_ranges(chart_view, market_key(status.symbol, status.timeframe), outputs["price-chart"], viewport_width)
         outputs = {**outputs, "price-chart": with_user_ranges(outputs["price-chart"], ranges)}
         return [outputs[component + ("-hidden" if prop == "hidden" else "")] for component, prop in REFRESH_OUTPUTS]
 
     @app.callback(Output("chart-view", "data"), Input("price-chart", "relayoutData"), State("chart-view", "data"),
                   State("active-symbol", "data"), State("timeframe", "value"), prevent_initial_call=True)
     def keep_chart_view(relayout, chart_view, symbol, timeframe):
-        market = market_key(symbol, timeframe)
-        kept = chart_view.get("ranges") if chart_view and chart_view.get("market") == market else None
-        return {"market": market, "ranges": ranges_after(kept, relayout if isinstance(relayout, dict) else None)}
+        return view_after(chart_view, market_key(symbol, timeframe), relayout)
 
     @app.callback(Output("active-symbol", "data"), Output("symbol-message", "children"), Output("symbol-input", "value"),
                   Output("timeframe", "value"), Output("overlays", "value"), Output("url", "search"),

@@ -40,6 +40,27 @@ def ranges_after(ranges: dict | None, relayout: dict | None) -> dict[str, list]:
     return {axis: ends for axis, ends in ranges.items() if None not in ends}
 
 
+def view_after(view: dict | None, market: str, relayout) -> dict:
+    """The chart-view store after a relayout event of `market`'s chart: the user's ranges, and
+    "whole" once a double click asked for the whole chart (so a phone's recent-candles default is
+    not put back on the next refresh) until the next zoom or pan. Another market's view is dropped."""
+    kept = view if isinstance(view, dict) and view.get("market") == market else {}
+    relayout = relayout if isinstance(relayout, dict) else None
+    ranges = ranges_after(kept.get("ranges"), relayout)
+    asked_whole = any(AXIS_AUTORANGE.match(str(key)) and value is True for key, value in (relayout or {}).items())
+    return {"market": market, "ranges": ranges, "whole": not ranges and (asked_whole or kept.get("whole") is True)}
+
+
+def shown_ranges(view: dict | None, market: str, figure: dict, viewport_width) -> dict:
+    """The ranges a redraw of `market`'s chart shows: the user's; else, on a phone and unless the
+    user asked for the whole chart, the recent candles; else none (the whole chart)."""
+    kept = view if isinstance(view, dict) and view.get("market") == market else {}
+    if kept.get("ranges"):
+        return kept["ranges"]
+    phone = isinstance(viewport_width, (int, float)) and not isinstance(viewport_width, bool) and viewport_width < PHONE_WIDTH
+    return recent_ranges(figure) if phone and kept.get("whole") is not True else {}
+
+
 def with_user_ranges(figure: dict, ranges: dict | None) -> dict:
     """`figure` (a dict) with the user's ranges applied: the time range to every matched x axis."""
     if not ranges or "layout" not in figure:
