@@ -306,38 +306,42 @@ def test_python_app_py_offline_shows_the_demo_and_a_forecast(browser, tmp_path):
                "--exchange-url", dead, "--fallback-exchanges", f"kraken={dead},coinbase={dead}"]
     process = subprocess.Popen(command, cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        page = browser.new_page(viewport={"width": 1280, "height": 1000})
-        console_errors = []
-        page.on("console", lambda message: console_errors.append(message.text) if message.type == "error" else None)
-        # Every text the source badge and the model badge ever show, from the first paint on.
-        page.add_init_script("""window.badges = new Set(); new MutationObserver(() => {
-            for (const id of ['source-badge', 'model-badge']) {
-                const element = document.getElementById(id);
-                if (element && element.innerText) { window.badges.add(id + ': ' + element.innerText); }
-            } }).observe(document, {subtree: true, childList: true, characterData: true});""")
-        while True:
-            try:
-                page.goto(f"http://127.0.0.1:{port}/market")
-                break
-            except PlaywrightError:
-                assert process.poll() is None, process.stdout.read()
-                time.sleep(0.2)
-        page.wait_for_function(f"() => ({CANDLES_DRAWN})() === 70", timeout=LIVENESS_SECONDS * 1000)
-        assert page.inner_text("#source-badge") == "offline demo"
-        assert "live unreachable" in page.inner_text("#banner")
-        badges = page.evaluate("() => [...window.badges]")
-        assert [badge for badge in badges if badge.startswith("source-badge")] == ["source-badge: offline demo"], badges
-        assert "model-badge: model unavailable" not in badges, "no model verdict before there are candles"
+        pages, console_errors = [], []
+        for width, height in ((1440, 900), (390, 844)):  # both open from the first paint on
+            page = browser.new_page(viewport={"width": width, "height": height})
+            page.on("console", lambda message: console_errors.append(message.text) if message.type == "error" else None)
+            # Every text the source badge and the model badge ever show, from the first paint on.
+            page.add_init_script("""window.badges = new Set(); new MutationObserver(() => {
+                for (const id of ['source-badge', 'model-badge']) {
+                    const element = document.getElementById(id);
+                    if (element && element.innerText) { window.badges.add(id + ': ' + element.innerText); }
+                } }).observe(document, {subtree: true, childList: true, characterData: true});""")
+            while True:
+                try:
+                    page.goto(f"http://127.0.0.1:{port}/market")
+                    break
+                except PlaywrightError:
+                    assert process.poll() is None, process.stdout.read()
+                    time.sleep(0.2)
+            pages.append(page)
+        for page in pages:
+            page.wait_for_function(f"() => ({CANDLES_DRAWN})() === 70", timeout=LIVENESS_SECONDS * 1000)
+            assert page.inner_text("#source-badge") == "offline demo"
+            assert "live unreachable" in page.inner_text("#banner")
+            badges = page.evaluate("() => [...window.badges]")
+            assert [badge for badge in badges if badge.startswith("source-badge")] == ["source-badge: offline demo"], badges
+            assert "model-badge: model unavailable" not in badges, "no model verdict before there are candles"
+            page.close()
         assert console_errors == [], "no live poll (or anything else) fails before the first tick"
-        page.close()
     finally:
         process.terminate()
         process.wait(timeout=10)
 
 
-def test_alerts_are_added_on_the_market_page_and_ring_the_bell(browser, dashboard):
+@pytest.mark.parametrize("width,height", [(1440, 1300), (390, 844)])
+def test_alerts_are_added_on_the_market_page_and_ring_the_bell(browser, dashboard, width, height):
     url, ticker = dashboard
-    page = browser.new_page(viewport={"width": 1280, "height": 1300})
+    page = browser.new_page(viewport={"width": width, "height": height})
     problems = []
     page.on("pageerror", lambda error: problems.append(str(error)))
     page.goto(url + "market?symbol=BTC/USDT&timeframe=1m")
@@ -364,6 +368,8 @@ def test_alerts_are_added_on_the_market_page_and_ring_the_bell(browser, dashboar
     page.click("#alerts-bell")
     page.wait_for_function("() => document.querySelector('#alerts-unread').innerText === ''", timeout=LIVENESS_SECONDS * 1000)
     assert "BTC/USDT 1m: the close left the band" in page.inner_text("#alerts-list")
+    panel = page.locator("#alerts-panel").bounding_box()
+    assert panel["x"] >= 0 and panel["x"] + panel["width"] <= width, "the bell's panel stays on the screen"
     page.click("#alert-rules button")
     page.wait_for_function("() => document.querySelector('#alert-message').innerText === 'Alert deleted.'", timeout=LIVENESS_SECONDS * 1000)
     assert read_rules(ticker.db(), "BTC/USDT", "1m") == []
