@@ -91,7 +91,10 @@ def build_layout(settings: Settings) -> html.Div:
                         dcc.Checklist(id="overlays", options=[{"label": label, "value": key} for key, label in OVERLAYS.items()],
                                       value=[], inline=True, className="overlays"),
                     ]),
-                    dcc.Graph(id="price-chart", className="price-chart", config={"displaylogo": False, "responsive": True}),
+                    # A double click always gives the whole chart back (Plotly's default first resets
+                    # to the figure's own range: on a phone, the recent candles).
+                    dcc.Graph(id="price-chart", className="price-chart",
+                              config={"displaylogo": False, "responsive": True, "doubleClick": "autosize"}),
                 ]),
                 html.Section(className="panel", children=[
                     html.H2(f"Forecast errors, last {ERROR_WINDOW_HOURS} hours"),
