@@ -1,5 +1,5 @@
 import sys
 
-from chronoprice.cli import main
+from chronoprice.cli.main import main
 
 sys.exit(main())

@@ -18,9 +18,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from chronoprice.logs import StderrHandler  # noqa: E402
 from chronoprice.market.demo import demo_candles  # noqa: E402
-from chronoprice.market.simulator import BinanceSimulator  # noqa: E402
 from chronoprice.store import open_store  # noqa: E402
-from chronoprice.testing import FakeClock, free_port  # noqa: E402,F401 (tests import FakeClock from here)
+from chronoprice.testing.exchange import BinanceSimulator  # noqa: E402
+from chronoprice.testing.harness import FakeClock, free_port  # noqa: E402,F401 (tests import FakeClock from here)
 from tests.postgres_server import PostgresServer  # noqa: E402
 
 SERIES_START_MS = 1_735_689_600_000  # 2025-01-01 00:00 UTC

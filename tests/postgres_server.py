@@ -14,7 +14,7 @@ from pathlib import Path
 
 import psycopg
 
-from chronoprice.testing import free_port
+from chronoprice.testing.harness import free_port
 
 USER = "chronoprice"
 PASSWORD = "s3cret-test-password"

@@ -28,7 +28,7 @@ from chronoprice.service.build import build_ticker
 from chronoprice.service.status import TickStatus
 from chronoprice.store.alerts import add_rule, read_firings, read_rule
 from chronoprice.store.records import read_candles, upsert_candles
-from chronoprice.testing import WebhookReceiver
+from chronoprice.testing.harness import WebhookReceiver
 from chronoprice.web.server import create_app
 from tests.conftest import wait_until
 
@@ -147,6 +147,7 @@ def test_band_exit_and_market_state_rules_and_the_observed_rate(demo_ticker):
     assert stale.id in {each.rule_id for each in alerts.after_tick(failing)}
 
 
+@pytest.mark.slow
 def test_webhooks_are_retried_after_500s_and_a_hanging_one_delays_no_other(demo_ticker):
     ticker, status = demo_ticker
     flaky, hanging = WebhookReceiver(codes=(500, 500)), WebhookReceiver(hang=6)
@@ -170,6 +171,7 @@ def test_webhooks_are_retried_after_500s_and_a_hanging_one_delays_no_other(demo_
         alerts.stop()
 
 
+@pytest.mark.slow
 def test_a_delivery_cut_off_by_a_dying_process_is_sent_after_the_restart(demo_ticker):
     ticker, status = demo_ticker
     receiver = WebhookReceiver()

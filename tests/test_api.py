@@ -218,6 +218,7 @@ def api_schema(demo_server):
     return schemathesis.openapi.from_wsgi("/api/openapi.json", demo_server)
 
 
+@pytest.mark.slow
 @fuzz_schema.parametrize()
 @hypothesis_settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
 def test_api_fuzz_finds_no_server_error_and_no_schema_violation(case):

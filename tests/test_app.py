@@ -12,9 +12,11 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from chronoprice.testing import free_port, get_json
+from chronoprice.testing.harness import free_port, get_json
 from tests.conftest import LIVENESS_SECONDS, wait_until
 from tests.postgres_server import PASSWORD
+
+pytestmark = pytest.mark.slow  # python app.py started as a process: the whole suite runs it, `-m "not slow"` does not
 
 PROJECT = Path(__file__).resolve().parents[1]
 

@@ -3,9 +3,9 @@ that turns them into capacity."""
 
 import pytest
 
-from chronoprice.bench_scale import (
-    best_level,
+from chronoprice.bench.scale import (
     bench_markets,
+    best_level,
     format_scale,
     markets_kept_current,
     run_scale_benchmark,
@@ -14,6 +14,8 @@ from chronoprice.bench_scale import (
     worker_run,
 )
 from chronoprice.store import open_store, table_bytes
+
+pytestmark = pytest.mark.slow  # the scale benchmark's runs: the whole suite runs it, `-m "not slow"` does not
 
 
 def test_capacity_per_timeframe_follows_the_measured_tick_rate_and_the_candle_length():

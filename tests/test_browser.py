@@ -16,7 +16,7 @@ from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import sync_playwright
 from werkzeug.serving import make_server
 
-from chronoprice.bench import shadow_copy
+from chronoprice.bench.engines import shadow_copy
 from chronoprice.config import settings_from
 from chronoprice.service.alert_rules import firing
 from chronoprice.service.build import build_ticker
@@ -24,9 +24,11 @@ from chronoprice.service.models import register_shadow
 from chronoprice.service.scheduler import Scheduler
 from chronoprice.service.watchlist import seed_watchlist
 from chronoprice.store.alerts import read_rules, record_firing
-from chronoprice.testing import CHROMIUM, CHROMIUM_ARGS, free_port
+from chronoprice.testing.harness import CHROMIUM, CHROMIUM_ARGS, free_port
 from chronoprice.web.server import create_app
 from tests.conftest import LIVENESS_SECONDS, FakeClock, wait_until
+
+pytestmark = pytest.mark.slow  # a real Chromium for every test: the whole suite runs it, `-m "not slow"` does not
 
 PROJECT = Path(__file__).resolve().parents[1]
 WATCHED = [("BTC/USDT", "1m"), ("ETH/USDT", "1m"), ("BTC/USDT", "15m")]
@@ -379,7 +381,7 @@ def test_alerts_are_added_on_the_market_page_and_ring_the_bell(browser, dashboar
 
 @pytest.mark.parametrize("width", [1440, 390])
 def test_the_html_report_is_a_document_that_reads_at_any_width(browser, tmp_path, width):
-    from chronoprice.cli import main
+    from chronoprice.cli.main import main
     from tests.conftest import make_candles
 
     candles = make_candles(1500)

@@ -3,8 +3,8 @@ import re
 
 import pytest
 
-from chronoprice.bench import forecast_macs, timings_ms
-from chronoprice.cli import main
+from chronoprice.bench.engines import forecast_macs, timings_ms
+from chronoprice.cli.main import main
 from chronoprice.market.source import Market
 from chronoprice.model.artifact import artifact_at, read_metadata
 from chronoprice.store import open_store
@@ -68,6 +68,7 @@ def test_evaluate_skips_what_the_model_was_trained_on(shipped_model, shared_csv,
             assert abs(step[f"coverage_{level}"] - float(level)) <= 0.02, f"step {step['step']}: {level} interval off nominal"
 
 
+@pytest.mark.slow
 def test_train_command_writes_an_artifact(synthetic_csv, tmp_path, capsys):
     out = tmp_path / "cli-model"
     assert main(["train", "--csv", str(synthetic_csv), "--epochs", "1", "--folds", "2", "--out", str(out)]) == 0
@@ -80,6 +81,7 @@ def test_train_command_writes_an_artifact(synthetic_csv, tmp_path, capsys):
     assert len(metadata["selection"]["folds"]) == 2
 
 
+@pytest.mark.slow
 def test_compare_scores_every_variant_on_rolling_folds_and_the_holdout(synthetic_csv, tmp_path, capsys):
     out = tmp_path / "compare.json"
     assert main(["compare", "--csv", str(synthetic_csv), "--epochs", "1", "--features", "relative_closes,log_returns+range",
@@ -99,6 +101,7 @@ def test_compare_refuses_an_unknown_feature_before_training(synthetic_csv, capsy
     assert "unknown feature 'relative_closes+spread'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_bench_json_reports_every_engine_in_one_run(tiny_model, capsys):
     assert main(["bench", "--model", str(tiny_model), "--repeats", "5", "--ticks", "3", "--deploy-ticks", "0",
                  "--batch-origins", "300", "--watch-markets", "2", "--watch-minutes", "2", "--alert-rules", "3", "--live-samples", "0",
@@ -130,7 +133,7 @@ def test_bench_json_reports_every_engine_in_one_run(tiny_model, capsys):
 
 
 def test_bench_without_playwright_skips_only_the_browser_run_with_one_line():
-    from chronoprice.bench import unmeasurable
+    from chronoprice.bench.engines import unmeasurable
 
     assert unmeasurable(40, find_spec=lambda name: None) == [
         "the price painted in Chromium: Playwright is a test requirement (pip install -r requirements-dev.txt)"]
@@ -138,7 +141,7 @@ def test_bench_without_playwright_skips_only_the_browser_run_with_one_line():
 
 
 def test_alert_delivery_is_timed_from_each_firing_to_its_first_arrival():
-    from chronoprice.bench_watchlist import delivery_report
+    from chronoprice.bench.watchlist import delivery_report
     from chronoprice.store.alerts import Firing
 
     def firing(rule_id, fired_ms, state="delivered"):
@@ -255,6 +258,7 @@ def collected_store(tmp_path):
     return path, five_minutes
 
 
+@pytest.mark.slow
 def test_train_from_the_store_fits_the_collected_candles_and_serves_their_timeframe(collected_store, tmp_path, capsys):
     path, five_minutes = collected_store
     out = tmp_path / "from-store"
@@ -270,8 +274,8 @@ def test_train_from_the_store_fits_the_collected_candles_and_serves_their_timefr
 
 
 def test_train_from_the_store_names_its_artifact_after_the_market_and_says_what_is_missing(collected_store, capsys):
-    from chronoprice.cli import training_data
-    from chronoprice.cli_parser import build_parser
+    from chronoprice.cli.main import training_data
+    from chronoprice.cli.parser import build_parser
 
     path, _ = collected_store
     _, description, out = training_data(build_parser().parse_args(["train", "--db", str(path), "--symbol", "BTC/USDT", "--timeframe", "5m",
@@ -314,3 +318,24 @@ def test_evaluate_scores_every_origin_of_a_file_older_than_the_models_training(s
     assert main(["evaluate", "--csv", str(path), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["skipped_training_origins"] == 0 and report["origins"] == len(candles) - 60 - 10 + 1
+
+
+def test_the_readme_command_reference_matches_the_parser():
+    """Every command has a line in README's "Command line" block, every flag written there exists,
+    and every flag the parser has is named somewhere in README."""
+    import argparse
+
+    from chronoprice.cli.parser import build_parser
+    from chronoprice.config import PROJECT_ROOT
+
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    block = readme.split("## Command line", 1)[1].split("```", 2)[1]
+    commands = next(action for action in build_parser()._actions if isinstance(action, argparse._SubParsersAction)).choices
+    problems = []
+    for name, command in commands.items():
+        flags = {flag for action in command._actions for flag in action.option_strings if flag.startswith("--")} - {"--help"}
+        lines = [line for line in block.splitlines() if re.match(rf"python -m chronoprice {name}(\s|$)", line)]
+        written = set(re.findall(r"--[a-z][a-z-]*", " ".join(lines)))
+        problems += [f"{name}: no line"] * (not lines) + [f"{name}: README names {flag}, the parser has none" for flag in written - flags]
+        problems += [f"{name}: {flag} is not in README" for flag in sorted(flags) if flag not in readme]
+    assert problems == []

@@ -217,6 +217,7 @@ def test_check_symbol_switches_or_explains(demo_ticker):
     assert symbol == "ETH/USDT" and "is not a symbol" in message
 
 
+@pytest.mark.slow
 def test_page_outputs_are_built_once_per_tick_for_every_viewer(demo_ticker):
     from flask import Flask
     from flask_caching import Cache

@@ -5,17 +5,20 @@ import os
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
-from chronoprice.bench_deploy import offline_demo_resident_mb, run_deploy_benchmark
+from chronoprice.bench.deploy import offline_demo_resident_mb, run_deploy_benchmark
 from chronoprice.config import settings_from
-from chronoprice.market.simulator import BinanceSimulator
 from chronoprice.market.source import Market
 from chronoprice.store import open_store
 from chronoprice.store.records import newest_candle_ts, newest_forecast_origin_ts
+from chronoprice.testing.exchange import BinanceSimulator
+from chronoprice.testing.harness import get_json, gunicorn_service, local_exchange_env
 from chronoprice.web.cache import cache_config
-from chronoprice.testing import get_json, gunicorn_service, local_exchange_env
 from tests.conftest import MINUTE_MS, SERIES_START_MS, wait_until
+
+pytestmark = pytest.mark.slow  # gunicorn processes and a one-minute soak: the whole suite runs it, `-m "not slow"` does not
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -123,7 +126,7 @@ def test_fifty_api_clients_and_an_open_dashboard_for_a_minute(series, tmp_path):
     from playwright.sync_api import Error as PlaywrightError
     from playwright.sync_api import sync_playwright
 
-    from chronoprice.testing import CHROMIUM, CHROMIUM_ARGS
+    from chronoprice.testing.harness import CHROMIUM, CHROMIUM_ARGS
     from tests.test_browser import CANDLES_DRAWN
 
     now = SERIES_START_MS + 2000 * MINUTE_MS + 20_000

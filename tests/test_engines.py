@@ -11,11 +11,18 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from chronoprice.cli import main
+from chronoprice.cli.main import main
 from chronoprice.market.files import read_candle_csv
-from chronoprice.model.artifact import ModelUnavailable, artifact_at, read_metadata
 from chronoprice.model import native
-from chronoprice.model.engines import AUTO_ORDER, ONE_BATCH_RUN_ORIGINS, SERVING_RUN_ORIGINS, NativeEngine, OnnxEngine, load_engine
+from chronoprice.model.artifact import ModelUnavailable, artifact_at, read_metadata
+from chronoprice.model.engines import (
+    AUTO_ORDER,
+    ONE_BATCH_RUN_ORIGINS,
+    SERVING_RUN_ORIGINS,
+    NativeEngine,
+    OnnxEngine,
+    load_engine,
+)
 from chronoprice.model.features import candle_rows, channel_count, model_input, walk_forward_windows
 from chronoprice.model.forecasters import load_forecaster
 from chronoprice.model.network import build_model, recursive_path
@@ -36,6 +43,7 @@ def predicted_closes(path: np.ndarray, windows: np.ndarray) -> np.ndarray:
     return windows[:, -1:, 2] * np.exp(path.astype("float64") * SCALE)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("feature", FORMS)
 @pytest.mark.parametrize("engine_class", [NativeEngine, OnnxEngine])
 def test_the_engine_is_the_keras_recursion_for_every_input_form_and_batch_size(engine_class, feature, shared_windows, tmp_path):
@@ -59,6 +67,7 @@ def test_the_engine_is_the_keras_recursion_for_every_input_form_and_batch_size(e
         assert np.abs(closes / predicted_closes(expected, windows) - 1).max() <= CLOSE_TOLERANCE
 
 
+@pytest.mark.slow
 def test_the_shipped_model_on_native_and_onnx_matches_keras_on_every_window_of_the_shared_data(shipped_model, shared_windows):
     expected = load_forecaster(shipped_model, "keras").forecast(shared_windows)
     # onnx in a serving process's runs and the larger ones of a command that ends with its batch (evaluate).

@@ -9,12 +9,12 @@ import pytest
 
 from chronoprice.config import settings_from
 from chronoprice.market.live import LiveSource
-from chronoprice.market.simulator import Fault, kline_row
 from chronoprice.model.forecasters import load_forecaster
 from chronoprice.service.tick import Ticker
 from chronoprice.store.records import read_candles
+from chronoprice.testing.exchange import Fault, kline_row
+from chronoprice.testing.harness import FakeClock, dashboard_refresh_body
 from chronoprice.web.server import create_app
-from chronoprice.testing import FakeClock, dashboard_refresh_body
 
 SYMBOL = "BTC/USDT"
 KLINES = "/klines"
@@ -68,6 +68,7 @@ def test_duplicated_and_shuffled_candles_are_stored_once_in_order(product, excha
     assert dashboard_refresh(client)["status-message"] == ""
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fault_name", list(FAULTS))
 def test_exchange_fault_never_breaks_the_api_or_dashboard_and_recovery_is_complete(product, exchange, fault_name):
     ticker, client, clock = product

@@ -30,6 +30,7 @@ def windows():
     return walk_forward_windows(candle_rows(make_candles(900)))[0][::70]
 
 
+@pytest.mark.slow
 def test_forecast_gives_a_price_path_and_band_per_window(forecaster, windows):
     before = windows.copy()
     forecast = forecaster.forecast(windows)
@@ -48,6 +49,7 @@ def test_forecast_stays_near_the_last_close(forecaster, windows):
     assert np.abs(forecaster.forecast(windows)["mean"] / last_close - 1).max() < 0.05
 
 
+@pytest.mark.slow
 def test_a_batch_forecasts_each_window_as_if_alone(forecaster, windows):
     together = forecaster.forecast(windows)
     for row in (0, len(windows) - 1):

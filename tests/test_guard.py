@@ -58,6 +58,7 @@ def next_minutes(ticker, exchange, clock, minutes):
     return ticker.tick(SYMBOL)
 
 
+@pytest.mark.slow
 def test_a_broken_champion_is_guarded_within_the_window_and_served_again_once_healed(guarded_ticker, exchange):
     ticker, champion, clock = guarded_ticker
     first = ticker.tick(SYMBOL)
@@ -92,6 +93,7 @@ def test_a_broken_champion_is_guarded_within_the_window_and_served_again_once_he
     assert np.array_equal(moved_on, read_whole) and np.allclose(moved_on[:, 0], moved_on[:, 1])
 
 
+@pytest.mark.slow
 def test_the_api_and_the_page_say_when_the_last_close_is_served(guarded_ticker, exchange, db_path):
     ticker, champion, clock = guarded_ticker
     ticker.tick(SYMBOL)

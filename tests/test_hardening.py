@@ -10,7 +10,7 @@ import pytest
 from chronoprice.config import settings_from
 from chronoprice.logs import MESSAGE_CHARACTERS, bounded, redact
 from chronoprice.service.build import build_ticker
-from chronoprice.testing import free_port
+from chronoprice.testing.harness import free_port
 from chronoprice.web.hardening import MAX_BODY_BYTES, callback_request_problem, content_security_policy
 from chronoprice.web.server import create_app
 from tests.conftest import LIVENESS_SECONDS
@@ -138,9 +138,10 @@ def test_a_hostile_request_does_not_stall_the_server(app):
         server.shutdown()
 
 
+@pytest.mark.slow
 def test_the_fuzz_draws_every_kind_of_request_reproducibly_and_within_the_cap(app):
-    from chronoprice.bench_fuzz import MAX_BODY_BYTES as FUZZ_CAP
-    from chronoprice.bench_fuzz import fuzz_requests
+    from chronoprice.bench.fuzz import MAX_BODY_BYTES as FUZZ_CAP
+    from chronoprice.bench.fuzz import fuzz_requests
 
     callbacks = app.server.test_client().get("/_dash-dependencies").get_json()
     drawn = list(fuzz_requests(3000, 7, callbacks))
@@ -152,8 +153,9 @@ def test_the_fuzz_draws_every_kind_of_request_reproducibly_and_within_the_cap(ap
     assert {request.method for request in drawn} >= {"GET", "POST", "DELETE", "PUT", "PATCH"}
 
 
+@pytest.mark.slow
 def test_a_fuzz_run_against_gunicorn_gets_no_server_error_and_no_traceback():
-    from chronoprice.bench_fuzz import run_fuzz
+    from chronoprice.bench.fuzz import run_fuzz
 
     report = run_fuzz(300, seed=3, clients=2)
     assert report["server_errors"] == 0, report["server_errors_by_path"]

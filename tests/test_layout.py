@@ -31,9 +31,15 @@ ALLOWED = {
     "web": {"market.source", "market.timeframes", "market.markets", "store", "model", "evaluation", "service", "web", "config", "logs"},
     "config": {"market.timeframes", "market.markets", "store.schema"},
     "logs": set(),
+    # The rig: what the tests and the benchmarks share, on top of the stages it drives.
+    "testing": {"testing", "market", "store", "config"},
+    # The doors may use every stage; bench also the rig, and the command line the benchmarks.
+    "bench": {"bench", "testing", "market", "store", "model", "evaluation", "service", "web", "config", "logs"},
+    "cli": {"cli", "bench", "market", "store", "model", "evaluation", "service", "web", "config", "logs"},
 }
+ROOT_FILES = {"__init__.py", "__main__.py", "config.py", "logs.py"}  # beside the stage, door and rig packages
 # Third-party packages only one stage may touch.
-CONFINED = {"ccxt": ("market.live", "market.stream"), "aiohttp": ("market.stream_simulator",), "tensorflow": ("model.network",), "keras": ("model.network", "model.training"),
+CONFINED = {"ccxt": ("market.live", "market.stream"), "aiohttp": ("testing.stream",), "tensorflow": ("model.network",), "keras": ("model.network", "model.training"),
             "onnx": ("model.onnx_graph",), "onnxruntime": ("model.engines",), "ai_edge_litert": ("model.engines",), "ctypes": ("model.native",),
             "dash": ("web",), "flask": ("web",), "flask_caching": ("web",), "sqlite_utils": ("store.sqlite",),
             "psycopg": ("store.postgres",), "psycopg_pool": ("store.postgres",)}
@@ -97,7 +103,7 @@ def test_each_stage_imports_only_what_is_below_it():
     wrong = []
     for module, targets in internal_edges().items():
         rule = rule_for(module, ALLOWED)
-        if rule is None:  # cli, bench, testing, __main__: the top may use everything
+        if rule is None:  # __main__ starts the command line
             continue
         wrong += [f"{module} imports {target}" for target in sorted(targets) if not within(target, ALLOWED[rule])]
     assert wrong == []
@@ -115,8 +121,13 @@ def test_heavy_and_io_libraries_stay_in_their_stage():
 
 def test_function_level_imports_only_keep_tensorflow_and_unused_runtimes_out_of_a_process():
     wrong = [f"{module} imports {target} inside a function" for module, path in MODULES.items()
-             for target, inside in imports_of(path) if inside and target not in TENSORFLOW_MODULES | LAZY_RUNTIMES]
+             for target, inside in imports_of(path) if inside and target not in TENSORFLOW_MODULES | LAZY_RUNTIMES
+             and not (module.startswith("cli.") and target.startswith("bench."))]  # only `bench` loads the benchmarks
     assert wrong == []
+
+
+def test_the_package_root_holds_only_the_entrances_settings_and_logs():
+    assert {path.name for path in PACKAGE.glob("*.py")} == ROOT_FILES
 
 
 def test_no_module_is_over_350_lines():
@@ -135,3 +146,11 @@ def test_the_checks_see_a_circle_and_a_wrong_way_import(tmp_path):
     source = tmp_path / "sample.py"
     source.write_text("import os\n\ndef late():\n    from chronoprice.model import network\n")
     assert imports_of(source) == [("os", False), ("model.network", True)]
+
+
+def test_docs_architecture_names_every_module():
+    """Each module by its path in the package or, in its package's row, by its file name."""
+    document = (PACKAGE.parent / "docs" / "ARCHITECTURE.md").read_text()
+    unnamed = [path.relative_to(PACKAGE).as_posix() for path in MODULES.values() if path.name not in ("__init__.py", "__main__.py")
+               and path.relative_to(PACKAGE).as_posix() not in document and path.name not in document]
+    assert unnamed == []

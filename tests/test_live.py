@@ -12,12 +12,12 @@ from werkzeug.serving import make_server
 from chronoprice.config import settings_from
 from chronoprice.market.source import Market
 from chronoprice.market.stream import Forming
-from chronoprice.market.stream_simulator import BinanceStreamSimulator
 from chronoprice.service.build import build_scheduler, build_ticker
 from chronoprice.service.live import REST_SECONDS, LiveBoard
 from chronoprice.store.records import read_candles
 from chronoprice.store.shared_cache import open_shared_cache
-from chronoprice.testing import CHROMIUM, CHROMIUM_ARGS
+from chronoprice.testing.harness import CHROMIUM, CHROMIUM_ARGS
+from chronoprice.testing.stream import BinanceStreamSimulator
 from chronoprice.web.server import create_app
 from tests.conftest import LIVENESS_SECONDS, FakeClock, wait_until
 
@@ -53,6 +53,7 @@ def forming_ts(exchange) -> int:
     return exchange.now_ms // MINUTE * MINUTE
 
 
+@pytest.mark.slow
 def test_the_api_serves_the_streamed_forming_candle_which_is_never_stored(live_app):
     exchange, stream, ticker, client, _ = live_app
     assert wait_until(lambda: client.get("/api/v1/live?symbol=BTC/USDT&timeframe=1m").get_json().get("via") == "stream")
@@ -113,6 +114,7 @@ def test_the_live_board_is_shared_through_redis_and_rests_while_redis_is_gone(re
     assert len(caplog.records) == 2, "and tries again after its rest"
 
 
+@pytest.mark.slow
 def test_the_market_page_follows_the_streamed_candle_within_seconds(live_app):
     exchange, stream, ticker, client, url = live_app
     assert wait_until(lambda: client.get("/api/v1/live?symbol=BTC/USDT&timeframe=1m").get_json().get("via") == "stream")

@@ -3,7 +3,7 @@ import logging
 
 import pytest
 
-from chronoprice.cli import main
+from chronoprice.cli.main import main
 from chronoprice.logs import configure_logging, redact
 
 

@@ -128,6 +128,7 @@ def test_train_writes_every_engine_file_and_metadata(tiny_model):
     assert {"mae_model", "mae_naive", "mae_ratio", "coverage"} <= set(metadata["holdout"][0])
 
 
+@pytest.mark.slow
 def test_keras_and_litert_engines_give_the_same_forecast(tiny_model):
     artifact = artifact_at(tiny_model)
     metadata = read_metadata(artifact)
@@ -143,6 +144,7 @@ def test_keras_and_litert_engines_give_the_same_forecast(tiny_model):
         np.testing.assert_allclose(keras_forecast[key], litert_forecast[key], rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_keras_and_litert_agree_on_a_closes_only_model_too(tmp_path):
     from chronoprice.model.network import build_model, export_tflite
 
@@ -217,6 +219,7 @@ def test_shipped_model_version_is_the_hash_of_its_weight_files(shipped_model):
     assert len(metadata["selection"]["folds"]) == 3
 
 
+@pytest.mark.slow
 def test_shipped_model_holdout_scores_are_what_its_weights_give_on_the_data(shipped_model, shared_csv):
     metadata = read_metadata(artifact_at(shipped_model))
     candles = read_candle_csv(shared_csv).candles

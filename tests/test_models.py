@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from chronoprice.cli import main
-from chronoprice.cli_models import RETRAIN_REASON, parse_every
+from chronoprice.cli.main import main
+from chronoprice.cli.models import RETRAIN_REASON, parse_every
 from chronoprice.config import settings_from
 from chronoprice.market.demo import DemoSource
 from chronoprice.market.source import Market
@@ -159,6 +159,7 @@ def test_readers_of_a_market_see_the_champion_and_never_a_shadow(tmp_path):
     assert matured_error_sums(db, market, 0, "shadow")["mae"] > matured_error_sums(db, market, 0)["mae"]
 
 
+@pytest.mark.slow
 def test_a_shadow_trained_from_the_store_forecasts_live_beside_the_champion(tmp_path, tiny_model, capsys):
     db_path = tmp_path / "demo.db"
     clock = FakeClock(1_780_000_000.0)
@@ -217,6 +218,7 @@ def test_a_shadow_trained_from_the_store_forecasts_live_beside_the_champion(tmp_
     assert client.get("/api/v1/models?timeframe=2m").status_code == 400
 
 
+@pytest.mark.slow
 def test_retraining_runs_in_its_own_process_and_keeps_one_retrained_shadow(tmp_path):
     path = tmp_path / "collected.db"
     db = open_store(path)

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Callable
 
 import pandas as pd
+import pytest
 
 from chronoprice.market.candles import find_gaps
 from chronoprice.market.live import LiveSource
-from chronoprice.market.simulator import BinanceSimulator
 from chronoprice.market.source import Market
 from chronoprice.model.forecasters import load_forecaster
 from chronoprice.service.scheduler import Scheduler
@@ -26,9 +26,12 @@ from chronoprice.service.tick import CATCH_UP_ORIGINS, Ticker
 from chronoprice.service.watchlist import seed_watchlist
 from chronoprice.store import open_store
 from chronoprice.store.records import newest_forecast_origin_ts, read_candles
-from chronoprice.testing import free_port
+from chronoprice.testing.exchange import BinanceSimulator
+from chronoprice.testing.harness import free_port
 from tests.conftest import MINUTE_MS, SERIES_START_MS, wait_until
 from tests.test_watchlist import assert_one_whole_forecast_per_closed_candle
+
+pytestmark = pytest.mark.slow  # kill -9 restarts and outages: the whole suite runs it, `-m "not slow"` does not
 
 PROJECT = Path(__file__).resolve().parents[1]
 KILLS = 20

@@ -18,19 +18,22 @@ import urllib.request
 from pathlib import Path
 
 import psycopg
+import pytest
 
 from chronoprice.config import settings_from
 from chronoprice.logs import configure_logging
-from chronoprice.market.simulator import BinanceSimulator, Fault
 from chronoprice.market.source import Market
 from chronoprice.model.forecasters import load_forecaster
 from chronoprice.service.build import build_scheduler, build_ticker
 from chronoprice.store import open_store
 from chronoprice.store.records import newest_forecast_origin_ts
-from chronoprice.testing import gunicorn_service, local_exchange_env
+from chronoprice.testing.exchange import BinanceSimulator, Fault
+from chronoprice.testing.harness import gunicorn_service, local_exchange_env
 from tests.conftest import MINUTE_MS, SERIES_START_MS, wait_until
 from tests.postgres_server import PASSWORD
 from tests.test_watchlist import assert_one_whole_forecast_per_closed_candle
+
+pytestmark = pytest.mark.slow  # PostgreSQL servers and processes killed and restarted: the whole suite runs it, `-m "not slow"` does not
 
 WATCHED = [("BTC/USDT", "1m"), ("ETH/USDT", "1m"), ("BTC/USDT", "5m")]
 UNWATCHED = ("ETH/USDT", "5m")  # read on demand, so the web instances tick it themselves, claimed through the store

@@ -14,11 +14,19 @@ from chronoprice.evaluation.pooling import rule_failures, step_verdicts, winkler
 from chronoprice.market.demo import DemoSource
 from chronoprice.model.artifact import artifact_at, timeframe_siblings
 from chronoprice.model.forecasters import AutoregressiveForecaster, fit_autoregression, load_forecaster
-from chronoprice.model.series_training import TrainingFile, gap_free_runs, pooled_log_return_scale, sampled_pairs, span_runs
+from chronoprice.model.series_training import (
+    TrainingFile,
+    gap_free_runs,
+    pooled_log_return_scale,
+    sampled_pairs,
+    span_runs,
+)
 from chronoprice.model.training import Variant
 from chronoprice.service.tick import Ticker
 from chronoprice.store.registry import read_models
 from tests.conftest import FakeClock
+
+pytestmark = pytest.mark.slow  # trainings: the whole suite runs it, `-m "not slow"` does not
 
 MINUTE = 60_000
 
@@ -115,7 +123,7 @@ def test_the_shipped_model_of_another_timeframe_is_served_and_registered_as_its_
 
 
 def test_train_models_trains_judges_and_says_whether_a_model_passes(tmp_path, capsys):
-    from chronoprice.cli import main
+    from chronoprice.cli.main import main
 
     for number, name in enumerate(("binance_btcusdt_1h_x.csv", "binance_ethusdt_1h_x.csv")):
         closes = walk(1200, 100.0 * (number + 1), number)
@@ -155,7 +163,7 @@ def test_train_models_trains_judges_and_says_whether_a_model_passes(tmp_path, ca
 
 
 def test_the_peers_score_every_nth_origin_beside_the_model_and_say_how_long_they_took(tmp_path, capsys):
-    from chronoprice.cli import main
+    from chronoprice.cli.main import main
 
     closes = 100 + 0.05 * np.arange(400)  # a steady trend: a model with a trend beats the last close
     ts = pd.to_datetime(1_699_999_980_000 + np.arange(400) * MINUTE, unit="ms", utc=True)

@@ -14,7 +14,6 @@ from chronoprice.market.demo import DemoSource, demo_candles
 from chronoprice.market.files import CsvFormatError, read_candle_csv
 from chronoprice.market.live import LiveSource, rewrite_urls
 from chronoprice.market.replay import ReplaySource
-from chronoprice.market.simulator import BinanceSimulator, Fault, kline_row
 from chronoprice.market.source import (
     MalformedReply,
     RateLimited,
@@ -23,7 +22,8 @@ from chronoprice.market.source import (
     UnknownExchange,
     UnknownSymbol,
 )
-from chronoprice.testing import free_port
+from chronoprice.testing.exchange import BinanceSimulator, Fault, kline_row
+from chronoprice.testing.harness import free_port
 from tests.conftest import (
     MINUTE_MS,
     SERIES_START_MS,
@@ -261,6 +261,7 @@ def test_live_keeps_only_candles_before_a_bad_row(exchange, series):
     assert "malformed" in fetched.note
 
 
+@pytest.mark.slow
 def test_markets_fetched_at_once_take_turns_on_one_client_and_never_mix_replies():
     symbols = [f"S{number}/USDT" for number in range(4)]
     with BinanceSimulator({symbol: make_candles(400, symbol) for symbol in symbols}) as exchange:

@@ -8,6 +8,7 @@ import pytest
 
 from chronoprice.market.source import Market
 from chronoprice.store import STORE_UNAVAILABLE, StoreError, open_store
+from chronoprice.store.claims import claim_tick, hold_lease, read_tick_status, release_lease, save_tick_status
 from chronoprice.store.records import (
     forecast_origins_since,
     matured_error_sums,
@@ -19,7 +20,6 @@ from chronoprice.store.records import (
     upsert_candles,
     write_forecasts,
 )
-from chronoprice.store.claims import claim_tick, hold_lease, read_tick_status, release_lease, save_tick_status
 from chronoprice.store.schema import MIGRATIONS
 from chronoprice.store.watchlist import (
     WatchlistFull,
@@ -148,6 +148,7 @@ def test_postgres_errors_and_logs_never_show_the_password(postgres_server, postg
     assert PASSWORD not in caplog.text and "not-the-password" not in caplog.text
 
 
+@pytest.mark.slow
 def test_postgres_store_reconnects_after_the_server_restarts(postgres_server, postgres_url):
     db = open_store(postgres_url)
     upsert_candles(db, MARKET, make_candles(10))

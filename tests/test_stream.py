@@ -7,13 +7,13 @@ import pytest
 from chronoprice.market.live import LiveSource
 from chronoprice.market.source import Market
 from chronoprice.market.stream import CandleStream, supports_streaming, valid_candle
-from chronoprice.market.stream_simulator import BinanceStreamSimulator
 from chronoprice.model.forecasters import load_forecaster
 from chronoprice.service.scheduler import Scheduler
 from chronoprice.service.tick import Ticker
 from chronoprice.service.watchlist import seed_watchlist
 from chronoprice.store import open_store
 from chronoprice.store.records import newest_candle_ts, read_candles
+from chronoprice.testing.stream import BinanceStreamSimulator
 from tests.conftest import FakeClock, wait_until
 
 MARKETS = [("BTC/USDT", "1m"), ("ETH/USDT", "5m")]
@@ -55,6 +55,7 @@ def test_the_stream_follows_the_forming_candle_and_reports_each_close_once(strea
         candles.stop()
 
 
+@pytest.mark.slow
 def test_a_dropped_a_silent_and_a_garbled_stream_recover_by_themselves(stream_exchange):
     exchange, stream = stream_exchange
     candles = CandleStream("binance", exchange.url, stream.url, lambda *market: None, stall_seconds=1.0).start()
@@ -78,6 +79,7 @@ def test_a_dropped_a_silent_and_a_garbled_stream_recover_by_themselves(stream_ex
         candles.stop()
 
 
+@pytest.mark.slow
 def test_a_streamed_close_ticks_the_market_at_once_and_stores_only_closed_candles(stream_exchange, db_path, tiny_model):
     exchange, stream = stream_exchange
     clock = FakeClock(exchange.now_ms / 1000)  # never moves: without the stream, no tick would come due

@@ -9,7 +9,6 @@ import pytest
 from chronoprice.evaluation.metrics import matured_scores
 from chronoprice.market.candles import find_gaps
 from chronoprice.market.live import LiveSource
-from chronoprice.market.simulator import Fault
 from chronoprice.model.features import candle_rows
 from chronoprice.model.forecasters import load_forecaster
 from chronoprice.service.backfill import forecast_history
@@ -17,6 +16,7 @@ from chronoprice.service.scoring import adapted_quantiles
 from chronoprice.service.status import STATUS_FORMAT, TickStatus, status_from_json, status_to_json
 from chronoprice.service.tick import Ticker
 from chronoprice.store.records import read_candles, read_latest_forecast, read_matured_forecasts
+from chronoprice.testing.exchange import Fault
 from tests.conftest import MINUTE_MS, FakeClock, wait_until
 
 SYMBOL = "BTC/USDT"
@@ -113,6 +113,7 @@ def test_processes_sharing_the_database_tick_once_per_interval(ticker, exchange,
     assert other_process.tick(SYMBOL).new_candles == 1
 
 
+@pytest.mark.slow
 def test_cold_start_stores_a_day_and_forecasts_it(exchange, db_path, tiny_model, series):
     source = LiveSource("binance", exchange.url, (), history=1000 + 100, page_limit=1000)
     ticker = Ticker(source, db_path, lambda: load_forecaster(tiny_model, "litert"))
@@ -142,6 +143,7 @@ def test_forecast_history_fills_every_origin_once(ticker):
     assert ticker.db()["forecasts"].count == 10 * (HISTORY - 59)
 
 
+@pytest.mark.slow
 def test_intervals_adapt_to_the_latest_matured_errors(exchange, db_path, tiny_model):
     source = LiveSource("binance", exchange.url, (), history=600)
     ticker = Ticker(source, db_path, lambda: load_forecaster(tiny_model, "litert"))

@@ -2,8 +2,9 @@
 resumed after more rows arrive, with counts and checksums that must agree."""
 
 import pandas as pd
+import pytest
 
-from chronoprice.cli import main
+from chronoprice.cli.main import main
 from chronoprice.market.candles import aggregate_candles
 from chronoprice.market.files import read_candle_csv
 from chronoprice.market.source import Market
@@ -26,6 +27,7 @@ def forecasts_from(candles: pd.DataFrame, origins: range) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+@pytest.mark.slow
 def test_the_shared_datas_store_round_trips_through_postgresql_exactly(shared_csv, tmp_path, postgres_url, capsys):
     candles = read_candle_csv(shared_csv).candles
     source = open_store(tmp_path / "source.db")

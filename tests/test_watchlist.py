@@ -7,17 +7,17 @@ import pandas as pd
 import pytest
 
 from chronoprice.config import settings_from
+from chronoprice.market.candles import find_gaps
 from chronoprice.market.live import LiveSource
+from chronoprice.market.source import Market
+from chronoprice.market.timeframes import timeframe_ms
 from chronoprice.model.forecasters import load_forecaster
 from chronoprice.service.build import build_ticker
 from chronoprice.service.scheduler import LEASE_SECONDS, STANDBY_SECONDS, Scheduler
 from chronoprice.service.tick import NO_SCHEDULER_NOTE, Ticker
 from chronoprice.service.watchlist import DEFAULT_WATCH, parse_watchlist, seed_watchlist
-from chronoprice.store.claims import hold_lease
-from chronoprice.market.candles import find_gaps
-from chronoprice.market.source import Market
-from chronoprice.market.timeframes import timeframe_ms
 from chronoprice.store import open_store
+from chronoprice.store.claims import hold_lease
 from chronoprice.store.records import read_candles
 from chronoprice.store.watchlist import add_to_watchlist, read_watchlist
 from chronoprice.web.server import create_app
@@ -232,6 +232,7 @@ def assert_one_whole_forecast_per_closed_candle(db, exchange, symbol: str, timef
     return stored
 
 
+@pytest.mark.slow
 def test_every_closed_candle_of_every_watched_market_gets_one_forecast_across_an_outage_and_a_restart(exchange, db_path, tiny_model):
     clock = FakeClock(exchange.now_ms / 1000)
 

@@ -11,7 +11,13 @@ import logging
 import numpy as np
 import pandas as pd
 
-from chronoprice.evaluation.metrics import DEFAULT_LEVEL, adaptive_quantiles, conformal_quantiles, interval_scores, recent_volatility
+from chronoprice.evaluation.metrics import (
+    DEFAULT_LEVEL,
+    adaptive_quantiles,
+    conformal_quantiles,
+    interval_scores,
+    recent_volatility,
+)
 from chronoprice.evaluation.pooling import rule_failures, step_verdicts
 from chronoprice.evaluation.verdicts import REQUIRED_ORIGINS, compare_errors, should_promote
 from chronoprice.evaluation.walkforward import peer_summary, score_peers

@@ -7,8 +7,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from chronoprice.market.candles import aggregate_candles
 from chronoprice.market.candle_files import read_candle_file
+from chronoprice.market.candles import aggregate_candles
 from chronoprice.market.source import Fetched, SinceFor, SourceError
 from chronoprice.market.timeframes import timeframe_ms
 

@@ -24,7 +24,15 @@ from chronoprice.evaluation.metrics import (
     step_metrics,
 )
 from chronoprice.model.engines import KerasEngine
-from chronoprice.model.features import CANDLE_COLUMNS, CLOSE, HORIZON, WINDOW, training_pairs, walk_forward_windows, window_closes
+from chronoprice.model.features import (
+    CANDLE_COLUMNS,
+    CLOSE,
+    HORIZON,
+    WINDOW,
+    training_pairs,
+    walk_forward_windows,
+    window_closes,
+)
 from chronoprice.model.forecasters import LSTMForecaster, walk_forward
 from chronoprice.model.network import fit_model
 from chronoprice.model.training import Variant, uncalibrated_metadata

@@ -27,8 +27,8 @@ from chronoprice.evaluation.metrics import (
 )
 from chronoprice.market.source import Market
 from chronoprice.market.timeframes import timeframe_ms
-from chronoprice.model.forecasters import score_quantiles
 from chronoprice.model.features import HORIZON
+from chronoprice.model.forecasters import score_quantiles
 from chronoprice.service.alert_rules import big_move, crossed, firing, new_rule, webhook_body, webhook_problem
 from chronoprice.service.guard import served_forecast
 from chronoprice.service.overview import market_status

@@ -17,12 +17,12 @@ from chronoprice.market.stream import CandleStream, supports_streaming
 from chronoprice.market.timeframes import TIMEFRAME_MS, cold_start_candles
 from chronoprice.model.artifact import timeframe_siblings
 from chronoprice.model.forecasters import load_forecaster
-from chronoprice.store.shared_cache import open_shared_cache
 from chronoprice.service.alerts import Alerts
 from chronoprice.service.live import LiveBoard
 from chronoprice.service.scheduler import Scheduler
 from chronoprice.service.tick import Ticker
 from chronoprice.service.watchlist import seed_watchlist
+from chronoprice.store.shared_cache import open_shared_cache
 
 
 def build_source(settings: Settings, history_hours: float | None = None) -> CandleSource:

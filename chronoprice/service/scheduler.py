@@ -21,9 +21,9 @@ import uuid
 from typing import Callable
 
 from chronoprice.market.stream import CandleStream
+from chronoprice.market.timeframes import timeframe_ms
 from chronoprice.service.alerts import Alerts
 from chronoprice.service.promotion import CHECK_SECONDS, check_promotions
-from chronoprice.market.timeframes import timeframe_ms
 from chronoprice.service.status import TickStatus
 from chronoprice.service.tick import Ticker
 from chronoprice.store import STORE_UNAVAILABLE, log_failure

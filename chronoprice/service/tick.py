@@ -18,19 +18,20 @@ import threading
 import time
 from typing import Callable, Mapping
 
+from chronoprice.evaluation.verdicts import REQUIRED_ORIGINS
 from chronoprice.market.candles import find_gaps
 from chronoprice.market.source import CandleSource, Market, SourceError, UnknownSymbol
 from chronoprice.market.timeframes import timeframe_ms
 from chronoprice.model.features import HORIZON, WINDOW, candle_rows
 from chronoprice.model.forecasters import LSTMForecaster, NaiveBandForecaster, load_forecaster
 from chronoprice.model.registry import first_live_origin_ts
-from chronoprice.evaluation.verdicts import REQUIRED_ORIGINS
 from chronoprice.service.backfill import forecast_history, forecast_rows
 from chronoprice.service.guard import MaturedOrigins, last_close_band, skill_state
 from chronoprice.service.live import LiveBoard
 from chronoprice.service.models import ModelShelf, ModelSlot, TimeframeModels, register_started
 from chronoprice.service.scoring import adapted_quantiles
 from chronoprice.service.status import TickStatus, forming_row, status_from_json, status_to_json
+from chronoprice.store import log_failure, store_connections
 from chronoprice.store.claims import SCHEDULER_LEASE, claim_tick, lease_holder, read_tick_status, save_tick_status
 from chronoprice.store.records import (
     newest_candle_ts,
@@ -39,7 +40,6 @@ from chronoprice.store.records import (
     upsert_candles,
     write_forecasts,
 )
-from chronoprice.store import log_failure, store_connections
 from chronoprice.store.watchlist import is_watched
 
 log = logging.getLogger(__name__)

@@ -11,8 +11,8 @@ from __future__ import annotations
 from flask import Flask, request
 from flask_caching import Cache
 
-from chronoprice.service.tick import Ticker
 from chronoprice.config import Settings
+from chronoprice.service.tick import Ticker
 from chronoprice.web.api import alerts, candles, forecasts, health, live, markets, models, scores
 from chronoprice.web.api.context import ApiContext
 from chronoprice.web.api.errors import (

@@ -13,9 +13,9 @@ from flask_caching import Cache
 from chronoprice.market.source import Market
 from chronoprice.service.status import TickStatus
 from chronoprice.service.tick import Ticker
-from chronoprice.web.cache import cached_seconds
 from chronoprice.web.api.errors import ApiError
 from chronoprice.web.api.params import symbol_param, timeframe_param
+from chronoprice.web.cache import cached_seconds
 
 
 @dataclasses.dataclass(frozen=True)

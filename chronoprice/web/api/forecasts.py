@@ -7,8 +7,8 @@ import pandas as pd
 from flask import request
 
 from chronoprice.market.source import Market
-from chronoprice.service.status import TickStatus
 from chronoprice.service.guard import served_forecast
+from chronoprice.service.status import TickStatus
 from chronoprice.web.api.context import (
     api_context,
     cached_json,

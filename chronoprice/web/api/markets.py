@@ -10,8 +10,8 @@ from flask import jsonify, request
 
 from chronoprice.market.timeframes import timeframe_ms
 from chronoprice.service.overview import market_status
-from chronoprice.store.records import newest_candle_ts, newest_forecast_origin_ts
 from chronoprice.service.watchlist import NotListed, watch_market
+from chronoprice.store.records import newest_candle_ts, newest_forecast_origin_ts
 from chronoprice.store.watchlist import WatchlistFull, read_watchlist, remove_from_watchlist
 from chronoprice.web.access import write_refusal
 from chronoprice.web.api.context import api_context

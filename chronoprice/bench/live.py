@@ -5,7 +5,7 @@ market page in headless Chromium. Each sample moves the exchange's clock to now,
 the forming candle's close in the stream's next push, and times until the page has painted the
 new last price.
 
-Run by `python -m chronoprice bench` (`--live-samples`); `python -m chronoprice.bench_live MODEL
+Run by `python -m chronoprice bench` (`--live-samples`); `python -m chronoprice.bench.live MODEL
 SAMPLES` prints the same JSON alone. It needs the test requirements (Playwright) and Debian's
 chromium.
 """
@@ -27,9 +27,16 @@ import numpy as np
 from playwright.sync_api import sync_playwright
 
 from chronoprice.market.demo import demo_candles
-from chronoprice.market.simulator import BinanceSimulator
-from chronoprice.market.stream_simulator import BinanceStreamSimulator
-from chronoprice.testing import CHROMIUM, CHROMIUM_ARGS, get_json, gunicorn_service, local_exchange_env, wait_for_history
+from chronoprice.testing.exchange import BinanceSimulator
+from chronoprice.testing.harness import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    get_json,
+    gunicorn_service,
+    local_exchange_env,
+    wait_for_history,
+)
+from chronoprice.testing.stream import BinanceStreamSimulator
 from chronoprice.web.dashboard.layout import LIVE_POLL_MS
 
 SYMBOL = "BTC/USDT"

@@ -13,10 +13,17 @@ from pathlib import Path
 import numpy as np
 
 from chronoprice.market.demo import demo_candles
-from chronoprice.market.simulator import BinanceSimulator
 from chronoprice.model.engines import AUTO_ORDER
 from chronoprice.store import open_store
-from chronoprice.testing import app_process, free_port, get_json, gunicorn_service, local_exchange_env, wait_for_history
+from chronoprice.testing.exchange import BinanceSimulator
+from chronoprice.testing.harness import (
+    app_process,
+    free_port,
+    get_json,
+    gunicorn_service,
+    local_exchange_env,
+    wait_for_history,
+)
 
 BENCH_START_MS = 1_735_689_600_000  # 2025-01-01 00:00 UTC, a fixed stretch of the demo market
 DAY_ORIGINS = 1440 - 59  # a 24-hour cold start's origins with a full 60-candle window

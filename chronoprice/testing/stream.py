@@ -13,8 +13,8 @@ import threading
 
 from aiohttp import WSMsgType, web
 
-from chronoprice.market.simulator import BinanceSimulator, kline_row
 from chronoprice.market.timeframes import TIMEFRAME_MS
+from chronoprice.testing.exchange import BinanceSimulator, kline_row
 
 
 def kline_event(exchange_id: str, interval: str, row: list, closed: bool) -> dict:

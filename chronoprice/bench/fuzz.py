@@ -24,7 +24,7 @@ from urllib.parse import quote, urlencode, urlsplit
 
 import numpy as np
 
-from chronoprice.testing import get_json, gunicorn_service
+from chronoprice.testing.harness import get_json, gunicorn_service
 from chronoprice.web.openapi import OPENAPI
 
 MAX_BODY_BYTES = 20_000_000

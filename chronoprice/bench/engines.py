@@ -18,13 +18,14 @@ from typing import Callable
 
 import numpy as np
 
+from chronoprice.bench import BATCH_ORIGINS
+from chronoprice.bench.deploy import BENCH_START_MS, offline_cold_start, resident_mb_by_engine, run_deploy_benchmark
 from chronoprice.evaluation.walkforward import evaluate_forecaster
 from chronoprice.market.demo import demo_candles
 from chronoprice.market.live import LiveSource
-from chronoprice.market.simulator import BinanceSimulator
+from chronoprice.market.source import Market
 from chronoprice.model.artifact import ModelArtifact, artifact_at, read_metadata, write_metadata
 from chronoprice.model.engines import ONE_BATCH_RUN_ORIGINS, feature_name
-from chronoprice.market.source import Market
 from chronoprice.model.features import candle_rows, input_scales, model_input, walk_forward_windows
 from chronoprice.model.forecasters import LSTMForecaster, load_forecaster
 from chronoprice.service.backfill import forecast_history
@@ -32,10 +33,9 @@ from chronoprice.service.models import register_shadow
 from chronoprice.service.tick import Ticker
 from chronoprice.store import open_store
 from chronoprice.store.records import upsert_candles
-from chronoprice.bench_deploy import BENCH_START_MS, offline_cold_start, resident_mb_by_engine, run_deploy_benchmark
+from chronoprice.testing.exchange import BinanceSimulator
 
 ENGINE_NAMES = ("native", "onnx", "litert", "keras")
-BATCH_ORIGINS = 4096  # origins each engine forecasts in one call for its batch throughput
 
 
 def timings_ms(action: Callable[[], object], repeats: int, clock: Callable[[], float] = time.perf_counter) -> np.ndarray:
@@ -230,17 +230,17 @@ def run_benchmark(model_path: Path, repeats: int = 200, ticks: int = 40, deploy_
         "deploy": deploy,
         "offline_cold_start": offline_cold_start(model_path),
         "resident_mb_by_engine": resident_mb_by_engine(model_path, deploy) if deploy else None,
-        "watchlist": bench_in_child("bench_watchlist", model_path, watch_markets, watch_minutes, alert_rules) if watch_markets > 0 else None,
-        "live": bench_in_child("bench_live", model_path, live_samples) if live_samples > 0 and not skipped else None,
+        "watchlist": bench_in_child("watchlist", model_path, watch_markets, watch_minutes, alert_rules) if watch_markets > 0 else None,
+        "live": bench_in_child("live", model_path, live_samples) if live_samples > 0 and not skipped else None,
         "skipped": skipped,
     }
 
 
 def bench_in_child(module: str, *arguments) -> dict:
-    """`python -m chronoprice.MODULE ARGUMENTS` in a new interpreter, its last line of JSON: the
+    """`python -m chronoprice.bench.MODULE ARGUMENTS` in a new interpreter, its last line of JSON: the
     watchlist's memory is then its own, and the bench never imports the live part's Playwright,
     a test requirement."""
-    command = [sys.executable, "-m", f"chronoprice.{module}", *map(str, arguments)]
+    command = [sys.executable, "-m", f"chronoprice.bench.{module}", *map(str, arguments)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=1800)
     if result.returncode != 0:
         raise RuntimeError(f"{module} failed: {result.stderr[-2000:]}")

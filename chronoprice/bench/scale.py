@@ -25,7 +25,7 @@ from urllib.parse import quote, urlsplit
 
 import numpy as np
 
-from chronoprice.bench_watchlist import START_MS, cold_started_scheduler, exchange_process
+from chronoprice.bench.watchlist import START_MS, cold_started_scheduler, exchange_process
 from chronoprice.market.markets import market_key
 from chronoprice.market.timeframes import TIMEFRAME_MS, timeframe_ms
 from chronoprice.model.features import HORIZON
@@ -33,7 +33,13 @@ from chronoprice.service.scheduler import SETTLE_SECONDS
 from chronoprice.service.watchlist import seed_watchlist
 from chronoprice.store import open_store, table_bytes
 from chronoprice.store.schema import is_database_url
-from chronoprice.testing import FakeClock, dashboard_refresh_body, get_json, gunicorn_service, local_exchange_env
+from chronoprice.testing.harness import (
+    FakeClock,
+    dashboard_refresh_body,
+    get_json,
+    gunicorn_service,
+    local_exchange_env,
+)
 
 WORKER_MARKETS = 40
 CLOSES = 5

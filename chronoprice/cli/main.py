@@ -13,12 +13,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from chronoprice.bench import format_bench, run_benchmark
-from chronoprice.bench_fuzz import format_fuzz, run_fuzz
-from chronoprice.bench_scale import format_scale, run_scale_benchmark
-from chronoprice.cli_evaluate import format_baselines, format_step_table, format_verdict_table, read_reported_file, run_evaluate
-from chronoprice.cli_models import RETRAIN_REASON, register_trained, run_models, run_retrain, store_setting
-from chronoprice.cli_parser import build_parser
+from chronoprice.cli.evaluate import (
+    format_baselines,
+    format_step_table,
+    format_verdict_table,
+    read_reported_file,
+    run_evaluate,
+)
+from chronoprice.cli.models import RETRAIN_REASON, register_trained, run_models, run_retrain, store_setting
+from chronoprice.cli.parser import build_parser
 from chronoprice.config import (
     DEFAULT_MODEL,
     SettingsError,
@@ -203,6 +206,11 @@ def run_worker(args: argparse.Namespace) -> int:
 
 
 def run_bench(args: argparse.Namespace) -> int:
+    # The benchmarks (and the local exchange they run) load only for this command.
+    from chronoprice.bench.engines import format_bench, run_benchmark
+    from chronoprice.bench.fuzz import format_fuzz, run_fuzz
+    from chronoprice.bench.scale import format_scale, run_scale_benchmark
+
     if args.fuzz:
         report = run_fuzz(args.fuzz, args.seed)
         print(json.dumps(report) if args.json else format_fuzz(report))

@@ -8,7 +8,7 @@ local receiver: from each firing, stored at the end of the tick that fired it, t
 receiving it.
 
 Run by `python -m chronoprice bench` (`--watch-markets`, `--alert-rules`); `python -m
-chronoprice.bench_watchlist MODEL N MINUTES RULES` prints the same JSON alone.
+chronoprice.bench.watchlist MODEL N MINUTES RULES` prints the same JSON alone.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ import numpy as np
 from chronoprice.market.demo import demo_candles
 from chronoprice.market.live import LiveSource
 from chronoprice.market.markets import market_key
-from chronoprice.market.simulator import BinanceSimulator
 from chronoprice.market.source import Market
 from chronoprice.model.forecasters import load_forecaster
 from chronoprice.service.alert_rules import new_rule
@@ -39,7 +38,8 @@ from chronoprice.service.tick import Ticker
 from chronoprice.service.watchlist import seed_watchlist
 from chronoprice.store.alerts import add_rule, read_firings
 from chronoprice.store.records import forecast_origins_since, read_candles
-from chronoprice.testing import FakeClock, WebhookReceiver
+from chronoprice.testing.exchange import BinanceSimulator
+from chronoprice.testing.harness import FakeClock, WebhookReceiver
 from chronoprice.web.api.health import resident_mb
 from chronoprice.web.dashboard.overview import overview_row
 
