@@ -4,7 +4,7 @@ from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 
 from chronoprice.config import settings_from
-from chronoprice.market.live import LiveSource
+from chronoprice.market.ccxt_rest import LiveSource
 from chronoprice.model.forecasters import load_forecaster
 from chronoprice.service.build import build_ticker
 from chronoprice.service.tick import Ticker

@@ -8,7 +8,7 @@ import random
 import pytest
 
 from chronoprice.config import settings_from
-from chronoprice.market.live import LiveSource
+from chronoprice.market.ccxt_rest import LiveSource
 from chronoprice.model.forecasters import load_forecaster
 from chronoprice.service.tick import Ticker
 from chronoprice.store.records import read_candles

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from chronoprice.config import settings_from
-from chronoprice.market.live import LiveSource
+from chronoprice.market.ccxt_rest import LiveSource
 from chronoprice.model.features import window_closes
 from chronoprice.model.forecasters import load_forecaster
 from chronoprice.service.guard import MaturedOrigins, served_forecast

@@ -39,7 +39,7 @@ ALLOWED = {
 }
 ROOT_FILES = {"__init__.py", "__main__.py", "config.py", "logs.py"}  # beside the stage, door and rig packages
 # Third-party packages only one stage may touch.
-CONFINED = {"ccxt": ("market.live", "market.stream"), "aiohttp": ("testing.stream",), "tensorflow": ("model.network",), "keras": ("model.network", "model.training"),
+CONFINED = {"ccxt": ("market.ccxt_rest", "market.stream"), "aiohttp": ("testing.stream",), "tensorflow": ("model.network",), "keras": ("model.network", "model.training"),
             "onnx": ("model.onnx_graph",), "onnxruntime": ("model.engines",), "ai_edge_litert": ("model.engines",), "ctypes": ("model.native",),
             "dash": ("web",), "flask": ("web",), "flask_caching": ("web",), "sqlite_utils": ("store.sqlite",),
             "psycopg": ("store.postgres",), "psycopg_pool": ("store.postgres",)}
@@ -140,7 +140,7 @@ def test_the_checks_see_a_circle_and_a_wrong_way_import(tmp_path):
     graph = {"a": {"b"}, "b": {"a"}}
     with pytest.raises(graphlib.CycleError):
         graphlib.TopologicalSorter(graph).prepare()
-    assert not within("service.tick", ALLOWED[rule_for("market.live", ALLOWED)])
+    assert not within("service.tick", ALLOWED[rule_for("market.ccxt_rest", ALLOWED)])
     assert within("evaluation.metrics", ALLOWED[rule_for("model.training", ALLOWED)])
     assert not within("model.features", ALLOWED[rule_for("evaluation.metrics", ALLOWED)])
     source = tmp_path / "sample.py"

@@ -13,7 +13,7 @@ from chronoprice.config import settings_from
 from chronoprice.market.source import Market
 from chronoprice.market.stream import Forming
 from chronoprice.service.build import build_scheduler, build_ticker
-from chronoprice.service.live import REST_SECONDS, LiveBoard
+from chronoprice.service.live_board import REST_SECONDS, LiveBoard
 from chronoprice.store.records import read_candles
 from chronoprice.store.shared_cache import open_shared_cache
 from chronoprice.testing.harness import CHROMIUM, CHROMIUM_ARGS
@@ -104,12 +104,12 @@ def test_the_live_board_is_shared_through_redis_and_rests_while_redis_is_gone(re
     assert web.read("ETH/USDT", "1m") is None
 
     gone = LiveBoard(open_shared_cache({"CACHE_REDIS_URL": "redis://127.0.0.1:1/0"}, "live"), clock=clock)
-    with caplog.at_level(logging.WARNING, logger="chronoprice.service.live"):
+    with caplog.at_level(logging.WARNING, logger="chronoprice.service.live_board"):
         gone.publish("BTC/USDT", "1m", candle)  # refused, not raised: the stream goes on
         assert gone.read("BTC/USDT", "1m") is None
     assert len(caplog.records) == 1, "one warning, then it rests instead of waiting on Redis at every event"
     clock.seconds += REST_SECONDS
-    with caplog.at_level(logging.WARNING, logger="chronoprice.service.live"):
+    with caplog.at_level(logging.WARNING, logger="chronoprice.service.live_board"):
         assert gone.read("BTC/USDT", "1m") is None
     assert len(caplog.records) == 2, "and tries again after its rest"
 

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 
 from chronoprice.market.candles import find_gaps
-from chronoprice.market.live import LiveSource
+from chronoprice.market.ccxt_rest import LiveSource
 from chronoprice.market.source import Market
 from chronoprice.model.forecasters import load_forecaster
 from chronoprice.service.scheduler import Scheduler

@@ -10,9 +10,9 @@ import pytest
 
 from chronoprice.market.auto import AutoSource
 from chronoprice.market.candles import aggregate_candles, clean_candles, find_gaps
+from chronoprice.market.ccxt_rest import LiveSource, rewrite_urls
 from chronoprice.market.demo import DemoSource, demo_candles
 from chronoprice.market.files import CsvFormatError, read_candle_csv
-from chronoprice.market.live import LiveSource, rewrite_urls
 from chronoprice.market.replay import ReplaySource
 from chronoprice.market.source import (
     MalformedReply,

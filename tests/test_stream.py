@@ -4,7 +4,7 @@ ticking a market the moment its stream shows the candle closed."""
 
 import pytest
 
-from chronoprice.market.live import LiveSource
+from chronoprice.market.ccxt_rest import LiveSource
 from chronoprice.market.source import Market
 from chronoprice.market.stream import CandleStream, supports_streaming, valid_candle
 from chronoprice.model.forecasters import load_forecaster

@@ -8,7 +8,7 @@ import pytest
 
 from chronoprice.evaluation.metrics import matured_scores
 from chronoprice.market.candles import find_gaps
-from chronoprice.market.live import LiveSource
+from chronoprice.market.ccxt_rest import LiveSource
 from chronoprice.model.features import candle_rows
 from chronoprice.model.forecasters import load_forecaster
 from chronoprice.service.backfill import forecast_history

@@ -8,7 +8,7 @@ import pytest
 
 from chronoprice.config import settings_from
 from chronoprice.market.candles import find_gaps
-from chronoprice.market.live import LiveSource
+from chronoprice.market.ccxt_rest import LiveSource
 from chronoprice.market.source import Market
 from chronoprice.market.timeframes import timeframe_ms
 from chronoprice.model.forecasters import load_forecaster

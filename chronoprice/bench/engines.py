@@ -21,8 +21,8 @@ import numpy as np
 from chronoprice.bench import BATCH_ORIGINS
 from chronoprice.bench.deploy import BENCH_START_MS, offline_cold_start, resident_mb_by_engine, run_deploy_benchmark
 from chronoprice.evaluation.walkforward import evaluate_forecaster
+from chronoprice.market.ccxt_rest import LiveSource
 from chronoprice.market.demo import demo_candles
-from chronoprice.market.live import LiveSource
 from chronoprice.market.source import Market
 from chronoprice.model.artifact import ModelArtifact, artifact_at, read_metadata, write_metadata
 from chronoprice.model.engines import ONE_BATCH_RUN_ORIGINS, feature_name

@@ -25,8 +25,8 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from chronoprice.market.ccxt_rest import LiveSource
 from chronoprice.market.demo import demo_candles
-from chronoprice.market.live import LiveSource
 from chronoprice.market.markets import market_key
 from chronoprice.market.source import Market
 from chronoprice.model.forecasters import load_forecaster

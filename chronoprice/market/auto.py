@@ -9,8 +9,8 @@ import threading
 import time
 from typing import Callable
 
+from chronoprice.market.ccxt_rest import LiveSource
 from chronoprice.market.demo import DemoSource
-from chronoprice.market.live import LiveSource
 from chronoprice.market.source import Fetched, SinceFor, SourceError, SourceUnavailable
 
 log = logging.getLogger(__name__)

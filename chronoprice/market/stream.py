@@ -22,7 +22,7 @@ from typing import Callable, Iterable
 
 import ccxt
 
-from chronoprice.market.live import rewrite_urls
+from chronoprice.market.ccxt_rest import rewrite_urls
 
 log = logging.getLogger(__name__)
 STALL_SECONDS = 30.0  # no event for this long on a live connection: reconnect (a forming candle updates every ~2 s)

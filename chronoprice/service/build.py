@@ -9,8 +9,8 @@ from typing import Callable, Mapping
 
 from chronoprice.config import Settings
 from chronoprice.market.auto import AutoSource
+from chronoprice.market.ccxt_rest import LiveSource
 from chronoprice.market.demo import DemoSource
-from chronoprice.market.live import LiveSource
 from chronoprice.market.replay import ReplaySource
 from chronoprice.market.source import CandleSource
 from chronoprice.market.stream import CandleStream, supports_streaming
@@ -18,7 +18,7 @@ from chronoprice.market.timeframes import TIMEFRAME_MS, cold_start_candles
 from chronoprice.model.artifact import timeframe_siblings
 from chronoprice.model.forecasters import load_forecaster
 from chronoprice.service.alerts import Alerts
-from chronoprice.service.live import LiveBoard
+from chronoprice.service.live_board import LiveBoard
 from chronoprice.service.scheduler import Scheduler
 from chronoprice.service.tick import Ticker
 from chronoprice.service.watchlist import seed_watchlist

@@ -27,7 +27,7 @@ from chronoprice.model.forecasters import LSTMForecaster, NaiveBandForecaster, l
 from chronoprice.model.registry import first_live_origin_ts
 from chronoprice.service.backfill import forecast_history, forecast_rows
 from chronoprice.service.guard import MaturedOrigins, last_close_band, skill_state
-from chronoprice.service.live import LiveBoard
+from chronoprice.service.live_board import LiveBoard
 from chronoprice.service.models import ModelShelf, ModelSlot, TimeframeModels, register_started
 from chronoprice.service.scoring import adapted_quantiles
 from chronoprice.service.status import TickStatus, forming_row, status_from_json, status_to_json

@@ -1,5 +1,5 @@
 """Which shared cache suits the deployment, for the response cache (flask-caching) and the live
-board (service/live.py): Redis when CACHE_REDIS_URL is set; a folder when gunicorn runs several
+board (service/live_board.py): Redis when CACHE_REDIS_URL is set; a folder when gunicorn runs several
 workers on one machine (WEB_CONCURRENCY > 1, which gunicorn reads as its worker count); this
 process's memory otherwise."""
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from flask import jsonify, request
 
-from chronoprice.service.live import candle_fields
+from chronoprice.service.live_board import candle_fields
 from chronoprice.service.status import fresh_forming_row
 from chronoprice.web.api.candles import candle_entry
 from chronoprice.web.api.context import api_context
