@@ -162,3 +162,19 @@ def test_auto_never_falls_back_to_tensorflow_over_a_damaged_file(model_copy):
     model_copy.tflite_path.write_bytes(b"\x00" * 100)
     with pytest.raises(ModelUnavailable, match="tiny.tflite"):
         load_engine("auto", model_copy, read_metadata(model_copy))
+
+
+def test_a_batch_still_forecasts_while_the_interpreter_shuts_the_engines_pool(tiny_model):
+    """A history forecast running as the process exits used to fail ("cannot schedule new futures
+    after shutdown") and log a traceback; it finishes in its own thread instead."""
+    from tests.conftest import make_candles
+
+    forecaster = load_forecaster(tiny_model, "native")
+    engine = forecaster.engine
+    engine._cores = 2  # as on a machine of two cores, whatever this run's affinity
+    windows = walk_forward_windows(candle_rows(make_candles(200)))[0][:40]
+    before = forecaster.forecast(windows)
+    engine._pool.shutdown()
+    after = forecaster.forecast(windows)
+    np.testing.assert_array_equal(before["mean"], after["mean"])
+

@@ -98,7 +98,11 @@ class _RunsSideBySide:
         runs = [relative[start : start + self._run_origins] for start in range(0, len(relative), self._run_origins)]
         if len(runs) == 1 or self._cores == 1:
             return np.concatenate([self._run(part) for part in runs])
-        return np.concatenate(list(self._pool.map(self._run, runs)))
+        try:
+            running = [self._pool.submit(self._run, part) for part in runs]
+        except RuntimeError:  # the interpreter is exiting and has shut the pool: finish in this thread
+            return np.concatenate([self._run(part) for part in runs])
+        return np.concatenate([each.result() for each in running])
 
     def _run(self, relative: np.ndarray) -> np.ndarray:
         raise NotImplementedError
