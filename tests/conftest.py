@@ -1,6 +1,5 @@
-"""Shared fixtures and helpers: synthetic candles, a fake clock, a local Binance-compatible
-exchange, temporary SQLite files and a tiny model trained for one epoch. (Helpers the bench
-needs too, such as free ports and the gunicorn harness, are in chronoprice/testing.py.)"""
+"""Fixtures only: the candle series, a local Binance-compatible exchange, PostgreSQL and Redis
+servers, temporary stores and a tiny model trained for one epoch. Helpers are in tests/helpers.py."""
 
 from __future__ import annotations
 
@@ -8,7 +7,6 @@ import logging
 import os
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -17,34 +15,14 @@ import redis
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from chronoprice.logs import StderrHandler  # noqa: E402
-from chronoprice.market.demo import demo_candles  # noqa: E402
 from chronoprice.store import open_store  # noqa: E402
 from chronoprice.testing.exchange import BinanceSimulator  # noqa: E402
-from chronoprice.testing.harness import FakeClock, free_port  # noqa: E402,F401 (tests import FakeClock from here)
+from chronoprice.testing.harness import free_port  # noqa: E402
+from tests.helpers import MINUTE_MS, SERIES_START_MS, make_candles, wait_until  # noqa: E402
 from tests.postgres_server import PostgresServer  # noqa: E402
 
-SERIES_START_MS = 1_735_689_600_000  # 2025-01-01 00:00 UTC
-MINUTE_MS = 60_000
 SHARED_CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "btcusdt_1m_binanceus_2023-03-01_14.csv"
 SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "models" / "chronoprice-lstm"
-
-
-LIVENESS_SECONDS = 120  # how long a wait may last before it counts as hung: generous for a machine 3x slower
-
-
-def wait_until(condition, liveness_seconds: float = LIVENESS_SECONDS, interval: float = 0.05) -> bool:
-    """Poll `condition()` until it is true (True) or the liveness timeout passes (False)."""
-    deadline = time.monotonic() + liveness_seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(interval)
-    return True
-
-
-def make_candles(minutes: int, symbol: str = "BTC/USDT", start_ms: int = SERIES_START_MS):
-    """`minutes` consecutive synthetic 1-minute candles (the demo market), deterministic."""
-    return demo_candles(symbol, start_ms, start_ms + minutes * MINUTE_MS)
 
 
 @pytest.fixture(autouse=True)

@@ -30,7 +30,7 @@ from chronoprice.store.alerts import add_rule, read_firings, read_rule
 from chronoprice.store.records import read_candles, upsert_candles
 from chronoprice.testing.harness import WebhookReceiver
 from chronoprice.web.server import create_app
-from tests.conftest import wait_until
+from tests.helpers import wait_until
 
 
 def resolver(address):

@@ -9,7 +9,7 @@ from chronoprice.model.forecasters import load_forecaster
 from chronoprice.service.build import build_ticker
 from chronoprice.service.tick import Ticker
 from chronoprice.web.server import create_app
-from tests.conftest import MINUTE_MS
+from tests.helpers import MINUTE_MS
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import psycopg
 import pytest
 
 from chronoprice.testing.harness import free_port, get_json
-from tests.conftest import LIVENESS_SECONDS, wait_until
+from tests.helpers import LIVENESS_SECONDS, wait_until
 from tests.postgres_server import PASSWORD
 
 pytestmark = pytest.mark.slow  # python app.py started as a process: the whole suite runs it, `-m "not slow"` does not

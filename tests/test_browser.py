@@ -24,9 +24,9 @@ from chronoprice.service.models import register_shadow
 from chronoprice.service.scheduler import Scheduler
 from chronoprice.service.watchlist import seed_watchlist
 from chronoprice.store.alerts import read_rules, record_firing
-from chronoprice.testing.harness import CHROMIUM, CHROMIUM_ARGS, free_port
+from chronoprice.testing.harness import CHROMIUM, CHROMIUM_ARGS, FakeClock, free_port
 from chronoprice.web.server import create_app
-from tests.conftest import LIVENESS_SECONDS, FakeClock, wait_until
+from tests.helpers import LIVENESS_SECONDS, wait_until
 
 pytestmark = pytest.mark.slow  # a real Chromium for every test: the whole suite runs it, `-m "not slow"` does not
 
@@ -382,7 +382,7 @@ def test_alerts_are_added_on_the_market_page_and_ring_the_bell(browser, dashboar
 @pytest.mark.parametrize("width", [1440, 390])
 def test_the_html_report_is_a_document_that_reads_at_any_width(browser, tmp_path, width):
     from chronoprice.cli.main import main
-    from tests.conftest import make_candles
+    from tests.helpers import make_candles
 
     candles = make_candles(1500)
     csv = tmp_path / "candles.csv"

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from chronoprice.market.candles import aggregate_candles, clean_candles, find_gaps, trusted_prefix
-from tests.conftest import MINUTE_MS, SERIES_START_MS, make_candles
+from tests.helpers import MINUTE_MS, SERIES_START_MS, make_candles
 
 M = 60_000
 

@@ -8,7 +8,8 @@ from chronoprice.cli.main import main
 from chronoprice.market.source import Market
 from chronoprice.model.artifact import artifact_at, read_metadata
 from chronoprice.store import open_store
-from tests.conftest import FakeClock, make_candles
+from chronoprice.testing.harness import FakeClock
+from tests.helpers import make_candles
 
 
 @pytest.fixture(scope="module")

@@ -38,7 +38,7 @@ from chronoprice.web.dashboard.overview import (
     sparkline,
 )
 from chronoprice.web.dashboard.urls import PageView, market_search, page_view
-from tests.conftest import MINUTE_MS, make_candles, wait_until
+from tests.helpers import MINUTE_MS, make_candles, wait_until
 
 
 def forecast_after(candles, drift=0.0005):

@@ -16,7 +16,7 @@ from chronoprice.store.records import newest_candle_ts, newest_forecast_origin_t
 from chronoprice.testing.exchange import BinanceSimulator
 from chronoprice.testing.harness import get_json, gunicorn_service, local_exchange_env
 from chronoprice.web.cache import cache_config
-from tests.conftest import MINUTE_MS, SERIES_START_MS, wait_until
+from tests.helpers import MINUTE_MS, SERIES_START_MS, wait_until
 
 pytestmark = pytest.mark.slow  # gunicorn processes and a one-minute soak: the whole suite runs it, `-m "not slow"` does not
 

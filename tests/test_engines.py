@@ -167,7 +167,7 @@ def test_auto_never_falls_back_to_tensorflow_over_a_damaged_file(model_copy):
 def test_a_batch_still_forecasts_while_the_interpreter_shuts_the_engines_pool(tiny_model):
     """A history forecast running as the process exits used to fail ("cannot schedule new futures
     after shutdown") and log a traceback; it finishes in its own thread instead."""
-    from tests.conftest import make_candles
+    from tests.helpers import make_candles
 
     forecaster = load_forecaster(tiny_model, "native")
     engine = forecaster.engine

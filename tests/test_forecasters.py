@@ -11,7 +11,7 @@ from chronoprice.model.forecasters import (
     NaiveForecaster,
     load_forecaster,
 )
-from tests.conftest import make_candles
+from tests.helpers import make_candles
 
 HORIZON = 10
 

@@ -14,11 +14,11 @@ from chronoprice.service.guard import MaturedOrigins, served_forecast
 from chronoprice.service.overview import summarise_market
 from chronoprice.service.tick import Ticker
 from chronoprice.store.records import read_latest_forecast
+from chronoprice.testing.harness import FakeClock
 from chronoprice.web.dashboard.callbacks import read_view
 from chronoprice.web.dashboard.market_text import render_text
 from chronoprice.web.dashboard.overview import overview_row
 from chronoprice.web.server import create_app
-from tests.conftest import FakeClock
 
 SYMBOL = "BTC/USDT"
 HISTORY = 300  # candles on a cold start: 241 origins forecast, 231 with every step matured

@@ -13,7 +13,7 @@ from chronoprice.service.build import build_ticker
 from chronoprice.testing.harness import free_port
 from chronoprice.web.hardening import MAX_BODY_BYTES, callback_request_problem, content_security_policy
 from chronoprice.web.server import create_app
-from tests.conftest import LIVENESS_SECONDS
+from tests.helpers import LIVENESS_SECONDS
 
 HOSTILE_TEXT = "a" * 1_000_000  # redaction that may start a match at every letter took hours on this
 

@@ -16,10 +16,10 @@ from chronoprice.service.build import build_scheduler, build_ticker
 from chronoprice.service.live_board import REST_SECONDS, LiveBoard
 from chronoprice.store.records import read_candles
 from chronoprice.store.shared_cache import open_shared_cache
-from chronoprice.testing.harness import CHROMIUM, CHROMIUM_ARGS
+from chronoprice.testing.harness import CHROMIUM, CHROMIUM_ARGS, FakeClock
 from chronoprice.testing.stream import BinanceStreamSimulator
 from chronoprice.web.server import create_app
-from tests.conftest import LIVENESS_SECONDS, FakeClock, wait_until
+from tests.helpers import LIVENESS_SECONDS, wait_until
 
 MINUTE = 60_000
 

@@ -24,7 +24,7 @@ from chronoprice.model.forecasters import (
     walk_forward,
 )
 from chronoprice.model.native import read_weights
-from tests.conftest import make_candles
+from tests.helpers import make_candles
 
 
 def test_build_model_is_exactly_the_design_architecture():

@@ -41,8 +41,9 @@ from chronoprice.store.registry import (
     register_model,
     rollback_champion,
 )
+from chronoprice.testing.harness import FakeClock
 from chronoprice.web.server import create_app
-from tests.conftest import FakeClock, make_candles, wait_until
+from tests.helpers import make_candles, wait_until
 
 PROJECT = Path(__file__).resolve().parents[1]
 

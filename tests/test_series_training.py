@@ -24,7 +24,7 @@ from chronoprice.model.series_training import (
 from chronoprice.model.training import Variant
 from chronoprice.service.tick import Ticker
 from chronoprice.store.registry import read_models
-from tests.conftest import FakeClock
+from chronoprice.testing.harness import FakeClock
 
 pytestmark = pytest.mark.slow  # trainings: the whole suite runs it, `-m "not slow"` does not
 

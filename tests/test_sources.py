@@ -23,14 +23,8 @@ from chronoprice.market.source import (
     UnknownSymbol,
 )
 from chronoprice.testing.exchange import BinanceSimulator, Fault, kline_row
-from chronoprice.testing.harness import free_port
-from tests.conftest import (
-    MINUTE_MS,
-    SERIES_START_MS,
-    FakeClock,
-    make_candles,
-    wait_until,
-)
+from chronoprice.testing.harness import FakeClock, free_port
+from tests.helpers import MINUTE_MS, SERIES_START_MS, make_candles, wait_until
 
 SYMBOL = "BTC/USDT"
 

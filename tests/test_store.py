@@ -29,7 +29,7 @@ from chronoprice.store.watchlist import (
     replace_watchlist,
     seeded_from,
 )
-from tests.conftest import MINUTE_MS, make_candles
+from tests.helpers import MINUTE_MS, make_candles
 from tests.postgres_server import PASSWORD
 
 MARKET = Market("binance", "BTC/USDT", "1m")

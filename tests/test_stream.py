@@ -13,8 +13,9 @@ from chronoprice.service.tick import Ticker
 from chronoprice.service.watchlist import seed_watchlist
 from chronoprice.store import open_store
 from chronoprice.store.records import newest_candle_ts, read_candles
+from chronoprice.testing.harness import FakeClock
 from chronoprice.testing.stream import BinanceStreamSimulator
-from tests.conftest import FakeClock, wait_until
+from tests.helpers import wait_until
 
 MARKETS = [("BTC/USDT", "1m"), ("ETH/USDT", "5m")]
 

@@ -17,7 +17,8 @@ from chronoprice.service.status import STATUS_FORMAT, TickStatus, status_from_js
 from chronoprice.service.tick import Ticker
 from chronoprice.store.records import read_candles, read_latest_forecast, read_matured_forecasts
 from chronoprice.testing.exchange import Fault
-from tests.conftest import MINUTE_MS, FakeClock, wait_until
+from chronoprice.testing.harness import FakeClock
+from tests.helpers import MINUTE_MS, wait_until
 
 SYMBOL = "BTC/USDT"
 HISTORY = 120  # candles on a cold start; the ticker forecasts them in the background

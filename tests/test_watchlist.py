@@ -20,8 +20,9 @@ from chronoprice.store import open_store
 from chronoprice.store.claims import hold_lease
 from chronoprice.store.records import read_candles
 from chronoprice.store.watchlist import add_to_watchlist, read_watchlist
+from chronoprice.testing.harness import FakeClock
 from chronoprice.web.server import create_app
-from tests.conftest import MINUTE_MS, FakeClock, wait_until
+from tests.helpers import MINUTE_MS, wait_until
 
 TOKEN = "a-long-admin-token-for-tests"
 
