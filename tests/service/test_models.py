@@ -45,7 +45,7 @@ from chronoprice.testing.harness import FakeClock
 from chronoprice.web.server import create_app
 from tests.helpers import make_candles, wait_until
 
-PROJECT = Path(__file__).resolve().parents[1]
+PROJECT = Path(__file__).resolve().parents[2]
 
 MINUTE = 60_000
 HORIZON = 10

@@ -26,22 +26,14 @@ from chronoprice.service.watchlist import seed_watchlist
 from chronoprice.store.alerts import read_rules, record_firing
 from chronoprice.testing.harness import CHROMIUM, CHROMIUM_ARGS, FakeClock, free_port
 from chronoprice.web.server import create_app
-from tests.helpers import LIVENESS_SECONDS, wait_until
+from tests.helpers import CANDLES_DRAWN, LIVENESS_SECONDS, wait_until
 
 pytestmark = pytest.mark.slow  # a real Chromium for every test: the whole suite runs it, `-m "not slow"` does not
 
-PROJECT = Path(__file__).resolve().parents[1]
+PROJECT = Path(__file__).resolve().parents[2]
 WATCHED = [("BTC/USDT", "1m"), ("ETH/USDT", "1m"), ("BTC/USDT", "15m")]
 
-# Closed and predicted candles; the forming one comes and goes with the clock (tests/test_dashboard.py).
-CANDLES_DRAWN = """() => {
-    const plot = document.querySelector('#price-chart .js-plotly-plot');
-    if (!plot || !plot.data) { return 0; }
-    return plot.data.filter(trace => trace.type === 'candlestick' && trace.name !== 'forming (not closed)')
-        .reduce((sum, trace) => sum + trace.x.length, 0);
-}"""
-
-
+# Closed and predicted candles; the forming one comes and goes with the clock (tests/web/test_dashboard.py).
 @pytest.fixture(scope="module")
 def dashboard(tmp_path_factory, shipped_model):
     """The dashboard on the offline demo, with six hours of history forecast so every chart has

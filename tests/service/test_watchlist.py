@@ -3,7 +3,6 @@
 import socket
 import subprocess
 
-import pandas as pd
 import pytest
 
 from chronoprice.config import settings_from
@@ -22,7 +21,7 @@ from chronoprice.store.records import read_candles
 from chronoprice.store.watchlist import add_to_watchlist, read_watchlist
 from chronoprice.testing.harness import FakeClock
 from chronoprice.web.server import create_app
-from tests.helpers import MINUTE_MS, wait_until
+from tests.helpers import MINUTE_MS, forecast_origins, wait_until
 
 TOKEN = "a-long-admin-token-for-tests"
 
@@ -209,28 +208,6 @@ def run_pass(scheduler: Scheduler) -> None:
     """One scheduler pass, waiting for the ticks it started."""
     scheduler.run_once()
     scheduler.wait_for_ticks()
-
-
-def forecast_origins(db, market: Market) -> pd.DataFrame:
-    """Origins with a forecast, oldest first, and how many steps each has (per model version)."""
-    return pd.DataFrame(db.execute(
-        "select origin_ts, count(*) from forecasts where exchange = ? and symbol = ? and timeframe = ? "
-        "group by origin_ts, model_version order by origin_ts", [market.exchange, market.symbol, market.timeframe]).fetchall(),
-        columns=["origin_ts", "steps"])
-
-
-def assert_one_whole_forecast_per_closed_candle(db, exchange, symbol: str, timeframe: str, window: int) -> pd.DataFrame:
-    """The market's stored candles are the exchange's closed ones with no gap, and exactly one
-    whole forecast (10 steps) was made from each after the first window; returns the candles."""
-    market = Market("binance", symbol, timeframe)
-    stored = read_candles(db, market)
-    assert stored["ts"].is_unique and find_gaps(stored["ts"].to_numpy(), timeframe_ms(timeframe)).empty
-    assert stored["ts"].iloc[-1] == exchange.closed_candles(symbol, timeframe)["ts"].iloc[-1]
-    origins = forecast_origins(db, market)
-    assert origins["origin_ts"].tolist() == stored["ts"].iloc[window - 1:].tolist(), \
-        f"{symbol} {timeframe}: exactly one forecast from every closed candle"
-    assert (origins["steps"] == 10).all(), "every forecast whole"
-    return stored
 
 
 @pytest.mark.slow

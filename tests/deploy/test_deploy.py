@@ -16,11 +16,11 @@ from chronoprice.store.records import newest_candle_ts, newest_forecast_origin_t
 from chronoprice.testing.exchange import BinanceSimulator
 from chronoprice.testing.harness import get_json, gunicorn_service, local_exchange_env
 from chronoprice.web.cache import cache_config
-from tests.helpers import MINUTE_MS, SERIES_START_MS, wait_until
+from tests.helpers import CANDLES_DRAWN, MINUTE_MS, SERIES_START_MS, wait_until
 
 pytestmark = pytest.mark.slow  # gunicorn processes and a one-minute soak: the whole suite runs it, `-m "not slow"` does not
 
-PROJECT = Path(__file__).resolve().parents[1]
+PROJECT = Path(__file__).resolve().parents[2]
 
 
 def test_render_yaml_is_one_free_gunicorn_service_on_the_fastest_engine_without_tensorflow():
@@ -127,7 +127,6 @@ def test_fifty_api_clients_and_an_open_dashboard_for_a_minute(series, tmp_path):
     from playwright.sync_api import sync_playwright
 
     from chronoprice.testing.harness import CHROMIUM, CHROMIUM_ARGS
-    from tests.test_browser import CANDLES_DRAWN
 
     now = SERIES_START_MS + 2000 * MINUTE_MS + 20_000
     with BinanceSimulator(series, now_ms=now) as exchange:

@@ -18,7 +18,7 @@ from tests.postgres_server import PASSWORD
 
 pytestmark = pytest.mark.slow  # python app.py started as a process: the whole suite runs it, `-m "not slow"` does not
 
-PROJECT = Path(__file__).resolve().parents[1]
+PROJECT = Path(__file__).resolve().parents[2]
 
 
 def test_app_module_exposes_a_flask_server_for_gunicorn(monkeypatch, tmp_path, tiny_model):

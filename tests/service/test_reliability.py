@@ -28,12 +28,11 @@ from chronoprice.store import open_store
 from chronoprice.store.records import newest_forecast_origin_ts, read_candles
 from chronoprice.testing.exchange import BinanceSimulator
 from chronoprice.testing.harness import free_port
-from tests.helpers import MINUTE_MS, SERIES_START_MS, wait_until
-from tests.test_watchlist import assert_one_whole_forecast_per_closed_candle
+from tests.helpers import MINUTE_MS, SERIES_START_MS, assert_one_whole_forecast_per_closed_candle, wait_until
 
 pytestmark = pytest.mark.slow  # kill -9 restarts and outages: the whole suite runs it, `-m "not slow"` does not
 
-PROJECT = Path(__file__).resolve().parents[1]
+PROJECT = Path(__file__).resolve().parents[2]
 KILLS = 20
 
 

@@ -29,9 +29,8 @@ from chronoprice.store import open_store
 from chronoprice.store.records import newest_forecast_origin_ts
 from chronoprice.testing.exchange import BinanceSimulator, Fault
 from chronoprice.testing.harness import gunicorn_service, local_exchange_env
-from tests.helpers import MINUTE_MS, SERIES_START_MS, wait_until
+from tests.helpers import MINUTE_MS, SERIES_START_MS, assert_one_whole_forecast_per_closed_candle, wait_until
 from tests.postgres_server import PASSWORD
-from tests.test_watchlist import assert_one_whole_forecast_per_closed_candle
 
 pytestmark = pytest.mark.slow  # PostgreSQL servers and processes killed and restarted: the whole suite runs it, `-m "not slow"` does not
 

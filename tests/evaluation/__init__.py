@@ -1,0 +1,1 @@
+"""Tests of evaluation/: walk-forward, backtest, verdicts."""

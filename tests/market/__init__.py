@@ -1,0 +1,1 @@
+"""Tests of market/: sources, candles, candle files, the stream."""

@@ -1,0 +1,1 @@
+"""Tests of service/: ticks, the watchlist, the guard, the registry, alerts, the live board, faults and restarts."""

@@ -1,0 +1,1 @@
+"""Tests of store/: SQLite and PostgreSQL, migrate."""

@@ -1,0 +1,1 @@
+"""Tests of web/: the API, the dashboard, hardening, the browser."""
