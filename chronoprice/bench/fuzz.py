@@ -9,6 +9,7 @@ random paths and methods, and bodies up to 20 MB. Budgets (issue 32): no 5xx, ev
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import dataclasses
 import http.client
@@ -159,15 +160,6 @@ def health_timings(host: str, port: int, stop: threading.Event, timings: list[fl
         stop.wait(HEALTH_EVERY_SECONDS)
 
 
-def _server_error_paths(results: list[tuple[FuzzRequest, int | None, float]]) -> dict[str, int]:
-    paths: dict[str, int] = {}
-    for request, status, _ in results:
-        if status is not None and status >= 500:
-            key = f"{status} {request.method} {request.path.partition('?')[0][:60]}"
-            paths[key] = paths.get(key, 0) + 1
-    return paths
-
-
 def _described(request: FuzzRequest) -> str:
     """The request in a few words: method, path and, for a Dash callback, the callback it names."""
     text = f"{request.method} {request.path.partition('?')[0][:60]}"
@@ -182,13 +174,12 @@ def _described(request: FuzzRequest) -> str:
 def fuzz_summary(results: list[tuple[FuzzRequest, int | None, float]], health: list[float], seconds: float) -> dict:
     """The budgets' figures from every (request, status, seconds) and the health check's timings."""
     answers = np.array([elapsed for _, _, elapsed in results])
-    statuses: dict[str, int] = {}
-    for _, status, _ in results:
-        statuses[str(status or "no answer")] = statuses.get(str(status or "no answer"), 0) + 1
+    statuses = collections.Counter(str(status or "no answer") for _, status, _ in results)
+    server_errors = collections.Counter(f"{status} {_described(request)}" for request, status, _ in results
+                                        if status is not None and status >= 500)
     return {
         "requests": len(results), "seconds": round(seconds, 1), "statuses": dict(sorted(statuses.items())),
-        "server_errors": sum(1 for _, status, _ in results if status is not None and status >= 500),
-        "server_errors_by_path": _server_error_paths(results),
+        "server_errors": sum(server_errors.values()), "server_errors_by_path": dict(server_errors),
         "unanswered": statuses.get("no answer", 0),
         "bytes_sent": sum(len(request.body or b"") for request, _, _ in results),
         "largest_body_bytes": max(len(request.body or b"") for request, _, _ in results),
