@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from chronoprice.cli.evaluate import (
+    expand_paths,
     format_baselines,
     format_step_table,
     format_verdict_table,
@@ -94,8 +95,56 @@ def training_data(args: argparse.Namespace) -> tuple[pd.DataFrame, str, Path]:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    paths = expand_paths(args.csv) if args.csv else []
+    if len(paths) > 1:
+        return train_on_files(args, paths)
+    args.csv = paths[0] if paths else None
     train_and_register(args)
     return 0
+
+
+def train_on_files(args: argparse.Namespace, paths: list[Path]) -> int:
+    """`train` on several files: each its own series, split at docs/MODEL.md's shares (two
+    rolling folds, the newest 15 % of each file the validation span, judged once)."""
+    if args.folds is not None or args.train_days is not None:
+        raise ValueError("--folds and --train-days apply to one file; several are split at the same shares of each "
+                         "file (docs/MODEL.md, \"A model per timeframe\")")
+    from chronoprice.evaluation.timeframe_models import Setting, train_timeframe  # loads TensorFlow
+    from chronoprice.model.series_training import TrainingFile
+
+    loaded = [read_reported_file(path, args.timeframe) for path in paths]
+    timeframes = sorted({each.timeframe for each in loaded}, key=timeframe_ms)
+    if len(timeframes) > 1:
+        raise ValueError(f"the files hold {' and '.join(timeframes)} candles: give --timeframe {timeframes[-1]} to "
+                         "aggregate them to one timeframe")
+    names = [each.name for each in loaded]
+    if len(set(names)) < len(names):
+        raise ValueError("two files share a name; every file is reported by its name, so rename one")
+    timeframe = timeframes[0]
+    files = [TrainingFile(each.name, each.candles, timeframe_ms(timeframe)) for each in loaded]
+    out = artifact_at(args.out or DEFAULT_MODEL.parent / "trained" / f"chronoprice-lstm-{timeframe}")
+    setting = Setting("given", _variant(args, timeframe), args.epochs)
+    metadata = train_timeframe(timeframe, files, [], out, (setting,), rule="train --csv, several files: the given "
+                               "setting on docs/MODEL.md's folds")
+    print(f"wrote {out.base}.keras, .tflite, .onnx, .npz and .json (version {metadata['version']})")
+    print_judgment(timeframe, metadata, out)
+    return 0
+
+
+def _variant(args: argparse.Namespace, timeframe: str):
+    chosen = {"feature": args.feature, "loss": args.loss, "train_days": args.train_days, "normalise": args.normalise}
+    return _training().Variant(**{name: value for name, value in chosen.items() if value is not None},
+                               candles_per_day=DAY_MS // timeframe_ms(timeframe))
+
+
+def print_judgment(timeframe: str, metadata: dict, out) -> None:
+    """The validation spans' verdict of a model trained on several files, and whether it passes the rule."""
+    validation = metadata["validation"]
+    print(format_baselines(validation["baselines"]))
+    print(format_verdict_table(validation["pooled"], f"{timeframe}: {metadata['training']['data']}, pooled over the "
+                               "validation spans (never trained or tuned on)"))
+    failures = validation["failures"]
+    print(f"{timeframe}: {out.base} {'passes the rule' if not failures else 'does not pass: ' + '; '.join(failures)}\n")
 
 
 def train_and_register(args: argparse.Namespace, reason: str = "trained from the store with train --db",
@@ -104,11 +153,9 @@ def train_and_register(args: argparse.Namespace, reason: str = "trained from the
     and with --db register the model as a shadow in that store."""
     training = _training()
     candles, description, out = training_data(args)
-    chosen = {"feature": args.feature, "loss": args.loss, "train_days": args.train_days, "normalise": args.normalise}
-    variant = training.Variant(**{name: value for name, value in chosen.items() if value is not None},
-                               candles_per_day=DAY_MS // timeframe_ms(args.timeframe))
-    metadata = training.train_artifact(candles, artifact_at(out), args.epochs, description, variant, folds=args.folds,
-                                       timeframe=args.timeframe)
+    variant = _variant(args, args.timeframe)
+    metadata = training.train_artifact(candles, artifact_at(out), args.epochs, description, variant,
+                                       folds=args.folds or training.FOLDS, timeframe=args.timeframe)
     print(f"wrote {out}.keras, .tflite, .onnx, .npz and .json (version {metadata['version']})")
     print(format_step_table(metadata["holdout"], "holdout (last 15 %, never trained on)"))
     if args.db:
@@ -152,12 +199,7 @@ def run_train_models(args: argparse.Namespace) -> int:
         out = artifact_at(args.out_dir / f"chronoprice-lstm-{timeframe}")
         metadata = train_timeframe(timeframe, *plan_files(args.data, timeframe), out, settings,
                                    incumbent=shipped_model(timeframe), peers=peers)
-        validation = metadata["validation"]
-        print(format_baselines(validation["baselines"]))
-        print(format_verdict_table(validation["pooled"], f"{timeframe}: {metadata['training']['data']}, pooled over the "
-                                   "validation spans (never trained or tuned on)"))
-        failures = validation["failures"]
-        print(f"{timeframe}: {out.base} {'passes the rule' if not failures else 'does not pass: ' + '; '.join(failures)}\n")
+        print_judgment(timeframe, metadata, out)
     return 0
 
 

@@ -82,8 +82,8 @@ def _add_store_training_arguments(parser: argparse.ArgumentParser, symbol_defaul
     parser.add_argument("--train-days", type=float, default=None, help="train on only the last N days of the training split (default: all)")
     parser.add_argument("--out-dir", type=Path, default=DEFAULT_MODEL.parent / "trained",
                         help="with --db: the folder of the artifact, named after the market and the time (default models/trained)")
-    parser.add_argument("--folds", type=_positive_int, default=3,
-                        help="rolling validation windows whose forecasts fit the shrinkage (default 3; the last one's model ships)")
+    parser.add_argument("--folds", type=_positive_int, help="one file: rolling validation windows whose forecasts fit "
+                        "the shrinkage (default 3; the last one's model ships)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,8 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train the LSTM on a candle CSV or the candles a store collected, and write the model artifact")
     data = train.add_mutually_exclusive_group(required=True)
-    data.add_argument("--csv", type=Path, help="candle file of 1m, 5m, 15m or 1h candles: CSV (Binance Data Vision or headed "
-                      "OHLCV) or freqtrade JSON, plain or gzipped; the timeframe is read from its spacing")
+    data.add_argument("--csv", type=Path, action="append", help="candle file of 1m, 5m, 15m or 1h candles: CSV "
+                      "(Binance Data Vision or headed OHLCV) or freqtrade JSON, plain or gzipped; the timeframe is "
+                      "read from its spacing; repeat it or give a quoted glob for several files, each its own series, "
+                      "split at docs/MODEL.md's shares (default --out models/trained/chronoprice-lstm-TIMEFRAME)")
     data.add_argument("--db", type=store_target, help="a ChronoPrice store (SQLite file or postgresql:// URL): train on the "
                       "closed candles it collected for --symbol and --timeframe")
     _add_store_training_arguments(train)

@@ -47,6 +47,7 @@ PLAN = {  # timeframe: (the files it is judged on, the files it also trains on),
     "1h": (("binance_*_1h_*.csv",), ()),
 }
 PEER_STRIDE = 10  # the peers fit a model at every origin: every 10th origin of each span
+RULE = "docs/MODEL.md, A model per timeframe, round 2"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,7 +183,7 @@ def _records(table: pd.DataFrame) -> list[dict]:
 
 
 def train_timeframe(timeframe: str, judged: list[TrainingFile], extra: list[TrainingFile], out: ModelArtifact,
-                    settings: tuple[Setting, ...] = SETTINGS, incumbent=None, peers=()) -> dict:
+                    settings: tuple[Setting, ...] = SETTINGS, incumbent=None, peers=(), rule: str = RULE) -> dict:
     """Train the timeframe's candidates by the rule on the judged and extra files (PLAN's), judge
     the chosen one once beside the AR(5) and `peers`, write its artifact (shipping is the caller's
     decision, from metadata["validation"]["failures"]). Returns the metadata."""
@@ -199,7 +200,7 @@ def train_timeframe(timeframe: str, judged: list[TrainingFile], extra: list[Trai
     metadata = {**fit.forecaster.metadata, "version": content_version(out.keras_path, out.tflite_path),
                 "architecture": ARCHITECTURE, "timeframe": timeframe,
                 "training": {"data": fit.candidate.data, "files": records,
-                             "rule": "docs/MODEL.md, A model per timeframe, round 2", "fold_edges": list(FOLD_EDGES),
+                             "rule": rule, "fold_edges": list(FOLD_EDGES),
                              "first_ts": min(record["first_ts"] for record in records),
                              "last_ts": max(record["last_ts"] for record in records),
                              # evaluate scores a file it does not know only after every file's training part

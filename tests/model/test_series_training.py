@@ -162,6 +162,39 @@ def test_train_models_trains_judges_and_says_whether_a_model_passes(tmp_path, ca
     assert "AutoTheta: mean ratio" in printed
 
 
+def test_train_on_several_files_trains_each_as_its_own_series_and_judges_their_validation_spans(tmp_path, capsys):
+    from chronoprice.cli.main import main
+
+    closes = walk(900, 30_000.0, 3)
+    ts = 1_700_000_100_000 + np.arange(900) * MINUTE  # on the 5-minute grid too
+    pd.DataFrame({"open_time": pd.to_datetime(ts[:500], unit="ms", utc=True).strftime("%Y-%m-%dT%H:%M:%S+00:00"),
+                  "open": closes[:500], "high": closes[:500] * 1.001, "low": closes[:500] * 0.999,
+                  "close": closes[:500], "volume": 1.0}).to_csv(tmp_path / "btc.csv", index=False)
+    rows = [[int(t), c, c * 1.001, c * 0.999, c, 1.0] for t, c in zip(ts[500:], closes[500:] / 15)]
+    (tmp_path / "eth.json").write_text(json.dumps(rows))
+    out = tmp_path / "several"
+    assert main(["train", "--csv", str(tmp_path / "btc.csv"), "--csv", str(tmp_path / "eth.json"), "--epochs", "1",
+                 "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "pooled over the validation spans" in printed
+    assert "does not pass" in printed or "passes the rule" in printed
+    metadata = json.loads(out.with_suffix(".json").read_text())
+    assert [each["file"] for each in metadata["training"]["files"]] == ["btc.csv", "eth.json"]
+    assert metadata["training"]["rule"].startswith("train --csv, several files")
+    assert metadata["validation"]["pooled"][0]["origins"] == (500 - 425 - 10 + 1) + (400 - 340 - 10 + 1)
+    assert load_forecaster(out).version == metadata["version"]
+    assert main(["train", "--csv", str(tmp_path / "*.csv"), "--csv", str(tmp_path / "eth.json"), "--folds", "2"]) == 2
+    assert "--folds and --train-days apply to one file" in capsys.readouterr().err
+    five = tmp_path / "five.csv"
+    five_ts = ts[:400:5]
+    pd.DataFrame({"open_time": pd.to_datetime(five_ts, unit="ms", utc=True).strftime("%Y-%m-%dT%H:%M:%S+00:00"),
+                  "open": closes[:80], "high": closes[:80] * 1.001, "low": closes[:80] * 0.999, "close": closes[:80],
+                  "volume": 1.0}
+                 ).to_csv(five, index=False)
+    assert main(["train", "--csv", str(tmp_path / "btc.csv"), "--csv", str(five)]) == 2
+    assert "hold 1m and 5m candles: give --timeframe 5m" in capsys.readouterr().err
+
+
 def test_the_peers_score_every_nth_origin_beside_the_model_and_say_how_long_they_took(tmp_path, capsys):
     from chronoprice.cli.main import main
 
