@@ -110,18 +110,8 @@ def train_on_files(args: argparse.Namespace, paths: list[Path]) -> int:
         raise ValueError("--folds and --train-days apply to one file; several are split at the same shares of each "
                          "file (docs/MODEL.md, \"A model per timeframe\")")
     from chronoprice.evaluation.timeframe_models import Setting, train_timeframe  # loads TensorFlow
-    from chronoprice.model.series_training import TrainingFile
 
-    loaded = [read_reported_file(path, args.timeframe) for path in paths]
-    timeframes = sorted({each.timeframe for each in loaded}, key=timeframe_ms)
-    if len(timeframes) > 1:
-        raise ValueError(f"the files hold {' and '.join(timeframes)} candles: give --timeframe {timeframes[-1]} to "
-                         "aggregate them to one timeframe")
-    names = [each.name for each in loaded]
-    if len(set(names)) < len(names):
-        raise ValueError("two files share a name; every file is reported by its name, so rename one")
-    timeframe = timeframes[0]
-    files = [TrainingFile(each.name, each.candles, timeframe_ms(timeframe)) for each in loaded]
+    timeframe, files = training_files(paths, args.timeframe)
     out = artifact_at(args.out or DEFAULT_MODEL.parent / "trained" / f"chronoprice-lstm-{timeframe}")
     setting = Setting("given", _variant(args, timeframe), args.epochs)
     metadata = train_timeframe(timeframe, files, [], out, (setting,), rule="train --csv, several files: the given "
@@ -129,6 +119,22 @@ def train_on_files(args: argparse.Namespace, paths: list[Path]) -> int:
     print(f"wrote {out.base}.keras, .tflite, .onnx, .npz and .json (version {metadata['version']})")
     print_judgment(timeframe, metadata, out)
     return 0
+
+
+def training_files(paths: list[Path], timeframe: str | None) -> tuple[str, list]:
+    """Several candle files as training reads them, all of one timeframe (`timeframe`, or the one they share)."""
+    from chronoprice.model.series_training import TrainingFile  # loads TensorFlow
+
+    loaded = [read_reported_file(path, timeframe) for path in paths]
+    timeframes = sorted({each.timeframe for each in loaded}, key=timeframe_ms)
+    if len(timeframes) > 1:
+        raise ValueError(f"the files hold {' and '.join(timeframes)} candles: give --timeframe {timeframes[-1]} to "
+                         "aggregate them to one timeframe")
+    names = [each.name for each in loaded]
+    if len(set(names)) < len(names):
+        raise ValueError("two files share a name; every file is reported by its name, so rename one")
+    step_ms = timeframe_ms(timeframes[0])
+    return timeframes[0], [TrainingFile(each.name, each.candles, step_ms) for each in loaded]
 
 
 def _variant(args: argparse.Namespace, timeframe: str):
@@ -169,23 +175,48 @@ def run_retraining(args: argparse.Namespace) -> int:
 
 def run_compare(args: argparse.Namespace) -> int:
     training = _training()
-    loaded = read_reported_file(args.csv)
-    candles, per_day = loaded.candles, DAY_MS // timeframe_ms(loaded.timeframe)
-    variants = [
-        training.Variant(feature, loss, None if days == "all" else float(days), candles_per_day=per_day)
-        for feature in args.features.split(",") for loss in args.losses.split(",") for days in args.train_days.split(",")
-    ]
+    paths = expand_paths(args.csv)
+    several = len(paths) > 1
+    if several and (args.train_days not in (None, "all") or args.folds is not None):
+        raise ValueError("--train-days and --folds apply to one file; several files train on each file's whole "
+                         "training part, on docs/MODEL.md's two folds")
+    if several:
+        timeframe, files = training_files(paths, args.timeframe)
+    else:
+        loaded = read_reported_file(paths[0], args.timeframe)
+        timeframe, candles = loaded.timeframe, loaded.candles
+    days = ["all"] if several else (args.train_days or "all,3").split(",")
+    variants = [training.Variant(feature, loss, None if each == "all" else float(each),
+                                 candles_per_day=DAY_MS // timeframe_ms(timeframe))
+                for feature in args.features.split(",") for loss in args.losses.split(",") for each in days]
     for feature in {variant.feature for variant in variants}:
         parse_feature(feature)
-    rows = training.compare_variants(candles, variants, args.epochs, args.folds)
+    if several:
+        from chronoprice.model.series_training import compare_candidates  # loads TensorFlow
+
+        rows = compare_candidates(tuple(files), variants, args.epochs, f"{len(files)} {timeframe} files")
+    else:
+        rows = training.compare_variants(candles, variants, args.epochs, args.folds or training.FOLDS)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1) + "\n")
-    print(f"{'variant':<52} {'validation mean':>15}  {'folds':<26} {'holdout as is':>13}  {'holdout shrunk':>14}  {'worst step':>10}")
+    print(format_comparison(rows))
+    return 0
+
+
+def format_comparison(rows: list[dict]) -> str:
+    """compare's table, best fold score first; the holdout columns only where one file has a holdout
+    (several files keep their validation spans for train's one judgment)."""
+    holdout = "holdout_mean_ratio" in rows[0]
+    lines = [f"{'variant':<52} {'validation mean':>15}  {'folds':<26}"
+             + (f" {'holdout as is':>13}  {'holdout shrunk':>14}  {'worst step':>10}" if holdout else "")]
     for row in sorted(rows, key=lambda row: row["validation_mean_ratio"]):
         folds = " ".join(f"{ratio:.5f}" for ratio in row["fold_mean_ratios"])
-        print(f"{row['variant']:<52} {row['validation_mean_ratio']:15.5f}  {folds:<26} {row['holdout_raw_mean_ratio']:13.5f}  "
-              f"{row['holdout_mean_ratio']:14.5f}  {max(row['holdout_mae_ratio']):10.5f}")
-    return 0
+        line = f"{row['variant']:<52} {row['validation_mean_ratio']:15.5f}  {folds:<26}"
+        if holdout:
+            line += (f" {row['holdout_raw_mean_ratio']:13.5f}  {row['holdout_mean_ratio']:14.5f}  "
+                     f"{max(row['holdout_mae_ratio']):10.5f}")
+        lines.append(line)
+    return "\n".join(lines)
 
 
 def run_train_models(args: argparse.Namespace) -> int:

@@ -121,12 +121,18 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--db", help="the store (default: CHRONOPRICE_DB or DATABASE_URL, else chronoprice.db)")
 
     compare = commands.add_parser("compare", help="train model variants and compare them walk-forward against the naive baseline")
-    compare.add_argument("--csv", type=Path, required=True, help="candle file (CSV or freqtrade JSON, plain or gzipped, any timeframe)")
+    compare.add_argument("--csv", type=Path, required=True, action="append",
+                         help="candle file (CSV or freqtrade JSON, plain or gzipped, any timeframe); repeat it or give "
+                         "a quoted glob for several files, each its own series, scored on docs/MODEL.md's two folds")
+    compare.add_argument("--timeframe", choices=list(TIMEFRAME_MS),
+                         help="aggregate the candles to this longer timeframe")
     compare.add_argument("--epochs", type=_positive_int, default=30, help="most epochs per variant (default 30)")
     compare.add_argument("--features", default=",".join(COMPARED_FEATURES), help="inputs to try, comma-separated")
     compare.add_argument("--losses", default="mse,huber,mae", help="losses to try")
-    compare.add_argument("--train-days", default="all,3", help="training history lengths to try, in days or all")
-    compare.add_argument("--folds", type=_positive_int, default=3, help="rolling validation windows before the holdout (default 3)")
+    compare.add_argument("--train-days", help="training history lengths to try, in days or all (default all,3; several "
+                         "files: all)")
+    compare.add_argument("--folds", type=_positive_int, help="one file: rolling validation windows before the holdout "
+                         "(default 3)")
     compare.add_argument("--json", type=Path, help="also write the rows to this JSON file")
 
     train_models = commands.add_parser("train-models", help="train a model per timeframe on the shared candle files by "

@@ -152,6 +152,23 @@ def fit_candidate(candidate: Candidate, epochs: int, window: int = WINDOW, horiz
     return CandidateFit(candidate, model, _calibrated(forecaster, outcomes, window, horizon), folds, score, history)
 
 
+def compare_candidates(files: tuple[TrainingFile, ...], variants: list[Variant], epochs: int, data: str) -> list[dict]:
+    """compare on several files: every variant trained on both folds, scored on the folds only (the
+    validation spans are left for the one judgment of the model chosen). Rows as compare_variants'
+    without the holdout."""
+    rows = []
+    for number, variant in enumerate(variants, 1):
+        log.info("[%d/%d] %s", number, len(variants), variant.describe())
+        fit = fit_candidate(Candidate(variant, data, files), epochs)
+        fold_means = [float(np.mean([np.mean(ratios) for ratios in fold["mae_ratio"].values()])) for fold in fit.folds]
+        rows.append({**dataclasses.asdict(variant), "variant": variant.describe(),
+                     "epochs_run": [fold["epochs_run"] for fold in fit.folds],
+                     "validation_mean_ratio": round(fit.score, 5),
+                     "fold_mean_ratios": [round(each, 5) for each in fold_means],
+                     "shrinkage": fit.forecaster.metadata["shrinkage"]})
+    return rows
+
+
 def _joined(results: list[dict]) -> dict[str, np.ndarray]:
     return {key: np.concatenate([result[key] for result in results]) for key in results[0]}
 

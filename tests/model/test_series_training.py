@@ -162,19 +162,31 @@ def test_train_models_trains_judges_and_says_whether_a_model_passes(tmp_path, ca
     assert "AutoTheta: mean ratio" in printed
 
 
-def test_train_on_several_files_trains_each_as_its_own_series_and_judges_their_validation_spans(tmp_path, capsys):
+def two_candle_files(folder, closes: np.ndarray, ts: np.ndarray) -> tuple:
+    """A CSV of the first 500 candles and a freqtrade JSON of the rest, at another price level."""
+    pd.DataFrame({"open_time": pd.to_datetime(ts[:500], unit="ms", utc=True).strftime("%Y-%m-%dT%H:%M:%S+00:00"),
+                  "open": closes[:500], "high": closes[:500] * 1.001, "low": closes[:500] * 0.999,
+                  "close": closes[:500], "volume": 1.0}).to_csv(folder / "btc.csv", index=False)
+    rows = [[int(t), c, c * 1.001, c * 0.999, c, 1.0] for t, c in zip(ts[500:], closes[500:] / 15)]
+    (folder / "eth.json").write_text(json.dumps(rows))
+    return folder / "btc.csv", folder / "eth.json"
+
+
+def test_compare_and_train_on_several_files_take_each_as_its_own_series(tmp_path, capsys):
     from chronoprice.cli.main import main
 
     closes = walk(900, 30_000.0, 3)
     ts = 1_700_000_100_000 + np.arange(900) * MINUTE  # on the 5-minute grid too
-    pd.DataFrame({"open_time": pd.to_datetime(ts[:500], unit="ms", utc=True).strftime("%Y-%m-%dT%H:%M:%S+00:00"),
-                  "open": closes[:500], "high": closes[:500] * 1.001, "low": closes[:500] * 0.999,
-                  "close": closes[:500], "volume": 1.0}).to_csv(tmp_path / "btc.csv", index=False)
-    rows = [[int(t), c, c * 1.001, c * 0.999, c, 1.0] for t, c in zip(ts[500:], closes[500:] / 15)]
-    (tmp_path / "eth.json").write_text(json.dumps(rows))
+    btc, eth = two_candle_files(tmp_path, closes, ts)
+    assert main(["compare", "--csv", str(btc), "--csv", str(eth), "--epochs", "1", "--features", "log_returns",
+                 "--losses", "mae,huber"]) == 0
+    printed = capsys.readouterr().out
+    assert "log_returns, mae, train all" in printed and "log_returns, huber, train all" in printed
+    assert "holdout" not in printed, "several files keep their validation spans for train's one judgment"
+    assert main(["compare", "--csv", str(btc), "--csv", str(eth), "--train-days", "3"]) == 2
+    assert "--train-days and --folds apply to one file" in capsys.readouterr().err
     out = tmp_path / "several"
-    assert main(["train", "--csv", str(tmp_path / "btc.csv"), "--csv", str(tmp_path / "eth.json"), "--epochs", "1",
-                 "--out", str(out)]) == 0
+    assert main(["train", "--csv", str(btc), "--csv", str(eth), "--epochs", "1", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "pooled over the validation spans" in printed
     assert "does not pass" in printed or "passes the rule" in printed
@@ -185,13 +197,10 @@ def test_train_on_several_files_trains_each_as_its_own_series_and_judges_their_v
     assert load_forecaster(out).version == metadata["version"]
     assert main(["train", "--csv", str(tmp_path / "*.csv"), "--csv", str(tmp_path / "eth.json"), "--folds", "2"]) == 2
     assert "--folds and --train-days apply to one file" in capsys.readouterr().err
-    five = tmp_path / "five.csv"
-    five_ts = ts[:400:5]
-    pd.DataFrame({"open_time": pd.to_datetime(five_ts, unit="ms", utc=True).strftime("%Y-%m-%dT%H:%M:%S+00:00"),
-                  "open": closes[:80], "high": closes[:80] * 1.001, "low": closes[:80] * 0.999, "close": closes[:80],
-                  "volume": 1.0}
-                 ).to_csv(five, index=False)
-    assert main(["train", "--csv", str(tmp_path / "btc.csv"), "--csv", str(five)]) == 2
+    five = tmp_path / "five"
+    five.mkdir()
+    two_candle_files(five, closes[::5], ts[::5])  # 180 candles 5 minutes apart
+    assert main(["train", "--csv", str(btc), "--csv", str(five / "btc.csv")]) == 2
     assert "hold 1m and 5m candles: give --timeframe 5m" in capsys.readouterr().err
 
 
