@@ -16,12 +16,24 @@ from chronoprice.evaluation.backtest import backtest, check_settings, format_bac
 from chronoprice.evaluation.metrics import ADAPTIVE_WINDOW, DEFAULT_LEVEL, INTERVAL_LEVELS
 from chronoprice.evaluation.pooling import step_verdicts
 from chronoprice.evaluation.report import write_report
-from chronoprice.evaluation.walkforward import evaluate_forecaster, peer_step_ratios, peer_summary
+from chronoprice.evaluation.walkforward import (
+    baseline_step_ratios,
+    evaluate_forecaster,
+    peer_step_ratios,
+    peer_summary,
+)
 from chronoprice.market.candle_files import CandleFile, read_candle_file
 from chronoprice.market.timeframes import timeframe_ms
 from chronoprice.model.engines import ONE_BATCH_RUN_ORIGINS
-from chronoprice.model.features import WINDOW, candle_rows
-from chronoprice.model.forecasters import NaiveBandForecaster, load_forecaster, statistical_peers
+from chronoprice.model.features import CLOSE, WINDOW, candle_rows, gap_free_runs
+from chronoprice.model.forecasters import (
+    AUTOREGRESSION_ORDER,
+    AutoregressiveForecaster,
+    NaiveBandForecaster,
+    fit_autoregression,
+    load_forecaster,
+    statistical_peers,
+)
 from chronoprice.model.registry import model_timeframe
 
 log = logging.getLogger(__name__)
@@ -69,24 +81,40 @@ def first_scored_close(forecaster, path: Path, candles, include_training_data: b
     return first
 
 
-def evaluate_file(forecaster, path: Path, timeframe: str | None, include_training_data: bool, level: float,
-                  pooled: bool, peers=(), peer_stride: int = 1) -> dict:
-    """One file walked forward: its step table, the scored arrays (for a `pooled` verdict with the
-    last close's band, calibrated the same way on its own errors, as naive_lower / naive_upper),
-    and what was skipped."""
-    loaded = read_reported_file(path, timeframe)
+AUTOREGRESSION_MIN_CANDLES = 1_000
+
+
+def fitted_autoregression(files: list[tuple[CandleFile, int]], horizon: int):
+    """The AR(5) baseline, least squares on every file's candles up to its first scored origin (what
+    the model may have trained on, never a scored target), cut at gaps; None, with the reason
+    logged, where they are too few."""
+    runs = [run[:, CLOSE] for loaded, first in files
+            for run in gap_free_runs(loaded.candles.iloc[:first], timeframe_ms(loaded.timeframe),
+                                     AUTOREGRESSION_ORDER + 2)]
+    count = sum(len(run) for run in runs)
+    if count < AUTOREGRESSION_MIN_CANDLES:
+        log.info("AR(5) not scored: %d candles before the scored origins, fewer than the %d it is fitted on",
+                 count, AUTOREGRESSION_MIN_CANDLES)
+        return None
+    return AutoregressiveForecaster(fit_autoregression(runs), horizon)
+
+
+def evaluate_file(forecaster, loaded: CandleFile, first: int, level: float, pooled: bool, peers=(),
+                  peer_stride: int = 1, autoregression=None) -> dict:
+    """One file walked forward from its origin `first` (first_scored_close): its step table, the
+    scored arrays (for a `pooled` verdict with the last close's band, calibrated the same way on
+    its own errors, as naive_lower / naive_upper), and what was skipped."""
     candles = loaded.candles
-    first = first_scored_close(forecaster, path, candles, include_training_data)
     # Origins before the scored ones only warm up the adaptive intervals.
     start = max(0, first - forecaster.window + 1 - ADAPTIVE_WINDOW - forecaster.horizon)
     scored_from = first - forecaster.window + 1 - start
     rows = candle_rows(candles)[start:]
-    table, arrays = evaluate_forecaster(forecaster, rows, scored_from, level, peers, peer_stride)
+    table, arrays = evaluate_forecaster(forecaster, rows, scored_from, level, peers, peer_stride, autoregression)
     arrays["origin_ts"] = candles["ts"].to_numpy()[first : first + len(arrays["actual"])]
     if pooled:
         naive_band = evaluate_forecaster(NaiveBandForecaster(forecaster.horizon, forecaster.window, level), rows, scored_from, level)[1]
         arrays.update(naive_lower=naive_band["lower"], naive_upper=naive_band["upper"])
-    return {"file": path.name, "timeframe": loaded.timeframe, "table": table, "arrays": arrays,
+    return {"file": loaded.name, "timeframe": loaded.timeframe, "table": table, "arrays": arrays,
             "skipped": first - forecaster.window + 1}
 
 
@@ -105,8 +133,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.backtest:
         check_settings(step, forecaster.horizon, args.fee, args.spread)
     peers = statistical_peers(forecaster.horizon) if args.peers else ()
-    files = [evaluate_file(forecaster, path, args.timeframe, args.include_training_data, args.level, len(paths) > 1,
-                           peers, args.stride) for path in paths]
+    scored = []
+    for path in paths:
+        loaded = read_reported_file(path, args.timeframe)
+        scored.append((loaded, first_scored_close(forecaster, path, loaded.candles, args.include_training_data)))
+    autoregression = fitted_autoregression(scored, forecaster.horizon)
+    files = [evaluate_file(forecaster, loaded, first, args.level, len(paths) > 1, peers, args.stride, autoregression)
+             for loaded, first in scored]
     timeframes = {each["timeframe"] for each in files}
     if len(timeframes) > 1:
         raise ValueError(f"the files hold different timeframes ({', '.join(sorted(timeframes))}); pass --timeframe")
@@ -119,6 +152,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         return print_one_file(args, forecaster, files[0], step)
     pooled = step_verdicts([each["arrays"] for each in files], args.level)
     peer_results = [each["arrays"]["peers"] for each in files] if peers else []
+    if autoregression is not None:
+        pooled["mae_ratio_ar"] = baseline_step_ratios([each["arrays"] for each in files], autoregression.name)
     if peers:
         pooled = pd.concat([pooled, pd.DataFrame(peer_step_ratios(peer_results))], axis=1)
     if args.json:
@@ -183,6 +218,8 @@ def format_step_table(rows: list[dict], title: str, level: float = DEFAULT_LEVEL
         head += f"  (95 % CI)      DM stat  p      drift  mov.avg  coverage {levels} (static {level * 100:g})"
     else:
         head += "  coverage"
+    autoregression = "mae_ratio_ar" in rows[0]
+    head += "    AR(5)" if autoregression else ""
     peers = [key.removeprefix("mae_ratio_") for key in rows[0] if key.startswith("mae_ratio_Auto")]
     head += "".join(f"  {name:>9}" for name in peers) + ("  model (same)" if peers else "")
     lines = [title, head]
@@ -195,6 +232,7 @@ def format_step_table(rows: list[dict], title: str, level: float = DEFAULT_LEVEL
                      f"   {coverages(row)} ({row[f'coverage_static_{level:.2f}']:.3f})")
         else:
             line += f"  {row['coverage']:8.3f}"
+        line += f"  {row['mae_ratio_ar']:.4f}" if autoregression else ""
         line += "".join(f"  {row[f'mae_ratio_{name}']:9.4f}" for name in peers)
         line += f"  {row['peer_origins_mae_ratio']:11.4f}" if peers else ""
         lines.append(line)
@@ -204,11 +242,14 @@ def format_step_table(rows: list[dict], title: str, level: float = DEFAULT_LEVEL
 def format_verdict_table(rows: list[dict], title: str) -> str:
     """evaluation.pooling.step_verdicts rows as text."""
     peers = [key.removeprefix("mae_ratio_") for key in rows[0] if key.startswith("mae_ratio_Auto")]
+    autoregression = "mae_ratio_ar" in rows[0]
     lines = [title, "step  origins  MAE ratio  DM p    direction  coverage  interval-score ratio  DM p"
+             + ("    AR(5)" if autoregression else "")
              + "".join(f"  {name:>9}" for name in peers) + ("  model (same)" if peers else "")]
     lines += [f"{row['step']:>4}  {row['origins']:7d}  {row['mae_ratio']:9.4f}  {row['dm_p_value']:.3f}  "
               f"{'no call' if pd.isna(row['direction_accuracy']) else format(row['direction_accuracy'], '.3f'):>9}  "
               f"{row['coverage']:8.3f}  {row['interval_score_ratio']:20.4f}  {row['interval_dm_p_value']:.3f}"
+              + (f"  {row['mae_ratio_ar']:.4f}" if autoregression else "")
               + "".join(f"  {row[f'mae_ratio_{name}']:9.4f}" for name in peers)
               + (f"  {row['peer_origins_mae_ratio']:11.4f}" if peers else "") for row in rows]
     return "\n".join(lines)

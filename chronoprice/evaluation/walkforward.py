@@ -26,7 +26,7 @@ from chronoprice.model.forecasters import (
 
 
 def evaluate_forecaster(forecaster, closes: np.ndarray, scored_from: int, level: float, peers=(),
-                        peer_stride: int = 1) -> tuple[pd.DataFrame, dict]:
+                        peer_stride: int = 1, autoregression=None) -> tuple[pd.DataFrame, dict]:
     """Walk forward over every origin of `closes`, scoring those from origin `scored_from` on.
 
     Earlier origins only warm up the adaptive intervals (their errors matured before the first
@@ -34,7 +34,8 @@ def evaluate_forecaster(forecaster, closes: np.ndarray, scored_from: int, level:
     interval, Diebold-Mariano against naive, coverage at every level for adaptive and static
     intervals, and the drift and moving-average baselines' MAE ratios) and the arrays of the
     scored origins for plotting. `peers` (forecasters.statistical_peers) are scored at every
-    `peer_stride`-th scored origin, beside the model on those origins (peer_origins_mae_ratio).
+    `peer_stride`-th scored origin, beside the model on those origins (peer_origins_mae_ratio);
+    `autoregression` (a fitted AutoregressiveForecaster) at every one, like drift.
     """
     window, horizon = forecaster.window, forecaster.horizon
     result = walk_forward(forecaster, closes, window, horizon)
@@ -57,8 +58,10 @@ def evaluate_forecaster(forecaster, closes: np.ndarray, scored_from: int, level:
     actual, origin = scored_result["actual"], scored_result["origin_close"]
     moved = actual != origin
     hits = (np.sign(mean - origin) == np.sign(actual - origin)) & moved
-    for baseline in (DriftForecaster(horizon), MovingAverageForecaster(horizon)):
-        error = np.abs(baseline.forecast(windows[scored])["mean"] - actual).mean(axis=0)
+    baselines = {}
+    for baseline in (DriftForecaster(horizon), MovingAverageForecaster(horizon), *filter(None, [autoregression])):
+        baselines[baseline.name] = baseline.forecast(windows[scored])["mean"]
+        error = np.abs(baselines[baseline.name] - actual).mean(axis=0)
         table[f"mae_{baseline.name}"] = error
         table[f"mae_ratio_{baseline.name}"] = error / table["mae_naive"]
     intervals = [wilson_interval(hits[:, k].sum(), int(moved[:, k].sum())) for k in range(horizon)]
@@ -69,11 +72,27 @@ def evaluate_forecaster(forecaster, closes: np.ndarray, scored_from: int, level:
     for each, (adaptive, static, _) in coverage.items():
         table[f"coverage_{each}"] = adaptive
         table[f"coverage_static_{each}"] = static
-    arrays = {**scored_result, "log_errors": log_errors[scored]}
+    arrays = {**scored_result, "log_errors": log_errors[scored], "baselines": baselines}
     if peers:
         arrays["peers"] = score_peers(peers, windows[scored], scored_result, peer_stride)
         table = pd.concat([table, pd.DataFrame(peer_step_ratios([arrays["peers"]]))], axis=1)
     return table, arrays
+
+
+def _relative_mae_ratio(scored: list[dict], forecast) -> np.ndarray:
+    """Per step, the MAE of `forecast(each)` over the last close's, pooled over `scored` (each with
+    actual, naive and origin_close), errors relative to each origin's close."""
+    def stacked(get) -> np.ndarray:
+        return np.concatenate([get(each) / each["origin_close"] for each in scored])
+
+    actual = stacked(lambda each: each["actual"])
+    naive = np.abs(stacked(lambda each: each["naive"]) - actual).mean(axis=0)
+    return np.abs(stacked(forecast) - actual).mean(axis=0) / naive
+
+
+def baseline_step_ratios(scored: list[dict], name: str) -> np.ndarray:
+    """A point baseline's (evaluate_forecaster's `baselines`) pooled MAE ratio per step."""
+    return _relative_mae_ratio(scored, lambda each: each["baselines"][name])
 
 
 def score_peers(peers, windows: np.ndarray, scored_result: dict, stride: int) -> dict:
@@ -93,14 +112,9 @@ def score_peers(peers, windows: np.ndarray, scored_result: dict, stride: int) ->
 def peer_step_ratios(scored: list[dict]) -> dict[str, np.ndarray]:
     """Per step, each peer's MAE over the last close's on the origins score_peers sampled (pooled
     over `scored`, errors relative to each origin's close), and the model's on the same origins."""
-    def stacked(get) -> np.ndarray:
-        return np.concatenate([get(each) / each["origin_close"] for each in scored])
-
-    actual = stacked(lambda each: each["actual"])
-    naive = np.abs(stacked(lambda each: each["naive"]) - actual).mean(axis=0)
-    ratios = {"peer_origins_mae_ratio": np.abs(stacked(lambda each: each["mean"]) - actual).mean(axis=0) / naive}
+    ratios = {"peer_origins_mae_ratio": _relative_mae_ratio(scored, lambda each: each["mean"])}
     for name in scored[0]["means"]:
-        ratios[f"mae_ratio_{name}"] = np.abs(stacked(lambda each: each["means"][name]) - actual).mean(axis=0) / naive
+        ratios[f"mae_ratio_{name}"] = _relative_mae_ratio(scored, lambda each, name=name: each["means"][name])
     return ratios
 
 

@@ -79,6 +79,13 @@ def candle_rows(candles) -> np.ndarray:
     return candles[list(CANDLE_COLUMNS)].to_numpy(dtype="float64")
 
 
+def gap_free_runs(candles, step_ms: int, minimum: int) -> list[np.ndarray]:
+    """A candles DataFrame (ts and CANDLE_COLUMNS) cut at every gap: the rows of each run of at
+    least `minimum` consecutive candles, so no window reaches over a gap."""
+    breaks = np.flatnonzero(np.diff(candles["ts"].to_numpy()) != step_ms) + 1
+    return [run for run in np.split(candle_rows(candles), breaks) if len(run) >= minimum]
+
+
 FEATURE_DEFINITIONS = {
     "relative_closes": "log(close / newest close) / scale over the window",
     "log_returns": "log(close / previous close) / scale over the window (oldest value 0)",

@@ -25,10 +25,10 @@ from chronoprice.evaluation.metrics import (
 )
 from chronoprice.model.engines import KerasEngine
 from chronoprice.model.features import (
-    CANDLE_COLUMNS,
     CLOSE,
     HORIZON,
     WINDOW,
+    gap_free_runs,
     training_pairs,
     walk_forward_windows,
     window_closes,
@@ -55,15 +55,6 @@ class TrainingFile:
     name: str
     candles: pd.DataFrame
     step_ms: int
-
-
-def gap_free_runs(candles: pd.DataFrame, step_ms: int, minimum: int) -> list[np.ndarray]:
-    """A candles DataFrame cut at every gap: [N, 4] rows (features.CANDLE_COLUMNS) of each run of
-    at least `minimum` consecutive candles."""
-    ts = candles["ts"].to_numpy()
-    rows = candles[list(CANDLE_COLUMNS)].to_numpy(dtype="float64")
-    breaks = np.flatnonzero(np.diff(ts) != step_ms) + 1
-    return [run for run in np.split(rows, breaks) if len(run) >= minimum]
 
 
 def share_index(candle_file: TrainingFile, share: float) -> int:

@@ -1,6 +1,8 @@
 import json
 import re
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from chronoprice.bench.engines import forecast_macs, timings_ms
@@ -340,3 +342,31 @@ def test_the_readme_command_reference_matches_the_parser():
         problems += [f"{name}: no line"] * (not lines) + [f"{name}: README names {flag}, the parser has none" for flag in written - flags]
         problems += [f"{name}: {flag} is not in README" for flag in sorted(flags) if flag not in readme]
     assert problems == []
+
+
+def test_evaluate_scores_an_ar5_fitted_only_on_the_candles_before_the_scored_origins(caplog):
+    from chronoprice.cli.evaluate import evaluate_file, fitted_autoregression
+    from chronoprice.market.candle_files import CandleFile
+    from chronoprice.model.forecasters import NaiveBandForecaster
+
+    rng = np.random.default_rng(11)
+    returns = np.zeros(3000)
+    for index in range(1, 3000):  # log returns of an AR(1) with coefficient 0.5
+        returns[index] = 0.5 * returns[index - 1] + rng.normal(0, 1e-3)
+    closes = 100 * np.exp(np.cumsum(returns))
+    ts = 1_700_000_100_000 + np.arange(3000) * 60_000
+    candles = pd.DataFrame({"ts": ts, "open": closes, "high": closes * 1.001, "low": closes * 0.999, "close": closes,
+                            "volume": 1.0})
+    loaded = CandleFile("ar1.csv", candles, "1m", "1m", [], pd.DataFrame(columns=["after_ts", "missing"]))
+    autoregression = fitted_autoregression([(loaded, 2000)], 10)
+    assert autoregression.coefficients[0] == pytest.approx(0.5, abs=0.06)
+    assert np.abs(autoregression.coefficients[1:]).max() < 0.08
+    evaluated = evaluate_file(NaiveBandForecaster(window=60), loaded, 2000, 0.9, True, autoregression=autoregression)
+    table = evaluated["table"]
+    assert table["mae_ratio_ar"].iloc[0] < 0.93, "the AR(5) knows this series' autocorrelation"
+    assert table["mae_ratio_ar"].iloc[-1] == pytest.approx(1.0, abs=0.05), "ten steps on, the effect has died out"
+    candles.loc[1500, "close"] *= 50  # a spike in the scored part: an AR fitted on it would be thrown far off
+    assert fitted_autoregression([(loaded, 1000)], 10).coefficients[0] == pytest.approx(0.5, abs=0.1)
+    caplog.set_level("INFO")
+    assert fitted_autoregression([(loaded, 999)], 10) is None
+    assert "AR(5) not scored: 999 candles before the scored origins" in caplog.text

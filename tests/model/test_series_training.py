@@ -13,10 +13,10 @@ import pytest
 from chronoprice.evaluation.pooling import rule_failures, step_verdicts, winkler_scores
 from chronoprice.market.demo import DemoSource
 from chronoprice.model.artifact import artifact_at, timeframe_siblings
+from chronoprice.model.features import gap_free_runs
 from chronoprice.model.forecasters import AutoregressiveForecaster, fit_autoregression, load_forecaster
 from chronoprice.model.series_training import (
     TrainingFile,
-    gap_free_runs,
     pooled_log_return_scale,
     sampled_pairs,
     span_runs,
@@ -150,6 +150,9 @@ def test_train_models_trains_judges_and_says_whether_a_model_passes(tmp_path, ca
     assert [each["file"] for each in pooled["files"]] == ["binance_btcusdt_1h_x.csv", "binance_ethusdt_1h_x.csv"]
     assert [row["origins"] for row in pooled["pooled"]] == [2 * (1200 - 1020 - 10)] * 10, "each file its own series"
     assert 0 <= pooled["pooled"][0]["dm_p_value"] <= 1 and pooled["pooled"][0]["interval_score_ratio"] > 0
+    ar_mean_ratio = np.mean([row["mae_ratio_ar"] for row in pooled["pooled"]])
+    assert ar_mean_ratio == pytest.approx(metadata["validation"]["baselines"]["AR(5)"]["mean_ratio"], abs=0.002), (
+        "evaluate's AR(5) is fitted on what train-models' was (the candles before the validation spans)")
     assert main(["evaluate", "--csv", str(tmp_path / "nothing_*.csv"), "--model", "naive"]) == 2
     assert "matches no file" in capsys.readouterr().err
     selection = metadata["selection"]
