@@ -21,6 +21,7 @@ _SECRETS = (
     (re.compile(r"(?<=://)(?P<keep>[^/\s:@]*:)[^@\s/]+(?=@)"), r"\g<keep>***"),
     (re.compile(r"(?P<keep>bearer\s+)[^\s,;\"']+", re.IGNORECASE), r"\g<keep>***"),
 )
+_TERMINAL_STYLES = re.compile(r"\x1b\[[0-9;]*m")  # colours some libraries (werkzeug) put in their messages
 MESSAGE_CHARACTERS = 4_000  # a log line quotes at most this much of a message (5x of a traceback)
 
 
@@ -41,7 +42,7 @@ def bounded(text: str, limit: int = MESSAGE_CHARACTERS) -> str:
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry = {"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"), "level": record.levelname.lower(),
-                 "logger": record.name, "message": bounded(record.getMessage())}
+                 "logger": record.name, "message": bounded(_TERMINAL_STYLES.sub("", record.getMessage()).strip())}
         entry.update({field: getattr(record, field) for field in MARKET_FIELDS if hasattr(record, field)})
         if record.exc_info:
             entry["exception"] = bounded(self.formatException(record.exc_info), 5 * MESSAGE_CHARACTERS)

@@ -126,15 +126,20 @@ class TrainingProgress(keras.callbacks.Callback):
         self._bar = None
 
     def on_train_begin(self, logs=None):
+        # A bar redraws its line: on a terminal only, never among log lines written to a file or pipe.
         self._bar = tqdm(total=self._epochs * self._batches, desc="training", unit="batch", file=sys.stderr,
-                         mininterval=0.2 if sys.stderr.isatty() else 10.0)
+                         mininterval=0.2, disable=not sys.stderr.isatty())
 
     def on_train_batch_end(self, batch, logs=None):
         self._bar.update(1)
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
-        self._bar.set_postfix(epoch=f"{epoch + 1}/{self._epochs}", loss=f"{logs.get('loss', 0):.4f}", val_loss=f"{logs.get('val_loss', 0):.4f}")
+        loss, validation_loss = logs.get("loss", 0), logs.get("val_loss", 0)
+        self._bar.set_postfix(epoch=f"{epoch + 1}/{self._epochs}", loss=f"{loss:.4f}",
+                              val_loss=f"{validation_loss:.4f}")
+        if self._bar.disable:
+            log.info("epoch %d/%d: loss %.4f, validation loss %.4f", epoch + 1, self._epochs, loss, validation_loss)
 
     def on_train_end(self, logs=None):
         self._bar.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 import time
 from typing import Callable, Mapping
 
@@ -51,6 +52,8 @@ def build_ticker(settings: Settings, history_hours: float | None = None, clock: 
         load_registered=lambda path: load_forecaster(path, settings.engine),
         timeframe_models={timeframe: functools.partial(load_forecaster, path, settings.engine)
                           for timeframe, path in timeframe_siblings(settings.model, TIMEFRAME_MS).items()},
+        # Bars only on a terminal, and never among JSON log lines, which a log shipper reads line by line.
+        progress=settings.log_format == "text" and sys.stderr.isatty(),
     )
 
 

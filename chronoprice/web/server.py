@@ -8,6 +8,7 @@ from typing import Mapping
 
 import dash
 from flask_caching import Cache
+from werkzeug.serving import run_simple
 
 from chronoprice.config import PROJECT_ROOT, Settings
 from chronoprice.service.build import build_ticker, start_scheduler
@@ -31,6 +32,7 @@ def create_app(settings: Settings, ticker: Ticker | None = None, env: Mapping[st
         title="ChronoPrice",
         assets_folder=str(PROJECT_ROOT / "assets"),
         meta_tags=[{"name": "viewport", "content": "width=device-width, initial-scale=1"}],
+        add_log_handler=False,  # its records go through the root logger, in the chosen log format
     )
     app.layout = build_layout(settings)
     ticker = ticker or build_ticker(settings)
@@ -55,4 +57,9 @@ def serve(settings: Settings) -> None:
     if settings.scheduler:
         start_scheduler(settings, ticker)
     log.info("ChronoPrice on http://%s:%d/ (%s source, %s)", settings.host, settings.port, settings.source, settings.symbol)
-    app.run(host=settings.host, port=settings.port, debug=settings.debug, request_handler=QuietRequestHandler)
+    if settings.debug:
+        app.enable_dev_tools(debug=True)
+    # Werkzeug's server itself, not app.run: Flask's start-up banner is printed, not logged, and
+    # would be the one line of a JSON log that is not JSON.
+    run_simple(settings.host, settings.port, app.server, use_reloader=settings.debug, use_debugger=settings.debug,
+               threaded=True, request_handler=QuietRequestHandler)

@@ -12,7 +12,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from chronoprice.testing.harness import free_port, get_json
+from chronoprice.testing.harness import free_port, get_json, wait_for_history
 from tests.helpers import LIVENESS_SECONDS, wait_until
 from tests.postgres_server import PASSWORD
 
@@ -68,6 +68,31 @@ def test_python_app_py_serves_the_offline_demo(tmp_path):
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+@pytest.mark.parametrize("command", [["app.py"], ["-m", "chronoprice", "worker"]], ids=["app", "worker"])
+def test_with_json_logs_every_line_through_a_cold_start_with_history_is_one_json_object(command, tmp_path):
+    db_file = tmp_path / "json.db"
+    output = tmp_path / "output.txt"
+    with output.open("w") as sink:
+        process = subprocess.Popen([sys.executable, *command, "--source", "demo", "--db", str(db_file), "--port",
+                                    str(free_port()), "--log-format", "json"], cwd=PROJECT, stdout=sink, stderr=sink)
+        try:
+            wait_for_history(db_file, 1000, LIVENESS_SECONDS)
+            time.sleep(1)  # the history's last log lines
+        finally:
+            process.terminate()
+            process.wait(timeout=15)
+    lines = output.read_text().split("\n")
+    assert lines[-1] == "" and len(lines) > 10
+    entries = []
+    for number, line in enumerate(lines[:-1], 1):
+        try:
+            entries.append(json.loads(line))
+        except ValueError:
+            pytest.fail(f"line {number} is not JSON: {line[:200]!r}")
+    messages = " ".join(entry["message"] for entry in entries)
+    assert "historical origins" in messages and "\x1b" not in messages and "\r" not in messages
 
 
 def test_python_app_py_refuses_a_corrupt_database_with_a_clear_message(tmp_path):
