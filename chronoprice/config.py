@@ -51,6 +51,7 @@ class Settings:
     watch_limit: int = 50
     scheduler: bool = True
     admin_token: str | None = dataclasses.field(default=None, repr=False)
+    metrics_token: str | None = dataclasses.field(default=None, repr=False)
     allow_private_webhooks: bool = False
 
 
@@ -186,6 +187,8 @@ _OPTIONS = (
     _Option("allow_private_webhooks", _boolean, "let alert webhooks call loopback, link-local and private addresses "
             "(default off: only public http(s) hosts, so a rule cannot reach into the server's own network)"),
     _Option("admin_token", _token, "token that allows watchlist and alert writes from anywhere (Authorization: Bearer TOKEN); unset: writes only from loopback", secret=True),
+    _Option("metrics_token", _token, "token GET /metrics needs from anywhere but loopback (Authorization: Bearer TOKEN); "
+            "unset: /metrics is open", secret=True),
 )
 
 

@@ -31,6 +31,7 @@ from chronoprice.model.features import HORIZON
 from chronoprice.model.forecasters import score_quantiles
 from chronoprice.service.alert_rules import big_move, crossed, firing, new_rule, webhook_body, webhook_problem
 from chronoprice.service.guard import served_forecast
+from chronoprice.service.metrics import ALERT_EVENTS
 from chronoprice.service.overview import market_status
 from chronoprice.service.status import TickStatus
 from chronoprice.service.watchlist import watch_market
@@ -152,6 +153,7 @@ class Alerts:
             each = firing(rule, candle_ts, now_ms, message)
             if record_firing(db, each):
                 fired.append(each)
+                ALERT_EVENTS.labels("fired").inc()
         if any(each.state == "pending" for each in fired):
             self._wake.set()
         return fired
@@ -225,12 +227,15 @@ class Alerts:
             now_ms = int(self._clock() * 1000)
             if error is None:
                 finish_delivery(self.ticker.db(), due, "delivered", None, now_ms, None)
+                ALERT_EVENTS.labels("delivered").inc()
             elif attempt > len(self._retry) or error.startswith("webhook "):
                 log.warning("alert %s: webhook of rule %s given up after %d attempts: %s", due.id, rule.id, attempt, error)
                 finish_delivery(self.ticker.db(), due, "failed", None, None, error)
+                ALERT_EVENTS.labels("failed").inc()
             else:
                 log.warning("alert %s: webhook of rule %s failed (attempt %d: %s); retrying", due.id, rule.id, attempt, error)
                 finish_delivery(self.ticker.db(), due, "pending", now_ms + int(self._retry[attempt - 1] * 1000), None, error)
+                ALERT_EVENTS.labels("retried").inc()
         except STORE_UNAVAILABLE as error:  # the lease makes it due again
             log_failure(log, f"alert {due.id}", error)
         finally:

@@ -28,6 +28,7 @@ from chronoprice.model.registry import first_live_origin_ts
 from chronoprice.service.backfill import forecast_history, forecast_rows
 from chronoprice.service.guard import MaturedOrigins, last_close_band, skill_state
 from chronoprice.service.live_board import LiveBoard
+from chronoprice.service.metrics import record_exchange_error, record_tick
 from chronoprice.service.models import ModelShelf, ModelSlot, TimeframeModels, register_started
 from chronoprice.service.scoring import adapted_quantiles
 from chronoprice.service.status import TickStatus, forming_row, status_from_json, status_to_json
@@ -169,6 +170,7 @@ class Ticker:
                 return self.stored_status(symbol, timeframe)
             status = dataclasses.replace(self.run_tick(symbol, timeframe, history_in_background=True), feed=feed)
             save_tick_status(self.db(), key, status_to_json(status))
+            record_tick(status)
             return status
         finally:
             lock.release()
@@ -230,6 +232,7 @@ class Ticker:
                               symbol_unknown=True, finished_at_ms=self.now_ms())
         except SourceError as failure:
             error = str(failure)
+            record_exchange_error(failure)
         market = self.market(symbol, exchange, timeframe)
         if error:
             log.warning("fetch failed: %s", error, extra=market.key())

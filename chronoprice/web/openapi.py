@@ -113,6 +113,11 @@ OPENAPI = {
     "openapi": "3.0.3",
     "info": {"title": "ChronoPrice API", "version": "1"},
     "paths": {
+        "/metrics": {"get": {
+            "summary": "counters and the close-to-stored latency histogram in Prometheus' text format; open on loopback, "
+                       "elsewhere it needs the metrics token when the server has one",
+            "responses": {"200": {"description": "the exposition", "content": {"text/plain": {"schema": {"type": "string"}}}},
+                          **_errors(401)}}},
         "/api/health": _get("liveness and runtime facts (never runs a tick)", [], {**_ok("Health", "the service is up"), **_errors()}),
         "/api/v1/candles": _get("the newest closed candles", [_SYMBOL, _TIMEFRAME, _LIMIT], {**_ok("Candles", "candles, oldest first"), **_errors(400, 404)}),
         "/api/v1/forecast": _get("the newest forecast, one step per candle of the model's horizon", [_SYMBOL, _TIMEFRAME], {**_ok("Forecast", "the forecast"), **_errors(400, 404, 503)}),

@@ -3,6 +3,7 @@
 import concurrent.futures
 import os
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -103,6 +104,11 @@ def test_of_two_gunicorn_workers_exactly_one_ticks_the_watchlist_with_nobody_rea
             assert "holds the lease" in log_path.read_text()
             assert log_path.read_text().count("holds the lease") == 1, "one worker schedules"
             assert wait_until(lambda: log_path.read_text().count("stands by") == 1), "the other stands by"
+            scrapes = [urllib.request.urlopen(base + "/metrics", timeout=10).read().decode() for _ in range(6)]
+            ticks = [sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith("chronoprice_ticks_total"))
+                     for text in scrapes]
+            assert min(ticks) >= 2, "any worker answers with the ticking worker's counts (multiprocess mode)"
+            assert all('chronoprice_close_to_stored_seconds_count{timeframe="15m"}' in text for text in scrapes)
 
 
 def test_render_configuration_never_imports_tensorflow(shipped_model):

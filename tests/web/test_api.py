@@ -8,6 +8,7 @@ from chronoprice.market.ccxt_rest import LiveSource
 from chronoprice.model.forecasters import load_forecaster
 from chronoprice.service.build import build_ticker
 from chronoprice.service.tick import Ticker
+from chronoprice.web.access import metrics_refusal
 from chronoprice.web.server import create_app
 from tests.helpers import MINUTE_MS
 
@@ -250,3 +251,31 @@ def test_a_database_locked_past_the_busy_timeout_gets_503_not_500(tmp_path, tiny
     monkeypatch.setattr(chronoprice.web.api.candles, "read_candles", locked)  # a real lock would take 5 s to surface
     response = client.get("/api/v1/candles")
     assert response.status_code == 503 and "database busy" in response.get_json()["error"]
+
+
+def test_metrics_are_prometheus_text_open_on_loopback_and_behind_the_metrics_token_elsewhere(tmp_path, tiny_model):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    token = "a-long-metrics-token-for-tests"
+    settings = settings_from({"source": "demo", "db": str(tmp_path / "m.db"), "model": str(tiny_model),
+                              "metrics_token": token}, {})
+    ticker = build_ticker(settings)
+    client = create_app(settings, ticker, env={}).server.test_client()
+    assert client.get("/api/v1/candles?limit=3").status_code == 200  # a tick
+    answer = client.get("/metrics")
+    assert answer.status_code == 200 and answer.content_type.startswith("text/plain")
+    families = {family.name: family for family in text_string_to_metric_families(answer.get_data(as_text=True))}
+    assert {"chronoprice_ticks", "chronoprice_close_to_stored_seconds", "chronoprice_exchange_errors"} <= set(families)
+    assert any(sample.value >= 1 for sample in families["chronoprice_ticks"].samples if sample.name.endswith("_total"))
+    labels = {key for family in families.values() if family.name.startswith("chronoprice_")
+              for sample in family.samples for key in sample.labels}
+    assert labels <= {"timeframe", "outcome", "kind", "event", "le"}, "no market, message or other unbounded label"
+    assert token not in answer.get_data(as_text=True)
+    stranger = {"REMOTE_ADDR": "203.0.113.9"}
+    refused = client.get("/metrics", environ_base=stranger)
+    assert refused.status_code == 401 and "CHRONOPRICE_METRICS_TOKEN" in refused.get_json()["error"]
+    assert token not in refused.get_data(as_text=True)
+    assert client.get("/metrics", environ_base=stranger, headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert client.get("/metrics", environ_base=stranger, headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    assert metrics_refusal("203.0.113.9", None, None) is None, "with no metrics token set, /metrics is open"
+    ticker.wait_for_histories()

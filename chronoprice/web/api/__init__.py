@@ -13,7 +13,7 @@ from flask_caching import Cache
 
 from chronoprice.config import Settings
 from chronoprice.service.tick import Ticker
-from chronoprice.web.api import alerts, candles, forecasts, forming, health, markets, models, scores
+from chronoprice.web.api import alerts, candles, forecasts, forming, health, markets, models, prometheus, scores
 from chronoprice.web.api.context import ApiContext
 from chronoprice.web.api.errors import (
     ApiError,
@@ -34,8 +34,9 @@ def unknown(rest):
 def register_api(server: Flask, ticker: Ticker, settings: Settings, cache: Cache) -> None:
     """Add the API's routes and JSON error handling to the Flask server."""
     server.extensions["chronoprice"] = ApiContext(ticker, settings.symbol, cache, settings.refresh_seconds,
-                                                  settings.watch_limit, settings.admin_token, settings.allow_private_webhooks)
-    for blueprint in (health.blueprint, candles.blueprint, forecasts.blueprint, scores.blueprint, markets.blueprint, forming.blueprint, alerts.blueprint,
-                      models.blueprint, unknown_paths):
+                                                  settings.watch_limit, settings.admin_token, settings.allow_private_webhooks,
+                                                  settings.metrics_token)
+    for blueprint in (health.blueprint, candles.blueprint, forecasts.blueprint, scores.blueprint, markets.blueprint,
+                      forming.blueprint, alerts.blueprint, models.blueprint, prometheus.blueprint, unknown_paths):
         server.register_blueprint(blueprint)
     server.register_error_handler(405, method_not_allowed_response)

@@ -27,6 +27,7 @@ class ApiContext:
     watch_limit: int = 50
     admin_token: str | None = dataclasses.field(default=None, repr=False)
     allow_private_webhooks: bool = False
+    metrics_token: str | None = dataclasses.field(default=None, repr=False)
 
     @property
     def retry_after_seconds(self) -> int:

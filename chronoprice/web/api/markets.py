@@ -13,7 +13,7 @@ from chronoprice.service.overview import market_status
 from chronoprice.service.watchlist import NotListed, watch_market
 from chronoprice.store.records import newest_candle_ts, newest_forecast_origin_ts
 from chronoprice.store.watchlist import WatchlistFull, read_watchlist, remove_from_watchlist
-from chronoprice.web.access import write_refusal
+from chronoprice.web.access import bearer_token, write_refusal
 from chronoprice.web.api.context import api_context
 from chronoprice.web.api.errors import ApiError, api_blueprint
 from chronoprice.web.api.params import symbol_param, timeframe_param
@@ -37,9 +37,8 @@ def market_entry(symbol: str, timeframe: str) -> dict:
 
 
 def require_write_access() -> None:
-    header = request.headers.get("Authorization", "")
-    token = header[len("Bearer "):] if header.startswith("Bearer ") else None
-    refusal = write_refusal(request.remote_addr, token, api_context().admin_token)
+    refusal = write_refusal(request.remote_addr, bearer_token(request.headers.get("Authorization")),
+                            api_context().admin_token)
     if refusal:
         raise ApiError(*refusal)
 

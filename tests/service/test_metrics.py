@@ -1,0 +1,58 @@
+"""The operator's metrics: what a tick, a failed fetch and an alert add, with bounded labels."""
+
+import pytest
+from prometheus_client import REGISTRY
+
+from chronoprice.market.ccxt_rest import LiveSource
+from chronoprice.market.source import GeoBlocked, MalformedReply, RateLimited, SourceUnavailable
+from chronoprice.model.forecasters import load_forecaster
+from chronoprice.service.metrics import close_to_stored_seconds, error_kind, tick_outcome
+from chronoprice.service.status import TickStatus
+from chronoprice.service.tick import Ticker
+from chronoprice.testing.exchange import Fault
+from chronoprice.testing.harness import FakeClock
+from tests.helpers import MINUTE_MS
+
+
+def sample(name: str, **labels) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def test_close_to_stored_counts_from_the_close_of_the_candle_forecast_from():
+    fresh = TickStatus("live", "binance", "BTC/USDT", "15m", newest_ts=15 * MINUTE_MS, new_candles=1,
+                       forecast_origin_ts=15 * MINUTE_MS, finished_at_ms=30 * MINUTE_MS + 1_500)
+    assert close_to_stored_seconds(fresh) == 1.5, "the 15m candle opened at 0:15 closed at 0:30"
+    assert close_to_stored_seconds(TickStatus("live", "binance", "BTC/USDT", new_candles=0)) is None
+    caught_up = TickStatus("live", "binance", "BTC/USDT", newest_ts=5 * MINUTE_MS, new_candles=3,
+                           forecast_origin_ts=4 * MINUTE_MS, finished_at_ms=6 * MINUTE_MS)
+    assert close_to_stored_seconds(caught_up) is None, "no forecast of the newest candle: nothing to time"
+    assert tick_outcome(fresh) == "ok" and tick_outcome(TickStatus("live", None, "X/Y", symbol_unknown=True)) == "unknown_symbol"
+    assert tick_outcome(TickStatus("live", "binance", "BTC/USDT", error="timeout")) == "fetch_failed"
+
+
+def test_every_failed_fetch_is_one_of_four_kinds():
+    kinds = [error_kind(error("x")) for error in (RateLimited, GeoBlocked, MalformedReply, SourceUnavailable)]
+    assert kinds == ["rate_limited", "geo_blocked", "bad_data", "unreachable"]
+
+
+def test_a_tick_counts_itself_its_latency_and_its_exchange_errors(exchange, db_path, tiny_model):
+    source = LiveSource("binance", exchange.url, (), history=120, backoff_seconds=0.0, sleep=lambda s: None, attempts=1)
+    clock = FakeClock(exchange.now_ms / 1000)
+    ticker = Ticker(source, db_path, lambda: load_forecaster(tiny_model, "litert"), refresh_seconds=10, clock=clock,
+                    progress=False)
+    ticks, latencies = sample("chronoprice_ticks_total", timeframe="1m", outcome="ok"), sample(
+        "chronoprice_close_to_stored_seconds_count", timeframe="1m")
+    seconds = sample("chronoprice_close_to_stored_seconds_sum", timeframe="1m")
+    status = ticker.tick("BTC/USDT")
+    assert status.error is None
+    assert sample("chronoprice_ticks_total", timeframe="1m", outcome="ok") == ticks + 1
+    assert sample("chronoprice_close_to_stored_seconds_count", timeframe="1m") == latencies + 1
+    expected = (exchange.now_ms - (status.forecast_origin_ts + MINUTE_MS)) / 1000
+    assert sample("chronoprice_close_to_stored_seconds_sum", timeframe="1m") - seconds == pytest.approx(expected)
+    failures = sample("chronoprice_exchange_errors_total", kind="unreachable")
+    exchange.queue(Fault(status=500, times=5))
+    clock.seconds += 10
+    assert ticker.tick("BTC/USDT").error
+    assert sample("chronoprice_exchange_errors_total", kind="unreachable") == failures + 1
+    assert sample("chronoprice_ticks_total", timeframe="1m", outcome="fetch_failed") >= 1
+    ticker.wait_for_histories()
