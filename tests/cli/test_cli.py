@@ -76,7 +76,7 @@ def test_train_command_writes_an_artifact(synthetic_csv, tmp_path, capsys):
     out = tmp_path / "cli-model"
     assert main(["train", "--csv", str(synthetic_csv), "--epochs", "1", "--folds", "2", "--out", str(out)]) == 0
     printed = capsys.readouterr()
-    assert "training: 100%" in printed.err and "epoch=1/1" in printed.err
+    assert "epoch 1/1: loss" in printed.err and "training: 100%" not in printed.err, "no bar off a terminal: a line an epoch"
     assert "holdout" in printed.out
     metadata = read_metadata(artifact_at(out))
     assert metadata["training"]["data"] == "synthetic.csv: 1500 1m candles, 2025-01-01 00:00 to 2025-01-02 00:59 UTC"
