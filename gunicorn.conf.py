@@ -7,11 +7,9 @@ import tempfile
 # Every worker keeps its metrics in files here and GET /metrics in any worker adds them all up
 # (prometheus_client's multiprocess mode); it must be set before the app, and so prometheus_client,
 # is imported. A folder of its own each start, so a restart does not add up the last run's counts.
-if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="chronoprice-metrics-")
-    _OWN_METRICS_FOLDER = os.environ["PROMETHEUS_MULTIPROC_DIR"]
-else:
-    _OWN_METRICS_FOLDER = None
+_OWN_METRICS_FOLDER = None if os.environ.get("PROMETHEUS_MULTIPROC_DIR") else tempfile.mkdtemp(prefix="chronoprice-metrics-")
+if _OWN_METRICS_FOLDER:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = _OWN_METRICS_FOLDER
 
 
 def post_worker_init(worker):

@@ -246,12 +246,10 @@ def plan_files(data_dir: Path, timeframe: str) -> tuple[list, list]:
     """The files a timeframe's model is judged on and the ones it also trains on
     (timeframe_models.PLAN), read at that timeframe, each reported as it is read."""
     from chronoprice.evaluation.timeframe_models import PLAN
-    from chronoprice.model.series_training import TrainingFile
 
     def read(patterns: tuple[str, ...]) -> list:
         paths = sorted({path for pattern in patterns for path in Path(data_dir).glob(pattern)})
-        files = [read_reported_file(path, timeframe) for path in paths]
-        return [TrainingFile(each.name, each.candles, timeframe_ms(timeframe)) for each in files]
+        return training_files(paths, timeframe)[1] if paths else []
 
     judged, extra = (read(patterns) for patterns in PLAN[timeframe])
     if not judged:

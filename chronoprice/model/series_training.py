@@ -35,7 +35,7 @@ from chronoprice.model.features import (
 )
 from chronoprice.model.forecasters import LSTMForecaster, walk_forward
 from chronoprice.model.network import fit_model
-from chronoprice.model.training import Variant, uncalibrated_metadata
+from chronoprice.model.training import Variant, comparison_row, uncalibrated_metadata
 
 log = logging.getLogger(__name__)
 
@@ -152,11 +152,8 @@ def compare_candidates(files: tuple[TrainingFile, ...], variants: list[Variant],
         log.info("[%d/%d] %s", number, len(variants), variant.describe())
         fit = fit_candidate(Candidate(variant, data, files), epochs)
         fold_means = [float(np.mean([np.mean(ratios) for ratios in fold["mae_ratio"].values()])) for fold in fit.folds]
-        rows.append({**dataclasses.asdict(variant), "variant": variant.describe(),
-                     "epochs_run": [fold["epochs_run"] for fold in fit.folds],
-                     "validation_mean_ratio": round(fit.score, 5),
-                     "fold_mean_ratios": [round(each, 5) for each in fold_means],
-                     "shrinkage": fit.forecaster.metadata["shrinkage"]})
+        rows.append(comparison_row(variant, fold_means, [fold["epochs_run"] for fold in fit.folds],
+                                   fit.forecaster.metadata["shrinkage"]))
     return rows
 
 

@@ -235,6 +235,13 @@ def export_engine_files(artifact: ModelArtifact) -> dict:
     return metadata
 
 
+def comparison_row(variant: Variant, fold_means: list[float], epochs_run: list[int], shrinkage: list[float]) -> dict:
+    """One variant's row of `compare`: its fold scores and their mean (what a choice is made on)."""
+    return {**dataclasses.asdict(variant), "variant": variant.describe(), "epochs_run": epochs_run,
+            "validation_mean_ratio": round(float(np.mean(fold_means)), 5),
+            "fold_mean_ratios": [round(mean, 5) for mean in fold_means], "shrinkage": shrinkage}
+
+
 def compare_variants(candles, variants: list[Variant], epochs: int, folds: int = FOLDS) -> list[dict]:
     """Train every variant the same way and score it walk-forward on rolling validation windows
     and on the holdout.
@@ -252,11 +259,9 @@ def compare_variants(candles, variants: list[Variant], epochs: int, folds: int =
     for number, variant in enumerate(variants, 1):
         log.info("[%d/%d] %s", number, len(variants), variant.describe())
         _, metadata, forecaster, splits, _ = fit_variant(series, variant, epochs, folds=folds)
-        fold_means = [float(np.mean(fold["mae_ratio"])) for fold in metadata["selection"]["folds"]]
-        row = {**dataclasses.asdict(variant), "variant": variant.describe(),
-               "epochs_run": [fold["epochs_run"] for fold in metadata["selection"]["folds"]],
-               "validation_mean_ratio": round(float(np.mean(fold_means)), 5),
-               "fold_mean_ratios": [round(mean, 5) for mean in fold_means], "shrinkage": metadata["shrinkage"]}
+        folds_run = metadata["selection"]["folds"]
+        row = comparison_row(variant, [float(np.mean(fold["mae_ratio"])) for fold in folds_run],
+                             [fold["epochs_run"] for fold in folds_run], metadata["shrinkage"])
         as_is = LSTMForecaster(forecaster.engine, {**metadata, "shrinkage": [1.0] * forecaster.horizon})
         for prefix, each in (("holdout_raw", as_is), ("holdout", forecaster)):
             ratios = step_metrics(walk_forward(each, series[splits["holdout"]]), DEFAULT_LEVEL)["mae_ratio"]

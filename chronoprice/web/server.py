@@ -57,8 +57,7 @@ def serve(settings: Settings) -> None:
     if settings.scheduler:
         start_scheduler(settings, ticker)
     log.info("ChronoPrice on http://%s:%d/ (%s source, %s)", settings.host, settings.port, settings.source, settings.symbol)
-    if settings.debug:
-        app.enable_dev_tools(debug=True)
+    app.enable_dev_tools(debug=settings.debug)  # what app.run would do: dev tools only in debug mode
     # Werkzeug's server itself, not app.run: Flask's start-up banner is printed, not logged, and
     # would be the one line of a JSON log that is not JSON.
     run_simple(settings.host, settings.port, app.server, use_reloader=settings.debug, use_debugger=settings.debug,
