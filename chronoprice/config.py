@@ -38,6 +38,8 @@ class Settings:
     symbol: str = "BTC/USDT"
     timeframe: str = "1m"
     db: Path | str = dataclasses.field(default=Path("chronoprice.db"), repr=False)  # a postgresql:// URL may hold a password
+    db_pool: int = 8
+    retain_days: int = 30
     model: Path = DEFAULT_MODEL
     engine: str = "auto"
     refresh_seconds: float = 10.0
@@ -171,6 +173,10 @@ _OPTIONS = (
     _Option("timeframe", _choice(tuple(TIMEFRAME_MS)), "candle timeframe (default 1m)"),
     _Option("db", store_target, "the store: a SQLite file (default chronoprice.db in the working directory) or a "
             "postgresql://USER:PASSWORD@HOST:PORT/DATABASE URL (env DATABASE_URL too, as Render sets it)", secret=True),
+    _Option("db_pool", _positive_int, "most connections this process opens to PostgreSQL (default 8; the processes' pools "
+            "added up must fit the server's max_connections, or a PgBouncer in front)"),
+    _Option("retain_days", _positive_int, "days of scored forecast steps kept row by row (default 30); older ones are "
+            "folded into daily sums per market, so every score stays exact, and deleted; candles are kept"),
     _Option("model", Path, "model artifact path without extension (default: the shipped model in models/)"),
     _Option("engine", _choice(ENGINES), "forecast engine: auto (the fastest that needs no TensorFlow: native, else onnx, else litert), native, onnx, litert, keras"),
     _Option("refresh_seconds", _positive_float, "seconds between ticks (default 10)"),

@@ -1,4 +1,4 @@
-"""`python -m chronoprice serve|worker|train|train-models|retrain|models|compare|evaluate|export|bench|backfill|migrate`:
+"""`python -m chronoprice serve|worker|train|train-models|retrain|models|compare|evaluate|export|bench|backfill|migrate|prune`:
 each command run (their arguments: cli_parser.py; the model lifecycle's: cli_models.py; evaluate: cli_evaluate.py)."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+from tqdm import tqdm
 
 from chronoprice.cli.evaluate import (
     expand_paths,
@@ -27,6 +28,7 @@ from chronoprice.config import (
     DEFAULT_MODEL,
     SettingsError,
     log_format_from,
+    settings_from,
     settings_from_args,
     store_target,
 )
@@ -38,6 +40,7 @@ from chronoprice.model.features import parse_feature
 from chronoprice.model.forecasters import load_forecaster, statistical_peers
 from chronoprice.model.registry import model_timeframe
 from chronoprice.service.build import build_scheduler, build_ticker
+from chronoprice.service.retention import prune_store
 from chronoprice.store import open_store
 from chronoprice.store.records import stored_training_candles
 from chronoprice.store.transfer import copy_store
@@ -308,6 +311,18 @@ def run_migrate(args: argparse.Namespace) -> int:
     return 0 if all(copy.exact for copy in copies) else 1
 
 
+def run_prune(args: argparse.Namespace) -> int:
+    settings = settings_from({"db": args.db, "retain_days": args.retain_days}, os.environ)
+    db = open_store(settings.db)
+    pruned = prune_store(db, settings.retain_days, progress=lambda markets: tqdm(
+        markets, desc="pruning", unit="market", disable=not sys.stderr.isatty()))
+    days = f"{settings.retain_days} day{'s' if settings.retain_days > 1 else ''}"
+    print(f"folded {pruned.steps:,} scored forecast steps older than {days} into daily sums "
+          f"({pruned.markets} markets); candles are kept")
+    db.close()
+    return 0
+
+
 def run_backfill(args: argparse.Namespace) -> int:
     settings = settings_from_args(args, os.environ)
     status = build_ticker(settings, history_hours=args.hours).backfill(settings.symbol, hours=args.hours)
@@ -316,4 +331,5 @@ def run_backfill(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"serve": run_serve, "worker": run_worker, "train": run_train, "train-models": run_train_models, "retrain": run_retraining, "models": run_models,
-            "compare": run_compare, "evaluate": run_evaluate, "export": run_export, "bench": run_bench, "backfill": run_backfill, "migrate": run_migrate}
+            "compare": run_compare, "evaluate": run_evaluate, "export": run_export, "bench": run_bench, "backfill": run_backfill, "migrate": run_migrate,
+            "prune": run_prune}

@@ -203,9 +203,14 @@ def build_parser() -> argparse.ArgumentParser:
                          "an interrupted copy resumes after the last row it holds")
     migrate.add_argument("--batch", type=_positive_int, default=5_000, help="rows a transaction (default 5000)")
 
+    prune = commands.add_parser("prune", help="fold scored forecast steps older than --retain-days into daily sums and "
+                                "delete them, once (the scheduler does it every 10 minutes)")
+    prune.add_argument("--db", help="the store (default: CHRONOPRICE_DB or DATABASE_URL, else chronoprice.db)")
+    prune.add_argument("--retain-days", help="days of steps kept row by row (default: CHRONOPRICE_RETAIN_DAYS, else 30)")
+
     backfill = commands.add_parser("backfill", help="fetch and store candle history, then forecast from it")
     add_settings_arguments(backfill)
     backfill.add_argument("--hours", type=float, default=24.0, help="hours of history to fetch (default 24)")
-    for command in (train, train_models, retrain, models, compare, evaluate, export, bench, migrate):
+    for command in (train, train_models, retrain, models, compare, evaluate, export, bench, migrate, prune):
         command.add_argument("--log-format", choices=LOG_FORMATS, help="log lines as text (default) or json [env CHRONOPRICE_LOG_FORMAT]")
     return parser

@@ -98,32 +98,50 @@ def step_metrics(result: dict[str, np.ndarray], level: float) -> pd.DataFrame:
     )
 
 
-def matured_metrics(matured: pd.DataFrame) -> pd.DataFrame:
-    """Live scores of stored forecasts against their actual closes, per step.
-
-    `matured` has columns step, predicted, lower, upper, actual and naive (the naive
-    forecaster's prediction). Returns one row per step present: mae_model, mae_naive, mae_ratio,
-    coverage (share of actuals inside [lower, upper]) and count.
-    """
-    frame = matured.assign(
-        model=(matured["predicted"] - matured["actual"]).abs(),
-        naive_error=(matured["naive"] - matured["actual"]).abs(),
-        covered=(matured["actual"] >= matured["lower"]) & (matured["actual"] <= matured["upper"]),
-    )
+def score_sums(matured: pd.DataFrame) -> pd.DataFrame:
+    """Per step of stored forecasts against their actual closes (columns step, predicted, lower,
+    upper, actual and naive, the naive forecaster's prediction): step, count, model_error,
+    naive_error and covered, the sums every live score is made of (how many, the summed absolute
+    errors of the forecast and of the naive forecaster, how many actuals inside [lower, upper]);
+    store/retention.py sums the same columns in the database."""
+    frame = pd.DataFrame({
+        "step": matured["step"], "model_error": (matured["predicted"] - matured["actual"]).abs(),
+        "naive_error": (matured["naive"] - matured["actual"]).abs(),
+        "covered": ((matured["actual"] >= matured["lower"]) & (matured["actual"] <= matured["upper"])).astype(int),
+    })
     grouped = frame.groupby("step")
-    table = pd.DataFrame({"mae_model": grouped["model"].mean(), "mae_naive": grouped["naive_error"].mean(),
-                          "coverage": grouped["covered"].mean(), "count": grouped.size()}).reset_index()
+    sums = grouped[["model_error", "naive_error", "covered"]].sum().assign(count=grouped.size()).reset_index()
+    return sums[["step", "count", "model_error", "naive_error", "covered"]]
+
+
+def step_scores(sums: pd.DataFrame) -> pd.DataFrame:
+    """score_sums -> one row per step present: mae_model, mae_naive, mae_ratio, coverage (share of
+    actuals inside [lower, upper]) and count."""
+    count = sums["count"].astype(float)
+    table = pd.DataFrame({"step": sums["step"].astype(int), "mae_model": sums["model_error"] / count,
+                          "mae_naive": sums["naive_error"] / count, "coverage": sums["covered"] / count,
+                          "count": sums["count"].astype(int)})
     return table.assign(mae_ratio=table["mae_model"] / table["mae_naive"].where(table["mae_naive"] > 0))
 
 
-def overall_metrics(matured: pd.DataFrame) -> dict:
-    """MAE ratio model/naive and interval coverage over all matured steps; None when empty."""
-    if matured.empty:
+def total_metrics(sums: pd.DataFrame) -> dict:
+    """score_sums -> MAE ratio model/naive and interval coverage over every step; None when empty."""
+    count = int(sums["count"].sum())
+    if not count:
         return {"mae_ratio": None, "coverage": None, "count": 0}
-    naive = (matured["naive"] - matured["actual"]).abs().mean()
-    model = (matured["predicted"] - matured["actual"]).abs().mean()
-    covered = (matured["actual"] >= matured["lower"]) & (matured["actual"] <= matured["upper"])
-    return {"mae_ratio": float(model / naive) if naive > 0 else None, "coverage": float(covered.mean()), "count": len(matured)}
+    naive = float(sums["naive_error"].sum())
+    return {"mae_ratio": float(sums["model_error"].sum()) / naive if naive > 0 else None,
+            "coverage": float(sums["covered"].sum()) / count, "count": count}
+
+
+def matured_metrics(matured: pd.DataFrame) -> pd.DataFrame:
+    """step_scores of the matured rows (score_sums' columns)."""
+    return step_scores(score_sums(matured))
+
+
+def overall_metrics(matured: pd.DataFrame) -> dict:
+    """total_metrics of the matured rows (score_sums' columns)."""
+    return total_metrics(score_sums(matured))
 
 
 SHRINKAGE_GRID = np.round(np.arange(0.0, 1.0001, 0.025), 3)

@@ -20,6 +20,7 @@ from chronoprice.model.artifact import timeframe_siblings
 from chronoprice.model.forecasters import load_forecaster
 from chronoprice.service.alerts import Alerts
 from chronoprice.service.live_board import LiveBoard
+from chronoprice.service.retention import Retention
 from chronoprice.service.scheduler import Scheduler
 from chronoprice.service.tick import Ticker
 from chronoprice.service.watchlist import seed_watchlist
@@ -54,6 +55,7 @@ def build_ticker(settings: Settings, history_hours: float | None = None, clock: 
                           for timeframe, path in timeframe_siblings(settings.model, TIMEFRAME_MS).items()},
         # Bars only on a terminal, and never among JSON log lines, which a log shipper reads line by line.
         progress=settings.log_format == "text" and sys.stderr.isatty(),
+        db_pool=settings.db_pool,
     )
 
 
@@ -65,6 +67,7 @@ def build_scheduler(settings: Settings, ticker: Ticker, clock: Callable[[], floa
     seed_watchlist(ticker.db(), settings.watch, settings.watch_limit)
     scheduler = Scheduler(ticker, clock=clock)
     scheduler.alerts = Alerts(ticker, settings.allow_private_webhooks, clock=clock).start()
+    scheduler.retention = Retention(ticker, settings.retain_days, clock=clock)
     # A moved REST endpoint (a proxy, the local exchange) streams only from a WebSocket endpoint moved with it.
     if (settings.stream and settings.source in ("live", "auto") and (settings.exchange_ws_url or not settings.exchange_url)
             and supports_streaming(settings.exchange)):

@@ -24,6 +24,7 @@ from chronoprice.market.stream import CandleStream
 from chronoprice.market.timeframes import timeframe_ms
 from chronoprice.service.alerts import Alerts
 from chronoprice.service.promotion import CHECK_SECONDS, check_promotions
+from chronoprice.service.retention import Retention
 from chronoprice.service.status import TickStatus
 from chronoprice.service.tick import Ticker
 from chronoprice.store import STORE_UNAVAILABLE, log_failure
@@ -97,6 +98,7 @@ class Scheduler:
         self._wake = threading.Event()  # a pass is due before its wait ends: stop, or a streamed candle closed
         self.stream: CandleStream | None = None  # build_scheduler attaches one when the exchange streams candles
         self.alerts: Alerts | None = None  # and the alert rules' evaluation and delivery
+        self.retention: Retention | None = None  # and the folding of old scored forecasts
         self._closed_while_ticking: set[tuple[str, str]] = set()
         self._lease_until = self._next_lease_call = self._next_promotion_check = 0.0
         self._role: str | None = None
@@ -121,6 +123,8 @@ class Scheduler:
             self.stream.stop()
         if self.alerts:
             self.alerts.stop()
+        if self.retention:
+            self.retention.stop()
         if self._thread:
             self._thread.join(timeout=10)
         self._pool.shutdown(wait=True, cancel_futures=True)
@@ -197,6 +201,8 @@ class Scheduler:
         if now >= self._next_promotion_check:
             self._next_promotion_check = now + CHECK_SECONDS
             self.check_promotions(watched)
+        if self.retention:
+            self.retention.run_if_due()
         pending = [due.at for due in self._due.values()] or [now + 1.0]
         return min(1.0, max(0.05, min(pending) - self._clock()))  # at least once a second: the watchlist may change
 

@@ -65,10 +65,11 @@ class Ticker:
         live: LiveBoard | None = None,
         load_registered: Callable[[str], LSTMForecaster] = load_forecaster,
         timeframe_models: Mapping[str, Callable[[], LSTMForecaster]] | None = None,
+        db_pool: int | None = None,
     ):
         self.source = source
         self.live = live or LiveBoard()  # forming candles streamed by the scheduler's process
-        self.db = store_connections(db_path)
+        self.db = store_connections(db_path, db_pool)
         self._model = ModelSlot(load_forecaster)
         self._configured_registered = False
         self._timeframe_models = TimeframeModels(timeframe_models or {})

@@ -25,9 +25,12 @@ def open_store(target: Path | str) -> Database:
     return _postgres().open_postgres(str(target)) if is_database_url(target) else open_sqlite(target)
 
 
-def store_connections(target: Path | str) -> Callable[[], Database]:
-    """What a thread calls for its connection: its own SQLite one, or the shared PostgreSQL pool."""
-    return _postgres().SharedPostgres(str(target)) if is_database_url(target) else ConnectionPerThread(target)
+def store_connections(target: Path | str, pool_size: int | None = None) -> Callable[[], Database]:
+    """What a thread calls for its connection: its own SQLite one, or the shared PostgreSQL pool
+    (of at most `pool_size` connections; None: postgres.POOL_SIZE)."""
+    if is_database_url(target):
+        return _postgres().SharedPostgres(str(target), pool_size)
+    return ConnectionPerThread(target)
 
 
 def _postgres():

@@ -140,9 +140,10 @@ def migrate_postgres(db: PostgresDatabase) -> None:
         db.execute("insert into schema_version (version) values (?)", [len(MIGRATIONS)])
 
 
-def open_postgres(url: str) -> PostgresDatabase:
-    """Connect to the database at `url` and migrate it; StoreError (password hidden) if it cannot."""
-    db = PostgresDatabase(url)
+def open_postgres(url: str, pool_size: int | None = None) -> PostgresDatabase:
+    """Connect to the database at `url` with a pool of at most `pool_size` connections (None:
+    POOL_SIZE) and migrate it; StoreError (password hidden) if it cannot."""
+    db = PostgresDatabase(url, pool_size or POOL_SIZE)
     try:
         # One connection first, so a wrong password or an absent server is reported as such
         # at once, not as a pool that never filled.
@@ -159,13 +160,13 @@ def open_postgres(url: str) -> PostgresDatabase:
 class SharedPostgres:
     """The pool every thread shares, opened on first use (`ticker.db()`, as sqlite.ConnectionPerThread)."""
 
-    def __init__(self, url: str):
-        self.url = url
+    def __init__(self, url: str, pool_size: int | None = None):
+        self.url, self.pool_size = url, pool_size
         self._db: PostgresDatabase | None = None
         self._lock = threading.Lock()
 
     def __call__(self) -> PostgresDatabase:
         with self._lock:
             if self._db is None:
-                self._db = open_postgres(self.url)
+                self._db = open_postgres(self.url, self.pool_size)
             return self._db

@@ -45,14 +45,15 @@ def upsert_candles(db: Database, market: Market, candles: pd.DataFrame) -> int:
 
 def _copy_closes(db: Database, market: Market, condition: str, values: list) -> None:
     """Copy candle closes into the forecast steps of `market` that meet `condition`."""
-    where, params = _market_where(market)
+    where, params = market_where(market)
     db.execute(f"update forecasts set {CLOSES_SET} where {where} and {condition}", params + values)
 
 
-def _market_where(market: Market) -> tuple[str, list]:
+def market_where(market: Market) -> tuple[str, list]:
     return "exchange = ? and symbol = ? and timeframe = ?", [market.exchange, market.symbol, market.timeframe]
 
 
+MATURED = "actual is not null and origin_close is not null"  # both its origin and its target candle stored
 # The forecasts a market's record is made of, whatever else is stored beside them: those of its
 # timeframe's champion in the registry, or where the registry names none, of every version but
 # its shadows. Shadows are read only by name.
@@ -60,16 +61,16 @@ SERVED = ("model_version = coalesce((select version from models where timeframe 
           "and model_version not in (select version from models where timeframe = ? and status = 'shadow')")
 
 
-def _forecasts_where(market: Market, model_version: str | None) -> tuple[str, list]:
+def forecasts_where(market: Market, model_version: str | None) -> tuple[str, list]:
     """The WHERE of the forecasts of `market` by `model_version`, or the SERVED ones."""
-    where, params = _market_where(market)
+    where, params = market_where(market)
     if model_version is not None:
         return f"{where} and model_version = ?", params + [model_version]
     return f"{where} and {SERVED}", params + [market.timeframe] * 2
 
 
 def newest_candle_ts(db: Database, market: Market) -> int | None:
-    where, params = _market_where(market)
+    where, params = market_where(market)
     return db.execute(f"select max(ts) from candles where {where}", params).fetchone()[0]
 
 
@@ -77,7 +78,7 @@ def read_candles(
     db: Database, market: Market, limit: int | None = None, start: int | None = None, end: int | None = None
 ) -> pd.DataFrame:
     """Candles of `market` with start <= ts <= end, the newest `limit` of them, oldest first."""
-    where, params = _market_where(market)
+    where, params = market_where(market)
     if start is not None:
         where, params = where + " and ts >= ?", params + [int(start)]
     if end is not None:
@@ -110,13 +111,13 @@ def _number(value) -> float | None:
 
 def newest_forecast_origin_ts(db: Database, market: Market, model_version: str | None = None) -> int | None:
     """The newest origin with a forecast of `market` by `model_version`, or SERVED."""
-    where, params = _forecasts_where(market, model_version)
+    where, params = forecasts_where(market, model_version)
     return db.execute(f"select max(origin_ts) from forecasts where {where}", params).fetchone()[0]
 
 
 def forecast_origins_since(db: Database, market: Market, model_version: str, start_ts: int) -> set[int]:
     """Origins at or after `start_ts` with a forecast of `model_version`."""
-    where, params = _market_where(market)
+    where, params = market_where(market)
     sql = f"select distinct origin_ts from forecasts where {where} and model_version = ? and origin_ts >= ?"
     return {row[0] for row in db.execute(sql, params + [model_version, int(start_ts)])}
 
@@ -124,7 +125,7 @@ def forecast_origins_since(db: Database, market: Market, model_version: str, sta
 def read_latest_forecast(db: Database, market: Market, model_version: str | None = None) -> pd.DataFrame:
     """The steps of the newest forecast of `market` by `model_version` or SERVED
     (FORECAST_COLUMNS), step 1 first; empty if none."""
-    where, params = _forecasts_where(market, model_version)
+    where, params = forecasts_where(market, model_version)
     sql = (
         f"select {', '.join(FORECAST_COLUMNS)} from forecasts where {where} and origin_ts = "
         f"(select max(origin_ts) from forecasts where {where}) order by created_at desc, step"
@@ -140,8 +141,8 @@ def _matured_where(market: Market, since_target_ts: int | None, until_target_ts:
                    step: int | None, model_version: str | None = None) -> tuple[str, list]:
     """The WHERE of matured forecast steps (by `model_version`, or SERVED): both their origin and
     their target candle stored."""
-    where, params = _forecasts_where(market, model_version)
-    where += " and actual is not null and origin_close is not null"
+    where, params = forecasts_where(market, model_version)
+    where += f" and {MATURED}"
     for clause, value in (("target_ts >= ?", since_target_ts), ("target_ts <= ?", until_target_ts), ("step = ?", step)):
         if value is not None:
             where, params = f"{where} and {clause}", params + [int(value)]
@@ -210,7 +211,7 @@ def forecast_paths(db: Database, market: Market, model_version: str, since_origi
     """[N, 3 + horizon] for `model_version`'s origins since `since_origin_ts` whose next candle
     is stored, oldest first: origin, its close, the next candle's close (step 1's actual), and
     the predicted close at each step; what a backtest of the live forecasts trades on."""
-    where, params = _forecasts_where(market, model_version)
+    where, params = forecasts_where(market, model_version)
     rows = np.array(db.execute(f"select origin_ts, step, predicted, origin_close, actual from forecasts where {where} "
                                "and target_ts >= ? and origin_ts >= ? order by origin_ts, step",
                                params + [int(since_origin_ts)] * 2).fetchall(), dtype=float).reshape(-1, 5)

@@ -19,6 +19,8 @@ TABLES = {
     "candles": (["exchange", "symbol", "timeframe", "ts"], ["open", "high", "low", "close", "volume"]),
     "forecasts": (["exchange", "symbol", "timeframe", "origin_ts", "step", "model_version"],
                   ["target_ts", "predicted", "lower", "upper", "created_at", "origin_close", "actual"]),
+    "forecast_days": (["exchange", "symbol", "timeframe", "model_version", "day_ts", "step"],
+                      ["scored", "model_error", "naive_error", "covered"]),
     "watchlist": (["symbol", "timeframe"], ["added_ms"]),
     "meta": (["key"], ["value"]),
     "alert_rules": (["id"], ["symbol", "timeframe", "kind", "params", "webhook", "format", "cooldown_ms", "created_ms"]),

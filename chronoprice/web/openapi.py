@@ -80,7 +80,9 @@ def _get(summary: str, parameters: list, responses: dict) -> dict:
 
 _LIMIT = {"name": "limit", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}}
 _HISTORY_LIMIT = {"name": "limit", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1, "maximum": 5000, "default": 500}}
-_WINDOW = {"name": "window", "in": "query", "required": False, "description": "minutes of matured forecasts to score",
+_WINDOW = {"name": "window", "in": "query", "required": False,
+           "description": "minutes of matured forecasts to score, ending at the newest candle; a window over a day "
+           "starts at the UTC midnight at or before (since_ms), so that it sums whole days",
            "schema": {"type": "integer", "minimum": 10, "maximum": 43200, "default": ERROR_WINDOW_HOURS * 60}}
 _TIME = {"type": "integer", "minimum": 0, "maximum": 100_000_000_000_000,
          "description": "candle open time in epoch milliseconds (an ISO 8601 time is accepted too)"}
@@ -205,8 +207,11 @@ OPENAPI = {
                                                   "close": _NUMBER, "lower": _NUMBER, "upper": _NUMBER}}}},
             },
             "Metrics": {
-                "type": "object", "required": ["exchange", "symbol", "timeframe", "window_minutes", "matured", "mae_ratio", "coverage", "steps"],
-                "properties": {**_MARKET, "window_minutes": {"type": "integer"}, "matured": {"type": "integer"},
+                "type": "object", "required": ["exchange", "symbol", "timeframe", "window_minutes", "since_ms", "matured",
+                                               "mae_ratio", "coverage", "steps"],
+                "properties": {**_MARKET, "window_minutes": {"type": "integer"},
+                               "since_ms": {"type": "integer", "description": "the first target candle scored"},
+                               "matured": {"type": "integer"},
                                "mae_ratio": _NUMBER, "coverage": _NUMBER,
                                "steps": {"type": "array", "items": {
                                    "type": "object", "required": ["step", "mae_model", "mae_naive", "mae_ratio", "coverage", "count"],

@@ -6,7 +6,9 @@ import pandas as pd
 import psycopg
 import pytest
 
+from chronoprice.config import settings_from
 from chronoprice.market.source import Market
+from chronoprice.service.build import build_ticker
 from chronoprice.store import STORE_UNAVAILABLE, StoreError, open_store
 from chronoprice.store.claims import claim_tick, hold_lease, read_tick_status, release_lease, save_tick_status
 from chronoprice.store.records import (
@@ -221,3 +223,15 @@ def test_many_threads_opening_a_new_file_at_once_all_get_the_store(tmp_path):
         for thread in threads:
             thread.join()
     assert failures == []
+
+
+def test_the_pool_setting_bounds_a_processs_postgresql_connections(postgres_url):
+    settings = settings_from({"db": postgres_url, "source": "demo"}, {"CHRONOPRICE_DB_POOL": "3"})
+    db = build_ticker(settings).db()
+    assert db.pool.max_size == 3
+    with db.conn:  # a transaction holds one of them
+        assert db.pool.get_stats()["pool_size"] <= 3
+    db.close()
+    default = build_ticker(settings_from({"db": postgres_url, "source": "demo"}, {})).db()
+    assert default.pool.max_size == 8
+    default.close()

@@ -10,6 +10,7 @@ from chronoprice.market.files import read_candle_csv
 from chronoprice.market.source import Market
 from chronoprice.store import open_store
 from chronoprice.store.records import read_candles, read_matured_forecasts, upsert_candles, write_forecasts
+from chronoprice.store.retention import fold_scored_steps
 from chronoprice.store.transfer import TABLES, copy_store, table_checksum
 from chronoprice.store.watchlist import replace_watchlist
 from tests.postgres_server import PASSWORD
@@ -34,6 +35,7 @@ def test_the_shared_datas_store_round_trips_through_postgresql_exactly(shared_cs
     upsert_candles(source, MARKET, candles.iloc[:15_000])
     upsert_candles(source, Market("binanceus", "BTC/USDT", "1h"), aggregate_candles(candles, 3_600_000))
     write_forecasts(source, MARKET, forecasts_from(candles, range(14_000, 14_990)), "lstm-test")
+    assert fold_scored_steps(source, MARKET, int(candles["ts"].iloc[14_500])) > 0, "retention's daily sums go along"
     replace_watchlist(source, [("BTC/USDT", "1m"), ("BTC/USDT", "1h")], "BTC/USDT@1m,BTC/USDT@1h")
 
     assert main(["migrate", "--from", str(tmp_path / "source.db"), "--to", postgres_url, "--batch", "4000"]) == 0

@@ -59,6 +59,11 @@ def test_metrics_and_history_score_matured_forecasts(client):
     assert metrics["matured"] > 0 and [step["step"] for step in metrics["steps"]] == list(range(1, 11))
     assert 0.5 < metrics["mae_ratio"] < 1.5 and 0 <= metrics["coverage"] <= 1
     assert client.get("/metrics/model?symbol=BTC/USDT&window=120").get_json() == metrics
+    newest = client.get("/api/v1/candles?limit=1").get_json()["candles"][0]["ts"]
+    assert metrics["since_ms"] == newest - 120 * MINUTE_MS
+    week = client.get("/api/v1/metrics?symbol=BTC/USDT&window=10080").get_json()
+    assert week["since_ms"] % 86_400_000 == 0 and 0 <= newest - 7 * 86_400_000 - week["since_ms"] < 86_400_000
+    assert week["matured"] >= metrics["matured"]
     history = client.get("/api/v1/history?symbol=BTC/USDT&limit=20").get_json()["forecasts"]
     assert len(history) == 20 and all(row["actual"] is not None for row in history)
     start, end = history[0]["ts"], history[-1]["ts"]
