@@ -6,6 +6,7 @@ records.py) behind the same small interface."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 
 import psycopg
@@ -14,7 +15,9 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from chronoprice.logs import redact
 from chronoprice.store.schema import MIGRATIONS, StoreError
 
+log = logging.getLogger(__name__)
 STATEMENT_TIMEOUT_MS = 5_000
+TIMEOUT_OPTION = f"-c statement_timeout={STATEMENT_TIMEOUT_MS}"
 CONNECT_TIMEOUT_SECONDS = 5
 POOL_WAIT_SECONDS = 5  # a request waits this long for a connection, then fails (the API answers 503)
 POOL_SIZE = 8  # the scheduler's tick threads, the history thread and a few web requests at once
@@ -95,14 +98,17 @@ class _Transaction:
 class PostgresDatabase:
     """What the store's queries use (schema.Database): `execute`, and `conn` for a transaction."""
 
-    def __init__(self, url: str, pool_size: int = POOL_SIZE):
+    def __init__(self, url: str, pool_size: int = POOL_SIZE, startup_options: str | None = TIMEOUT_OPTION):
         self.url = url
         self.local = threading.local()
+        # No server-side prepared statements (psycopg prepares a statement run five times): a
+        # pooler in transaction mode (PgBouncer) gives each transaction whichever server
+        # connection is free, where that statement was never prepared.
+        options = {"options": startup_options} if startup_options else {}
         self.pool = ConnectionPool(
             url, min_size=1, max_size=pool_size, open=False, timeout=POOL_WAIT_SECONDS, name="chronoprice",
             check=ConnectionPool.check_connection,
-            kwargs={"connect_timeout": CONNECT_TIMEOUT_SECONDS, "options": f"-c statement_timeout={STATEMENT_TIMEOUT_MS}",
-                    "autocommit": True},
+            kwargs={"connect_timeout": CONNECT_TIMEOUT_SECONDS, "autocommit": True, "prepare_threshold": None, **options},
         )
 
     @property
@@ -140,18 +146,35 @@ def migrate_postgres(db: PostgresDatabase) -> None:
         db.execute("insert into schema_version (version) values (?)", [len(MIGRATIONS)])
 
 
+def startup_options(url: str) -> str | None:
+    """The statement timeout as a startup option, or None where a pooler in front refuses startup
+    options (PgBouncer does, unless told to ignore them): the timeout is then the pooler's to set
+    (`connect_query` in pgbouncer.ini), and a warning says so."""
+    try:
+        psycopg.connect(url, connect_timeout=CONNECT_TIMEOUT_SECONDS, options=TIMEOUT_OPTION).close()
+        return TIMEOUT_OPTION
+    except psycopg.OperationalError as error:
+        if "unsupported startup parameter" not in str(error):
+            raise
+    psycopg.connect(url, connect_timeout=CONNECT_TIMEOUT_SECONDS).close()
+    log.warning("%s refuses startup options, as PgBouncer does: statements are not cut at %d ms unless the pooler sets "
+                "statement_timeout (connect_query in pgbouncer.ini)", redact(url), STATEMENT_TIMEOUT_MS)
+    return None
+
+
 def open_postgres(url: str, pool_size: int | None = None) -> PostgresDatabase:
     """Connect to the database at `url` with a pool of at most `pool_size` connections (None:
     POOL_SIZE) and migrate it; StoreError (password hidden) if it cannot."""
-    db = PostgresDatabase(url, pool_size or POOL_SIZE)
+    db = None
     try:
         # One connection first, so a wrong password or an absent server is reported as such
         # at once, not as a pool that never filled.
-        psycopg.connect(url, connect_timeout=CONNECT_TIMEOUT_SECONDS).close()
+        db = PostgresDatabase(url, pool_size or POOL_SIZE, startup_options(url))
         db.pool.open(wait=True, timeout=CONNECT_TIMEOUT_SECONDS * 2)
         migrate_postgres(db)
     except (psycopg.Error, PoolTimeout) as error:
-        db.close()
+        if db is not None:
+            db.close()
         raise StoreError(f"cannot use database {redact(url)}: {redact(str(error))}. Check that the server runs and the URL "
                          "(--db, CHRONOPRICE_DB or DATABASE_URL) is right") from None
     return db
