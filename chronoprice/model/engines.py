@@ -115,8 +115,9 @@ class NativeEngine(_RunsSideBySide):
 
     name = "native"
 
-    def __init__(self, artifact: ModelArtifact, metadata: dict):
-        self._network = native.NativeNetwork(artifact.weights_path)
+    def __init__(self, artifact: ModelArtifact | None, metadata: dict, weights: list[np.ndarray] | None = None):
+        """The artifact's engine file, or a model's `weights` in Keras's order (validation in training)."""
+        self._network = native.NativeNetwork(None if artifact is None else artifact.weights_path, weights)
         self._horizon, self._feature = metadata["horizon"], feature_name(metadata)
         self._relative_closes = parse_feature(self._feature)[0] == "relative_closes"
         super().__init__(NATIVE_RUN_ORIGINS)
@@ -219,6 +220,16 @@ def load_engine(kind: str, artifact: ModelArtifact, metadata: dict, run_origins:
     if kind == "keras":
         return KerasEngine.load(artifact, metadata)
     raise ValueError(f"unknown engine {kind!r}")
+
+
+def validation_engine(model, window: int, horizon: int, feature: str):
+    """What training scores a model it has just fitted with: the native engine on its weights (the
+    recursion served, with no XLA compilation for each new model, which cost seconds a fold), or
+    the Keras recursion where the kernel cannot serve it (no C compiler, another architecture)."""
+    try:
+        return NativeEngine(None, {"horizon": horizon, "feature": {"name": feature}}, model.get_weights())
+    except ModelUnavailable:
+        return KerasEngine(model, window, horizon, feature)
 
 
 def feature_name(metadata: dict) -> str:

@@ -81,11 +81,12 @@ class NativeNetwork:
     """The weights of one model bound to the kernel; `paths` is safe to call from several threads
     at once (the kernel keeps nothing between calls) and runs without the GIL."""
 
-    def __init__(self, path: Path):
-        weights = read_weights(path)
+    def __init__(self, path: Path | None = None, weights: list[np.ndarray] | None = None):
+        """The weights of the engine's file at `path`, or `weights` in Keras's order (a model in training)."""
+        weights = read_weights(path) if weights is None else [np.ascontiguousarray(value, dtype="float32") for value in weights]
         problem = _architecture_problem(weights)
         if problem:
-            raise ModelUnavailable(f"the native engine cannot serve {path}: {problem}; use --engine onnx")
+            raise ModelUnavailable(f"the native engine cannot serve {path or 'this model'}: {problem}; use --engine onnx")
         self._function = kernel().forecast_paths
         self._weights = weights  # the struct points into these arrays
         kernel1, recurrent1, _, _, recurrent2, _, dense1, *_ = weights

@@ -23,7 +23,7 @@ from chronoprice.evaluation.metrics import (
     recent_volatility,
     step_metrics,
 )
-from chronoprice.model.engines import KerasEngine
+from chronoprice.model.engines import validation_engine
 from chronoprice.model.features import (
     CLOSE,
     HORIZON,
@@ -131,7 +131,7 @@ def fit_candidate(candidate: Candidate, epochs: int, window: int = WINDOW, horiz
         log.info("%s, fold %d/2: %d training pairs, validating on the next %.0f %% of each file", candidate.describe(),
                  number, len(x_train), 100 * (validation_stop - train_stop))
         model, history = fit_model(x_train, y_train, x_val, y_val, epochs, loss=variant.loss, patience=PATIENCE)
-        forecaster = LSTMForecaster(KerasEngine(model, window, horizon, variant.feature),
+        forecaster = LSTMForecaster(validation_engine(model, window, horizon, variant.feature),
                                     uncalibrated_metadata(variant, scale, window, horizon))
         results = _fold_validation(forecaster, candidate.files, train_stop, validation_stop, window, horizon)
         ratios = {name: step_metrics(_joined([result for _, result in runs]), DEFAULT_LEVEL)["mae_ratio"].round(6).tolist()

@@ -21,7 +21,7 @@ from chronoprice.evaluation.metrics import (
     step_metrics,
 )
 from chronoprice.model.artifact import ModelArtifact, content_version, read_metadata, write_metadata
-from chronoprice.model.engines import KerasEngine, feature_name
+from chronoprice.model.engines import feature_name, validation_engine
 from chronoprice.model.features import (
     CLOSE,
     HORIZON,
@@ -124,7 +124,7 @@ def fit_fold(candles: np.ndarray, fold: dict[str, slice], variant: Variant, epoc
     x_train, y_train = training_pairs(train, scale, window, variant.feature, variant.normalise)
     x_val, y_val = training_pairs(candles[fold["validation"]], scale, window, variant.feature, variant.normalise)
     model, history = fit_model(x_train, y_train, x_val, y_val, epochs, loss=variant.loss)
-    forecaster = LSTMForecaster(KerasEngine(model, window, horizon, variant.feature),
+    forecaster = LSTMForecaster(validation_engine(model, window, horizon, variant.feature),
                                 uncalibrated_metadata(variant, scale, window, horizon))
     return model, forecaster, history, walk_forward(forecaster, candles[fold["validation"]], window, horizon)
 
