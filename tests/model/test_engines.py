@@ -19,9 +19,11 @@ from chronoprice.model.engines import (
     AUTO_ORDER,
     ONE_BATCH_RUN_ORIGINS,
     SERVING_RUN_ORIGINS,
+    KerasEngine,
     NativeEngine,
     OnnxEngine,
     load_engine,
+    validation_engine,
 )
 from chronoprice.model.features import candle_rows, channel_count, model_input, walk_forward_windows
 from chronoprice.model.forecasters import load_forecaster
@@ -178,3 +180,18 @@ def test_a_batch_still_forecasts_while_the_interpreter_shuts_the_engines_pool(ti
     after = forecaster.forecast(windows)
     np.testing.assert_array_equal(before["mean"], after["mean"])
 
+
+
+def test_training_validates_on_the_native_engine_and_on_keras_where_no_kernel_can_be_built(monkeypatch, tmp_path,
+                                                                                          shared_windows):
+    tf.keras.utils.set_random_seed(5)
+    model = build_model()
+    engine = validation_engine(model, 60, 10, "relative_closes")
+    assert isinstance(engine, NativeEngine)
+    picks = shared_windows[:16]
+    keras_paths = recursive_path(model, tf.constant(model_input(picks, SCALE, "relative_closes")), 10, "relative_closes")
+    np.testing.assert_allclose(engine.path(model_input(picks, SCALE, "relative_closes")), keras_paths.numpy(), atol=2e-5)
+    monkeypatch.setattr(native, "_kernel", None)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv("CC", str(tmp_path / "no-compiler"))
+    assert isinstance(validation_engine(model, 60, 10, "relative_closes"), KerasEngine)
