@@ -54,6 +54,7 @@ class Settings:
     scheduler: bool = True
     admin_token: str | None = dataclasses.field(default=None, repr=False)
     metrics_token: str | None = dataclasses.field(default=None, repr=False)
+    metrics_port: int | None = None
     allow_private_webhooks: bool = False
 
 
@@ -195,6 +196,8 @@ _OPTIONS = (
     _Option("admin_token", _token, "token that allows watchlist and alert writes from anywhere (Authorization: Bearer TOKEN); unset: writes only from loopback", secret=True),
     _Option("metrics_token", _token, "token GET /metrics needs from anywhere but loopback (Authorization: Bearer TOKEN); "
             "unset: /metrics is open", secret=True),
+    _Option("metrics_port", _port, "port on --host where `worker`, which serves no pages, answers GET /metrics "
+            "(default: none; the web server has /metrics on its own port)"),
 )
 
 

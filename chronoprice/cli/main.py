@@ -44,6 +44,7 @@ from chronoprice.service.retention import prune_store
 from chronoprice.store import open_store
 from chronoprice.store.records import stored_training_candles
 from chronoprice.store.transfer import copy_store
+from chronoprice.web.api.prometheus import start_metrics_server
 from chronoprice.web.server import serve
 
 log = logging.getLogger(__name__)
@@ -271,6 +272,9 @@ def run_worker(args: argparse.Namespace) -> int:
     settings = settings_from_args(args, os.environ)
     open_store(settings.db).close()
     scheduler = build_scheduler(settings, build_ticker(settings))
+    if settings.metrics_port:
+        start_metrics_server(settings.host, settings.metrics_port, settings.metrics_token)
+        log.info("metrics on http://%s:%d/metrics", settings.host, settings.metrics_port)
     signal.signal(signal.SIGTERM, lambda *_: scheduler.request_stop())
     try:
         scheduler.run_forever()

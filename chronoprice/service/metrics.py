@@ -4,7 +4,9 @@ part updates as it works, and their text exposition for GET /metrics.
 Under gunicorn every worker is its own process: with PROMETHEUS_MULTIPROC_DIR set (gunicorn.conf.py
 sets it before the app is imported) prometheus_client keeps each process's values in files there
 and a scrape adds them up, so any worker answers for all. Labels are bounded: timeframes, outcomes
-and kinds of error are fixed sets, never a market or a message.
+and kinds of error are fixed sets, never a message; a market is a label only for the watched
+markets, which the watchlist caps. A gauge adds up over the live processes, or for a market's
+guard takes the highest (1 where any process serves the last close).
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
     multiprocess,
 )
 
+from chronoprice.market.markets import market_key
 from chronoprice.market.source import GeoBlocked, MalformedReply, RateLimited, SourceError
 from chronoprice.market.timeframes import timeframe_ms
 from chronoprice.service.status import TickStatus
@@ -34,6 +38,21 @@ TICKS = Counter("chronoprice_ticks_total", "Ticks of a market by how they ended"
 EXCHANGE_ERRORS = Counter("chronoprice_exchange_errors_total", "Failed exchange fetches by kind", ["kind"])
 # event: fired, delivered, retried (a failed attempt to be tried again), failed (given up)
 ALERT_EVENTS = Counter("chronoprice_alert_events_total", "Alert firings and webhook delivery attempts", ["event"])
+LEASE_HELD = Gauge("chronoprice_scheduler_lease_held", "1 while this process holds the store's scheduler lease",
+                   multiprocess_mode="livesum")
+SCHEDULED_MARKETS = Gauge("chronoprice_scheduled_markets", "Watched markets this process ticks (0 while it stands by)",
+                          multiprocess_mode="livesum")
+STREAMING_MARKETS = Gauge("chronoprice_streaming_markets", "Watched markets whose candles come over a live stream now",
+                          multiprocess_mode="livesum")
+STREAM_RECONNECTS = Counter("chronoprice_stream_reconnects_total", "Candle stream connections lost and made again")
+SKILL_GUARDED = Gauge("chronoprice_skill_guarded", "1 while the skill guard serves the last close in the model's place",
+                      ["market"], multiprocess_mode="livemax")
+# state: open (connections the pool holds), in_use, waiting (requests queued for one)
+STORE_POOL = Gauge("chronoprice_store_pool_connections", "PostgreSQL pool connections and waiting requests", ["state"],
+                   multiprocess_mode="livesum")
+STORE_POOL_WAITS = Counter("chronoprice_store_pool_waits_total", "Requests that had to wait for a pooled connection")
+CACHE_LOOKUPS = Counter("chronoprice_cache_lookups_total", "Response and page cache lookups", ["result"])  # hit, miss
+RETENTION_FOLDED = Counter("chronoprice_retention_folded_steps_total", "Scored forecast steps folded into daily sums")
 
 
 def tick_outcome(status: TickStatus) -> str:
@@ -57,6 +76,34 @@ def record_tick(status: TickStatus) -> None:
     latency = close_to_stored_seconds(status)
     if latency is not None:
         CLOSE_TO_STORED.labels(status.timeframe).observe(latency)
+    if status.feed is not None and status.skill is not None:  # the scheduler's ticks: watched markets only
+        SKILL_GUARDED.labels(market_key(status.symbol, status.timeframe)).set(int(status.guarded))
+
+
+def record_schedule(holds_lease: bool, scheduled: int, streaming: int, reconnects: int) -> None:
+    """After a scheduler pass: whether it holds the lease, how many markets it ticks and streams,
+    and the stream's reconnections since the last pass."""
+    LEASE_HELD.set(int(holds_lease))
+    SCHEDULED_MARKETS.set(scheduled)
+    STREAMING_MARKETS.set(streaming)
+    if reconnects:
+        STREAM_RECONNECTS.inc(reconnects)
+
+
+def record_store_pool(db) -> None:
+    """The PostgreSQL pool's connections and waits (nothing on SQLite, which pools nothing)."""
+    pool = getattr(db, "pool", None)
+    if pool is None:
+        return
+    stats = pool.pop_stats()  # the counts since the last pop: each wait is counted once
+    STORE_POOL.labels("open").set(stats.get("pool_size", 0))
+    STORE_POOL.labels("in_use").set(stats.get("pool_size", 0) - stats.get("pool_available", 0))
+    STORE_POOL.labels("waiting").set(stats.get("requests_waiting", 0))
+    STORE_POOL_WAITS.inc(stats.get("requests_queued", 0))
+
+
+def record_cache_lookup(hit: bool) -> None:
+    CACHE_LOOKUPS.labels("hit" if hit else "miss").inc()
 
 
 def error_kind(failure: SourceError) -> str:

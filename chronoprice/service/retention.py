@@ -18,6 +18,7 @@ from chronoprice.evaluation.verdicts import REQUIRED_ORIGINS
 from chronoprice.market.source import Market
 from chronoprice.market.timeframes import timeframe_ms
 from chronoprice.model.features import HORIZON
+from chronoprice.service.metrics import RETENTION_FOLDED
 from chronoprice.store import log_failure
 from chronoprice.store.records import newest_candle_ts
 from chronoprice.store.retention import DAY_MS, fold_scored_steps, stored_markets
@@ -92,6 +93,7 @@ class Retention:
         except Exception as error:  # the ticks must go on; what is left is folded next time
             log_failure(log, "retention pass", error)
             return None
+        RETENTION_FOLDED.inc(pruned.steps)
         if pruned.steps:
             log.info("retention: folded %d scored forecast steps older than %d days into daily sums (%d markets)",
                      pruned.steps, self.retain_days, pruned.markets)

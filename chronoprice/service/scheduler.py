@@ -23,6 +23,7 @@ from typing import Callable
 from chronoprice.market.stream import CandleStream
 from chronoprice.market.timeframes import timeframe_ms
 from chronoprice.service.alerts import Alerts
+from chronoprice.service.metrics import record_schedule, record_store_pool
 from chronoprice.service.promotion import CHECK_SECONDS, check_promotions
 from chronoprice.service.retention import Retention
 from chronoprice.service.status import TickStatus
@@ -102,6 +103,7 @@ class Scheduler:
         self._closed_while_ticking: set[tuple[str, str]] = set()
         self._lease_until = self._next_lease_call = self._next_promotion_check = 0.0
         self._role: str | None = None
+        self._reconnects_seen = 0
         ticker.holds_schedule = self.holds_lease_now
         self._thread: threading.Thread | None = None
         self.started_last_pass: list[tuple[str, str]] = []
@@ -178,6 +180,22 @@ class Scheduler:
 
     def run_once(self) -> float:
         """Start the ticks that are due; seconds until the loop should look again."""
+        wait = self._pass()
+        self._record_metrics()
+        return wait
+
+    def _record_metrics(self) -> None:
+        reconnects = self.stream.reconnects if self.stream else 0
+        scheduled = list(self._due) if self.holds_lease_now() else []
+        streaming = sum(self.feed(market) == "streaming" for market in scheduled)
+        record_schedule(self.holds_lease_now(), len(scheduled), streaming, reconnects - self._reconnects_seen)
+        self._reconnects_seen = reconnects
+        try:
+            record_store_pool(self.ticker.db())
+        except STORE_UNAVAILABLE:  # the pass itself says so; the pool is counted on the next one
+            pass
+
+    def _pass(self) -> float:
         if not self.holds_lease():
             if self.stream:
                 self.stream.watch([])

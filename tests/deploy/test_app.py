@@ -74,12 +74,18 @@ def test_python_app_py_serves_the_offline_demo(tmp_path):
 def test_with_json_logs_every_line_through_a_cold_start_with_history_is_one_json_object(command, tmp_path):
     db_file = tmp_path / "json.db"
     output = tmp_path / "output.txt"
+    metrics_port = free_port()  # the worker's own /metrics (the app has it on its web port)
     with output.open("w") as sink:
         process = subprocess.Popen([sys.executable, *command, "--source", "demo", "--db", str(db_file), "--port",
-                                    str(free_port()), "--log-format", "json"], cwd=PROJECT, stdout=sink, stderr=sink)
+                                    str(free_port()), "--metrics-port", str(metrics_port), "--log-format", "json"],
+                                   cwd=PROJECT, stdout=sink, stderr=sink)
         try:
             wait_for_history(db_file, 1000, LIVENESS_SECONDS)
             time.sleep(1)  # the history's last log lines
+            if "worker" in command:
+                with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as answer:
+                    scraped = answer.read().decode()
+                assert "chronoprice_scheduled_markets 4.0" in scraped and "chronoprice_scheduler_lease_held 1.0" in scraped
         finally:
             process.terminate()
             process.wait(timeout=15)

@@ -6,9 +6,13 @@ from prometheus_client import REGISTRY
 from chronoprice.market.ccxt_rest import LiveSource
 from chronoprice.market.source import GeoBlocked, MalformedReply, RateLimited, SourceUnavailable
 from chronoprice.model.forecasters import load_forecaster
-from chronoprice.service.metrics import close_to_stored_seconds, error_kind, tick_outcome
+from chronoprice.service.metrics import close_to_stored_seconds, error_kind, record_store_pool, tick_outcome
+from chronoprice.service.scheduler import Scheduler
 from chronoprice.service.status import TickStatus
 from chronoprice.service.tick import Ticker
+from chronoprice.store import open_store
+from chronoprice.store.claims import SCHEDULER_LEASE, hold_lease
+from chronoprice.store.watchlist import replace_watchlist
 from chronoprice.testing.exchange import Fault
 from chronoprice.testing.harness import FakeClock
 from tests.helpers import MINUTE_MS
@@ -56,3 +60,39 @@ def test_a_tick_counts_itself_its_latency_and_its_exchange_errors(exchange, db_p
     assert sample("chronoprice_exchange_errors_total", kind="unreachable") == failures + 1
     assert sample("chronoprice_ticks_total", timeframe="1m", outcome="fetch_failed") >= 1
     ticker.wait_for_histories()
+
+
+def test_a_scheduler_pass_counts_its_lease_its_markets_and_each_watched_markets_guard(exchange, db_path, tiny_model):
+    source = LiveSource("binance", exchange.url, (), history=120, backoff_seconds=0.0, sleep=lambda s: None, attempts=1)
+    clock = FakeClock(exchange.now_ms / 1000)
+    ticker = Ticker(source, db_path, lambda: load_forecaster(tiny_model, "litert"), refresh_seconds=10, clock=clock,
+                    progress=False)
+    replace_watchlist(ticker.db(), [("BTC/USDT", "1m"), ("ETH/USDT", "1m")], "test")
+    scheduler = Scheduler(ticker, clock=clock)
+    scheduler.run_once()
+    scheduler.wait_for_ticks()
+    scheduler.run_once()
+    assert sample("chronoprice_scheduler_lease_held") == 1 and sample("chronoprice_scheduled_markets") == 2
+    assert sample("chronoprice_streaming_markets") == 0, "no stream attached: both polled"
+    assert REGISTRY.get_sample_value("chronoprice_skill_guarded", {"market": "BTC/USDT@1m"}) == 0, "a watched market's guard, off"
+    ticker.tick("SOL/USDT")
+    assert REGISTRY.get_sample_value("chronoprice_skill_guarded", {"market": "SOL/USDT@1m"}) is None, (
+        "a market ticked on demand gets no label: labels stay bounded by the watchlist")
+    scheduler.stop()
+    standby = Scheduler(ticker, clock=clock)
+    hold_lease(ticker.db(), SCHEDULER_LEASE, "someone-else:1:x", ticker.now_ms(), 60_000)
+    standby.run_once()
+    assert sample("chronoprice_scheduler_lease_held") == 0 and sample("chronoprice_scheduled_markets") == 0
+    ticker.wait_for_histories()
+
+
+def test_the_postgresql_pool_is_counted_and_sqlite_adds_nothing(postgres_url, db):
+    db_before = sample("chronoprice_store_pool_connections", state="open")
+    record_store_pool(db)
+    assert sample("chronoprice_store_pool_connections", state="open") == db_before, "SQLite pools nothing"
+    store = open_store(postgres_url)
+    with store.conn:  # one connection held while the pool is counted
+        record_store_pool(store)
+        assert sample("chronoprice_store_pool_connections", state="in_use") == 1
+    assert sample("chronoprice_store_pool_connections", state="open") >= 1
+    store.close()

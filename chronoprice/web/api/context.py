@@ -11,6 +11,7 @@ from flask import current_app, jsonify
 from flask_caching import Cache
 
 from chronoprice.market.source import Market
+from chronoprice.service.metrics import record_cache_lookup
 from chronoprice.service.status import TickStatus
 from chronoprice.service.tick import Ticker
 from chronoprice.web.api.errors import ApiError
@@ -66,6 +67,7 @@ def cached_payload(key: str, build):
     (after a refresh interval at most)."""
     context = api_context()
     payload = context.cache.get(key)
+    record_cache_lookup(payload is not None)
     if payload is None:
         payload = build()
         context.cache.set(key, payload, timeout=context.cache_seconds)

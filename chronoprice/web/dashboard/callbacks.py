@@ -18,6 +18,7 @@ from chronoprice.market.markets import market_key, parse_market, parse_symbol
 from chronoprice.market.timeframes import TIMEFRAME_MS, timeframe_ms
 from chronoprice.model.features import HORIZON
 from chronoprice.service.guard import served_forecast
+from chronoprice.service.metrics import record_cache_lookup
 from chronoprice.service.overview import summarise_watchlist
 from chronoprice.service.scoring import read_scored
 from chronoprice.service.status import (
@@ -129,6 +130,7 @@ def cached_outputs(cache, ticker: Ticker, status: TickStatus, theme: str, overla
     once per viewer and refresh."""
     key = view_key(status, ticker.now_ms(), theme, overlays)
     outputs = cache.get(key)
+    record_cache_lookup(outputs is not None)
     if outputs is None:
         view = read_view(ticker, status)
         figures = {name: figure.to_dict() for name, figure in render_figures(view, theme, overlays).items()}
