@@ -1,8 +1,12 @@
 """The operator's metrics: what a tick, a failed fetch and an alert add, with bounded labels."""
 
+import json
+import re
+
 import pytest
 from prometheus_client import REGISTRY
 
+from chronoprice.config import PROJECT_ROOT
 from chronoprice.market.ccxt_rest import LiveSource
 from chronoprice.market.source import GeoBlocked, MalformedReply, RateLimited, SourceUnavailable
 from chronoprice.model.forecasters import load_forecaster
@@ -96,3 +100,15 @@ def test_the_postgresql_pool_is_counted_and_sqlite_adds_nothing(postgres_url, db
         assert sample("chronoprice_store_pool_connections", state="in_use") == 1
     assert sample("chronoprice_store_pool_connections", state="open") >= 1
     store.close()
+
+
+def test_the_grafana_dashboard_reads_only_metrics_the_service_exports():
+    dashboard = json.loads((PROJECT_ROOT / "docs" / "grafana-dashboard.json").read_text())
+    expressions = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    used = {re.sub(r"_(bucket|count|sum|total)$", "", name) for expr in expressions
+            for name in re.findall(r"chronoprice_[a-z_]+", expr)}
+    exported = {family.name for family in REGISTRY.collect() if family.name.startswith("chronoprice_")}
+    assert used and used <= exported, f"not exported: {used - exported}"
+    latency = next(panel for panel in dashboard["panels"] if "p95" in panel["title"])
+    assert [step["value"] for step in latency["fieldConfig"]["defaults"]["thresholds"]["steps"]] == [None, 2, 5], (
+        "the budgets: a 1m close in 2 s, every market in 5 s")
