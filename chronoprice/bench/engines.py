@@ -20,6 +20,7 @@ import numpy as np
 
 from chronoprice.bench import BATCH_ORIGINS
 from chronoprice.bench.deploy import BENCH_START_MS, offline_cold_start, resident_mb_by_engine, run_deploy_benchmark
+from chronoprice.bench.metrics import metrics_ms_per_tick
 from chronoprice.evaluation.walkforward import evaluate_forecaster
 from chronoprice.market.ccxt_rest import LiveSource
 from chronoprice.market.demo import demo_candles
@@ -232,6 +233,7 @@ def run_benchmark(model_path: Path, repeats: int = 200, ticks: int = 40, deploy_
         "resident_mb_by_engine": resident_mb_by_engine(model_path, deploy) if deploy else None,
         "watchlist": bench_in_child("watchlist", model_path, watch_markets, watch_minutes, alert_rules) if watch_markets > 0 else None,
         "live": bench_in_child("live", model_path, live_samples) if live_samples > 0 and not skipped else None,
+        "metrics_ms_per_tick": metrics_ms_per_tick(),
         "skipped": skipped,
     }
 
@@ -264,6 +266,9 @@ def format_bench(report: dict) -> str:
                  f"evaluate walk-forward over 10,000 origins: {report['evaluate_10000_origins_seconds']} s")
     lines.append(f"full tick against the local exchange: p50 {report['tick_ms_p50']} ms, p95 {report['tick_ms_p95']} ms over {report['ticks']} ticks; "
                  f"with a shadow forecasting beside the model: p50 {report['tick_with_a_shadow_ms_p50']} ms, p95 {report['tick_with_a_shadow_ms_p95']} ms")
+    metrics = report["metrics_ms_per_tick"]
+    lines.append(f"the operator's metrics a tick records: {metrics['single_process']} ms in one process, "
+                 f"{metrics['multiprocess']} ms under gunicorn's multiprocess mode (budget 1 ms)")
     deploy = report["deploy"]
     if deploy:
         lines.append(f"gunicorn, 1 worker, {deploy['engine']} engine: first 200 on / after {deploy['first_200_seconds']} s; "

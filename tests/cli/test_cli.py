@@ -122,6 +122,8 @@ def test_bench_json_reports_every_engine_in_one_run(tiny_model, capsys):
     # Both sides are rounded figures: the ratio to 0.01, the median and the floor to 0.001 ms.
     assert report["serving_engine_to_floor"] == pytest.approx(report["forecast_ms"]["native"]["median"] / report["compute_floor_ms"], rel=0.01, abs=0.005)
     assert report["history_24h_seconds"] > 0 and report["evaluate_10000_origins_seconds"] > 0
+    assert set(report["metrics_ms_per_tick"]) == {"single_process", "multiprocess"}
+    assert all(value > 0 for value in report["metrics_ms_per_tick"].values())
     assert 0 < report["tick_ms_p50"] <= report["tick_ms_p95"] and 0 < report["tick_with_a_shadow_ms_p50"] <= report["tick_with_a_shadow_ms_p95"]
     assert report["model_version"] == read_metadata(artifact_at(tiny_model))["version"]
     watch = report["watchlist"]
