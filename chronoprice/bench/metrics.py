@@ -11,6 +11,9 @@ import sys
 import tempfile
 import time
 
+from chronoprice.service.metrics import record_schedule, record_tick
+from chronoprice.service.status import TickStatus
+
 TICKS = 20_000
 
 
@@ -22,7 +25,8 @@ def metrics_ms_per_tick(ticks: int = TICKS) -> dict:
 
 
 def _timed_in_child(ticks: int, env: dict) -> float:
-    # A fresh interpreter: prometheus_client picks its value store when it is first imported.
+    # A fresh interpreter: prometheus_client picks its value store (memory or files) when it is
+    # first imported, which in this process has happened already.
     environment = {key: value for key, value in os.environ.items() if key != "PROMETHEUS_MULTIPROC_DIR"} | env
     result = subprocess.run([sys.executable, "-m", "chronoprice.bench.metrics", str(ticks)], capture_output=True, text=True,
                             timeout=600, env=environment, check=True)
@@ -31,9 +35,6 @@ def _timed_in_child(ticks: int, env: dict) -> float:
 
 def time_recording(ticks: int) -> float:
     """Milliseconds per tick of what a watched market's tick and its scheduler pass record."""
-    from chronoprice.service.metrics import record_schedule, record_tick
-    from chronoprice.service.status import TickStatus
-
     statuses = [TickStatus("live", "binance", f"M{number}/USDT", "1m", newest_ts=0, new_candles=1, forecast_origin_ts=0,
                            finished_at_ms=62_000, feed="polling", skill={"guarded": number % 7 == 0}) for number in range(50)]
     started = time.perf_counter()
