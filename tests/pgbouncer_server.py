@@ -36,7 +36,7 @@ class PgBouncer:
             "[databases]", f"* = host=127.0.0.1 port={postgres.port} connect_query='{connect_query}'", "[pgbouncer]",
             "listen_addr = 127.0.0.1", f"listen_port = {self.port}", "unix_socket_dir =", "auth_type = scram-sha-256",
             f"auth_file = {self.folder}/userlist.txt", "pool_mode = transaction", f"default_pool_size = {SERVER_POOL}",
-            "max_client_conn = 200", f"logfile = {self.folder}/log", f"pidfile = {self.folder}/pid", ""]))
+            "max_client_conn = 200", "query_wait_timeout = 5", "server_login_retry = 1", f"logfile = {self.folder}/log", f"pidfile = {self.folder}/pid", ""]))
         if as_owner:
             for path in (self.folder, *self.folder.iterdir()):
                 shutil.chown(path, "postgres")

@@ -30,6 +30,7 @@ from chronoprice.store.records import newest_forecast_origin_ts
 from chronoprice.testing.exchange import BinanceSimulator, Fault
 from chronoprice.testing.harness import gunicorn_service, local_exchange_env
 from tests.helpers import MINUTE_MS, SERIES_START_MS, assert_one_whole_forecast_per_closed_candle, wait_until
+from tests.pgbouncer_server import PgBouncer
 from tests.postgres_server import PASSWORD
 
 pytestmark = pytest.mark.slow  # PostgreSQL servers and processes killed and restarted: the whole suite runs it, `-m "not slow"` does not
@@ -52,17 +53,19 @@ def run_worker(env: dict, clock_seconds, log_path: Path) -> None:
     build_scheduler(settings, build_ticker(settings, history_hours=6, clock=clock), clock=clock).run_forever()
 
 
-def fetch(url: str) -> tuple[int, bool, dict | None]:
-    """(status, whether a Retry-After header came, JSON body) of a GET."""
+def fetch(url: str) -> tuple[int, bool, dict | str | None]:
+    """(status, whether a Retry-After header came, body: JSON, or text as /metrics answers) of a GET."""
     try:
         with urllib.request.urlopen(url, timeout=60) as response:
-            return response.status, "Retry-After" in response.headers, json.loads(response.read())
+            body = response.read()
+            is_json = response.headers.get_content_type() == "application/json"
+            return response.status, "Retry-After" in response.headers, json.loads(body) if is_json else body.decode()
     except urllib.error.HTTPError as error:
         return error.code, "Retry-After" in error.headers, None
 
 
 def client_paths() -> list[str]:
-    paths = ["/api/health", "/api/v1/markets"]
+    paths = ["/api/health", "/api/v1/markets", "/metrics"]  # the operator's scrape, throughout
     for symbol, timeframe in [*WATCHED, UNWATCHED]:
         query = f"symbol={symbol}&timeframe={timeframe}"
         paths += [f"/api/v1/forecast?{query}", f"/api/v1/candles?{query}&limit=60", f"/api/v1/metrics?{query}"]
@@ -75,8 +78,22 @@ def lease_owner(url: str) -> str | None:
     return row[0] if row else None
 
 
+@pytest.mark.parametrize("route", ["direct", "pgbouncer"])
 def test_a_worker_a_standby_and_two_web_instances_on_postgresql_survive_a_kill_and_a_restart(
-        series, tmp_path, tiny_model, postgres_server, postgres_url):
+        series, tmp_path, tiny_model, postgres_server, postgres_url, route):
+    if route == "pgbouncer":  # three server connections for the four processes' pools of 8
+        bouncer = PgBouncer(postgres_server)
+        store_url = bouncer.url(postgres_url)
+    else:
+        bouncer, store_url = None, postgres_url
+    try:
+        soak(series, tmp_path, tiny_model, postgres_server, postgres_url, store_url)
+    finally:
+        if bouncer:
+            bouncer.stop()
+
+
+def soak(series, tmp_path, tiny_model, postgres_server, postgres_url: str, store_url: str) -> None:
     now = SERIES_START_MS + 1200 * MINUTE_MS + 30_000
     spawn = multiprocessing.get_context("spawn")
     clock_seconds = spawn.Value("d", now / 1000)
@@ -85,7 +102,7 @@ def test_a_worker_a_standby_and_two_web_instances_on_postgresql_survive_a_kill_a
             contextlib.ExitStack() as stack:
         # The workers and the web instances ask different copies of the exchange, so the test can
         # tell who fetched what.
-        worker_env = local_exchange_env(exchange.url, postgres_url, 10, CHRONOPRICE_WATCH=watch,
+        worker_env = local_exchange_env(exchange.url, store_url, 10, CHRONOPRICE_WATCH=watch,
                                         CHRONOPRICE_MODEL=str(tiny_model), CHRONOPRICE_CACHE_DIR=str(tmp_path / "cache"))
         logs = {name: tmp_path / f"{name}.log" for name in ("first", "second")}
 
@@ -143,7 +160,7 @@ def test_a_worker_a_standby_and_two_web_instances_on_postgresql_survive_a_kill_a
         assert wait_until(caught_up()), f"the first worker caught up every market; logs:\n{log_tails()}"
         assert wait_until(lambda: "stands by" in log_text("second")), log_tails()
 
-        web_env = local_exchange_env(web_exchange.url, postgres_url, 10, CHRONOPRICE_SCHEDULER="false",
+        web_env = local_exchange_env(web_exchange.url, store_url, 10, CHRONOPRICE_SCHEDULER="false",
                                      CHRONOPRICE_MODEL=str(tiny_model), CHRONOPRICE_CACHE_DIR=str(tmp_path / "web-cache"))
         services = [gunicorn_service(web_env, workers=1, threads=8) for _ in range(2)]
         with concurrent.futures.ThreadPoolExecutor(2) as starting:  # both start at once: half the wait
