@@ -104,6 +104,9 @@ def score_sums(matured: pd.DataFrame) -> pd.DataFrame:
     naive_error and covered, the sums every live score is made of (how many, the summed absolute
     errors of the forecast and of the naive forecaster, how many actuals inside [lower, upper]);
     store/retention.py sums the same columns in the database."""
+    columns = ["step", "count", "model_error", "naive_error", "covered"]
+    if matured.empty:  # possibly without even its columns
+        return pd.DataFrame(columns=columns, dtype="float64")
     frame = pd.DataFrame({
         "step": matured["step"], "model_error": (matured["predicted"] - matured["actual"]).abs(),
         "naive_error": (matured["naive"] - matured["actual"]).abs(),
@@ -111,7 +114,7 @@ def score_sums(matured: pd.DataFrame) -> pd.DataFrame:
     })
     grouped = frame.groupby("step")
     sums = grouped[["model_error", "naive_error", "covered"]].sum().assign(count=grouped.size()).reset_index()
-    return sums[["step", "count", "model_error", "naive_error", "covered"]]
+    return sums[columns]
 
 
 def step_scores(sums: pd.DataFrame) -> pd.DataFrame:
