@@ -174,8 +174,8 @@ _OPTIONS = (
     _Option("timeframe", _choice(tuple(TIMEFRAME_MS)), "candle timeframe (default 1m)"),
     _Option("db", store_target, "the store: a SQLite file (default chronoprice.db in the working directory) or a "
             "postgresql://USER:PASSWORD@HOST:PORT/DATABASE URL (env DATABASE_URL too, as Render sets it)", secret=True),
-    _Option("db_pool", _positive_int, "most connections this process opens to PostgreSQL (default 8; the processes' pools "
-            "added up must fit the server's max_connections, or a PgBouncer in front)"),
+    _Option("db_pool", _positive_int, "most connections this process opens to PostgreSQL (default 8; the "
+            "processes' pools added up must fit the server's max_connections, or a PgBouncer in front)"),
     _Option("retain_days", _positive_int, "days of scored forecast steps kept row by row (default 30); older ones are "
             "folded into daily sums per market, so every score stays exact, and deleted; candles are kept"),
     _Option("model", Path, "model artifact path without extension (default: the shipped model in models/)"),

@@ -32,16 +32,37 @@ class PgBouncer:
         self.folder.mkdir()
         as_owner = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
         (self.folder / "userlist.txt").write_text(f'"{USER}" "{PASSWORD}"\n')
-        (self.folder / "pgbouncer.ini").write_text("\n".join([
-            "[databases]", f"* = host=127.0.0.1 port={postgres.port} connect_query='{connect_query}'", "[pgbouncer]",
-            "listen_addr = 127.0.0.1", f"listen_port = {self.port}", "unix_socket_dir =", "auth_type = scram-sha-256",
-            f"auth_file = {self.folder}/userlist.txt", "pool_mode = transaction", f"default_pool_size = {SERVER_POOL}",
-            "max_client_conn = 200", "query_wait_timeout = 5", "server_login_retry = 1", f"logfile = {self.folder}/log", f"pidfile = {self.folder}/pid", ""]))
+        (self.folder / "pgbouncer.ini").write_text(
+            "\n".join(
+                [
+                    "[databases]",
+                    f"* = host=127.0.0.1 port={postgres.port} connect_query='{connect_query}'",
+                    "[pgbouncer]",
+                    "listen_addr = 127.0.0.1",
+                    f"listen_port = {self.port}",
+                    "unix_socket_dir =",
+                    "auth_type = scram-sha-256",
+                    f"auth_file = {self.folder}/userlist.txt",
+                    "pool_mode = transaction",
+                    f"default_pool_size = {SERVER_POOL}",
+                    "max_client_conn = 200",
+                    "query_wait_timeout = 5",
+                    "server_login_retry = 1",
+                    f"logfile = {self.folder}/log",
+                    f"pidfile = {self.folder}/pid",
+                    "",
+                ]
+            )
+        )
         if as_owner:
             for path in (self.folder, *self.folder.iterdir()):
                 shutil.chown(path, "postgres")
-        subprocess.run([*as_owner, _binary(), "-d", str(self.folder / "pgbouncer.ini")], check=True, capture_output=True,
-                       timeout=30)
+        subprocess.run(
+            [*as_owner, _binary(), "-d", str(self.folder / "pgbouncer.ini")],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
         deadline = time.monotonic() + 30
         while not (self.folder / "pid").exists() and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -54,7 +75,9 @@ class PgBouncer:
         """Connections PostgreSQL holds for the database (the bouncer's, and nobody else's)."""
         database = direct_url.rsplit("/", 1)[1]
         with psycopg.connect(direct_url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as connection:
-            return connection.execute("select count(*) from pg_stat_activity where datname = %s", [database]).fetchone()[0]
+            return connection.execute(
+                "select count(*) from pg_stat_activity where datname = %s", [database]
+            ).fetchone()[0]
 
     def stop(self) -> None:
         pid = self.folder / "pid"

@@ -1,5 +1,6 @@
-"""`python -m chronoprice serve|worker|train|train-models|retrain|models|compare|evaluate|export|bench|backfill|migrate|prune`:
-each command run (their arguments: cli_parser.py; the model lifecycle's: cli_models.py; evaluate: cli_evaluate.py)."""
+"""`python -m chronoprice COMMAND`: each command run (serve, worker, train, train-models, retrain, models,
+compare, evaluate, export, bench, backfill, migrate, prune; their arguments: cli/parser.py; the model
+lifecycle's: cli/models.py; evaluate: cli/evaluate.py)."""
 
 from __future__ import annotations
 
@@ -334,6 +335,6 @@ def run_backfill(args: argparse.Namespace) -> int:
     return 0 if status.error is None else 1
 
 
-COMMANDS = {"serve": run_serve, "worker": run_worker, "train": run_train, "train-models": run_train_models, "retrain": run_retraining, "models": run_models,
-            "compare": run_compare, "evaluate": run_evaluate, "export": run_export, "bench": run_bench, "backfill": run_backfill, "migrate": run_migrate,
-            "prune": run_prune}
+COMMANDS = {"serve": run_serve, "worker": run_worker, "train": run_train, "train-models": run_train_models,
+            "retrain": run_retraining, "models": run_models, "compare": run_compare, "evaluate": run_evaluate,
+            "export": run_export, "bench": run_bench, "backfill": run_backfill, "migrate": run_migrate, "prune": run_prune}

@@ -206,7 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     prune = commands.add_parser("prune", help="fold scored forecast steps older than --retain-days into daily sums and "
                                 "delete them, once (the scheduler does it every 10 minutes)")
     prune.add_argument("--db", help="the store (default: CHRONOPRICE_DB or DATABASE_URL, else chronoprice.db)")
-    prune.add_argument("--retain-days", help="days of steps kept row by row (default: CHRONOPRICE_RETAIN_DAYS, else 30)")
+    prune.add_argument("--retain-days",
+                       help="days of steps kept row by row (default: CHRONOPRICE_RETAIN_DAYS, else 30)")
 
     backfill = commands.add_parser("backfill", help="fetch and store candle history, then forecast from it")
     add_settings_arguments(backfill)

@@ -83,10 +83,13 @@ class NativeNetwork:
 
     def __init__(self, path: Path | None = None, weights: list[np.ndarray] | None = None):
         """The weights of the engine's file at `path`, or `weights` in Keras's order (a model in training)."""
-        weights = read_weights(path) if weights is None else [np.ascontiguousarray(value, dtype="float32") for value in weights]
+        if weights is None:
+            weights = read_weights(path)
+        weights = [np.ascontiguousarray(value, dtype="float32") for value in weights]
         problem = _architecture_problem(weights)
         if problem:
-            raise ModelUnavailable(f"the native engine cannot serve {path or 'this model'}: {problem}; use --engine onnx")
+            raise ModelUnavailable(
+                f"the native engine cannot serve {path or 'this model'}: {problem}; use --engine onnx")
         self._function = kernel().forecast_paths
         self._weights = weights  # the struct points into these arrays
         kernel1, recurrent1, _, _, recurrent2, _, dense1, *_ = weights

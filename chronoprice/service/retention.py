@@ -42,8 +42,13 @@ def retention_cutoff(newest_ts: int, timeframe: str, retain_days: int, required_
     return int(newest_ts) - max(retain_days * DAY_MS, guarded)
 
 
-def prune_market(db: Database, market: Market, retain_days: int, required_origins: Mapping[str, int],
-                 stopping: Callable[[], bool] = lambda: False) -> int:
+def prune_market(
+    db: Database,
+    market: Market,
+    retain_days: int,
+    required_origins: Mapping[str, int],
+    stopping: Callable[[], bool] = lambda: False,
+) -> int:
     """Fold the market's scored steps past its retained span, a batch a transaction until none
     are left or `stopping()`; how many were folded."""
     newest = newest_candle_ts(db, market)
@@ -56,9 +61,13 @@ def prune_market(db: Database, market: Market, retain_days: int, required_origin
     return folded
 
 
-def prune_store(db: Database, retain_days: int, required_origins: Mapping[str, int] = REQUIRED_ORIGINS,
-                stopping: Callable[[], bool] = lambda: False,
-                progress: Callable[[list[Market]], Iterable[Market]] = iter) -> Pruned:
+def prune_store(
+    db: Database,
+    retain_days: int,
+    required_origins: Mapping[str, int] = REQUIRED_ORIGINS,
+    stopping: Callable[[], bool] = lambda: False,
+    progress: Callable[[list[Market]], Iterable[Market]] = iter,
+) -> Pruned:
     """prune_market on every market with forecasts in the store (`progress` wraps their list, as
     a progress bar does)."""
     markets = stored_markets(db)
@@ -95,8 +104,12 @@ class Retention:
             return None
         RETENTION_FOLDED.inc(pruned.steps)
         if pruned.steps:
-            log.info("retention: folded %d scored forecast steps older than %d days into daily sums (%d markets)",
-                     pruned.steps, self.retain_days, pruned.markets)
+            log.info(
+                "retention: folded %d scored forecast steps older than %d days into daily sums (%d markets)",
+                pruned.steps,
+                self.retain_days,
+                pruned.markets,
+            )
         return pruned
 
     def stop(self) -> None:

@@ -108,7 +108,8 @@ class PostgresDatabase:
         self.pool = ConnectionPool(
             url, min_size=1, max_size=pool_size, open=False, timeout=POOL_WAIT_SECONDS, name="chronoprice",
             check=ConnectionPool.check_connection,
-            kwargs={"connect_timeout": CONNECT_TIMEOUT_SECONDS, "autocommit": True, "prepare_threshold": None, **options},
+            kwargs={"connect_timeout": CONNECT_TIMEOUT_SECONDS, "autocommit": True, "prepare_threshold": None,
+                    **options},
         )
 
     @property

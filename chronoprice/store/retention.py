@@ -38,10 +38,12 @@ def daily_sums(rows: list) -> pd.DataFrame:
     """Deleted steps (_FOLDED columns) summed per model, day of their target and step: _DAY_KEY and
     the score sums (the naive forecast of every step is its origin's close)."""
     steps = pd.DataFrame(rows, columns=_FOLDED)
-    steps = steps.assign(day_ts=steps["target_ts"] - steps["target_ts"] % DAY_MS,
-                         model_error=(steps["predicted"] - steps["actual"]).abs(),
-                         naive_error=(steps["origin_close"] - steps["actual"]).abs(),
-                         covered=steps["actual"].between(steps["lower"], steps["upper"]).astype(int))
+    steps = steps.assign(
+        day_ts=steps["target_ts"] - steps["target_ts"] % DAY_MS,
+        model_error=(steps["predicted"] - steps["actual"]).abs(),
+        naive_error=(steps["origin_close"] - steps["actual"]).abs(),
+        covered=steps["actual"].between(steps["lower"], steps["upper"]).astype(int),
+    )
     grouped = steps.groupby(_DAY_KEY)
     return grouped[["model_error", "naive_error", "covered"]].sum().assign(scored=grouped.size()).reset_index()
 
@@ -55,22 +57,31 @@ def fold_scored_steps(db: Database, market: Market, before_target_ts: int, batch
     scored = f"{where} and {MATURED} and target_ts < ?"
     params = params + [int(before_target_ts)]
     with db.conn:
-        bound = db.execute(f"select target_ts from forecasts where {scored} order by target_ts limit 1 offset ?",
-                           params + [int(batch) - 1]).fetchone()
+        bound = db.execute(
+            f"select target_ts from forecasts where {scored} order by target_ts limit 1 offset ?",
+            params + [int(batch) - 1],
+        ).fetchone()
         within = "" if bound is None else " and target_ts <= ?"
-        rows = db.execute(f"delete from forecasts where {scored}{within} returning {', '.join(_FOLDED)}",
-                          params + ([] if bound is None else [int(bound[0])])).fetchall()
+        rows = db.execute(
+            f"delete from forecasts where {scored}{within} returning {', '.join(_FOLDED)}",
+            params + ([] if bound is None else [int(bound[0])]),
+        ).fetchall()
         if rows:
             sums = daily_sums(rows)
             key = [market.exchange, market.symbol, market.timeframe]
-            db.conn.executemany(_ADD_DAY, [key + [str(version), int(day), int(step), int(count), float(model), float(naive),
-                                                  int(covered)]
-                                           for version, day, step, model, naive, covered, count
-                                           in sums.itertuples(index=False, name=None)])
+            db.conn.executemany(
+                _ADD_DAY,
+                [
+                    key + [str(version), int(day), int(step), int(count), float(model), float(naive), int(covered)]
+                    for version, day, step, model, naive, covered, count in sums.itertuples(index=False, name=None)
+                ],
+            )
     return len(rows)
 
 
-def step_score_sums(db: Database, market: Market, since_target_ts: int, model_version: str | None = None) -> pd.DataFrame:
+def step_score_sums(
+    db: Database, market: Market, since_target_ts: int, model_version: str | None = None
+) -> pd.DataFrame:
     """SUM_COLUMNS (how many, the summed absolute errors of the forecast and of the origin close,
     how many inside the band) per step of the matured steps (by `model_version`, or SERVED) whose target is at
     or after `since_target_ts`, with the folded days from then on, step 1 first."""
@@ -79,9 +90,14 @@ def step_score_sums(db: Database, market: Market, since_target_ts: int, model_ve
     stored = db.execute(
         "select step, count(*), sum(abs(predicted - actual)), sum(abs(origin_close - actual)), "
         f"sum(case when actual between lower and upper then 1 else 0 end) from forecasts where {where} and {MATURED} "
-        "and target_ts >= ? group by step", params).fetchall()
-    folded = db.execute("select step, sum(scored), sum(model_error), sum(naive_error), sum(covered) from forecast_days "
-                        f"where {where} and day_ts >= ? group by step", params).fetchall()
+        "and target_ts >= ? group by step",
+        params,
+    ).fetchall()
+    folded = db.execute(
+        "select step, sum(scored), sum(model_error), sum(naive_error), sum(covered) from forecast_days "
+        f"where {where} and day_ts >= ? group by step",
+        params,
+    ).fetchall()
     # PostgreSQL sums bigint columns as numeric (Decimal): floats, as on SQLite.
     both = pd.DataFrame([[float(value) for value in row] for row in stored + folded], columns=SUM_COLUMNS)
     summed = both.groupby("step", as_index=False).sum().sort_values("step")
@@ -92,8 +108,11 @@ def stored_markets(db: Database) -> list[Market]:
     """Every market with forecasts in the store, found a key at a time by seeking the index
     (no scan of the table, however large)."""
     markets, after = [], ("", "", "")
-    while (row := db.execute("select exchange, symbol, timeframe from forecasts where (exchange, symbol, timeframe) > "
-                             "(?, ?, ?) order by exchange, symbol, timeframe limit 1", list(after)).fetchone()):
+    while row := db.execute(
+        "select exchange, symbol, timeframe from forecasts where (exchange, symbol, timeframe) > "
+        "(?, ?, ?) order by exchange, symbol, timeframe limit 1",
+        list(after),
+    ).fetchone():
         after = tuple(row)
         markets.append(Market(*after))
     return markets

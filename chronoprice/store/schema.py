@@ -119,9 +119,9 @@ MIGRATIONS: list[list[str]] = [
     [
         # Retention (store/retention.py): scored steps past the retained span, summed per market, model,
         # day of their target candle and step, so every score over whole days stays exact once they are deleted.
-        "create table if not exists forecast_days (exchange text not null, symbol text not null, timeframe text not null, "
-        "model_version text not null, day_ts bigint not null, step integer not null, scored bigint not null, "
-        "model_error double precision not null, naive_error double precision not null, covered bigint not null, "
+        "create table if not exists forecast_days (exchange text not null, symbol text not null, "
+        "timeframe text not null, model_version text not null, day_ts bigint not null, step integer not null, "
+        "scored bigint not null, model_error double precision not null, naive_error double precision not null, covered bigint not null, "
         "primary key (exchange, symbol, timeframe, model_version, day_ts, step))",
     ],
 ]

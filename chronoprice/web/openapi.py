@@ -207,8 +207,9 @@ OPENAPI = {
                                                   "close": _NUMBER, "lower": _NUMBER, "upper": _NUMBER}}}},
             },
             "Metrics": {
-                "type": "object", "required": ["exchange", "symbol", "timeframe", "window_minutes", "since_ms", "matured",
-                                               "mae_ratio", "coverage", "steps"],
+                "type": "object",
+                "required": ["exchange", "symbol", "timeframe", "window_minutes", "since_ms", "matured", "mae_ratio",
+                             "coverage", "steps"],
                 "properties": {**_MARKET, "window_minutes": {"type": "integer"},
                                "since_ms": {"type": "integer", "description": "the first target candle scored"},
                                "matured": {"type": "integer"},

@@ -85,7 +85,8 @@ def test_with_json_logs_every_line_through_a_cold_start_with_history_is_one_json
             if "worker" in command:
                 with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as answer:
                     scraped = answer.read().decode()
-                assert "chronoprice_scheduled_markets 4.0" in scraped and "chronoprice_scheduler_lease_held 1.0" in scraped
+                assert "chronoprice_scheduled_markets 4.0" in scraped
+                assert "chronoprice_scheduler_lease_held 1.0" in scraped
         finally:
             process.terminate()
             process.wait(timeout=15)

@@ -189,8 +189,9 @@ def test_training_validates_on_the_native_engine_and_on_keras_where_no_kernel_ca
     engine = validation_engine(model, 60, 10, "relative_closes")
     assert isinstance(engine, NativeEngine)
     picks = shared_windows[:16]
-    keras_paths = recursive_path(model, tf.constant(model_input(picks, SCALE, "relative_closes")), 10, "relative_closes")
-    np.testing.assert_allclose(engine.path(model_input(picks, SCALE, "relative_closes")), keras_paths.numpy(), atol=2e-5)
+    inputs = model_input(picks, SCALE, "relative_closes")
+    keras_paths = recursive_path(model, tf.constant(inputs), 10, "relative_closes").numpy()
+    np.testing.assert_allclose(engine.path(inputs), keras_paths, atol=2e-5)
     monkeypatch.setattr(native, "_kernel", None)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setenv("CC", str(tmp_path / "no-compiler"))

@@ -78,7 +78,8 @@ def test_a_scheduler_pass_counts_its_lease_its_markets_and_each_watched_markets_
     scheduler.run_once()
     assert sample("chronoprice_scheduler_lease_held") == 1 and sample("chronoprice_scheduled_markets") == 2
     assert sample("chronoprice_streaming_markets") == 0, "no stream attached: both polled"
-    assert REGISTRY.get_sample_value("chronoprice_skill_guarded", {"market": "BTC/USDT@1m"}) == 0, "a watched market's guard, off"
+    guard = REGISTRY.get_sample_value("chronoprice_skill_guarded", {"market": "BTC/USDT@1m"})
+    assert guard == 0, "a watched market's guard, off"
     ticker.tick("SOL/USDT")
     assert REGISTRY.get_sample_value("chronoprice_skill_guarded", {"market": "SOL/USDT@1m"}) is None, (
         "a market ticked on demand gets no label: labels stay bounded by the watchlist")

@@ -33,8 +33,16 @@ def forecasts_of(candles: pd.DataFrame, seed: int, horizon: int = 10) -> pd.Data
     steps = np.tile(np.arange(1, horizon + 1), len(candles))
     predicted = np.repeat(candles["close"].to_numpy(), horizon) * (1 + rng.normal(0, 0.002, len(origins)))
     width = np.abs(rng.normal(0, 0.003, len(origins))) * predicted
-    return pd.DataFrame({"origin_ts": origins, "step": steps, "target_ts": origins + steps * FIVE_MINUTES,
-                         "predicted": predicted, "lower": predicted - width, "upper": predicted + width})
+    return pd.DataFrame(
+        {
+            "origin_ts": origins,
+            "step": steps,
+            "target_ts": origins + steps * FIVE_MINUTES,
+            "predicted": predicted,
+            "lower": predicted - width,
+            "upper": predicted + width,
+        }
+    )
 
 
 def three_days_of_forecasts(db, days: int = 3) -> int:
@@ -50,9 +58,12 @@ def three_days_of_forecasts(db, days: int = 3) -> int:
 def every_score(db, newest: int) -> dict:
     """What the page, the API, the models page and the skill guard show of the market."""
     day = newest - ERROR_WINDOW_HOURS * 3_600_000
-    scores = {f"api window {minutes}": metrics_payload(MARKET, step_score_sums(db, MARKET, window_start(newest, minutes)),
-                                                       minutes, window_start(newest, minutes))
-              for minutes in (10, 60, 24 * 60, 2 * 24 * 60, 3 * 24 * 60, 30 * 24 * 60)}
+    scores = {
+        f"api window {minutes}": metrics_payload(
+            MARKET, step_score_sums(db, MARKET, window_start(newest, minutes)), minutes, window_start(newest, minutes)
+        )
+        for minutes in (10, 60, 24 * 60, 2 * 24 * 60, 3 * 24 * 60, 30 * 24 * 60)
+    }
     scores["page"] = overall_metrics(read_scored(db, MARKET, since_target_ts=day))
     scores["overview"] = matured_error_sums(db, MARKET, day)
     for version in ("champion-a", "shadow-b"):
@@ -78,7 +89,9 @@ def assert_same(before, after, where="scores"):
 
 
 def scored_rows_before(db, target_ts: int) -> int:
-    return db.execute("select count(*) from forecasts where target_ts < ? and actual is not null", [target_ts]).fetchone()[0]
+    return db.execute(
+        "select count(*) from forecasts where target_ts < ? and actual is not null", [target_ts]
+    ).fetchone()[0]
 
 
 def test_pruning_keeps_a_day_of_steps_and_every_score_the_product_shows(store):
@@ -97,7 +110,9 @@ def test_pruning_keeps_a_day_of_steps_and_every_score_the_product_shows(store):
     folded = store.execute("select sum(scored) from forecast_days").fetchone()[0]
     assert int(folded) == pruned.steps
     assert_same(before, every_score(store, newest))
-    assert before["api window 4320"]["matured"] > before["api window 1440"]["matured"] * 2, "the long window reaches the folded days"
+    assert before["api window 4320"]["matured"] > before["api window 1440"]["matured"] * 2, (
+        "the long window reaches the folded days"
+    )
     assert prune_store(store, retain_days=1, required_origins=REQUIRED).steps == 0, "a second pass finds nothing"
 
 
@@ -106,6 +121,7 @@ def test_a_fold_takes_whole_target_candles_a_batch_and_leaves_unscored_steps(sto
     store.execute("delete from candles where ts = ?", [START_MS + DAY_MS])  # a gap: the steps ending there are unscored
     store.execute("update forecasts set actual = null where target_ts = ?", [START_MS + DAY_MS])
     cutoff = newest - DAY_MS
+
     def steps_per_target():
         return dict(store.execute("select target_ts, count(*) from forecasts group by target_ts").fetchall())
 
@@ -115,7 +131,8 @@ def test_a_fold_takes_whole_target_candles_a_batch_and_leaves_unscored_steps(sto
         assert batch <= 500 + 20, "a batch, and the rest of its last target candle (10 steps of two models)"
         assert all(whole[target] == count for target, count in steps_per_target().items()), "whole target candles"
     assert len(batches) > 2 and sum(batches) == sum(
-        int(row[0]) for row in store.execute("select sum(scored) from forecast_days").fetchall())
+        int(row[0]) for row in store.execute("select sum(scored) from forecast_days").fetchall()
+    )
     assert store.execute("select count(*) from forecasts where target_ts = ?", [START_MS + DAY_MS]).fetchone()[0] == 20
 
 
@@ -137,7 +154,9 @@ def test_a_window_over_a_day_starts_at_midnight_and_a_shorter_one_where_asked():
 def test_stored_markets_are_found_without_scanning(store):
     three_days_of_forecasts(store)
     other = Market("kraken", "ETH/USD", "1h")
-    write_forecasts(store, other, forecasts_of(demo_candles("ETH/USDT", START_MS, START_MS + 3_600_000), 3), "champion-a")
+    write_forecasts(
+        store, other, forecasts_of(demo_candles("ETH/USDT", START_MS, START_MS + 3_600_000), 3), "champion-a"
+    )
     assert stored_markets(store) == [MARKET, other]
 
 
@@ -145,8 +164,9 @@ def test_prune_runs_one_pass_from_the_command_line_keeping_the_guards_window(db,
     newest = three_days_of_forecasts(db, days=5)
     assert main(["prune", "--db", str(db_path), "--retain-days", "1"]) == 0
     folded = int(db.execute("select sum(scored) from forecast_days").fetchone()[0])
-    assert capsys.readouterr().out == (f"folded {folded:,} scored forecast steps older than 1 day into daily sums "
-                                       "(1 markets); candles are kept\n")
+    assert capsys.readouterr().out == (
+        f"folded {folded:,} scored forecast steps older than 1 day into daily sums (1 markets); candles are kept\n"
+    )
     guards_window = newest - (REQUIRED_ORIGINS["5m"] + 20) * FIVE_MINUTES  # 3.5 days at 5m, more than the one retained
     assert folded > 0 and scored_rows_before(db, guards_window) == 0
     assert scored_rows_before(db, guards_window + FIVE_MINUTES) > 0
@@ -157,10 +177,14 @@ def test_the_scheduler_prunes_off_the_tick_path_once_a_pass_is_due(db, db_path):
     now = [1_000.0]
     ticker = types.SimpleNamespace(db=store_connections(db_path), required_origins=REQUIRED)  # a connection a thread
     retention = Retention(ticker, 1, clock=lambda: now[0])
-    assert retention.run_if_due() is None and scored_rows_before(db, newest - DAY_MS) > 0, "not due before its first pass"
+    assert retention.run_if_due() is None and scored_rows_before(db, newest - DAY_MS) > 0, (
+        "not due before its first pass"
+    )
     now[0] += 600
     assert retention.run_if_due().result(timeout=60).steps > 0
     assert scored_rows_before(db, newest - DAY_MS) == 0
     now[0] += 600
-    assert retention.run_if_due().result(timeout=60).steps == 0, "every pass RETENTION_SECONDS apart, finding nothing new"
+    assert retention.run_if_due().result(timeout=60).steps == 0, (
+        "every pass RETENTION_SECONDS apart, finding nothing new"
+    )
     retention.stop()

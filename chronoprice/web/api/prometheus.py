@@ -45,7 +45,8 @@ def start_metrics_server(host: str, port: int, metrics_token: str | None) -> WSG
         if environ.get("PATH_INFO") != "/metrics":
             start_response("404 Not Found", [("Content-Type", "text/plain")])
             return [b"only /metrics is served here\n"]
-        refusal = metrics_refusal(environ.get("REMOTE_ADDR"), bearer_token(environ.get("HTTP_AUTHORIZATION")), metrics_token)
+        token_given = bearer_token(environ.get("HTTP_AUTHORIZATION"))
+        refusal = metrics_refusal(environ.get("REMOTE_ADDR"), token_given, metrics_token)
         if refusal:
             start_response("401 Unauthorized", [("Content-Type", "text/plain")])
             return [refusal[1].encode() + b"\n"]

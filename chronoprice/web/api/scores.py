@@ -42,8 +42,9 @@ def metrics_payload(market: Market, sums: pd.DataFrame, window_minutes: int, sin
          "coverage": number(row["coverage"]), "count": int(row["count"])}
         for row in step_scores(sums).to_dict("records")
     ]
-    return {**market_fields(market), "window_minutes": window_minutes, "since_ms": since_ms, "matured": overall["count"],
-            "mae_ratio": overall["mae_ratio"], "coverage": overall["coverage"], "steps": steps}
+    return {**market_fields(market), "window_minutes": window_minutes, "since_ms": since_ms,
+            "matured": overall["count"], "mae_ratio": overall["mae_ratio"], "coverage": overall["coverage"],
+            "steps": steps}
 
 
 def history_payload(market: Market, matured: pd.DataFrame) -> dict:
