@@ -272,10 +272,13 @@ def run_export(args: argparse.Namespace) -> int:
 def run_worker(args: argparse.Namespace) -> int:
     settings = settings_from_args(args, os.environ)
     open_store(settings.db).close()
-    scheduler = build_scheduler(settings, build_ticker(settings))
     if settings.metrics_port:
-        start_metrics_server(settings.host, settings.metrics_port, settings.metrics_token)
+        try:
+            start_metrics_server(settings.host, settings.metrics_port, settings.metrics_token)
+        except OSError as error:
+            raise SettingsError(f"--metrics-port={settings.metrics_port}: {error.strerror} on {settings.host}") from None
         log.info("metrics on http://%s:%d/metrics", settings.host, settings.metrics_port)
+    scheduler = build_scheduler(settings, build_ticker(settings))
     signal.signal(signal.SIGTERM, lambda *_: scheduler.request_stop())
     try:
         scheduler.run_forever()

@@ -1,5 +1,6 @@
 import json
 import re
+import socket
 
 import numpy as np
 import pandas as pd
@@ -200,6 +201,12 @@ def test_cli_errors_are_one_clear_line(capsys, tmp_path):
     assert main(["evaluate", "--csv", str(tmp_path / "absent.csv")]) == 2
     error = capsys.readouterr().err
     assert error.startswith("error: ") and "absent.csv" in error
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["worker", "--source", "demo", "--db", str(tmp_path / "w.db"), "--metrics-port", str(port)]) == 2
+    assert capsys.readouterr().err == f"error: --metrics-port={port}: Address already in use on 127.0.0.1\n"
 
 
 def test_evaluate_reports_baselines_tests_and_every_interval_level(tiny_model, synthetic_csv, tmp_path, capsys):
