@@ -19,11 +19,11 @@ PACKAGE = Path(__file__).resolve().parents[1] / "chronoprice"
 MAX_LINES = 350
 
 # What each part may import of chronoprice (the longest matching prefix decides). Lower stages
-# never import higher ones; evaluation.metrics is pure and imports nothing of model/, so that
-# model training may use it.
+# never import higher ones; evaluation.metrics is pure and imports nothing of chronoprice, so that
+# model training and the store's retention (which folds scores into sums) may use it.
 ALLOWED = {
     "market": {"market"},
-    "store": {"market", "store", "logs"},
+    "store": {"market", "store", "logs", "evaluation.metrics"},
     "evaluation.metrics": set(),
     "model": {"model", "evaluation.metrics"},
     "evaluation": {"evaluation", "model"},

@@ -98,21 +98,21 @@ def step_metrics(result: dict[str, np.ndarray], level: float) -> pd.DataFrame:
     )
 
 
-def score_sums(matured: pd.DataFrame) -> pd.DataFrame:
-    """Per step of stored forecasts against their actual closes (columns step, predicted, lower,
-    upper, actual and naive, the naive forecaster's prediction): step, count, model_error,
-    naive_error and covered, the sums every live score is made of (how many, the summed absolute
-    errors of the forecast and of the naive forecaster, how many actuals inside [lower, upper]);
-    store/retention.py sums the same columns in the database."""
-    columns = ["step", "count", "model_error", "naive_error", "covered"]
+def score_sums(matured: pd.DataFrame, by: tuple[str, ...] = ("step",)) -> pd.DataFrame:
+    """Per step (or per `by` key) of stored forecasts against their actual closes (columns step,
+    predicted, lower, upper, actual and naive, the naive forecaster's prediction): the key, count,
+    model_error, naive_error and covered, the sums every live score is made of (how many, the
+    summed absolute errors of the forecast and of the naive forecaster, how many actuals inside
+    [lower, upper]). store/retention.py folds deleted steps with it and sums the same columns in SQL."""
+    columns = [*by, "count", "model_error", "naive_error", "covered"]
     if matured.empty:  # possibly without even its columns
         return pd.DataFrame(columns=columns, dtype="float64")
-    frame = pd.DataFrame({
-        "step": matured["step"], "model_error": (matured["predicted"] - matured["actual"]).abs(),
-        "naive_error": (matured["naive"] - matured["actual"]).abs(),
-        "covered": ((matured["actual"] >= matured["lower"]) & (matured["actual"] <= matured["upper"])).astype(int),
-    })
-    grouped = frame.groupby("step")
+    frame = matured[list(by)].assign(
+        model_error=(matured["predicted"] - matured["actual"]).abs(),
+        naive_error=(matured["naive"] - matured["actual"]).abs(),
+        covered=((matured["actual"] >= matured["lower"]) & (matured["actual"] <= matured["upper"])).astype(int),
+    )
+    grouped = frame.groupby(list(by))
     sums = grouped[["model_error", "naive_error", "covered"]].sum().assign(count=grouped.size()).reset_index()
     return sums[columns]
 

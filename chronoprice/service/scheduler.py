@@ -41,6 +41,7 @@ STORE_RETRY_SECONDS = 5.0  # a tick the store could not take is retried this oft
 LEASE_SECONDS = 30.0  # a killed scheduler's lease passes to a standby this long after its last renewal
 STANDBY_SECONDS = 10.0  # a standby asks for the lease this often: it takes over at most this long after expiry
 TICK_THREADS = 4  # markets ticked at once, so a slow one never delays the others
+METRICS_SECONDS = 1.0  # how often a pass sets the schedule and pool gauges (Prometheus scrapes every 15 s or so)
 
 
 def process_alive(pid: int) -> bool:
@@ -104,6 +105,7 @@ class Scheduler:
         self._lease_until = self._next_lease_call = self._next_promotion_check = 0.0
         self._role: str | None = None
         self._reconnects_seen = 0
+        self._next_metrics = 0.0
         ticker.holds_schedule = self.holds_lease_now
         self._thread: threading.Thread | None = None
         self.started_last_pass: list[tuple[str, str]] = []
@@ -181,7 +183,9 @@ class Scheduler:
     def run_once(self) -> float:
         """Start the ticks that are due; seconds until the loop should look again."""
         wait = self._pass()
-        self._record_metrics()
+        if time.monotonic() >= self._next_metrics:  # a pass may come 20 times a second; a scrape needs ~1
+            self._next_metrics = time.monotonic() + METRICS_SECONDS
+            self._record_metrics()
         return wait
 
     def _record_metrics(self) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from chronoprice.evaluation.metrics import score_sums
 from chronoprice.market.source import Market
 from chronoprice.store.records import MATURED, forecasts_where, market_where
 from chronoprice.store.schema import Database
@@ -18,7 +19,7 @@ from chronoprice.store.schema import Database
 DAY_MS = 86_400_000
 FOLD_BATCH = 5_000  # steps a transaction: a batch holds the write lock for milliseconds, never a whole backlog
 _FOLDED = ["model_version", "target_ts", "step", "predicted", "lower", "upper", "origin_close", "actual"]
-_DAY_KEY = ["model_version", "day_ts", "step"]
+_DAY_KEY = ("model_version", "day_ts", "step")
 SUM_COLUMNS = ["step", "count", "model_error", "naive_error", "covered"]  # evaluation.metrics.step_scores reads them
 _ADD_DAY = (
     "insert into forecast_days (exchange, symbol, timeframe, model_version, day_ts, step, scored, model_error, "
@@ -35,17 +36,12 @@ def day_start(ts: int) -> int:
 
 
 def daily_sums(rows: list) -> pd.DataFrame:
-    """Deleted steps (_FOLDED columns) summed per model, day of their target and step: _DAY_KEY and
-    the score sums (the naive forecast of every step is its origin's close)."""
+    """Deleted steps (_FOLDED columns) summed per model, day of their target and step: _DAY_KEY,
+    then count, model_error, naive_error and covered (the naive forecast of every step is its
+    origin's close)."""
     steps = pd.DataFrame(rows, columns=_FOLDED)
-    steps = steps.assign(
-        day_ts=steps["target_ts"] - steps["target_ts"] % DAY_MS,
-        model_error=(steps["predicted"] - steps["actual"]).abs(),
-        naive_error=(steps["origin_close"] - steps["actual"]).abs(),
-        covered=steps["actual"].between(steps["lower"], steps["upper"]).astype(int),
-    )
-    grouped = steps.groupby(_DAY_KEY)
-    return grouped[["model_error", "naive_error", "covered"]].sum().assign(scored=grouped.size()).reset_index()
+    steps = steps.assign(day_ts=steps["target_ts"] - steps["target_ts"] % DAY_MS, naive=steps["origin_close"])
+    return score_sums(steps, by=_DAY_KEY)
 
 
 def fold_scored_steps(db: Database, market: Market, before_target_ts: int, batch: int = FOLD_BATCH) -> int:
@@ -73,7 +69,7 @@ def fold_scored_steps(db: Database, market: Market, before_target_ts: int, batch
                 _ADD_DAY,
                 [
                     key + [str(version), int(day), int(step), int(count), float(model), float(naive), int(covered)]
-                    for version, day, step, model, naive, covered, count in sums.itertuples(index=False, name=None)
+                    for version, day, step, count, model, naive, covered in sums.itertuples(index=False, name=None)
                 ],
             )
     return len(rows)
