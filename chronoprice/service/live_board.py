@@ -16,6 +16,7 @@ from chronoprice.market.candles import COLUMNS
 from chronoprice.market.markets import market_key
 from chronoprice.market.stream import Forming
 from chronoprice.market.timeframes import timeframe_ms
+from chronoprice.service.metrics import record_live_board_update
 
 log = logging.getLogger(__name__)
 SHARED_CACHE_ERRORS = (redis.RedisError, OSError)
@@ -41,6 +42,8 @@ class LiveBoard:
             self._cache.set(market_key(symbol, timeframe), [list(forming.candle), forming.received_ms], timeout=expires)
         except SHARED_CACHE_ERRORS as error:
             self._rest("publish", error)
+            return
+        record_live_board_update()
 
     def read(self, symbol: str, timeframe: str) -> Forming | None:
         """The market's forming candle as last streamed; None if none is (or the cache is down)."""

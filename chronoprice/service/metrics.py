@@ -52,6 +52,9 @@ STORE_POOL = Gauge("chronoprice_store_pool_connections", "PostgreSQL pool connec
                    multiprocess_mode="livesum")
 STORE_POOL_WAITS = Counter("chronoprice_store_pool_waits_total", "Requests that had to wait for a pooled connection")
 CACHE_LOOKUPS = Counter("chronoprice_cache_lookups_total", "Response and page cache lookups", ["result"])  # hit, miss
+LIVE_BOARD_UPDATED = Gauge("chronoprice_live_board_updated_timestamp_seconds",
+                           "When a stream last put a forming candle on the live board (Unix time; its age is time() minus it)",
+                           multiprocess_mode="livemax")
 RETENTION_FOLDED = Counter("chronoprice_retention_folded_steps_total", "Scored forecast steps folded into daily sums")
 
 
@@ -100,6 +103,10 @@ def record_store_pool(db) -> None:
     STORE_POOL.labels("in_use").set(stats.get("pool_size", 0) - stats.get("pool_available", 0))
     STORE_POOL.labels("waiting").set(stats.get("requests_waiting", 0))
     STORE_POOL_WAITS.inc(stats.get("requests_queued", 0))
+
+
+def record_live_board_update() -> None:
+    LIVE_BOARD_UPDATED.set_to_current_time()
 
 
 def record_cache_lookup(hit: bool) -> None:

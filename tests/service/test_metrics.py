@@ -2,6 +2,7 @@
 
 import json
 import re
+import time
 
 import pytest
 from prometheus_client import REGISTRY
@@ -10,11 +11,14 @@ from chronoprice.config import PROJECT_ROOT
 from chronoprice.market.ccxt_rest import LiveSource
 from chronoprice.market.source import GeoBlocked, MalformedReply, RateLimited, SourceUnavailable
 from chronoprice.model.forecasters import load_forecaster
+from chronoprice.market.stream import Forming
+from chronoprice.service.live_board import LiveBoard
 from chronoprice.service.metrics import close_to_stored_seconds, error_kind, record_store_pool, tick_outcome
 from chronoprice.service.scheduler import Scheduler
 from chronoprice.service.status import TickStatus
 from chronoprice.service.tick import Ticker
 from chronoprice.store import open_store
+from chronoprice.store.shared_cache import open_shared_cache
 from chronoprice.store.claims import SCHEDULER_LEASE, hold_lease
 from chronoprice.store.watchlist import replace_watchlist
 from chronoprice.testing.exchange import Fault
@@ -101,6 +105,18 @@ def test_the_postgresql_pool_is_counted_and_sqlite_adds_nothing(postgres_url, db
         assert sample("chronoprice_store_pool_connections", state="in_use") == 1
     assert sample("chronoprice_store_pool_connections", state="open") >= 1
     store.close()
+
+
+def test_the_live_board_age_counts_from_the_last_forming_candle_it_took():
+    candle = Forming((1_735_689_600_000, 100.0, 101.0, 99.5, 100.5, 3.0), 1_735_689_630_000)
+    before = time.time()
+    LiveBoard().publish("BTC/USDT", "1m", candle)
+    updated = sample("chronoprice_live_board_updated_timestamp_seconds")
+    assert before <= updated <= time.time()
+    gone = LiveBoard(open_shared_cache({"CACHE_REDIS_URL": "redis://127.0.0.1:1/0"}, "live"))
+    gone.publish("BTC/USDT", "1m", candle)
+    assert sample("chronoprice_live_board_updated_timestamp_seconds") == updated, (
+        "a candle the shared cache refused leaves the board as old as it is")
 
 
 def test_the_grafana_dashboard_reads_only_metrics_the_service_exports():
