@@ -2,8 +2,8 @@
 the tick path), each market's scored forecast steps older than the retained span are folded into
 daily sums and deleted in small batches (store/retention.py); `python -m chronoprice prune` runs
 one pass. The span reaches further back where the skill guard and the promotion rule judge more
-matured origins than `retain_days` hold (1h: 300 origins, 12.5 days), so pruning never changes
-what they decide."""
+matured origins than `retain_days` hold, or the served band adapts to more (ADAPTIVE_WINDOW; 1h:
+361 origins, 15 days), so pruning never changes what they decide or the band that is served."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import threading
 import time
 from typing import Callable, Iterable, Mapping
 
+from chronoprice.evaluation.metrics import ADAPTIVE_WINDOW
 from chronoprice.evaluation.verdicts import REQUIRED_ORIGINS
 from chronoprice.market.source import Market
 from chronoprice.market.timeframes import timeframe_ms
@@ -37,8 +38,10 @@ class Pruned:
 def retention_cutoff(newest_ts: int, timeframe: str, retain_days: int, required_origins: Mapping[str, int]) -> int:
     """The target candle before which a market's scored steps are folded: `retain_days` before its
     newest candle, or earlier to keep the newest origins the skill guard and the promotion rule
-    judge (required_origins, with twice the horizon for the steps still maturing)."""
-    guarded = (required_origins.get(timeframe, 0) + 2 * HORIZON) * timeframe_ms(timeframe)
+    judge (required_origins) or the live band adapts to (ADAPTIVE_WINDOW and the one before it),
+    with twice the horizon for the steps still maturing."""
+    judged = max(required_origins.get(timeframe, 0), ADAPTIVE_WINDOW + 1)
+    guarded = (judged + 2 * HORIZON) * timeframe_ms(timeframe)
     return int(newest_ts) - max(retain_days * DAY_MS, guarded)
 
 
@@ -94,6 +97,12 @@ class Retention:
         self._next = now + RETENTION_SECONDS
         self._running = self._pool.submit(self.prune_once)
         return self._running
+
+    def wait_for_pass(self) -> Pruned | None:
+        """Wait for the pass run_if_due last started, and forget it; what it pruned, or None if
+        none was started (or it failed)."""
+        running, self._running = self._running, None
+        return None if running is None else running.result()
 
     def prune_once(self) -> Pruned | None:
         """One pass, logged; None if it failed (the next pass tries again)."""

@@ -6,23 +6,33 @@ import pandas as pd
 import pytest
 
 from chronoprice.cli.main import main
-from chronoprice.evaluation.metrics import ERROR_WINDOW_HOURS, overall_metrics
+from chronoprice.evaluation.metrics import ADAPTIVE_WINDOW, ERROR_WINDOW_HOURS, overall_metrics
 from chronoprice.evaluation.verdicts import REQUIRED_ORIGINS
 from chronoprice.market.candles import aggregate_candles
+from chronoprice.market.ccxt_rest import LiveSource
 from chronoprice.market.demo import DEMO_ANCHOR_MS, demo_candles
 from chronoprice.market.source import Market
+from chronoprice.market.timeframes import timeframe_ms
+from chronoprice.model.forecasters import load_forecaster
 from chronoprice.service.model_record import live_record
-from chronoprice.service.retention import Retention, prune_store, retention_cutoff
+from chronoprice.service.retention import RETENTION_SECONDS, Retention, prune_store, retention_cutoff
+from chronoprice.service.scheduler import Scheduler
 from chronoprice.service.scoring import read_scored
+from chronoprice.service.tick import Ticker
 from chronoprice.store import store_connections
 from chronoprice.store.records import matured_error_sums, origin_mean_errors, upsert_candles, write_forecasts
 from chronoprice.store.registry import ModelEntry, register_model
 from chronoprice.store.retention import DAY_MS, day_start, fold_scored_steps, step_score_sums, stored_markets
+from chronoprice.store.watchlist import replace_watchlist
+from chronoprice.testing.exchange import BinanceSimulator
+from chronoprice.testing.harness import FakeClock
 from chronoprice.web.api.scores import metrics_payload, window_start
+from tests.helpers import MINUTE_MS, SERIES_START_MS, make_candles
 
 FIVE_MINUTES = 5 * 60_000
 MARKET = Market("binance", "BTC/USDT", "5m")
-REQUIRED = {"5m": 50}  # the guard's window, small enough that --retain-days decides the span here
+REQUIRED = {"5m": 50}  # the guard's window, small enough that the live band's decides the span here
+KEPT_MS = (ADAPTIVE_WINDOW + 1 + 20) * FIVE_MINUTES  # the band's 361 origins and their steps: 31.75 h, over the day retained
 START_MS = DEMO_ANCHOR_MS - DEMO_ANCHOR_MS % DAY_MS + DAY_MS + 7 * 3_600_000  # three days from 07:00 UTC
 
 
@@ -55,21 +65,24 @@ def three_days_of_forecasts(db, days: int = 3) -> int:
     return int(candles["ts"].iloc[-1])
 
 
-def every_score(db, newest: int) -> dict:
+def every_score(db, newest: int, market: Market = MARKET, versions=("champion-a", "shadow-b"), required=REQUIRED) -> dict:
     """What the page, the API, the models page and the skill guard show of the market."""
     day = newest - ERROR_WINDOW_HOURS * 3_600_000
+    length = timeframe_ms(market.timeframe)
     scores = {
         f"api window {minutes}": metrics_payload(
-            MARKET, step_score_sums(db, MARKET, window_start(newest, minutes)), minutes, window_start(newest, minutes)
+            market, step_score_sums(db, market, window_start(newest, minutes)), minutes, window_start(newest, minutes)
         )
         for minutes in (10, 60, 24 * 60, 2 * 24 * 60, 3 * 24 * 60, 30 * 24 * 60)
     }
-    scores["page"] = overall_metrics(read_scored(db, MARKET, since_target_ts=day))
-    scores["overview"] = matured_error_sums(db, MARKET, day)
-    for version in ("champion-a", "shadow-b"):
-        scores[f"models page {version}"] = live_record(db, MARKET, version, 10, newest)
-        guard_after = newest - (REQUIRED["5m"] + 20) * FIVE_MINUTES
-        scores[f"guard {version}"] = origin_mean_errors(db, MARKET, version, 10, guard_after, REQUIRED["5m"]).tolist()
+    scores["page"] = overall_metrics(read_scored(db, market, since_target_ts=day))
+    scores["overview"] = matured_error_sums(db, market, day)
+    for version in versions:
+        scores[f"models page {version}"] = live_record(db, market, version, 10, newest)
+        guard_after = newest - (required[market.timeframe] + 20) * length
+        scores[f"guard {version}"] = origin_mean_errors(
+            db, market, version, 10, guard_after, required[market.timeframe]
+        ).tolist()
     return scores
 
 
@@ -101,11 +114,11 @@ def test_pruning_keeps_a_day_of_steps_and_every_score_the_product_shows(store):
 
     pruned = prune_store(store, retain_days=1, required_origins=REQUIRED)
 
-    cutoff = newest - DAY_MS
+    cutoff = newest - KEPT_MS
     assert pruned.markets == 1 and pruned.steps > 0
-    assert scored_rows_before(store, cutoff) == 0, "nothing scored older than the retained day is left row by row"
+    assert scored_rows_before(store, cutoff) == 0, "nothing scored older than the retained span is left row by row"
     kept_targets = store.execute("select count(distinct target_ts) from forecasts").fetchone()[0]
-    assert kept_targets == DAY_MS // FIVE_MINUTES + 1 + 10, "one day of targets, and the ten not yet come"
+    assert kept_targets == KEPT_MS // FIVE_MINUTES + 1 + 10, "the retained span's targets, and the ten not yet come"
     assert store.execute("select count(*) from candles").fetchone()[0] == candles, "candles are kept"
     folded = store.execute("select sum(scored) from forecast_days").fetchone()[0]
     assert int(folded) == pruned.steps
@@ -136,11 +149,14 @@ def test_a_fold_takes_whole_target_candles_a_batch_and_leaves_unscored_steps(sto
     assert store.execute("select count(*) from forecasts where target_ts = ?", [START_MS + DAY_MS]).fetchone()[0] == 20
 
 
-def test_the_guard_and_promotion_windows_are_kept_when_longer_than_the_retained_days():
+def test_the_guard_promotion_and_band_windows_are_kept_when_longer_than_the_retained_days():
     newest = 1_800_000_000_000
     assert retention_cutoff(newest, "1m", 1, {"1m": 100}) == newest - DAY_MS
+    assert retention_cutoff(newest, "5m", 1, {"5m": 1000}) == newest - (1000 + 20) * FIVE_MINUTES, (
+        "a 5m market keeps the guard's 1,000 origins (3.5 days)")
     hourly = retention_cutoff(newest, "1h", 1, {"1h": 300})
-    assert hourly == newest - (300 + 20) * 3_600_000, "an hourly market keeps the guard's 300 origins (13 days)"
+    assert hourly == newest - (ADAPTIVE_WINDOW + 1 + 20) * 3_600_000, (
+        "an hourly market keeps the 361 origins its live band adapts to (16 days), more than the guard's 300")
     assert retention_cutoff(newest, "1h", 30, {"1h": 300}) == newest - 30 * DAY_MS
 
 
@@ -177,14 +193,78 @@ def test_the_scheduler_prunes_off_the_tick_path_once_a_pass_is_due(db, db_path):
     now = [1_000.0]
     ticker = types.SimpleNamespace(db=store_connections(db_path), required_origins=REQUIRED)  # a connection a thread
     retention = Retention(ticker, 1, clock=lambda: now[0])
-    assert retention.run_if_due() is None and scored_rows_before(db, newest - DAY_MS) > 0, (
+    assert retention.run_if_due() is None and scored_rows_before(db, newest - KEPT_MS) > 0, (
         "not due before its first pass"
     )
     now[0] += 600
     assert retention.run_if_due().result(timeout=60).steps > 0
-    assert scored_rows_before(db, newest - DAY_MS) == 0
+    assert scored_rows_before(db, newest - KEPT_MS) == 0
     now[0] += 600
     assert retention.run_if_due().result(timeout=60).steps == 0, (
         "every pass RETENTION_SECONDS apart, finding nothing new"
     )
     retention.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("timeframe, closes", [("1m", 60), ("5m", 24)])
+def test_a_scheduler_pruning_as_it_ticks_three_days_shows_every_score_as_one_that_never_pruned(
+        tmp_path, tiny_model, timeframe, closes):
+    """Two schedulers side by side on one exchange and one fast clock: a cold start with three days
+    of history (forecast as a cold start does), then closes ticked one by one. One prunes with
+    --retain-days 1, a pass every RETENTION_SECONDS of its clock beside the ticks; the other keeps
+    every row. The page, the API, the models page, the guard and the served band must not tell them
+    apart. At 1m the (1m) model is served and the day decides the span; at 5m the last close with
+    its band, and the band's 361 origins do."""
+    market = Market("binance", "BTC/USDT", timeframe)
+    length = timeframe_ms(timeframe)
+    history = 3 * DAY_MS // length
+    now = SERIES_START_MS + (history + 1) * length + 30_000
+    clock = FakeClock(now / 1000)
+    minutes = length // MINUTE_MS
+    with BinanceSimulator({"BTC/USDT": make_candles((history + closes + 20) * minutes)}, now_ms=now) as exchange:
+        schedulers = []
+        for name in ("pruned", "kept"):
+            source = LiveSource("binance", exchange.url, (), history=history, backoff_seconds=0.0, sleep=lambda s: None)
+            ticker = Ticker(source, tmp_path / f"{name}.db", lambda: load_forecaster(tiny_model, "native"),
+                            timeframe=timeframe, clock=clock, progress=False)
+            ticker.required_origins = {timeframe: 50}  # a guard's window under a day: it never decides the span here
+            replace_watchlist(ticker.db(), [("BTC/USDT", timeframe)], "test")
+            scheduler = Scheduler(ticker, clock=clock)
+            scheduler.run_once()
+            scheduler.wait_for_ticks()
+            ticker.wait_for_histories()
+            schedulers.append(scheduler)
+        pruned, kept = schedulers
+        pruned.retention = Retention(pruned.ticker, 1, clock=clock)
+        most_targets, passes = 0, 0
+        for _ in range(closes):
+            exchange.advance(minutes)
+            clock.seconds += length / 1000
+            for scheduler in schedulers:
+                scheduler.run_once()
+                scheduler.wait_for_ticks()
+            passes += pruned.retention.wait_for_pass() is not None
+            if passes:
+                most_targets = max(most_targets, pruned.ticker.db().execute(
+                    "select count(distinct target_ts) from forecasts").fetchone()[0])
+        pruned.retention.stop()
+        newest = int(exchange.closed_candles("BTC/USDT", timeframe)["ts"].iloc[-1])
+        for scheduler in schedulers:
+            scheduler.stop()
+    dbs = [scheduler.ticker.db() for scheduler in schedulers]
+    closes_a_pass = math.ceil(RETENTION_SECONDS * 1000 / length)
+    assert passes == closes // closes_a_pass, "a pass every RETENTION_SECONDS of the clock"
+    kept_ms = retention_cutoff(newest, timeframe, 1, pruned.ticker.required_origins)
+    kept_targets = (newest - kept_ms) // length + 1 + 10  # the retained span's targets, and the ten still to come
+    assert kept.ticker.db().execute("select count(distinct target_ts) from forecasts").fetchone()[0] > 2 * DAY_MS // length
+    assert most_targets <= kept_targets + closes_a_pass, "from the first pass on, the span and the closes between passes"
+    folded = int(dbs[0].execute("select sum(scored) from forecast_days").fetchone()[0])
+    steps = [db.execute("select count(*) from forecasts").fetchone()[0] for db in dbs]
+    assert folded > DAY_MS // length * 10 and folded + steps[0] == steps[1], "every step deleted is in a daily sum"
+    served = [db.execute("select model_version, origin_ts, step, predicted, lower, upper from forecasts "
+                         "where origin_ts >= ? order by 1, 2, 3", [newest - 6 * 3_600_000]).fetchall() for db in dbs]
+    assert served[0] == served[1], "the last hours' forecasts, their adapted bands included, are the same"
+    versions = [row[0] for row in dbs[1].execute("select distinct model_version from forecasts").fetchall()]
+    scores = [every_score(db, newest, market, versions, pruned.ticker.required_origins) for db in dbs]
+    assert_same(scores[1], scores[0])
