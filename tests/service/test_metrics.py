@@ -10,16 +10,16 @@ from prometheus_client import REGISTRY
 from chronoprice.config import PROJECT_ROOT
 from chronoprice.market.ccxt_rest import LiveSource
 from chronoprice.market.source import GeoBlocked, MalformedReply, RateLimited, SourceUnavailable
-from chronoprice.model.forecasters import load_forecaster
 from chronoprice.market.stream import Forming
+from chronoprice.model.forecasters import load_forecaster
 from chronoprice.service.live_board import LiveBoard
 from chronoprice.service.metrics import close_to_stored_seconds, error_kind, record_store_pool, tick_outcome
 from chronoprice.service.scheduler import Scheduler
 from chronoprice.service.status import TickStatus
 from chronoprice.service.tick import Ticker
 from chronoprice.store import open_store
-from chronoprice.store.shared_cache import open_shared_cache
 from chronoprice.store.claims import SCHEDULER_LEASE, hold_lease
+from chronoprice.store.shared_cache import open_shared_cache
 from chronoprice.store.watchlist import replace_watchlist
 from chronoprice.testing.exchange import Fault
 from chronoprice.testing.harness import FakeClock
