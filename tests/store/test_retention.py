@@ -32,7 +32,7 @@ from tests.helpers import MINUTE_MS, SERIES_START_MS, make_candles
 FIVE_MINUTES = 5 * 60_000
 MARKET = Market("binance", "BTC/USDT", "5m")
 REQUIRED = {"5m": 50}  # the guard's window, small enough that the live band's decides the span here
-KEPT_MS = (ADAPTIVE_WINDOW + 1 + 20) * FIVE_MINUTES  # the band's 361 origins and their steps: 31.75 h, over the day retained
+KEPT_MS = (ADAPTIVE_WINDOW + 1 + 20) * FIVE_MINUTES  # the band's 361 origins and their steps: 31.75 h, over a day
 START_MS = DEMO_ANCHOR_MS - DEMO_ANCHOR_MS % DAY_MS + DAY_MS + 7 * 3_600_000  # three days from 07:00 UTC
 
 
@@ -65,7 +65,8 @@ def three_days_of_forecasts(db, days: int = 3) -> int:
     return int(candles["ts"].iloc[-1])
 
 
-def every_score(db, newest: int, market: Market = MARKET, versions=("champion-a", "shadow-b"), required=REQUIRED) -> dict:
+def every_score(db, newest: int, market: Market = MARKET, versions=("champion-a", "shadow-b"),
+                required=REQUIRED) -> dict:
     """What the page, the API, the models page and the skill guard show of the market."""
     day = newest - ERROR_WINDOW_HOURS * 3_600_000
     length = timeframe_ms(market.timeframe)
@@ -257,8 +258,10 @@ def test_a_scheduler_pruning_as_it_ticks_three_days_shows_every_score_as_one_tha
     assert passes == closes // closes_a_pass, "a pass every RETENTION_SECONDS of the clock"
     kept_ms = retention_cutoff(newest, timeframe, 1, pruned.ticker.required_origins)
     kept_targets = (newest - kept_ms) // length + 1 + 10  # the retained span's targets, and the ten still to come
-    assert kept.ticker.db().execute("select count(distinct target_ts) from forecasts").fetchone()[0] > 2 * DAY_MS // length
-    assert most_targets <= kept_targets + closes_a_pass, "from the first pass on, the span and the closes between passes"
+    kept_store = kept.ticker.db()
+    assert kept_store.execute("select count(distinct target_ts) from forecasts").fetchone()[0] > 2 * DAY_MS // length
+    assert most_targets <= kept_targets + closes_a_pass, (
+        "from the first pass on, the span and the closes between passes")
     folded = int(dbs[0].execute("select sum(scored) from forecast_days").fetchone()[0])
     steps = [db.execute("select count(*) from forecasts").fetchone()[0] for db in dbs]
     assert folded > DAY_MS // length * 10 and folded + steps[0] == steps[1], "every step deleted is in a daily sum"
