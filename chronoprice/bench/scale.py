@@ -25,6 +25,7 @@ from urllib.parse import quote, urlsplit
 
 import numpy as np
 
+from chronoprice.bench.metrics import histogram_quantile, observed_between, scrape_latency
 from chronoprice.bench.watchlist import START_MS, cold_started_scheduler, exchange_process
 from chronoprice.market.markets import market_key
 from chronoprice.market.timeframes import TIMEFRAME_MS, timeframe_ms
@@ -34,12 +35,14 @@ from chronoprice.service.watchlist import seed_watchlist
 from chronoprice.store import open_store, table_bytes
 from chronoprice.store.schema import is_database_url
 from chronoprice.testing.harness import (
-    FakeClock,
+    RunningClock,
     dashboard_refresh_body,
+    free_port,
     get_json,
     gunicorn_service,
     local_exchange_env,
 )
+from chronoprice.web.api.prometheus import start_metrics_server
 
 WORKER_MARKETS = 40
 CLOSES = 5
@@ -57,30 +60,55 @@ def bench_markets(count: int, timeframe: str) -> list[tuple[str, str]]:
 
 
 def worker_run(model_path: Path, store: Path | str, timeframe: str, count: int, closes: int) -> dict:
-    """Seconds one scheduler takes from each close to every market's forecast stored, and its CPU seconds."""
+    """Seconds one scheduler takes from each close to every market's forecast stored, and its CPU
+    seconds; and each forecast's close-to-stored seconds by the bench's clock beside what a scrape
+    of the worker's GET /metrics says of the same ticks (the scheduler's clock runs in real time
+    from each close: RunningClock)."""
     length_ms = timeframe_ms(timeframe)
     markets = bench_markets(count, timeframe)
     first_open = START_MS + (HISTORY_CANDLES + 1) * length_ms
     clock_ms = first_open + int(SETTLE_SECONDS * 1000)
-    with exchange_process([symbol for symbol, _ in markets], first_open + (closes + 1) * length_ms, clock_ms) as (url, advance):
-        clock = FakeClock(clock_ms / 1000)
-        scheduler = cold_started_scheduler(url, store, model_path, markets, clock, history=HISTORY_CANDLES)
-        seconds, cpu_seconds, ticked = [], [], 0
-        for _ in range(closes):
-            advance(length_ms // 60_000)
-            clock.seconds += length_ms / 1000
-            cpu_before, started = time.process_time(), time.perf_counter()
-            scheduler.run_once()
-            finished = scheduler.wait_for_ticks()
-            seconds.append(max(finished.values()) - started)
-            cpu_seconds.append(time.process_time() - cpu_before)
-            ticked += len(finished)
-        scheduler.stop()
+    metrics_server = start_metrics_server("127.0.0.1", free_port(), None)
+    scrape_url = f"http://127.0.0.1:{metrics_server.server_port}/metrics"
+    try:
+        with exchange_process([symbol for symbol, _ in markets], first_open + (closes + 1) * length_ms, clock_ms) as (
+                url, advance):
+            clock = RunningClock(clock_ms / 1000)
+            scheduler = cold_started_scheduler(url, store, model_path, markets, clock, history=HISTORY_CANDLES)
+            scraped_before = scrape_latency(scrape_url, timeframe)
+            seconds, latencies, cpu_seconds, ticked = [], [], [], 0
+            for close in range(1, closes + 1):
+                advance(length_ms // 60_000)
+                clock.seconds = (first_open + close * length_ms) / 1000 + SETTLE_SECONDS  # the scheduler's first look
+                cpu_before, started = time.process_time(), time.perf_counter()
+                scheduler.run_once()
+                finished = scheduler.wait_for_ticks()
+                seconds.append(max(finished.values()) - started)
+                latencies += [SETTLE_SECONDS + done - started for done in finished.values()]
+                cpu_seconds.append(time.process_time() - cpu_before)
+                ticked += len(finished)
+            observed = observed_between(scraped_before, scrape_latency(scrape_url, timeframe))
+            scheduler.stop()
+    finally:
+        metrics_server.shutdown()
+        metrics_server.server_close()
     close_seconds = float(np.median(seconds))
     return {"timeframe": timeframe, "markets": count, "closes": closes, "ticks": ticked,
             "close_to_all_stored_seconds": round(close_seconds + SETTLE_SECONDS, 2),
             "ticks_per_second": round(count / close_seconds, 1),
-            "cpu_ms_per_tick": round(1000 * float(np.sum(cpu_seconds)) / max(ticked, 1), 1)}
+            "cpu_ms_per_tick": round(1000 * float(np.sum(cpu_seconds)) / max(ticked, 1), 1),
+            "close_to_stored": close_to_stored_figures(latencies, observed)}
+
+
+def close_to_stored_figures(latencies: list[float], observed: dict) -> dict:
+    """Mean and p95 seconds from a close to each forecast stored, by the bench's clock and by the
+    /metrics histogram's observations of the same ticks (observed_between), and how many each saw."""
+    quantile = histogram_quantile(0.95, observed["buckets"])
+    return {"forecasts": len(latencies), "mean_seconds": round(float(np.mean(latencies)), 3),
+            "p95_seconds": round(float(np.percentile(latencies, 95)), 3),
+            "metrics_observations": int(observed["count"]),
+            "metrics_mean_seconds": round(observed["sum"] / observed["count"], 3) if observed["count"] else None,
+            "metrics_p95_seconds": None if quantile is None else round(quantile, 3)}
 
 
 def markets_kept_current(runs: list[dict]) -> dict:
@@ -239,6 +267,10 @@ def format_scale(report: dict) -> str:
     for run in report["worker"]:
         lines.append(f"worker, {run['markets']} markets at {run['timeframe']}: every forecast stored {run['close_to_all_stored_seconds']} s "
                      f"after the close (median of {run['closes']}); {run['ticks_per_second']} ticks/s; {run['cpu_ms_per_tick']} ms CPU a tick")
+        latency = run["close_to_stored"]
+        lines.append(f"  close to stored, mean / p95: bench {latency['mean_seconds']} / {latency['p95_seconds']} s "
+                     f"({latency['forecasts']} forecasts), /metrics histogram {latency['metrics_mean_seconds']} / "
+                     f"{latency['metrics_p95_seconds']} s ({latency['metrics_observations']} observations)")
     lines.append("markets one worker keeps current (stored within 5 s / before the next close): " + ", ".join(
         f"{timeframe} {kept['within_budget']} / {kept['before_next_close']}" for timeframe, kept in report["markets_kept_current"].items()))
     storage = report["storage"]

@@ -95,8 +95,8 @@ def exchange_process(symbols: list[str], end_ms: int, now_ms: int) -> Iterator[t
         child.join(timeout=10)
 
 
-def cold_started_scheduler(url: str, store: Path | str, model_path: Path, markets: list[tuple[str, str]], clock: FakeClock,
-                           history: int | None = None) -> Scheduler:
+def cold_started_scheduler(url: str, store: Path | str, model_path: Path, markets: list[tuple[str, str]],
+                           clock: Callable[[], float], history: int | None = None) -> Scheduler:
     """The scheduler of `markets` on the local exchange at `url`, their cold start done and its
     history forecast (`history` candles each, or the default cold start)."""
     ticker = Ticker(LiveSource("binance", url, (), history=history), store, lambda: load_forecaster(model_path),

@@ -40,6 +40,26 @@ class FakeClock:
         return self.seconds
 
 
+class RunningClock:
+    """A clock that runs at real time's pace from where it is set: `clock.seconds = close + 2`
+    jumps to a moment, and the work after it takes the time it really takes, so latencies read
+    off this clock (the /metrics histogram's) are real ones."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    @property
+    def seconds(self) -> float:
+        return time.monotonic() + self._offset
+
+    @seconds.setter
+    def seconds(self, value: float) -> None:
+        self._offset = value - time.monotonic()
+
+    def __call__(self) -> float:
+        return self.seconds
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as probe:

@@ -3,6 +3,7 @@ that turns them into capacity."""
 
 import pytest
 
+from chronoprice.bench.metrics import histogram_quantile, observed_between
 from chronoprice.bench.scale import (
     bench_markets,
     best_level,
@@ -13,6 +14,7 @@ from chronoprice.bench.scale import (
     web_levels,
     worker_run,
 )
+from chronoprice.service.scheduler import SETTLE_SECONDS
 from chronoprice.store import open_store, table_bytes
 
 pytestmark = pytest.mark.slow  # the scale benchmark's runs: the whole suite runs it, `-m "not slow"` does not
@@ -23,6 +25,18 @@ def test_capacity_per_timeframe_follows_the_measured_tick_rate_and_the_candle_le
     assert kept["1m"] == {"within_budget": 60, "before_next_close": 1160}
     assert kept["5m"] == {"within_budget": 120, "before_next_close": 11920}, "5m ticks cost what 1h ticks do"
     assert kept["1h"]["before_next_close"] == 40 * 3598
+
+
+def test_the_histograms_quantile_is_read_as_prometheus_reads_it():
+    buckets = {1.0: 0.0, 2.0: 50.0, 5.0: 100.0, float("inf"): 100.0}
+    assert histogram_quantile(0.5, buckets) == 2.0
+    assert histogram_quantile(0.95, buckets) == pytest.approx(2.0 + 3.0 * 45 / 50)
+    assert histogram_quantile(0.99, {1.0: 10.0, 5.0: 10.0, float("inf"): 20.0}) == 5.0, "past the last edge: that edge"
+    assert histogram_quantile(0.95, {1.0: 0.0, float("inf"): 0.0}) is None
+    before = {"count": 2.0, "sum": 4.0, "buckets": {2.0: 1.0, 5.0: 2.0, float("inf"): 2.0}}
+    after = {"count": 5.0, "sum": 13.0, "buckets": {2.0: 1.0, 5.0: 4.0, float("inf"): 5.0}}
+    assert observed_between(before, after) == {"count": 3.0, "sum": 9.0,
+                                               "buckets": {2.0: 0.0, 5.0: 2.0, float("inf"): 3.0}}
 
 
 def test_the_best_web_level_is_the_busiest_under_the_p95_target_without_failures():
@@ -38,6 +52,11 @@ def test_one_worker_and_one_web_instance_measured_on_a_real_store(tmp_path, tiny
     store = tmp_path / "scale.db"
     run = worker_run(tiny_model, store, "1m", 2, closes=2)
     assert run["ticks"] == 4 and run["ticks_per_second"] > 0 and run["cpu_ms_per_tick"] > 0
+    latency = run["close_to_stored"]
+    assert latency["metrics_observations"] == latency["forecasts"] == 4, "the scrape saw every forecast of the run"
+    assert latency["metrics_mean_seconds"] > SETTLE_SECONDS, "the histogram's clock ran through the ticks"
+    assert latency["metrics_mean_seconds"] == pytest.approx(latency["mean_seconds"], rel=0.10), (
+        "the /metrics histogram agrees with the bench's own clock")
     db = open_store(store)
     candles = db.execute("select count(*) from candles").fetchone()[0]
     assert candles == 2 * (120 + 2), "each market's cold start and one candle a close"
