@@ -1,11 +1,13 @@
 """The forming candle of the watched markets over the exchange's WebSocket (ccxt.pro's
-watch_ohlcv), for the scheduler's process. REST stays the source of truth for stored, closed
-candles: when a market's stream shows that its candle closed, `on_closed(symbol, timeframe)`
-only asks for that market's tick at once. Nothing here is stored.
+watch_ohlcv), for the scheduler's process. When a market's stream shows that its candle closed
+(a newer one began), `on_closed(symbol, timeframe, final)` asks for that market's tick at once
+with the closed candle's final state as this connection saw it (service/streamed.py stores it
+and has REST check it), or None where this connection did not see the candle form: the first
+event of each market on a new connection, so every (re)connect is a REST tick.
 
 One connection carries every watched market (Binance allows 1,024 streams on one). A watchdog
 reconnects a silent or broken stream with growing waits; candles closed meanwhile reach the
-store through REST on the ticks that run regardless. The stream runs an asyncio loop in a
+store through REST, on that first tick and on the ticks that run regardless. The stream runs an asyncio loop in a
 thread of its own, since the rest of ChronoPrice is synchronous.
 """
 
@@ -64,10 +66,21 @@ def valid_candle(row) -> tuple | None:
     return (ts, *values)
 
 
+def final_candle(last_seen: tuple, earlier_rows: list) -> tuple:
+    """The closed candle's final state: its row in the same update where the update carried it
+    (the closing event and the next candle's first can come together), else its last event."""
+    for row in reversed(earlier_rows):
+        candle = valid_candle(row)
+        if candle is not None and candle[0] == last_seen[0]:
+            return candle
+    return last_seen
+
+
 class CandleStream:
     """Streams the forming candle of the markets given to `watch`, reconnecting as needed."""
 
-    def __init__(self, exchange_id: str, rest_url: str | None, ws_url: str | None, on_closed: Callable[[str, str], None],
+    def __init__(self, exchange_id: str, rest_url: str | None, ws_url: str | None,
+                 on_closed: Callable[[str, str, tuple | None], None],
                  on_forming: Callable[[str, str, Forming], None] = lambda *_: None,
                  stall_seconds: float = STALL_SECONDS, clock: Callable[[], float] = time.time):
         self.exchange_id, self._rest_url, self._ws_url = exchange_id, rest_url, ws_url
@@ -155,6 +168,8 @@ class CandleStream:
             finally:
                 with self._lock:
                     self._live = frozenset()
+                    # A candle seen forming before the drop may have changed unseen: never a final one.
+                    self._forming.clear()
                 await client.close()
             if failures and not self._stopping:
                 await asyncio.sleep(RECONNECT_SECONDS[min(failures, len(RECONNECT_SECONDS)) - 1])
@@ -170,19 +185,26 @@ class CandleStream:
             for symbol, by_timeframe in update.items():
                 for timeframe, candles in by_timeframe.items():
                     if candles:
-                        self._update(symbol, timeframe, candles[-1])
+                        self._update(symbol, timeframe, candles)
 
-    def _update(self, symbol: str, timeframe: str, row) -> None:
-        candle = valid_candle(row)
+    def _update(self, symbol: str, timeframe: str, rows: list) -> None:
+        """The newest of the candles an update brought (ccxt's cache, oldest first) is forming;
+        if it began since the last event, the one before it closed."""
+        candle = valid_candle(rows[-1])
         if candle is None:
-            log.warning("candle stream: a malformed %s %s candle ignored: %s", symbol, timeframe, str(row)[:200])
+            log.warning("candle stream: a malformed %s %s candle ignored: %s", symbol, timeframe, str(rows[-1])[:200])
             return
         market = (symbol, timeframe)
         self.events += 1
         forming = Forming(candle, int(self._clock() * 1000))
         with self._lock:
             previous = self._forming.get(market)
-            self._forming[market] = forming
+            if previous is None or candle[0] >= previous.candle[0]:  # an older candle's late event changes nothing
+                self._forming[market] = forming
+        if previous is not None and candle[0] < previous.candle[0]:
+            return
         self._on_forming(symbol, timeframe, forming)
-        if previous is not None and candle[0] > previous.candle[0]:
-            self._on_closed(symbol, timeframe)  # the candle before this one has closed
+        if previous is None:
+            self._on_closed(symbol, timeframe, None)  # new on this connection: REST catches up on what it missed
+        elif candle[0] > previous.candle[0]:
+            self._on_closed(symbol, timeframe, final_candle(previous.candle, rows[:-1]))

@@ -47,6 +47,7 @@ SCHEDULED_MARKETS = Gauge("chronoprice_scheduled_markets", "Watched markets this
 STREAMING_MARKETS = Gauge("chronoprice_streaming_markets", "Watched markets whose candles come over a live stream now",
                           multiprocess_mode="livesum")
 STREAM_RECONNECTS = Counter("chronoprice_stream_reconnects_total", "Candle stream connections lost and made again")
+STREAM_REVISIONS = Counter("chronoprice_stream_revisions_total", "Streamed closed candles REST's check found different")
 SKILL_GUARDED = Gauge("chronoprice_skill_guarded", "1 while the skill guard serves the last close in the model's place",
                       ["market"], multiprocess_mode="livemax")
 # state: open (connections the pool holds), in_use, waiting (requests queued for one)
@@ -94,6 +95,10 @@ def record_schedule(holds_lease: bool, scheduled: int, streaming: int, reconnect
     STREAMING_MARKETS.set(streaming)
     if reconnects:
         STREAM_RECONNECTS.inc(reconnects)
+
+
+def record_stream_revisions(candles: int) -> None:
+    STREAM_REVISIONS.inc(candles)
 
 
 def record_store_pool(db) -> None:

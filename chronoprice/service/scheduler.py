@@ -20,13 +20,15 @@ import time
 import uuid
 from typing import Callable
 
+from chronoprice.market.source import SourceError
 from chronoprice.market.stream import CandleStream
 from chronoprice.market.timeframes import timeframe_ms
 from chronoprice.service.alerts import Alerts
-from chronoprice.service.metrics import record_schedule, record_store_pool
+from chronoprice.service.metrics import record_schedule, record_store_pool, record_stream_revisions
 from chronoprice.service.promotion import CHECK_SECONDS, check_promotions
 from chronoprice.service.retention import Retention
 from chronoprice.service.status import TickStatus
+from chronoprice.service.streamed import STREAMED_NOTE, reconcile_market
 from chronoprice.service.tick import Ticker
 from chronoprice.store import STORE_UNAVAILABLE, log_failure
 from chronoprice.store.claims import SCHEDULER_LEASE, hold_lease, lease_holder, release_lease
@@ -96,6 +98,9 @@ class Scheduler:
         self._due: dict[tuple[str, str], _Due] = {}
         self._running: dict[tuple[str, str], concurrent.futures.Future] = {}
         self._pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="chronoprice-tick")
+        # REST's checks of streamed candles queue here, behind no tick and ahead of none.
+        self._reconciler = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="chronoprice-reconcile")
+        self._streamed: dict[tuple[str, str], tuple] = {}  # the final candle the stream saw, until its tick
         self._stop = threading.Event()
         self._wake = threading.Event()  # a pass is due before its wait ends: stop, or a streamed candle closed
         self.stream: CandleStream | None = None  # build_scheduler attaches one when the exchange streams candles
@@ -132,6 +137,7 @@ class Scheduler:
         if self._thread:
             self._thread.join(timeout=10)
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self._reconciler.shutdown(wait=True, cancel_futures=True)
         self._lease_until = 0.0
         release_lease(self.ticker.db(), SCHEDULER_LEASE, self.owner)
 
@@ -238,13 +244,15 @@ class Scheduler:
         except Exception as error:  # the watchlist's ticks must go on
             log_failure(log, "promotion check", error)
 
-    def candle_closed(self, symbol: str, timeframe: str) -> None:
-        """The stream saw the market's candle close: tick it now rather than at its due time
-        (called from the stream's thread)."""
+    def candle_closed(self, symbol: str, timeframe: str, final: tuple | None = None) -> None:
+        """The stream saw the market's candle close: tick it now rather than at its due time,
+        with the `final` candle the stream saw, if any (called from the stream's thread)."""
         market = (symbol, timeframe)
         due = self._due.get(market)
         if due is None:
             return
+        if final is not None:
+            self._streamed[market] = final
         if due.at == math.inf:  # its tick is running: tick again once it ends
             self._closed_while_ticking.add(market)
             return
@@ -262,8 +270,11 @@ class Scheduler:
     def _tick(self, market: tuple[str, str], due: _Due) -> float:
         symbol, timeframe = market
         length_ms = timeframe_ms(timeframe)
+        streamed = self._streamed.pop(market, None)
+        if streamed is not None and (self.stream is None or self.stream.exchange_id != self.ticker.source.exchange):
+            streamed = None  # failed over: the stream's exchange is not the one ticked
         try:
-            status = self.ticker.tick(symbol, timeframe, force=True, feed=self.feed(market))
+            status = self.ticker.tick(symbol, timeframe, force=True, feed=self.feed(market), streamed=streamed)
         except STORE_UNAVAILABLE as error:
             # No backoff: a database restart must not leave every market minutes late once it is back.
             log_failure(log, f"tick of {symbol} {timeframe}", error)
@@ -275,6 +286,8 @@ class Scheduler:
             status = TickStatus(self.ticker.source.label, None, symbol, timeframe, error=f"{type(error).__name__}: {error}")
         if status.error:
             log.warning("%s %s: %s", symbol, timeframe, status.error)
+        if status.note == STREAMED_NOTE:
+            self._reconciler.submit(self._reconcile, market)
         if self.alerts:
             try:
                 self.alerts.after_tick(status)
@@ -286,6 +299,22 @@ class Scheduler:
                 self._closed_while_ticking.discard(market)
                 self.candle_closed(symbol, timeframe)
         return time.perf_counter()
+
+    def _reconcile(self, market: tuple[str, str]) -> None:
+        """REST's check of the candles the stream gave (service/streamed.py), off the ticks' threads."""
+        symbol, timeframe = market
+        try:
+            market_stored = self.ticker.stored_market(symbol, timeframe)
+            revised = reconcile_market(self.ticker.db(), self.ticker.source, market_stored)
+        except SourceError as error:
+            log.warning("%s %s: REST could not check the streamed candle (%s); the next close checks it again",
+                        symbol, timeframe, error)
+        except Exception as error:  # the next close checks the last few candles again
+            log_failure(log, f"check of {symbol} {timeframe}", error)
+        else:
+            if revised:
+                record_stream_revisions(revised)
+                log.info("%s %s: REST revised %d candle(s) the stream gave", symbol, timeframe, revised)
 
     def run_forever(self) -> None:
         """Run in this thread until interrupted (the worker command)."""

@@ -32,6 +32,7 @@ from chronoprice.service.metrics import record_exchange_error, record_tick
 from chronoprice.service.models import ModelShelf, ModelSlot, TimeframeModels, register_started
 from chronoprice.service.scoring import adapted_quantiles
 from chronoprice.service.status import TickStatus, forming_row, status_from_json, status_to_json
+from chronoprice.service.streamed import streamed_fetch
 from chronoprice.store import log_failure, store_connections
 from chronoprice.store.claims import SCHEDULER_LEASE, claim_tick, lease_holder, read_tick_status, save_tick_status
 from chronoprice.store.records import (
@@ -154,11 +155,13 @@ class Ticker:
         saved = status_from_json(read_tick_status(self.db(), self._tick_key(symbol, timeframe)))
         return saved or TickStatus(self.source.label, None, symbol, timeframe=timeframe, note="first update in progress")
 
-    def tick(self, symbol: str, timeframe: str | None = None, force: bool = False, feed: str | None = None) -> TickStatus:
+    def tick(self, symbol: str, timeframe: str | None = None, force: bool = False, feed: str | None = None,
+             streamed: tuple | None = None) -> TickStatus:
         """Run a tick for the market unless one is running or ran within the refresh interval (any
         time ago with `force`, as the scheduler asks) in any process sharing the database, or the
         market is watched and another process schedules the watchlist; otherwise return the
-        stored status at once. `feed` (the scheduler's: streaming or polling) is saved with it."""
+        stored status at once. `feed` (the scheduler's: streaming or polling) is saved with it;
+        `streamed`, the closed candle the stream saw, is stored in place of a fetch where it fits."""
         timeframe = timeframe or self.timeframe
         if not force and not self.holds_schedule() and is_watched(self.db(), symbol, timeframe):
             return self.watched_status(symbol, timeframe)
@@ -169,7 +172,7 @@ class Ticker:
             key = self._tick_key(symbol, timeframe)
             if not claim_tick(self.db(), key, self.now_ms(), 0 if force else self._refresh_ms):
                 return self.stored_status(symbol, timeframe)
-            status = dataclasses.replace(self.run_tick(symbol, timeframe, history_in_background=True), feed=feed)
+            status = dataclasses.replace(self.run_tick(symbol, timeframe, True, streamed), feed=feed)
             save_tick_status(self.db(), key, status_to_json(status))
             record_tick(status)
             return status
@@ -216,16 +219,19 @@ class Ticker:
 
         return since
 
-    def run_tick(self, symbol: str, timeframe: str, history_in_background: bool) -> TickStatus:
-        """One tick now, unclaimed: fetch, store, forecast every origin since the newest
-        forecast (one after a tick a candle ago, all of them after an outage), and on a cold
-        start forecast the fetched history (in a background thread if asked)."""
+    def run_tick(self, symbol: str, timeframe: str, history_in_background: bool,
+                 streamed: tuple | None = None) -> TickStatus:
+        """One tick now, unclaimed: fetch (or take the `streamed` closed candle: streamed_fetch),
+        store, forecast every origin since the newest forecast (one after a tick a candle ago, all
+        of them after an outage), and on a cold start forecast the fetched history (in a
+        background thread if asked)."""
         started = time.perf_counter()
         error = note = None
         exchange = self.source.exchange
         new, cold_starts, forming = 0, [], None
         try:
-            fetched = self.source.fetch_closed(symbol, timeframe, self._since_for(symbol, timeframe, cold_starts))
+            since = self._since_for(symbol, timeframe, cold_starts)
+            fetched = streamed_fetch(streamed, exchange, since) or self.source.fetch_closed(symbol, timeframe, since)
             exchange, note, forming = fetched.exchange, fetched.note, forming_row(fetched.forming)
             new = upsert_candles(self.db(), self.market(symbol, exchange, timeframe), fetched.candles)
         except UnknownSymbol as failure:
@@ -250,22 +256,10 @@ class Ticker:
                 self._histories.append(self._history_pool.submit(self._forecast_history_in_background, market, oldest))
         finished = time.perf_counter()
         return TickStatus(
-            source=self.source.label,
-            exchange=exchange,
-            symbol=symbol,
-            timeframe=timeframe,
-            newest_ts=newest,
-            new_candles=new,
-            forecast_origin_ts=origin,
-            model_version=version,
-            error=error,
-            note=note,
-            fetch_ms=(fetched_at - started) * 1000,
-            forecast_ms=(finished - fetched_at) * 1000,
-            total_ms=(finished - started) * 1000,
-            finished_at_ms=self.now_ms(),
-            forming=forming,
-            skill=skill,
+            source=self.source.label, exchange=exchange, symbol=symbol, timeframe=timeframe, newest_ts=newest,
+            new_candles=new, forecast_origin_ts=origin, model_version=version, error=error, note=note,
+            fetch_ms=(fetched_at - started) * 1000, forecast_ms=(finished - fetched_at) * 1000,
+            total_ms=(finished - started) * 1000, finished_at_ms=self.now_ms(), forming=forming, skill=skill,
             last_close_band=self._last_close_band(market, origin) if skill and skill["guarded"] else None,
         )
 

@@ -2,7 +2,8 @@
 clock, so ccxt's own WebSocket client (ccxt.pro) runs against it unchanged: SUBSCRIBE and its
 acknowledgement, a kline event for each subscribed forming candle every `push_seconds`, and the
 closing event (`"x": true`) of a candle once the clock passes its end. Tests can make it
-misbehave: drop every connection, fall silent, or send garbage frames.
+misbehave: drop every connection, fall silent, send garbage frames, or send closing events of
+their own making (`final_events`: a closing event in, the events sent in its place out).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+from typing import Callable
 
 from aiohttp import WSMsgType, web
 
@@ -28,6 +30,7 @@ class BinanceStreamSimulator:
     def __init__(self, exchange: BinanceSimulator, push_seconds: float = 0.2):
         self.exchange, self.push_seconds = exchange, push_seconds
         self.silent = False  # a stall: connections stay open, nothing is sent
+        self.final_events: Callable[[dict], list[dict]] = lambda event: [event]
         self.connections = 0
         self.events_sent = 0
         self._sockets: set[web.WebSocketResponse] = set()
@@ -126,7 +129,8 @@ class BinanceStreamSimulator:
         events = []
         previous = streams[name]
         if previous is not None and previous < forming_ts and previous in candles.index:
-            events.append(kline_event(exchange_id, interval, kline_row(candles.loc[previous], 1.0, length), closed=True))
+            final = kline_row(candles.loc[previous], 1.0, length)
+            events += self.final_events(kline_event(exchange_id, interval, final, closed=True))
         if forming_ts in candles.index:
             fraction = (now - forming_ts) / length
             events.append(kline_event(exchange_id, interval, kline_row(candles.loc[forming_ts], fraction, length), closed=False))

@@ -37,19 +37,23 @@ def test_ccxt_can_stream_binance_and_kraken_candles_and_malformed_ones_are_refus
 
 def test_the_stream_follows_the_forming_candle_and_reports_each_close_once(stream_exchange):
     exchange, stream = stream_exchange
-    closed = []
-    candles = CandleStream("binance", exchange.url, stream.url, lambda *market: closed.append(market), stall_seconds=5).start()
+    calls = []
+    candles = CandleStream("binance", exchange.url, stream.url, lambda *call: calls.append(call),
+                           stall_seconds=5).start()
     try:
         candles.watch(MARKETS)
         assert wait_until(lambda: all(candles.forming(*market) for market in MARKETS) and candles.streaming("BTC/USDT", "1m"))
         forming = candles.forming("BTC/USDT", "1m").candle
         assert forming[0] == exchange.now_ms // 60_000 * 60_000, "the candle still forming, not a closed one"
+        assert sorted(calls) == [(*market, None) for market in sorted(MARKETS)], (
+            "each market's first event on the connection: a tick to catch up over REST, no final candle")
         exchange.advance(0.25)  # 30 s into the candle, now 45 s
         assert wait_until(lambda: candles.forming("BTC/USDT", "1m").candle[4] != forming[4]), "it moves as the clock runs"
-        assert closed == []
+        assert len(calls) == 2
         exchange.advance(1)
-        assert wait_until(lambda: ("BTC/USDT", "1m") in closed)
-        assert closed.count(("BTC/USDT", "1m")) == 1 and ("ETH/USDT", "5m") not in closed
+        assert wait_until(lambda: len(calls) == 3)
+        closed = exchange.closed_candles("BTC/USDT").iloc[-1]
+        assert calls[-1] == ("BTC/USDT", "1m", tuple(closed)), "the close reported once, with its final candle"
         candles.watch(MARKETS[:1])
         assert wait_until(lambda: not candles.streaming("ETH/USDT", "5m"))
     finally:
