@@ -1,11 +1,13 @@
 """The scaled shape under faults: a worker, a standby worker and two gunicorn web instances on one
-PostgreSQL, fifty API clients spread over both instances, an exchange that misbehaves, the active
-worker killed with SIGKILL in the middle of a tick, and the database restarted once."""
+PostgreSQL (straight, with 3 watched markets, and behind PgBouncer in transaction mode with 20),
+fifty API clients spread over both instances, an exchange that misbehaves, the active worker
+killed with SIGKILL in the middle of a tick, and the database restarted once."""
 
 from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import itertools
 import json
 import multiprocessing
 import os
@@ -29,7 +31,13 @@ from chronoprice.store import open_store
 from chronoprice.store.records import newest_forecast_origin_ts
 from chronoprice.testing.exchange import BinanceSimulator, Fault
 from chronoprice.testing.harness import gunicorn_service, local_exchange_env
-from tests.helpers import MINUTE_MS, SERIES_START_MS, assert_one_whole_forecast_per_closed_candle, wait_until
+from tests.helpers import (
+    MINUTE_MS,
+    SERIES_START_MS,
+    assert_one_whole_forecast_per_closed_candle,
+    make_candles,
+    wait_until,
+)
 from tests.pgbouncer_server import PgBouncer
 from tests.postgres_server import PASSWORD
 
@@ -37,6 +45,7 @@ pytestmark = pytest.mark.slow  # PostgreSQL servers and processes killed and res
 
 WATCHED = [("BTC/USDT", "1m"), ("ETH/USDT", "1m"), ("BTC/USDT", "5m")]
 UNWATCHED = ("ETH/USDT", "5m")  # read on demand, so the web instances tick it themselves, claimed through the store
+MORE_WATCHED = [(f"S{number}/USDT", "1m") for number in range(17)]  # behind PgBouncer: 20 markets in all
 CLIENTS = 50
 
 
@@ -64,9 +73,9 @@ def fetch(url: str) -> tuple[int, bool, dict | str | None]:
         return error.code, "Retry-After" in error.headers, None
 
 
-def client_paths() -> list[str]:
+def client_paths(watched: list[tuple[str, str]]) -> list[str]:
     paths = ["/api/health", "/api/v1/markets", "/metrics"]  # the operator's scrape, throughout
-    for symbol, timeframe in [*WATCHED, UNWATCHED]:
+    for symbol, timeframe in [*watched, UNWATCHED]:
         query = f"symbol={symbol}&timeframe={timeframe}"
         paths += [f"/api/v1/forecast?{query}", f"/api/v1/candles?{query}&limit=60", f"/api/v1/metrics?{query}"]
     return paths
@@ -81,23 +90,25 @@ def lease_owner(url: str) -> str | None:
 @pytest.mark.parametrize("route", ["direct", "pgbouncer"])
 def test_a_worker_a_standby_and_two_web_instances_on_postgresql_survive_a_kill_and_a_restart(
         series, tmp_path, tiny_model, postgres_server, postgres_url, route):
-    if route == "pgbouncer":  # three server connections for the four processes' pools of 8
+    if route == "pgbouncer":  # three server connections for the four processes' pools of 8, and 20 markets
         bouncer = PgBouncer(postgres_server)
-        store_url = bouncer.url(postgres_url)
+        store_url, watched = bouncer.url(postgres_url), WATCHED + MORE_WATCHED
+        series = {**series, **{symbol: make_candles(4000, symbol) for symbol, _ in MORE_WATCHED}}
     else:
-        bouncer, store_url = None, postgres_url
+        bouncer, store_url, watched = None, postgres_url, WATCHED
     try:
-        soak(series, tmp_path, tiny_model, postgres_server, postgres_url, store_url)
+        soak(series, tmp_path, tiny_model, postgres_server, postgres_url, store_url, watched)
     finally:
         if bouncer:
             bouncer.stop()
 
 
-def soak(series, tmp_path, tiny_model, postgres_server, postgres_url: str, store_url: str) -> None:
+def soak(series, tmp_path, tiny_model, postgres_server, postgres_url: str, store_url: str,
+         watched: list[tuple[str, str]]) -> None:
     now = SERIES_START_MS + 1200 * MINUTE_MS + 30_000
     spawn = multiprocessing.get_context("spawn")
     clock_seconds = spawn.Value("d", now / 1000)
-    watch = ",".join(f"{symbol}@{timeframe}" for symbol, timeframe in WATCHED)
+    watch = ",".join(f"{symbol}@{timeframe}" for symbol, timeframe in watched)
     with BinanceSimulator(series, now_ms=now) as exchange, BinanceSimulator(series, now_ms=now) as web_exchange, \
             contextlib.ExitStack() as stack:
         # The workers and the web instances ask different copies of the exchange, so the test can
@@ -141,7 +152,7 @@ def soak(series, tmp_path, tiny_model, postgres_server, postgres_url: str, store
                     move_clock(0.5)
                 try:
                     return all(newest_forecast_origin_ts(db, Market("binance", symbol, timeframe))
-                               == exchange.closed_candles(symbol, timeframe)["ts"].iloc[-1] for symbol, timeframe in WATCHED)
+                               == exchange.closed_candles(symbol, timeframe)["ts"].iloc[-1] for symbol, timeframe in watched)
                 except psycopg.OperationalError:  # the database is still starting
                     return False
 
@@ -171,12 +182,14 @@ def soak(series, tmp_path, tiny_model, postgres_server, postgres_url: str, store
 
         # Fifty clients, spread over both instances, read for the whole soak.
         stop_reading = threading.Event()
-        paths = client_paths()
+        paths = client_paths(watched)
 
         def client(number: int) -> list[tuple[float, int, bool]]:
             seen, base = [], bases[number % 2]
-            while not stop_reading.is_set():
-                status, retry_after, _ = fetch(base + paths[number % len(paths)])
+            for request in itertools.count(number):  # each client goes round every path, from its own
+                if stop_reading.is_set():
+                    break
+                status, retry_after, _ = fetch(base + paths[request % len(paths)])
                 seen.append((time.monotonic(), status, retry_after))
                 time.sleep(0.1)  # a viewer's pace, not a flood: the soak is about faults, `bench --scale` about load
             return seen
@@ -220,7 +233,7 @@ def soak(series, tmp_path, tiny_model, postgres_server, postgres_url: str, store
         stop_reading.set()
         seen = [entry for reader in readers for entry in reader.result()]
         newest = {}
-        for symbol, timeframe in WATCHED:
+        for symbol, timeframe in watched:
             answers = [fetch(f"{base}/api/v1/forecast?symbol={symbol}&timeframe={timeframe}") for base in bases]
             assert [status for status, *_ in answers] == [200, 200]
             assert answers[0][2] == answers[1][2], f"both web instances serve the same newest {symbol} {timeframe} forecast"
@@ -243,6 +256,6 @@ def soak(series, tmp_path, tiny_model, postgres_server, postgres_url: str, store
 
     window = load_forecaster(tiny_model).window
     db = open_store(postgres_url)
-    for symbol, timeframe in WATCHED:
+    for symbol, timeframe in watched:
         stored = assert_one_whole_forecast_per_closed_candle(db, exchange, symbol, timeframe, window)
         assert newest[(symbol, timeframe)]["origin_ts"] == stored["ts"].iloc[-1]
