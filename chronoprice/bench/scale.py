@@ -26,7 +26,7 @@ from urllib.parse import quote, urlsplit
 import numpy as np
 
 from chronoprice.bench.metrics import histogram_quantile, observed_between, scrape_latency
-from chronoprice.bench.watchlist import START_MS, cold_started_scheduler, exchange_process
+from chronoprice.bench.watchlist import START_MS, cold_started_scheduler, exchange_process, start_streaming
 from chronoprice.market.markets import market_key
 from chronoprice.market.timeframes import TIMEFRAME_MS, timeframe_ms
 from chronoprice.model.features import HORIZON
@@ -55,36 +55,51 @@ DAY_MS = 86_400_000
 TABLES = ("candles", "forecasts")
 
 
-def bench_markets(count: int, timeframe: str) -> list[tuple[str, str]]:
-    return [(f"S{number}/USDT", timeframe) for number in range(count)]
+def bench_markets(count: int, timeframe: str, prefix: str = "S") -> list[tuple[str, str]]:
+    return [(f"{prefix}{number}/USDT", timeframe) for number in range(count)]
 
 
-def worker_run(model_path: Path, store: Path | str, timeframe: str, count: int, closes: int) -> dict:
+def worker_run(model_path: Path, store: Path | str, timeframe: str, count: int, closes: int,
+               feed: str = "rest") -> dict:
     """Seconds one scheduler takes from each close to every market's forecast stored, and its CPU
     seconds; and each forecast's close-to-stored seconds by the bench's clock beside what a scrape
     of the worker's GET /metrics says of the same ticks (the scheduler's clock runs in real time
-    from each close: RunningClock)."""
+    from each close: RunningClock). `feed` "rest": the scheduler fetches each close 2 s after it;
+    "stream": the local exchange's kline WebSocket brings each close, stored as it comes
+    (service/streamed.py), the scheduler running in its own thread as in the worker."""
     length_ms = timeframe_ms(timeframe)
-    markets = bench_markets(count, timeframe)
+    markets = bench_markets(count, timeframe, "S" if feed == "rest" else "T")  # each run cold-starts markets of its own
     first_open = START_MS + (HISTORY_CANDLES + 1) * length_ms
     clock_ms = first_open + int(SETTLE_SECONDS * 1000)
     metrics_server = start_metrics_server("127.0.0.1", free_port(), None)
     scrape_url = f"http://127.0.0.1:{metrics_server.server_port}/metrics"
+    end_ms = first_open + (closes + 1) * length_ms
     try:
-        with exchange_process([symbol for symbol, _ in markets], first_open + (closes + 1) * length_ms, clock_ms) as (
-                url, advance):
+        with exchange_process([symbol for symbol, _ in markets], end_ms, clock_ms, feed == "stream") as (
+                url, advance, ws_url):
             clock = RunningClock(clock_ms / 1000)
             scheduler = cold_started_scheduler(url, store, model_path, markets, clock, history=HISTORY_CANDLES)
+            if feed == "stream":
+                start_streaming(scheduler, url, ws_url, markets)
             scraped_before = scrape_latency(scrape_url, timeframe)
+            # The REST feed waits SETTLE_SECONDS after a close before it asks; the stream's close starts the work.
+            waited = SETTLE_SECONDS if feed == "rest" else 0.0
             seconds, latencies, cpu_seconds, ticked = [], [], [], 0
             for close in range(1, closes + 1):
-                advance(length_ms // 60_000)
-                clock.seconds = (first_open + close * length_ms) / 1000 + SETTLE_SECONDS  # the scheduler's first look
-                cpu_before, started = time.process_time(), time.perf_counter()
-                scheduler.run_once()
-                finished = scheduler.wait_for_ticks()
+                close_seconds = (first_open + close * length_ms) / 1000
+                if feed == "stream":
+                    cpu_before, started = time.process_time(), time.perf_counter()
+                    clock.seconds = close_seconds
+                    advance(length_ms // 60_000)
+                    finished = scheduler.alerts.wait_for(markets, first_open + (close - 1) * length_ms)
+                else:
+                    advance(length_ms // 60_000)
+                    clock.seconds = close_seconds + waited  # the scheduler's first look
+                    cpu_before, started = time.process_time(), time.perf_counter()
+                    scheduler.run_once()
+                    finished = scheduler.wait_for_ticks()
+                latencies += [waited + done - started for done in finished.values()]
                 seconds.append(max(finished.values()) - started)
-                latencies += [SETTLE_SECONDS + done - started for done in finished.values()]
                 cpu_seconds.append(time.process_time() - cpu_before)
                 ticked += len(finished)
             observed = observed_between(scraped_before, scrape_latency(scrape_url, timeframe))
@@ -93,8 +108,8 @@ def worker_run(model_path: Path, store: Path | str, timeframe: str, count: int, 
         metrics_server.shutdown()
         metrics_server.server_close()
     close_seconds = float(np.median(seconds))
-    return {"timeframe": timeframe, "markets": count, "closes": closes, "ticks": ticked,
-            "close_to_all_stored_seconds": round(close_seconds + SETTLE_SECONDS, 2),
+    return {"timeframe": timeframe, "feed": feed, "markets": count, "closes": closes, "ticks": ticked,
+            "close_to_all_stored_seconds": round(close_seconds + waited, 2),
             "ticks_per_second": round(count / close_seconds, 1),
             "cpu_ms_per_tick": round(1000 * float(np.sum(cpu_seconds)) / max(ticked, 1), 1),
             "close_to_stored": close_to_stored_figures(latencies, observed)}
@@ -111,16 +126,17 @@ def close_to_stored_figures(latencies: list[float], observed: dict) -> dict:
             "metrics_p95_seconds": None if quantile is None else round(quantile, 3)}
 
 
-def markets_kept_current(runs: list[dict]) -> dict:
+def markets_kept_current(runs: list[dict], waited_seconds: float = SETTLE_SECONDS) -> dict:
     """Per timeframe, from the measured rate of its kind of tick (the model at 1m, the last close
-    with its band elsewhere): markets stored within BUDGET_SECONDS of each close, and markets
+    with its band elsewhere) after the `waited_seconds` before the work starts (REST's settle
+    time; none on the stream): markets stored within BUDGET_SECONDS of each close, and markets
     ticked at all before the next close."""
     rate = {run["timeframe"]: run["ticks_per_second"] for run in runs}
     kept = {}
     for timeframe, length_ms in TIMEFRAME_MS.items():
         ticks_per_second = rate.get(timeframe) or rate[next(name for name in rate if name != "1m")]
-        kept[timeframe] = {"within_budget": int(ticks_per_second * (BUDGET_SECONDS - SETTLE_SECONDS)),
-                           "before_next_close": int(ticks_per_second * (length_ms / 1000 - SETTLE_SECONDS))}
+        kept[timeframe] = {"within_budget": int(ticks_per_second * (BUDGET_SECONDS - waited_seconds)),
+                           "before_next_close": int(ticks_per_second * (length_ms / 1000 - waited_seconds))}
     return kept
 
 
@@ -215,7 +231,8 @@ def web_levels(model_path: Path, store: Path | str, markets: list[tuple[str, str
     db = open_store(store)
     seed_watchlist(db, ",".join(market_key(*market) for market in markets), len(markets))
     db.close()
-    with exchange_process(sorted({symbol for symbol, _ in markets}), START_MS + 3 * DAY_MS, START_MS + DAY_MS) as (url, _), \
+    symbols = sorted({symbol for symbol, _ in markets})
+    with exchange_process(symbols, START_MS + 3 * DAY_MS, START_MS + DAY_MS) as (url, *_), \
             tempfile.TemporaryDirectory() as folder:
         env = local_exchange_env(url, store, 10, CHRONOPRICE_SCHEDULER="false", CHRONOPRICE_MODEL=str(model_path),
                                  CHRONOPRICE_CACHE_DIR=folder)
@@ -238,18 +255,22 @@ def web_levels(model_path: Path, store: Path | str, markets: list[tuple[str, str
 
 
 def run_scale_benchmark(model_path: Path, store: str | None = None, markets: int = WORKER_MARKETS, closes: int = CLOSES) -> dict:
-    """The worker at 1m (the model) and at 1h (the last close with its band), storage, then one
-    web instance over the 1m markets, all on `store` (a temporary SQLite file when None)."""
+    """The worker at 1m (the model) and at 1h (the last close with its band), each close fetched
+    over REST and then streamed, storage, then one web instance over the 1m markets, all on
+    `store` (a temporary SQLite file when None)."""
     with contextlib.ExitStack() as stack:
         if store is None:
             store = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "scale.db"
         elif open_store(store).execute("select 1 from candles limit 1").fetchone():
             raise ValueError("bench --scale writes test markets: give it an empty database")
-        runs = [worker_run(model_path, store, timeframe, markets, closes) for timeframe in ("1m", "1h")]
+        runs = [worker_run(model_path, store, timeframe, markets, closes, feed)
+                for feed in ("rest", "stream") for timeframe in ("1m", "1h")]
         return {
             "store": "postgresql" if is_database_url(store) else "sqlite",
             "worker": runs,
-            "markets_kept_current": markets_kept_current(runs),
+            "markets_kept_current": {
+                "rest": markets_kept_current([run for run in runs if run["feed"] == "rest"]),
+                "stream": markets_kept_current([run for run in runs if run["feed"] == "stream"], 0.0)},
             "storage": storage_per_market_day(store),
             "web": web_levels(model_path, store, bench_markets(markets, "1m")),
             "p95_target_ms": P95_TARGET_MS,
@@ -265,14 +286,17 @@ def best_level(levels: list[dict]) -> dict | None:
 def format_scale(report: dict) -> str:
     lines = [f"store: {report['store']}"]
     for run in report["worker"]:
-        lines.append(f"worker, {run['markets']} markets at {run['timeframe']}: every forecast stored {run['close_to_all_stored_seconds']} s "
+        lines.append(f"worker, {run['markets']} markets at {run['timeframe']} by {run['feed']}: every forecast stored "
+                     f"{run['close_to_all_stored_seconds']} s "
                      f"after the close (median of {run['closes']}); {run['ticks_per_second']} ticks/s; {run['cpu_ms_per_tick']} ms CPU a tick")
         latency = run["close_to_stored"]
         lines.append(f"  close to stored, mean / p95: bench {latency['mean_seconds']} / {latency['p95_seconds']} s "
                      f"({latency['forecasts']} forecasts), /metrics histogram {latency['metrics_mean_seconds']} / "
                      f"{latency['metrics_p95_seconds']} s ({latency['metrics_observations']} observations)")
-    lines.append("markets one worker keeps current (stored within 5 s / before the next close): " + ", ".join(
-        f"{timeframe} {kept['within_budget']} / {kept['before_next_close']}" for timeframe, kept in report["markets_kept_current"].items()))
+    for feed, kept_current in report["markets_kept_current"].items():
+        lines.append(f"markets one worker keeps current by {feed} (stored within 5 s / before the next close): "
+                     + ", ".join(f"{timeframe} {kept['within_budget']} / {kept['before_next_close']}"
+                                 for timeframe, kept in kept_current.items()))
     storage = report["storage"]
     lines.append(f"storage: {storage['bytes_per_row']['candles']} B a candle row, {storage['bytes_per_row']['forecasts']} B a forecast row "
                  "(with indexes); a market a day: " + ", ".join(

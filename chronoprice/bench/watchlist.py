@@ -18,6 +18,7 @@ import json
 import multiprocessing
 import sys
 import tempfile
+import threading
 import time
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -29,6 +30,7 @@ from chronoprice.market.ccxt_rest import LiveSource
 from chronoprice.market.demo import demo_candles
 from chronoprice.market.markets import market_key
 from chronoprice.market.source import Market
+from chronoprice.market.stream import CandleStream
 from chronoprice.model.forecasters import load_forecaster
 from chronoprice.service.alert_rules import new_rule
 from chronoprice.service.alerts import Alerts
@@ -40,12 +42,14 @@ from chronoprice.store.alerts import add_rule, read_firings
 from chronoprice.store.records import forecast_origins_since, read_candles
 from chronoprice.testing.exchange import BinanceSimulator
 from chronoprice.testing.harness import FakeClock, WebhookReceiver
+from chronoprice.testing.stream import BinanceStreamSimulator
 from chronoprice.web.api.health import resident_mb
 from chronoprice.web.dashboard.overview import overview_row
 
 START_MS = 1_735_689_600_000  # 2025-01-01 00:00 UTC
 HISTORY_DAYS = 31  # a month of 1-minute candles, so a 1h market's cold start is whole
 OTHER_TIMEFRAMES = ("5m", "15m", "1h")
+STREAM_PUSH_SECONDS = 0.25  # how often the local stream sends each forming candle (Binance: about every 2 s)
 # The rules each market gets in turn: bands left at 80 % and 90 % (about one close in five and in
 # ten) and closes crossing levels just above and below the price, so that many fire; no cooldown.
 RULE_BODIES = (
@@ -65,21 +69,28 @@ def watched_markets(count: int) -> list[tuple[str, str]]:
     return markets[:count]
 
 
-def _serve_exchange(symbols: list[str], end_ms: int, now_ms: int, commands: Connection) -> None:
-    """The local exchange in a child process: sends its URL, then advances its clock by each
-    number of minutes received, until None."""
-    with BinanceSimulator({symbol: demo_candles(symbol, START_MS, end_ms) for symbol in symbols}, now_ms=now_ms) as exchange:
-        commands.send(exchange.url)
+def _serve_exchange(symbols: list[str], end_ms: int, now_ms: int, commands: Connection, stream: bool) -> None:
+    """The local exchange in a child process (with its kline WebSocket stream if asked): sends
+    its URLs (REST, WebSocket or None), then advances its clock by each number of minutes
+    received, until None."""
+    with contextlib.ExitStack() as stack:
+        series = {symbol: demo_candles(symbol, START_MS, end_ms) for symbol in symbols}
+        exchange = stack.enter_context(BinanceSimulator(series, now_ms=now_ms))
+        ws_url = stack.enter_context(BinanceStreamSimulator(exchange, STREAM_PUSH_SECONDS)).url if stream else None
+        commands.send((exchange.url, ws_url))
         while (minutes := commands.recv()) is not None:
             exchange.advance(minutes)
             commands.send(exchange.now_ms)
 
 
 @contextlib.contextmanager
-def exchange_process(symbols: list[str], end_ms: int, now_ms: int) -> Iterator[tuple[str, Callable[[int], None]]]:
-    """(URL, advance) of the local exchange serving `symbols` from a process of its own."""
+def exchange_process(symbols: list[str], end_ms: int, now_ms: int,
+                     stream: bool = False) -> Iterator[tuple[str, Callable[[int], None], str | None]]:
+    """(REST URL, advance, WebSocket URL or None) of the local exchange serving `symbols` from a
+    process of its own, streaming their candles if asked."""
     ours, theirs = multiprocessing.Pipe()
-    child = multiprocessing.get_context("spawn").Process(target=_serve_exchange, args=(symbols, end_ms, now_ms, theirs), daemon=True)
+    child = multiprocessing.get_context("spawn").Process(
+        target=_serve_exchange, args=(symbols, end_ms, now_ms, theirs, stream), daemon=True)
     child.start()
     try:
         if not ours.poll(120):
@@ -89,7 +100,8 @@ def exchange_process(symbols: list[str], end_ms: int, now_ms: int) -> Iterator[t
             ours.send(minutes)
             ours.recv()
 
-        yield ours.recv(), advance
+        url, ws_url = ours.recv()
+        yield url, advance, ws_url
     finally:
         ours.send(None)
         child.join(timeout=10)
@@ -107,6 +119,50 @@ def cold_started_scheduler(url: str, store: Path | str, model_path: Path, market
     scheduler.wait_for_ticks()
     ticker.wait_for_histories()
     return scheduler
+
+
+class TickTimes:
+    """Where the scheduler hands each finished tick to the alerts (Scheduler.alerts): when
+    (time.perf_counter) each market's forecast from an origin was stored."""
+
+    def __init__(self):
+        self._stored: dict[tuple[str, str, int], float] = {}
+        self._changed = threading.Condition()
+
+    def after_tick(self, status) -> None:
+        if status.forecast_origin_ts is not None:
+            with self._changed:
+                key = (status.symbol, status.timeframe, status.forecast_origin_ts)
+                self._stored.setdefault(key, time.perf_counter())
+                self._changed.notify_all()
+
+    def wait_for(self, markets: list[tuple[str, str]], origin_ts: int,
+                 timeout: float = 600) -> dict[tuple[str, str], float]:
+        """When each market's forecast from `origin_ts` was stored, once all are."""
+        keys = {market: (*market, origin_ts) for market in markets}
+        with self._changed:
+            if not self._changed.wait_for(lambda: all(key in self._stored for key in keys.values()), timeout):
+                raise RuntimeError(f"no forecast from the close for some of {len(markets)} markets in {timeout:.0f} s")
+            return {market: self._stored[key] for market, key in keys.items()}
+
+    def stop(self) -> None:
+        """Scheduler.stop stops its alerts; timing holds nothing to stop."""
+
+
+def start_streaming(scheduler, url: str, ws_url: str, markets: list[tuple[str, str]]) -> None:
+    """The scheduler with the local exchange's candle stream, in its own thread as in the
+    worker, its finished ticks timed (TickTimes), once every market streams and the first
+    events' catch-up ticks are done."""
+    scheduler.alerts = TickTimes()
+    scheduler.stream = CandleStream("binance", url, ws_url, scheduler.candle_closed,
+                                    scheduler.ticker.live.publish).start()
+    scheduler.start()
+    deadline = time.monotonic() + 120
+    while not all(scheduler.stream.streaming(*market) for market in markets):
+        if time.monotonic() > deadline:
+            raise RuntimeError("the local exchange's stream did not start")
+        time.sleep(0.05)
+    time.sleep(2.0)  # each market's first event on the connection ticks it over REST: let those end
 
 
 def add_alert_rules(ticker: Ticker, markets: list[tuple[str, str]], count: int, webhook: str) -> None:
@@ -140,7 +196,8 @@ def run(model_path: Path, count: int, minutes: int, rules: int = 0) -> dict:
     first_open = START_MS + HISTORY_DAYS * 86_400_000
     symbols = sorted({symbol for symbol, _ in markets})
     clock = FakeClock(first_open / 1000 + SETTLE_SECONDS)
-    with (exchange_process(symbols, first_open + (minutes + 1) * 60_000, int(clock.seconds * 1000)) as (url, advance),
+    with (exchange_process(symbols, first_open + (minutes + 1) * 60_000, int(clock.seconds * 1000)) as (
+            url, advance, _),
           tempfile.TemporaryDirectory() as folder):
         scheduler = cold_started_scheduler(url, Path(folder) / "watch.db", model_path, markets, clock)
         ticker = scheduler.ticker

@@ -25,6 +25,9 @@ def test_capacity_per_timeframe_follows_the_measured_tick_rate_and_the_candle_le
     assert kept["1m"] == {"within_budget": 60, "before_next_close": 1160}
     assert kept["5m"] == {"within_budget": 120, "before_next_close": 11920}, "5m ticks cost what 1h ticks do"
     assert kept["1h"]["before_next_close"] == 40 * 3598
+    rates = [{"timeframe": "1m", "ticks_per_second": 20.0}, {"timeframe": "1h", "ticks_per_second": 40.0}]
+    streamed = markets_kept_current(rates, waited_seconds=0.0)
+    assert streamed["1m"] == {"within_budget": 100, "before_next_close": 1200}, "no settle wait on the stream"
 
 
 def test_the_histograms_quantile_is_read_as_prometheus_reads_it():
@@ -69,7 +72,15 @@ def test_one_worker_and_one_web_instance_measured_on_a_real_store(tmp_path, tiny
         (level,) = web[kind]
         assert level["failures"] == 0 and level["requests_per_second"] > 0, kind
     assert web["dashboard_build_ms_median"] > 0
-    report = {"store": "sqlite", "worker": [run], "markets_kept_current": markets_kept_current([run, {**run, "timeframe": "1h"}]),
+    streamed = worker_run(tiny_model, store, "1m", 2, closes=2, feed="stream")
+    assert streamed["ticks"] == 4 and streamed["feed"] == "stream"
+    latency = streamed["close_to_stored"]
+    assert latency["metrics_observations"] == latency["forecasts"] == 4, "each streamed close forecast once"
+    assert latency["metrics_mean_seconds"] == pytest.approx(latency["mean_seconds"], rel=0.10)
+    assert latency["mean_seconds"] < SETTLE_SECONDS, "stored as the close streamed in, with no settle wait"
+    kept = {"rest": markets_kept_current([run, {**run, "timeframe": "1h"}]),
+            "stream": markets_kept_current([streamed, {**streamed, "timeframe": "1h"}], 0.0)}
+    report = {"store": "sqlite", "worker": [run, streamed], "markets_kept_current": kept,
               "storage": storage, "web": web, "p95_target_ms": 200.0}
     assert "one web instance, dashboard, at p95 < 200 ms" in format_scale(report)
 
