@@ -7,8 +7,8 @@ event of each market on a new connection, so every (re)connect is a REST tick.
 
 One connection carries every watched market (Binance allows 1,024 streams on one). A watchdog
 reconnects a silent or broken stream with growing waits; candles closed meanwhile reach the
-store through REST, on that first tick and on the ticks that run regardless. The stream runs an asyncio loop in a
-thread of its own, since the rest of ChronoPrice is synchronous.
+store through REST, on that first tick and on the ticks that run regardless. The stream runs
+an asyncio loop in a thread of its own, since the rest of ChronoPrice is synchronous.
 """
 
 from __future__ import annotations

@@ -55,10 +55,11 @@ STORE_POOL = Gauge("chronoprice_store_pool_connections", "PostgreSQL pool connec
                    multiprocess_mode="livesum")
 STORE_POOL_WAITS = Counter("chronoprice_store_pool_waits_total", "Requests that had to wait for a pooled connection")
 CACHE_LOOKUPS = Counter("chronoprice_cache_lookups_total", "Response and page cache lookups", ["result"])  # hit, miss
-LIVE_BOARD_UPDATED = Gauge("chronoprice_live_board_updated_timestamp_seconds",
-                           "When a stream last put a forming candle on the live board (Unix time; its age: time() "
-                           "minus it)",
-                           multiprocess_mode="livemax")
+LIVE_BOARD_UPDATED = Gauge(
+    "chronoprice_live_board_updated_timestamp_seconds",
+    "When a stream last put a forming candle on the live board (Unix time; its age: time() minus it)",
+    multiprocess_mode="livemax",
+)
 RETENTION_FOLDED = Counter("chronoprice_retention_folded_steps_total", "Scored forecast steps folded into daily sums")
 
 

@@ -3,7 +3,7 @@ the tick path), each market's scored forecast steps older than the retained span
 daily sums and deleted in small batches (store/retention.py); `python -m chronoprice prune` runs
 one pass. The span reaches further back where the skill guard and the promotion rule judge more
 matured origins than `retain_days` hold, or the served band adapts to more (ADAPTIVE_WINDOW; 1h:
-361 origins, 15 days), so pruning never changes what they decide or the band that is served."""
+361 origins, 16 days), so pruning never changes what they decide or the band that is served."""
 
 from __future__ import annotations
 

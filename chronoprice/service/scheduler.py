@@ -218,6 +218,7 @@ class Scheduler:
         for market in list(self._due):
             if market not in watched:
                 del self._due[market]
+                self._streamed.pop(market, None)
         self.started_last_pass = []
         for market in watched:
             due = self._due.setdefault(market, _Due(now))
@@ -286,7 +287,7 @@ class Scheduler:
             status = TickStatus(self.ticker.source.label, None, symbol, timeframe, error=f"{type(error).__name__}: {error}")
         if status.error:
             log.warning("%s %s: %s", symbol, timeframe, status.error)
-        if status.note == STREAMED_NOTE:
+        if streamed is not None and STREAMED_NOTE in (status.note or ""):  # taken: REST checks it meanwhile
             self._reconciler.submit(self._reconcile, market)
         if self.alerts:
             try:
