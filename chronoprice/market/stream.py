@@ -5,7 +5,8 @@ with the closed candle's final state as this connection saw it (service/streamed
 and has REST check it), or None where this connection did not see the candle form: the first
 event of each market on a new connection, so every (re)connect is a REST tick.
 
-One connection carries every watched market (Binance allows 1,024 streams on one). A watchdog
+A connection (a ccxt client of its own) carries as many watched markets as the exchange allows
+(Binance: 1,024 streams), and there are as many connections as it takes. A watchdog
 reconnects a silent or broken stream with growing waits; candles closed meanwhile reach the
 store through REST, on that first tick and on the ticks that run regardless. The stream runs
 an asyncio loop in a thread of its own, since the rest of ChronoPrice is synchronous.
@@ -25,10 +26,15 @@ from typing import Callable, Iterable
 import ccxt
 
 from chronoprice.market.ccxt_rest import rewrite_urls
+from chronoprice.market.timeframes import timeframe_ms
 
 log = logging.getLogger(__name__)
 STALL_SECONDS = 30.0  # no event for this long on a live connection: reconnect (a forming candle updates every ~2 s)
 RECONNECT_SECONDS = (1.0, 2.0, 5.0, 15.0, 60.0)
+# Streams a connection may carry: Binance documents 1,024 ("a single connection can listen to a
+# maximum of 1024 streams"); elsewhere 200, ccxt's own default subscription limit a stream.
+STREAMS_PER_CONNECTION = {"binance": 1024, "binanceus": 1024}
+DEFAULT_PER_CONNECTION = 200
 STREAM_ERRORS = (ccxt.BaseError, asyncio.TimeoutError, OSError, ValueError, KeyError, TypeError)
 
 
@@ -66,6 +72,16 @@ def valid_candle(row) -> tuple | None:
     return (ts, *values)
 
 
+def streams_per_connection(exchange_id: str) -> int:
+    """Markets one connection may carry: the exchange's documented limit (STREAMS_PER_CONNECTION),
+    else DEFAULT_PER_CONNECTION."""
+    return STREAMS_PER_CONNECTION.get(exchange_id, DEFAULT_PER_CONNECTION)
+
+
+def groups_of(markets: list, size: int) -> list[list]:
+    return [markets[start:start + size] for start in range(0, len(markets), size)]
+
+
 def final_candle(last_seen: tuple, earlier_rows: list) -> tuple:
     """The closed candle's final state: its row in the same update where the update carried it
     (the closing event and the next candle's first can come together), else its last event."""
@@ -82,11 +98,14 @@ class CandleStream:
     def __init__(self, exchange_id: str, rest_url: str | None, ws_url: str | None,
                  on_closed: Callable[[str, str, tuple | None], None],
                  on_forming: Callable[[str, str, Forming], None] = lambda *_: None,
-                 stall_seconds: float = STALL_SECONDS, clock: Callable[[], float] = time.time):
+                 stall_seconds: float = STALL_SECONDS, clock: Callable[[], float] = time.time,
+                 per_connection: int | None = None):
         self.exchange_id, self._rest_url, self._ws_url = exchange_id, rest_url, ws_url
+        self._per_connection = per_connection  # markets a connection carries; None: the exchange's limit
         self._on_closed, self._on_forming, self._stall, self._clock = on_closed, on_forming, stall_seconds, clock
         self._wanted: frozenset[tuple[str, str]] = frozenset()
         self._forming: dict[tuple[str, str], Forming] = {}
+        self._seen_on: dict[tuple[str, str], object] = {}  # the ccxt connection each market's last event came on
         self._live: frozenset[tuple[str, str]] = frozenset()  # subscribed on a connection that answers
         self._lock = threading.Lock()
         self._changed = threading.Event()
@@ -156,9 +175,11 @@ class CandleStream:
             if not markets:
                 await asyncio.sleep(0.5)
                 continue
-            client, events_before = self._client(), self.events
+            limit = self._per_connection or streams_per_connection(self.exchange_id)
+            groups, events_before = groups_of(markets, limit), self.events
+            clients = [self._client() for _ in groups]  # a ccxt client is one connection
             try:
-                await self._follow(client, markets)
+                await self._follow(zip(clients, groups))
                 failures = 0
             except STREAM_ERRORS as error:
                 failures = 1 if self.events > events_before else failures + 1  # waits grow only while nothing comes
@@ -170,26 +191,40 @@ class CandleStream:
                     self._live = frozenset()
                     # A candle seen forming before the drop may have changed unseen: never a final one.
                     self._forming.clear()
-                await client.close()
+                await asyncio.gather(*(client.close() for client in clients), return_exceptions=True)
             if failures and not self._stopping:
                 await asyncio.sleep(RECONNECT_SECONDS[min(failures, len(RECONNECT_SECONDS)) - 1])
 
-    async def _follow(self, client, markets: list[tuple[str, str]]) -> None:
-        """Handle events until the watched markets change or the stream fails or falls silent."""
+    async def _follow(self, connections) -> None:
+        """Follow each (client, markets) group on its own connection, until the watched markets
+        change or one group's stream fails or falls silent (then all reconnect)."""
+        followers = [asyncio.ensure_future(self._follow_group(client, group)) for client, group in connections]
+        try:
+            done, _ = await asyncio.wait(followers, return_when=asyncio.FIRST_EXCEPTION)
+        finally:
+            for follower in followers:
+                follower.cancel()
+            await asyncio.gather(*followers, return_exceptions=True)
+        for follower in done:
+            if follower.exception() is not None:
+                raise follower.exception()
+
+    async def _follow_group(self, client, markets: list[tuple[str, str]]) -> None:
         subscription = [list(market) for market in markets]
         while not self._stopping and not self._changed.is_set():
             # A silent connection raises no error by itself: a deadline on every event does.
             update = await asyncio.wait_for(client.watch_ohlcv_for_symbols(subscription), self._stall)
             with self._lock:
-                self._live = frozenset(markets)
+                self._live = self._live | frozenset(markets)
+            connection = next(iter(client.clients.values()), None)  # ccxt's WebSocket client: one a ccxt client here
             for symbol, by_timeframe in update.items():
                 for timeframe, candles in by_timeframe.items():
                     if candles:
-                        self._update(symbol, timeframe, candles)
+                        self._update(symbol, timeframe, candles, connection)
 
-    def _update(self, symbol: str, timeframe: str, rows: list) -> None:
+    def _update(self, symbol: str, timeframe: str, rows: list, connection: object = None) -> None:
         """The newest of the candles an update brought (ccxt's cache, oldest first) is forming;
-        if it began since the last event, the one before it closed."""
+        if it began since the last event on the same `connection`, the one before it closed."""
         candle = valid_candle(rows[-1])
         if candle is None:
             log.warning("candle stream: a malformed %s %s candle ignored: %s", symbol, timeframe, str(rows[-1])[:200])
@@ -199,12 +234,15 @@ class CandleStream:
         forming = Forming(candle, int(self._clock() * 1000))
         with self._lock:
             previous = self._forming.get(market)
-            if previous is None or candle[0] >= previous.candle[0]:  # an older candle's late event changes nothing
-                self._forming[market] = forming
-        if previous is not None and candle[0] < previous.candle[0]:
-            return
+            if previous is not None and candle[0] < previous.candle[0]:  # an older candle's late event changes nothing
+                return
+            # ccxt may reconnect by itself: a candle seen on another connection is no final one either.
+            seen_here = previous is not None and self._seen_on.get(market) is connection
+            self._forming[market], self._seen_on[market] = forming, connection
         self._on_forming(symbol, timeframe, forming)
-        if previous is None:
+        if not seen_here:
             self._on_closed(symbol, timeframe, None)  # new on this connection: REST catches up on what it missed
         elif candle[0] > previous.candle[0]:
-            self._on_closed(symbol, timeframe, final_candle(previous.candle, rows[:-1]))
+            # Only the candle just before the new one was seen to its end; past a skip, REST decides.
+            next_one = candle[0] == previous.candle[0] + timeframe_ms(timeframe)
+            self._on_closed(symbol, timeframe, final_candle(previous.candle, rows[:-1]) if next_one else None)

@@ -6,7 +6,14 @@ import pytest
 
 from chronoprice.market.ccxt_rest import LiveSource
 from chronoprice.market.source import Market
-from chronoprice.market.stream import CandleStream, supports_streaming, valid_candle
+from chronoprice.market.stream import (
+    DEFAULT_PER_CONNECTION,
+    CandleStream,
+    groups_of,
+    streams_per_connection,
+    supports_streaming,
+    valid_candle,
+)
 from chronoprice.model.forecasters import load_forecaster
 from chronoprice.service.scheduler import Scheduler
 from chronoprice.service.tick import Ticker
@@ -56,6 +63,45 @@ def test_the_stream_follows_the_forming_candle_and_reports_each_close_once(strea
         assert calls[-1] == ("BTC/USDT", "1m", tuple(closed)), "the close reported once, with its final candle"
         candles.watch(MARKETS[:1])
         assert wait_until(lambda: not candles.streaming("ETH/USDT", "5m"))
+    finally:
+        candles.stop()
+
+
+def test_a_final_candle_is_one_seen_to_its_end_on_the_same_connection():
+    calls = []
+    candles = CandleStream("binance", None, None, lambda *call: calls.append(call))
+    first, second = object(), object()
+
+    def event(ts: int, close: float, connection) -> None:
+        candles._update("BTC/USDT", "1m", [[ts, 100.0, 102.0, 99.0, close, 1.0]], connection)
+
+    event(0, 100.5, first)
+    assert calls == [("BTC/USDT", "1m", None)], "new on the connection: REST catches up"
+    event(0, 101.0, first)
+    event(60_000, 101.2, first)
+    assert calls[-1] == ("BTC/USDT", "1m", (0, 100.0, 102.0, 99.0, 101.0, 1.0)), "the next candle began: this one closed"
+    event(0, 99.5, first)
+    assert len(calls) == 2 and candles.forming("BTC/USDT", "1m").candle[0] == 60_000, "a late event of a closed candle"
+    event(240_000, 101.0, first)
+    assert calls[-1] == ("BTC/USDT", "1m", None), "candles skipped: the one last seen was not seen to its end"
+    event(300_000, 101.0, second)
+    assert calls[-1] == ("BTC/USDT", "1m", None), "ccxt reconnected by itself: what the old connection saw is no final"
+    assert len(calls) == 4
+
+
+def test_markets_are_split_over_connections_by_the_exchanges_limit(stream_exchange):
+    assert streams_per_connection("binance") == 1024 and streams_per_connection("kraken") == DEFAULT_PER_CONNECTION
+    assert groups_of(list(range(5)), 2) == [[0, 1], [2, 3], [4]]
+    exchange, stream = stream_exchange
+    calls = []
+    candles = CandleStream("binance", exchange.url, stream.url, lambda *call: calls.append(call), stall_seconds=5,
+                           per_connection=1).start()
+    try:
+        candles.watch(MARKETS)
+        assert wait_until(lambda: all(candles.streaming(*market) for market in MARKETS))
+        assert stream.connections == 2, "one connection a market, at a limit of one"
+        exchange.advance(1)
+        assert wait_until(lambda: any(call[:2] == ("BTC/USDT", "1m") and call[2] for call in calls)), "closes come"
     finally:
         candles.stop()
 

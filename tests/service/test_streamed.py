@@ -29,7 +29,8 @@ MARKET = Market("binance", "BTC/USDT", "1m")
 @pytest.fixture
 def streamed(exchange, db_path, tiny_model):
     """A scheduler of BTC/USDT@1m with its stream, on a clock that never moves: only the stream
-    brings a tick due. Yields once the first (REST) tick is stored and the market streams."""
+    brings a tick due. Yields once the first (REST) tick is stored and a tick has run while the
+    market streams."""
     with BinanceStreamSimulator(exchange, push_seconds=0.05) as stream:
         clock = FakeClock(exchange.now_ms / 1000)
         source = LiveSource("binance", exchange.url, (), history=120, backoff_seconds=0.0, attempts=1)
@@ -42,7 +43,9 @@ def streamed(exchange, db_path, tiny_model):
         db = open_store(db_path)
         try:
             assert wait_until(lambda: stored_through_exchanges_newest(db, exchange)), "the first tick"
-            assert wait_until(lambda: scheduler.stream.streaming("BTC/USDT", "1m"))
+            # The stream's first event asks for a REST tick to catch up: it must be over before a close,
+            # or it would fetch that close itself.
+            assert wait_until(lambda: ticker.stored_status("BTC/USDT", "1m").feed == "streaming")
             yield exchange, stream, scheduler, db
         finally:
             scheduler.stop()
