@@ -30,7 +30,7 @@ from chronoprice.bench.watchlist import START_MS, cold_started_scheduler, exchan
 from chronoprice.market.markets import market_key
 from chronoprice.market.timeframes import TIMEFRAME_MS, timeframe_ms
 from chronoprice.model.features import HORIZON
-from chronoprice.service.scheduler import SETTLE_SECONDS
+from chronoprice.service.scheduler import CHECK_DELAY_SECONDS, SETTLE_SECONDS
 from chronoprice.service.watchlist import seed_watchlist
 from chronoprice.store import open_store, table_bytes
 from chronoprice.store.schema import is_database_url
@@ -92,15 +92,18 @@ def worker_run(model_path: Path, store: Path | str, timeframe: str, count: int, 
                     clock.seconds = close_seconds
                     advance(length_ms // 60_000)
                     finished = scheduler.alerts.wait_for(markets, first_open + (close - 1) * length_ms)
+                    cpu_seconds.append(time.process_time() - cpu_before)
+                    # REST's checks come CHECK_DELAY_SECONDS after; here, as a minute apart, before the next close.
+                    time.sleep(CHECK_DELAY_SECONDS + 1.0 + 0.05 * count)
                 else:
                     advance(length_ms // 60_000)
                     clock.seconds = close_seconds + waited  # the scheduler's first look
                     cpu_before, started = time.process_time(), time.perf_counter()
                     scheduler.run_once()
                     finished = scheduler.wait_for_ticks()
+                    cpu_seconds.append(time.process_time() - cpu_before)
                 latencies += [waited + done - started for done in finished.values()]
                 seconds.append(max(finished.values()) - started)
-                cpu_seconds.append(time.process_time() - cpu_before)
                 ticked += len(finished)
             observed = observed_between(scraped_before, scrape_latency(scrape_url, timeframe))
             scheduler.stop()

@@ -35,6 +35,7 @@ RECONNECT_SECONDS = (1.0, 2.0, 5.0, 15.0, 60.0)
 # maximum of 1024 streams"); elsewhere 200, ccxt's own default subscription limit a stream.
 STREAMS_PER_CONNECTION = {"binance": 1024, "binanceus": 1024}
 DEFAULT_PER_CONNECTION = 200
+SWEEP_SECONDS = 0.1  # how often ccxt's cache is looked through for closes no watch call returned
 STREAM_ERRORS = (ccxt.BaseError, asyncio.TimeoutError, OSError, ValueError, KeyError, TypeError)
 
 
@@ -211,6 +212,7 @@ class CandleStream:
 
     async def _follow_group(self, client, markets: list[tuple[str, str]]) -> None:
         subscription = [list(market) for market in markets]
+        swept = 0.0
         while not self._stopping and not self._changed.is_set():
             # A silent connection raises no error by itself: a deadline on every event does.
             update = await asyncio.wait_for(client.watch_ohlcv_for_symbols(subscription), self._stall)
@@ -221,6 +223,20 @@ class CandleStream:
                 for timeframe, candles in by_timeframe.items():
                     if candles:
                         self._update(symbol, timeframe, candles, connection)
+            if time.monotonic() >= swept + SWEEP_SECONDS:
+                swept = time.monotonic()
+                self._sweep(client, markets, connection)
+
+    def _sweep(self, client, markets: list[tuple[str, str]], connection: object) -> None:
+        """The markets whose newest candle in ccxt's cache began since their last event seen here.
+        A watch call returns one message's market: the others of a burst (every market's close at
+        once) reach only the cache, and would wait for their own next message."""
+        for symbol, timeframe in markets:
+            cached = client.ohlcvs.get(symbol, {}).get(timeframe)
+            with self._lock:
+                seen = self._forming.get((symbol, timeframe))
+            if cached and seen is not None and int(cached[-1][0]) > seen.candle[0]:
+                self._update(symbol, timeframe, list(cached[-3:]), connection)
 
     def _update(self, symbol: str, timeframe: str, rows: list, connection: object = None) -> None:
         """The newest of the candles an update brought (ccxt's cache, oldest first) is forming;

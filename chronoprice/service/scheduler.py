@@ -43,6 +43,9 @@ STORE_RETRY_SECONDS = 5.0  # a tick the store could not take is retried this oft
 LEASE_SECONDS = 30.0  # a killed scheduler's lease passes to a standby this long after its last renewal
 STANDBY_SECONDS = 10.0  # a standby asks for the lease this often: it takes over at most this long after expiry
 TICK_THREADS = 4  # markets ticked at once, so a slow one never delays the others
+# REST's check of a streamed candle waits this long after its tick: past the moment the exchange's
+# REST has the closed candle too (SETTLE_SECONDS) and past the close's burst of ticks.
+CHECK_DELAY_SECONDS = 5.0
 METRICS_SECONDS = 1.0  # how often a pass sets the schedule and pool gauges (Prometheus scrapes every 15 s or so)
 
 
@@ -288,7 +291,7 @@ class Scheduler:
         if status.error:
             log.warning("%s %s: %s", symbol, timeframe, status.error)
         if streamed is not None and STREAMED_NOTE in (status.note or ""):  # taken: REST checks it meanwhile
-            self._reconciler.submit(self._reconcile, market)
+            self._reconciler.submit(self._reconcile, market, time.monotonic() + CHECK_DELAY_SECONDS)
         if self.alerts:
             try:
                 self.alerts.after_tick(status)
@@ -301,9 +304,12 @@ class Scheduler:
                 self.candle_closed(symbol, timeframe)
         return time.perf_counter()
 
-    def _reconcile(self, market: tuple[str, str]) -> None:
-        """REST's check of the candles the stream gave (service/streamed.py), off the ticks' threads."""
+    def _reconcile(self, market: tuple[str, str], not_before: float) -> None:
+        """REST's check of the candles the stream gave (service/streamed.py), off the ticks' threads,
+        from `not_before` (time.monotonic) on."""
         symbol, timeframe = market
+        if self._stop.wait(max(0.0, not_before - time.monotonic())):
+            return
         try:
             market_stored = self.ticker.stored_market(symbol, timeframe)
             revised = reconcile_market(self.ticker.db(), self.ticker.source, market_stored)

@@ -84,11 +84,11 @@ def test_a_streamed_close_is_stored_and_forecast_while_rest_fails(streamed, capl
         for _ in range(2):
             exchange.advance(1)
             assert wait_until(lambda: stored_through_exchanges_newest(db, exchange)), "stored and forecast"
+        assert wait_until(lambda: "REST could not check" in caplog.text), "the background check failed, and said so"
     exchange.faults.clear()
     stored = read_candles(db, MARKET)
     pd.testing.assert_frame_equal(stored.tail(3).reset_index(drop=True),
                                   exchange.closed_candles("BTC/USDT").tail(3).reset_index(drop=True))
-    assert "REST could not check" in caplog.text, "the background check failed, and said so"
     assert scheduler.ticker.stored_status("BTC/USDT", "1m").note == STREAMED_NOTE
 
 
