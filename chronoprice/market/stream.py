@@ -212,7 +212,13 @@ class CandleStream:
 
     async def _follow_group(self, client, markets: list[tuple[str, str]]) -> None:
         subscription = [list(market) for market in markets]
-        swept = 0.0
+        sweeper = asyncio.ensure_future(self._sweep_every(client, markets))
+        try:
+            await self._watch(client, markets, subscription)
+        finally:
+            sweeper.cancel()
+
+    async def _watch(self, client, markets: list[tuple[str, str]], subscription: list[list[str]]) -> None:
         while not self._stopping and not self._changed.is_set():
             # A silent connection raises no error by itself: a deadline on every event does.
             update = await asyncio.wait_for(client.watch_ohlcv_for_symbols(subscription), self._stall)
@@ -223,20 +229,26 @@ class CandleStream:
                 for timeframe, candles in by_timeframe.items():
                     if candles:
                         self._update(symbol, timeframe, candles, connection)
-            if time.monotonic() >= swept + SWEEP_SECONDS:
-                swept = time.monotonic()
-                self._sweep(client, markets, connection)
 
-    def _sweep(self, client, markets: list[tuple[str, str]], connection: object) -> None:
-        """The markets whose newest candle in ccxt's cache began since their last event seen here.
-        A watch call returns one message's market: the others of a burst (every market's close at
-        once) reach only the cache, and would wait for their own next message."""
-        for symbol, timeframe in markets:
-            cached = client.ohlcvs.get(symbol, {}).get(timeframe)
-            with self._lock:
-                seen = self._forming.get((symbol, timeframe))
-            if cached and seen is not None and int(cached[-1][0]) > seen.candle[0]:
-                self._update(symbol, timeframe, list(cached[-3:]), connection)
+    async def _sweep_every(self, client, markets: list[tuple[str, str]]) -> None:
+        """Every SWEEP_SECONDS, the markets whose newest candle in ccxt's cache began since their
+        last event seen here. A watch call returns one message's market: the others of a burst
+        (every market's close at once) reach only the cache, and would wait for their own next
+        message, seconds later on a real exchange."""
+        while True:
+            await asyncio.sleep(SWEEP_SECONDS)
+            connection = next(iter(client.clients.values()), None)
+            for market in markets:
+                self._sweep(client, market, connection)
+
+    def _sweep(self, client, market: tuple[str, str], connection: object) -> None:
+        symbol, timeframe = market
+        cached = client.ohlcvs.get(symbol, {}).get(timeframe)
+        newest = valid_candle(cached[-1]) if cached else None
+        with self._lock:
+            seen = self._forming.get(market)
+        if newest is not None and seen is not None and newest[0] > seen.candle[0]:
+            self._update(symbol, timeframe, list(cached[-3:]), connection)
 
     def _update(self, symbol: str, timeframe: str, rows: list, connection: object = None) -> None:
         """The newest of the candles an update brought (ccxt's cache, oldest first) is forming;
