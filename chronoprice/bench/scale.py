@@ -30,7 +30,7 @@ from chronoprice.bench.watchlist import START_MS, cold_started_scheduler, exchan
 from chronoprice.market.markets import market_key
 from chronoprice.market.timeframes import TIMEFRAME_MS, timeframe_ms
 from chronoprice.model.features import HORIZON
-from chronoprice.service.scheduler import CHECK_DELAY_SECONDS, SETTLE_SECONDS
+from chronoprice.service.scheduler import SETTLE_SECONDS
 from chronoprice.service.watchlist import seed_watchlist
 from chronoprice.store import open_store, table_bytes
 from chronoprice.store.schema import is_database_url
@@ -93,8 +93,7 @@ def worker_run(model_path: Path, store: Path | str, timeframe: str, count: int, 
                     advance(length_ms // 60_000)
                     finished = scheduler.alerts.wait_for(markets, first_open + (close - 1) * length_ms)
                     cpu_seconds.append(time.process_time() - cpu_before)
-                    # REST's checks come CHECK_DELAY_SECONDS after; here, as a minute apart, before the next close.
-                    time.sleep(CHECK_DELAY_SECONDS + 1.0 + 0.05 * count)
+                    scheduler.wait_for_checks()  # REST's, a few seconds on: before the next close, as a minute apart
                 else:
                     advance(length_ms // 60_000)
                     clock.seconds = close_seconds + waited  # the scheduler's first look

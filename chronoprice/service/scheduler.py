@@ -28,7 +28,7 @@ from chronoprice.service.metrics import record_schedule, record_store_pool, reco
 from chronoprice.service.promotion import CHECK_SECONDS, check_promotions
 from chronoprice.service.retention import Retention
 from chronoprice.service.status import TickStatus
-from chronoprice.service.streamed import STREAMED_NOTE, reconcile_market
+from chronoprice.service.streamed import reconcile_market
 from chronoprice.service.tick import Ticker
 from chronoprice.store import STORE_UNAVAILABLE, log_failure
 from chronoprice.store.claims import SCHEDULER_LEASE, hold_lease, lease_holder, release_lease
@@ -104,6 +104,7 @@ class Scheduler:
         # REST's checks of streamed candles queue here, behind no tick and ahead of none.
         self._reconciler = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="chronoprice-reconcile")
         self._streamed: dict[tuple[str, str], tuple] = {}  # the final candle the stream saw, until its tick
+        self._last_check: concurrent.futures.Future | None = None
         self._stop = threading.Event()
         self._wake = threading.Event()  # a pass is due before its wait ends: stop, or a streamed candle closed
         self.stream: CandleStream | None = None  # build_scheduler attaches one when the exchange streams candles
@@ -267,6 +268,11 @@ class Scheduler:
         """How the market's candles come now: "streaming" over the WebSocket, else "polling"."""
         return "streaming" if self.stream and self.stream.streaming(*market) else "polling"
 
+    def wait_for_checks(self) -> None:
+        """Wait for REST's checks of streamed candles asked so far (they run one after another)."""
+        if self._last_check is not None:
+            self._last_check.result()
+
     def wait_for_ticks(self) -> dict[tuple[str, str], float]:
         """Wait for the ticks the last pass started; when each finished (time.perf_counter)."""
         return {market: self._running[market].result() for market in self.started_last_pass}
@@ -290,8 +296,8 @@ class Scheduler:
             status = TickStatus(self.ticker.source.label, None, symbol, timeframe, error=f"{type(error).__name__}: {error}")
         if status.error:
             log.warning("%s %s: %s", symbol, timeframe, status.error)
-        if streamed is not None and STREAMED_NOTE in (status.note or ""):  # taken: REST checks it meanwhile
-            self._reconciler.submit(self._reconcile, market, time.monotonic() + CHECK_DELAY_SECONDS)
+        if streamed is not None:  # REST checks what the stream gave (a candle not taken was fetched: checked twice)
+            self._last_check = self._reconciler.submit(self._reconcile, market, time.monotonic() + CHECK_DELAY_SECONDS)
         if self.alerts:
             try:
                 self.alerts.after_tick(status)
